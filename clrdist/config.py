@@ -1,0 +1,229 @@
+"""Typed run configuration.
+
+A run is described by one YAML file (see ``configs/``) whose sections map onto the models below.
+Every field has a default and a one-line comment; unknown keys and invalid values are rejected
+with the dotted path of the offending key, *before* any cluster resource is started.
+
+    cfg = load_config("configs/demo.yaml", overrides=["loss.temperature=0.2"])
+
+Overrides are ``section.key=value`` strings; the value is parsed as YAML (so ``0.2`` is a float,
+``true`` a bool, ``[1, 2]`` a list) and then validated like the file itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the dotted key and the problem."""
+
+
+class _Section(BaseModel):
+    # Unknown keys fail (typos must never silently become defaults); assignments are validated.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    train_store: str = "data/toy_train.zarr"  # Zarr store the contrastive training reads
+    eval_train_store: str | None = None  # labelled store to fit downstream classifiers on
+    eval_test_store: str | None = None  # labelled store, disjoint from the above, to score on
+    batch_size: int = Field(128, gt=0)  # per-worker batch; the global batch is this x num_workers
+    n_particles: int = Field(50, gt=0)  # constituents per sample fed to the model (hardest first)
+    shuffle_buffer: int = Field(8192, ge=0)  # samples mixed across chunks; 0 = chunk order only
+    loader_threads: int = Field(1, ge=0)  # decoder threads per worker; 0 = decode on the loop thread
+    pt_scale: float = Field(600.0, gt=0)  # GeV; model input pT = pT / pt_scale (JetCLR: 600)
+
+
+class AugmentSpec(_Section):
+    name: str  # registered augmentation name (see clrdist.physics.augment.AUGMENTATIONS)
+    params: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of that augmentation
+
+
+class AugmentConfig(_Section):
+    # Each view is an ordered list of augmentations applied to the same input jet.
+    views: list[list[AugmentSpec]] = Field(
+        default_factory=lambda: [
+            [AugmentSpec(name="rotate"), AugmentSpec(name="translate"),
+             AugmentSpec(name="smear_soft"), AugmentSpec(name="collinear_split")],
+            [AugmentSpec(name="rotate"), AugmentSpec(name="translate"),
+             AugmentSpec(name="smear_soft"), AugmentSpec(name="collinear_split")],
+        ]
+    )
+    anomaly_view: list[AugmentSpec] | None = None  # third view for AnomalyCLR-type losses
+    strength: float = Field(1.0, ge=0)  # scales every augmentation's size (for sweeps)
+
+
+class ModelConfig(_Section):
+    encoder: Literal["transformer", "dense"] = "transformer"  # set encoder or 57-feature MLP
+    input_dim: int = Field(3, gt=0)  # particle features per constituent (pT, eta, phi)
+    model_dim: int = Field(64, gt=0)  # transformer width (JetCLR: 1000, DarkCLR: 128)
+    ff_dim: int = Field(128, gt=0)  # feed-forward width
+    heads: int = Field(4, gt=0)  # attention heads; must divide model_dim
+    layers: int = Field(2, gt=0)  # transformer layers
+    dropout: float = Field(0.1, ge=0, lt=1)  # dropout in the encoder
+    pooling: Literal["pt_sum", "mean"] = "pt_sum"  # pT-weighted sum is IR and collinear safe
+    log_pt_bias: bool = False  # JetCLR additive attention bias 0.5 log(pT_j)
+    norm_first: bool = True  # pre-norm (True) or post-norm (False) transformer blocks
+    head_dims: list[int] = Field(default_factory=lambda: [64])  # projection head hidden widths
+    output_dim: int = Field(32, gt=0)  # loss-space dimension (latent dimension for sweeps)
+    dense_dims: list[int] = Field(default_factory=lambda: [96, 64, 48])  # dense encoder widths
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.encoder == "transformer" and self.model_dim % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide model_dim ({self.model_dim})")
+        return self
+
+
+class LossConfig(_Section):
+    name: str = "nt_xent"  # registered loss (see clrdist.losses.LOSSES)
+    temperature: float = Field(0.1, gt=0)  # tau in exp(s/tau)
+    keep_positive: bool = True  # NT-Xent denominator keeps the positive (JetCLR code) or drops it
+    gather: bool = True  # negatives all-gathered across workers
+
+
+class OptimConfig(_Section):
+    lr: float = Field(5e-4, gt=0)  # Adam(W) learning rate
+    weight_decay: float = Field(0.0, ge=0)  # AdamW weight decay
+    epochs: int = Field(2, gt=0)  # passes over the training store
+    max_steps: int | None = Field(None, gt=0)  # stop early after this many optimiser steps
+    warmup_steps: int = Field(0, ge=0)  # linear warm-up, then cosine decay
+    grad_clip: float | None = Field(None, gt=0)  # clip the global gradient norm
+
+
+class ScalingConfig(_Section):
+    num_workers: int = Field(2, gt=0)  # Ray Train workers (one per GPU on a cluster)
+    use_gpu: bool = False  # one GPU per worker, NCCL backend
+    engine: Literal["ddp", "deepspeed"] = "ddp"  # distributed engine the loop steps through
+    zero_stage: Literal[0, 1, 2] = 1  # DeepSpeed ZeRO stage
+    bf16: bool = False  # bf16 mixed precision (GPU with DeepSpeed, or CPU autocast)
+    cpus_per_worker: float = Field(1.0, gt=0)  # Ray CPU resources per worker
+    max_failures: int = Field(0, ge=-1)  # worker failures tolerated before the run fails
+
+
+class CheckpointConfig(_Section):
+    storage_path: str = "runs"  # Ray storage (shared file system on a cluster)
+    every_steps: int | None = Field(None, gt=0)  # extra checkpoints during training
+    num_to_keep: int = Field(2, gt=0)  # checkpoints retained
+
+
+class TrackingConfig(_Section):
+    uri: str = "sqlite:///mlflow.db"  # MLflow tracking URI (sqlite:///..., http://...)
+    experiment: str = "clrdist"  # MLflow experiment name
+    run_name: str | None = None  # MLflow run name; generated if unset
+    log_every: int = Field(10, gt=0)  # log step metrics every this many optimiser steps
+
+
+class EvalConfig(_Section):
+    lct: bool = True  # linear classifier test after training
+    lct_max_samples: int | None = Field(None, gt=0)  # cap the samples used per evaluation store
+    cwola: bool = False  # idealised CWoLa scan after training
+    nplm: bool = False  # NPLM test after training
+    anomaly: bool = False  # label-free anomaly scores after training
+    every_epochs: int | None = Field(None, gt=0)  # also evaluate during training on eval stores
+
+
+class RunConfig(_Section):
+    name: str = "clrdist"  # human name of this configuration
+    seed: int = 0  # seeds data order, augmentations and initialisation
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-serialisable dict (stored in checkpoints, stores and MLflow)."""
+        return self.model_dump(mode="json")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view, e.g. {"loss.temperature": 0.1}, for MLflow params."""
+        return dict(_flatten(self.to_dict()))
+
+
+def _flatten(d: dict[str, Any], prefix: str = ""):
+    for key, value in d.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from _flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one ``a.b.c=value`` override to a nested dict in place (value parsed as YAML)."""
+    if "=" not in override:
+        raise ConfigError(f"--set {override!r}: expected section.key=value")
+    key, _, text = override.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {override!r}: empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: cannot parse value {text!r}: {e}") from None
+    node = raw
+    for i, p in enumerate(parts[:-1]):
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
+    """Validate a nested dict into a RunConfig, raising ConfigError with dotted paths."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config (safe loader), apply ``--set`` overrides, validate.
+
+    ``path=None`` starts from the built-in defaults (the demo configuration).
+    """
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{source}: no such config file")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: invalid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: top level must be a mapping of sections")
+        raw = loaded
+    for ov in overrides or []:
+        apply_override(raw, ov)
+    return config_from_dict(raw, source)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
