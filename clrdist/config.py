@@ -18,8 +18,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from clrdist.errors import ClrdistError
 
-class ConfigError(ValueError):
+
+class ConfigError(ClrdistError, ValueError):
     """A configuration that cannot be used; the message names the dotted key and the problem."""
 
 
