@@ -1,0 +1,48 @@
+# clrdist: `make demo` and `make test` are all a newcomer types.
+# Both create (or refresh) .venv and install what they need first.
+#
+# Install order matters: torch first (the CPU wheel pinned in constraints.txt; an unpinned torch,
+# or one pulled in by another package, would download a multi-GB CUDA build), then the package
+# with its extras, then deepspeed, which ships only as source and imports torch in its build.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.clrdist-installed
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
+
+.PHONY: demo test test-fast bench lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip wheel "setuptools>=68"
+	$(PIP) install --quiet "torch==$(TORCH_VERSION)"
+	$(PIP) install --quiet -c constraints.txt -e ".[dev,generation]"
+	$(PIP) install --quiet -c constraints.txt --no-build-isolation deepspeed
+	$(PY) -c "import torch, ray, zarr, mlflow, deepspeed, clrdist; print('clrdist env ok: torch', torch.__version__, 'ray', ray.__version__, 'zarr', zarr.__version__, 'mlflow', mlflow.__version__, 'deepspeed', deepspeed.__version__)"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/clrdist demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+# Unit tests only (skips the real Ray / MLflow / DeepSpeed integration tests).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not integration" tests
+
+bench: $(STAMP)
+	$(PY) -m bench.loader
+	$(PY) -m bench.train_step --model-dim 128 --ff-dim 512 --layers 4 --heads 4 --batch 256 --constituents 50 --json
+	$(PY) -m bench.generate
+	$(PY) -m bench.nplm
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check clrdist tests bench jobs tuning
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache
