@@ -1,0 +1,121 @@
+"""The ``clrdist`` command.
+
+    clrdist data {toy,generate,convert,info,split} ...   make, import and inspect sample stores
+    clrdist train CONFIG [--set key=value ...]          contrastive training with Ray Train
+    clrdist eval RUN_ID [--lct] [--cwola] [--nplm] [--anomaly] [--json]
+    clrdist demo                                         the whole path at small scale
+
+User errors (bad files, configs, stores) print one line ``clrdist: error: ...`` and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from clrdist import __version__
+from clrdist.errors import ClrdistError
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from clrdist.config import load_config
+    from clrdist.train.trainer import train
+
+    cfg = load_config(args.config, args.set)  # validated before anything starts
+    result = train(cfg, evaluate=not args.no_eval)
+    summary = {"run_id": result.run_id, "checkpoint": result.checkpoint_path,
+               "tracking_uri": result.tracking_uri, "metrics": result.metrics}
+    print(json.dumps(summary, indent=2) if args.json else _format_summary(summary))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from clrdist.evaluate import evaluate_run
+    from clrdist.tracking import resolve_uri
+
+    which = {n for n in ("lct", "cwola", "nplm", "anomaly", "baselines") if getattr(args, n)}
+    results = evaluate_run(resolve_uri(args.tracking_uri), args.run_id, which or {"lct"})
+    metrics = {k: v for res in results.values() for k, v in res.metrics.items()}
+    print(json.dumps(metrics, indent=2) if args.json else
+          "\n".join(f"{k:40s} {v:.4g}" for k, v in sorted(metrics.items())))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from clrdist.demo import run_demo
+
+    run_demo(out_dir=args.out, n_per_class=args.jets_per_class, epochs=args.epochs,
+             workers=args.workers, tracking_uri=args.tracking_uri)
+    return 0
+
+
+def _format_summary(summary: dict) -> str:
+    lines = [f"run id      {summary['run_id']}", f"checkpoint  {summary['checkpoint']}",
+             f"tracking    {summary['tracking_uri']}"]
+    lines += [f"  {k:38s} {v:.4g}" for k, v in sorted(summary["metrics"].items())]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clrdist", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"clrdist {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="make, import and inspect sample stores")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    from clrdist.data import cli as data_cli
+    from clrdist.data import generate
+
+    data_cli.register(data_sub)
+    generate.register_cli(data_sub)
+
+    t = sub.add_parser("train", help="contrastive training with Ray Train")
+    t.add_argument("config", nargs="?", default=None, help="YAML config (default: built-in demo)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set loss.temperature=0.2 (repeatable)")
+    t.add_argument("--no-eval", action="store_true", help="skip the post-training evaluations")
+    t.add_argument("--json", action="store_true", help="print the summary as JSON")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a trained run and log into it")
+    e.add_argument("run_id")
+    for name, text in (("lct", "linear classifier test"), ("cwola", "idealised CWoLa scan"),
+                       ("nplm", "NPLM test"), ("anomaly", "label-free anomaly scores"),
+                       ("baselines", "baselines on the same samples")):
+        e.add_argument(f"--{name}", action="store_true", help=text)
+    e.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_cmd_eval)
+
+    d = sub.add_parser("demo", help="toy data -> store -> 2-worker training -> LCT -> MLflow")
+    d.add_argument("--out", default="demo_out", help="folder for stores and checkpoints")
+    d.add_argument("--jets-per-class", type=int, default=15000)
+    d.add_argument("--epochs", type=int, default=4)
+    d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ClrdistError as e:
+        msg = str(e).replace("\n", "\n  ")
+        print(f"clrdist: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("clrdist: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Glue between a trained checkpoint, the evaluation stores and ``clrdist.eval``.
+
+``evaluate_checkpoint`` loads the model, encodes the labelled evaluation stores (representations,
+not projection-head outputs) and runs the requested evaluations; ``evaluate_run`` does the same
+for an MLflow run id and logs the results into that run (what ``clrdist eval RUN_ID`` does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clrdist import tracking
+from clrdist.config import ConfigError, RunConfig
+from clrdist.data.store import open_store
+
+EVALUATIONS = ("lct", "cwola", "nplm", "anomaly", "baselines")
+
+
+def evaluate_checkpoint(checkpoint_path: str, which: set[str], *, cfg: RunConfig | None = None,
+                        options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the evaluations in ``which`` on the eval stores of ``cfg`` (default: the checkpoint's)."""
+    from clrdist.eval.runner import run_evaluations
+    from clrdist.train.checkpoint import load_model, make_encoder
+
+    unknown = set(which) - set(EVALUATIONS)
+    if unknown:
+        raise ConfigError(f"eval: unknown evaluation(s) {sorted(unknown)}; known: {list(EVALUATIONS)}")
+    model, trained_cfg = load_model(checkpoint_path)
+    cfg = cfg or trained_cfg
+    if not (cfg.data.eval_train_store and cfg.data.eval_test_store):
+        raise ConfigError("data.eval_train_store / data.eval_test_store: both are needed to evaluate")
+    limit = cfg.eval.lct_max_samples
+    train_data = open_store(cfg.data.eval_train_store).read_all(max_samples=limit)
+    test_data = open_store(cfg.data.eval_test_store).read_all(max_samples=limit)
+    encode = make_encoder(model, trained_cfg)
+    return run_evaluations(encode, train_data=train_data, test_data=test_data, which=set(which),
+                           options=dict(options or {}, seed=cfg.seed))
+
+
+def evaluate_run(uri: str, run_id: str, which: set[str]) -> dict[str, Any]:
+    """Evaluate the checkpoint recorded in an MLflow run and log the results into that run."""
+    from clrdist.config import config_from_dict
+
+    run = tracking.get_run(uri, run_id)
+    ckpt = run["tags"].get("clrdist.checkpoint")
+    if not ckpt:
+        raise ConfigError(f"run {run_id}: has no clrdist.checkpoint tag (did training finish?)")
+    cfg = config_from_dict(tracking.download_config(uri, run_id), source=f"run {run_id}")
+    results = evaluate_checkpoint(ckpt, which, cfg=cfg)
+    tracking.log_eval(uri, run_id, results)
+    return results

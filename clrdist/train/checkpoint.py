@@ -1,0 +1,105 @@
+"""Checkpoints: what a run needs to resume exactly, and what evaluation needs to encode.
+
+A checkpoint is a directory:
+
+    state.pt            model / optimiser / scheduler tensors (loaded with weights_only=True)
+    meta.json           step, epoch, the resolved run config, clrdist version
+    stream_rank{r}.json each rank's stream position (Ray Train merges the workers' directories)
+
+Nothing here imports Ray, so ``clrdist eval`` and notebooks can load checkpoints directly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import clrdist
+from clrdist.config import RunConfig, config_from_dict
+from clrdist.errors import ClrdistError
+
+
+class CheckpointError(ClrdistError):
+    """A checkpoint directory that is missing or incomplete."""
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return obj
+
+
+def save(directory: str | Path, *, state: dict[str, Any] | None, step: int, epoch: int,
+         cfg: RunConfig, rank: int, stream_state: dict[str, Any] | None,
+         mid_epoch: bool = False) -> Path:
+    """Write this rank's part of a checkpoint (rank 0 writes the model state and meta)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    if state is not None:
+        torch.save(state, d / "state.pt")
+        meta = {"step": step, "epoch": epoch, "mid_epoch": mid_epoch, "config": cfg.to_dict(),
+                "clrdist_version": clrdist.__version__}
+        (d / "meta.json").write_text(json.dumps(meta, indent=1))
+    if stream_state is not None:
+        (d / f"stream_rank{rank}.json").write_text(json.dumps(_jsonable(stream_state)))
+    return d
+
+
+def load(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(tensor state, meta) of a checkpoint directory."""
+    d = Path(directory)
+    if not (d / "state.pt").is_file() or not (d / "meta.json").is_file():
+        raise CheckpointError(f"{d}: not a clrdist checkpoint (state.pt and meta.json expected)")
+    state = torch.load(d / "state.pt", map_location="cpu", weights_only=True)
+    meta = json.loads((d / "meta.json").read_text())
+    return state, meta
+
+
+def load_stream_state(directory: str | Path, rank: int) -> dict[str, Any] | None:
+    p = Path(directory) / f"stream_rank{rank}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def load_model(directory: str | Path) -> tuple[torch.nn.Module, RunConfig]:
+    """The trained model (eval mode, CPU) and the config it was trained with."""
+    from clrdist.models import build_model
+
+    state, meta = load(directory)
+    cfg = config_from_dict(meta["config"], source=f"{directory}/meta.json")
+    model = build_model(cfg.model)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, cfg
+
+
+def make_encoder(model: torch.nn.Module, cfg: RunConfig, batch_size: int = 2048,
+                 device: str | torch.device = "cpu") -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """``encode(samples) -> (n, D)`` representations (not projection-head outputs)."""
+    from clrdist.train.inputs import model_inputs
+
+    model = model.to(device).eval()
+
+    @torch.no_grad()
+    def encode(samples: dict[str, np.ndarray]) -> np.ndarray:
+        out = []
+        n = len(samples["mask"])
+        for i in range(0, n, batch_size):
+            x, mask = model_inputs(samples["particles"][i:i + batch_size],
+                                   samples["mask"][i:i + batch_size], cfg, device=device)
+            out.append(model.represent(x, mask).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    return encode

@@ -1,0 +1,134 @@
+"""Distributed engines: the one thing the training loop steps through.
+
+The loop calls ``engine.model(x, mask)`` and ``engine.step(loss)``; whether that is PyTorch DDP
+(through Ray Train's ``prepare_model``) or DeepSpeed (``deepspeed.initialize``, ZeRO 1/2) is
+decided here, from ``scaling.engine``. Both use the torch process group Ray Train set up (gloo
+on CPU, NCCL on GPU).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from clrdist.config import RunConfig
+
+
+def lr_lambda(cfg: RunConfig, total_steps: int):
+    """Linear warm-up to the base rate, then cosine decay to 10% of it over ``total_steps``."""
+    warm = cfg.optim.warmup_steps
+
+    def f(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+class Engine:
+    """Model + optimiser + scheduler behind one ``step``; ``module`` is the unwrapped model."""
+
+    model: nn.Module
+    module: nn.Module
+
+    def step(self, loss: torch.Tensor) -> dict[str, float]:
+        raise NotImplementedError
+
+    def train(self) -> None:
+        self.model.train()
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class DDPEngine(Engine):
+    def __init__(self, model: nn.Module, cfg: RunConfig, total_steps: int):
+        from ray.train.torch import prepare_model
+
+        self.model = prepare_model(model)  # DDP when world_size > 1, moved to the worker's device
+        self.module = getattr(self.model, "module", self.model)
+        self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=cfg.optim.lr,
+                                           weight_decay=cfg.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total_steps))
+        self.grad_clip = cfg.optim.grad_clip
+
+    def step(self, loss: torch.Tensor) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # DDP all-reduces (averages) the gradients here
+        out = {"lr": self.scheduler.get_last_lr()[0]}
+        if self.grad_clip:
+            out["grad_norm"] = float(nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+class DeepSpeedEngine(Engine):
+    def __init__(self, model: nn.Module, cfg: RunConfig, total_steps: int):
+        if not cfg.scaling.use_gpu:
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        import deepspeed
+
+        ds_config = {
+            "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": cfg.scaling.zero_stage},
+            "bf16": {"enabled": bool(cfg.scaling.bf16 and cfg.scaling.use_gpu)},
+            "steps_per_print": 10**9,  # we log through MLflow, not stdout
+        }
+        if cfg.optim.grad_clip:
+            ds_config["gradient_clipping"] = cfg.optim.grad_clip
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr,
+                                      weight_decay=cfg.optim.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+        # Ray Train has already initialised torch.distributed; DeepSpeed reuses that group.
+        deepspeed.init_distributed(dist_backend="nccl" if cfg.scaling.use_gpu else "gloo")
+        self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        self.module = self.model.module
+
+    def step(self, loss: torch.Tensor) -> dict[str, float]:
+        self.model.backward(loss)
+        lr = self.scheduler.get_last_lr()[0]
+        self.model.step()  # optimiser + scheduler step, gradients zeroed
+        return {"lr": lr}
+
+    def state_dict(self) -> dict[str, Any]:
+        # With ZeRO 1/2 the optimiser state is partitioned over ranks; a rank-0 state dict holds
+        # the full model but only rank 0's optimiser shard. We store the model and scheduler,
+        # and the optimiser only when it is not partitioned.
+        state = {"model": self.module.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.model.zero_optimization_stage() == 0:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["model"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+ENGINES = {"ddp": DDPEngine, "deepspeed": DeepSpeedEngine}
+
+
+def build_engine(model: nn.Module, cfg: RunConfig, total_steps: int) -> Engine:
+    return ENGINES[cfg.scaling.engine](model, cfg, total_steps)

@@ -1,0 +1,122 @@
+"""The per-worker training function Ray Train runs on every rank.
+
+Plain PyTorch, read top to bottom: data -> augment -> encode -> loss -> step -> log -> checkpoint.
+Rank-0 side effects (MLflow, the model checkpoint) sit behind the one ``master`` flag.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+
+from clrdist import tracking
+from clrdist.config import config_from_dict
+from clrdist.data.stream import ShardedStream
+from clrdist.losses import build_loss
+from clrdist.models import build_model
+from clrdist.physics.augment import build_view
+from clrdist.train import checkpoint
+from clrdist.train.engine import build_engine
+from clrdist.train.inputs import model_inputs
+
+
+def augment_seed(seed: int, rank: int, step: int) -> int:
+    """Augmentation randomness is a pure function of (seed, rank, step): exact on resume."""
+    return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    cfg = config_from_dict(config["run_config"], source="train_loop_config")
+    uri, run_id = config["tracking_uri"], config["mlflow_run_id"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    master = rank == 0
+    device = ray.train.torch.get_device()
+
+    # -- data: this rank's equal share of every epoch ------------------------------------------
+    stream = ShardedStream(cfg.data.train_store, batch_size=cfg.data.batch_size, rank=rank,
+                           world_size=world, seed=cfg.seed, shuffle_buffer=cfg.data.shuffle_buffer,
+                           num_threads=cfg.data.loader_threads)
+    steps_per_epoch = stream.batches_per_epoch()
+    total_steps = min(cfg.optim.max_steps or 10**12, steps_per_epoch * cfg.optim.epochs)
+
+    # -- model, loss, views (identical initial weights on every rank) ----------------------------
+    torch.manual_seed(cfg.seed)
+    engine = build_engine(build_model(cfg.model), cfg, total_steps)
+    loss_fn = build_loss(cfg.loss)
+    views = [build_view(v, cfg.augment.strength) for v in cfg.augment.views]
+    if cfg.augment.anomaly_view:
+        views.append(build_view(cfg.augment.anomaly_view, cfg.augment.strength))
+    gen = torch.Generator(device=device)
+
+    # -- resume from the last checkpoint, if Ray Train restarted us ------------------------------
+    step, epoch, mid_epoch = 0, 0, False
+    if (ckpt := ray.train.get_checkpoint()) is not None:
+        with ckpt.as_directory() as d:
+            state, meta = checkpoint.load(d)
+            engine.load_state_dict(state)
+            step, epoch, mid_epoch = meta["step"], meta["epoch"], meta.get("mid_epoch", False)
+            if mid_epoch and (s := checkpoint.load_stream_state(d, rank)) is not None:
+                stream.load_state_dict(s)
+
+    def report(metrics: dict[str, float], *, mid: bool) -> None:
+        """Every rank reports (it is a barrier); each writes its stream position, rank 0 the model."""
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint.save(tmp, state=engine.state_dict() if master else None, step=step,
+                            epoch=epoch, cfg=cfg, rank=rank, stream_state=stream.state_dict(),
+                            mid_epoch=mid)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    engine.train()
+    t_log, jets_since_log = time.perf_counter(), 0
+    while epoch < cfg.optim.epochs and step < total_steps:
+        if not mid_epoch:
+            stream.set_epoch(epoch)
+        mid_epoch = False
+        epoch_loss, epoch_batches = 0.0, 0
+        for batch in stream:
+            # -- augment: every view of the same jets, then one forward pass over all views --
+            gen.manual_seed(augment_seed(cfg.seed, rank, step))
+            inputs = [model_inputs(batch["particles"], batch["mask"], cfg, device=device,
+                                   view=v, generator=gen) for v in views]
+            x = torch.cat([xi for xi, _ in inputs])
+            mask = torch.cat([mi for _, mi in inputs])
+
+            # -- encode and loss: local rows against all-gathered columns ---------------------
+            _, z = engine.model(x, mask)
+            zs = z.chunk(len(views))
+            terms = loss_fn(*zs)
+
+            # -- step: DDP averages gradients, which gives the global-batch gradient -----------
+            info = engine.step(terms["loss"])
+            step += 1
+            epoch_loss += float(terms["loss"])
+            epoch_batches += 1
+            jets_since_log += len(batch["mask"]) * world
+
+            # -- log (rank 0) -----------------------------------------------------------------
+            if master and step % cfg.tracking.log_every == 0:
+                now = time.perf_counter()
+                metrics = {f"train_{k}": float(v) for k, v in terms.items()}
+                metrics.update(info, epoch=epoch, jets_per_s=jets_since_log / (now - t_log))
+                tracking.log_metrics(uri, run_id, metrics, step=step)
+                t_log, jets_since_log = now, 0
+
+            # -- checkpoint inside the epoch when asked ----------------------------------------
+            if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 \
+                    and step < total_steps:
+                report({"loss": float(terms["loss"]), "step": step, "epoch": epoch}, mid=True)
+            if step >= total_steps:
+                break
+
+        # -- end of epoch: checkpoint at the boundary -------------------------------------------
+        epoch += 1
+        mean_loss = epoch_loss / max(1, epoch_batches)
+        if master:
+            tracking.log_metrics(uri, run_id, {"epoch_loss": mean_loss}, step=step)
+        report({"loss": mean_loss, "step": step, "epoch": epoch}, mid=False)

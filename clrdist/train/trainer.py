@@ -1,0 +1,137 @@
+"""Driver side of training: check the config, open the MLflow run, run Ray Train, evaluate.
+
+Everything that can be checked without a cluster (stores exist and are valid, engine available,
+tracking URI usable) is checked before Ray starts, so a bad config costs no cluster resources.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clrdist import tracking
+from clrdist.config import ConfigError, RunConfig
+from clrdist.data.store import open_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    checkpoint_path: str
+    tracking_uri: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Reject what would fail on the cluster anyway, before any resource is started."""
+    store = open_store(cfg.data.train_store)  # raises StoreError naming the store and problem
+    need = cfg.data.batch_size * cfg.scaling.num_workers
+    if store.n < need:
+        raise ConfigError(
+            f"data.train_store: {cfg.data.train_store} has {store.n} samples, fewer than one global "
+            f"batch (data.batch_size {cfg.data.batch_size} x scaling.num_workers "
+            f"{cfg.scaling.num_workers} = {need})")
+    if cfg.data.n_particles > store.n_particles:
+        raise ConfigError(f"data.n_particles: {cfg.data.n_particles} exceeds the "
+                          f"{store.n_particles} particle slots of {cfg.data.train_store}")
+    for key in ("eval_train_store", "eval_test_store"):
+        path = getattr(cfg.data, key)
+        if path is not None:
+            open_store(path)
+    if cfg.scaling.engine == "deepspeed":
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError as e:
+            raise ConfigError(f"scaling.engine: deepspeed is not importable ({e}); "
+                              "install clrdist[deepspeed]") from None
+    tracking.resolve_uri(cfg.tracking.uri)
+
+
+def ensure_ray(cfg: RunConfig) -> None:
+    """Connect to the cluster in RAY_ADDRESS, or start a local one big enough for the workers."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        return
+    need = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    # A laptop may have fewer cores than workers: oversubscribe rather than hang waiting.
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False,
+             log_to_driver=True)
+
+
+def train(cfg: RunConfig, *, evaluate: bool = True) -> TrainResult:
+    """Train with Ray Train's TorchTrainer; log to MLflow; run the post-training evaluations."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from clrdist.train.loop import train_loop_per_worker
+
+    preflight(cfg)
+    # Workers do not share the driver's working directory: make every path absolute.
+    cfg = cfg.model_copy(deep=True)
+    cfg.data.train_store = str(Path(cfg.data.train_store).resolve())
+    for key in ("eval_train_store", "eval_test_store"):
+        if getattr(cfg.data, key):
+            setattr(cfg.data, key, str(Path(getattr(cfg.data, key)).resolve()))
+    cfg.checkpoint.storage_path = str(Path(cfg.checkpoint.storage_path).resolve())
+    uri = tracking.resolve_uri(cfg.tracking.uri)
+    cfg.tracking.uri = uri
+
+    run_id = tracking.start_run(uri, cfg.tracking.experiment, cfg.flat(),
+                                run_name=cfg.tracking.run_name,
+                                tags={"clrdist.config_name": cfg.name,
+                                      "clrdist.engine": cfg.scaling.engine},
+                                config=cfg.to_dict())
+    ensure_ray(cfg)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run_config": cfg.to_dict(), "tracking_uri": uri, "mlflow_run_id": run_id},
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=f"{cfg.name}-{run_id[:8]}", storage_path=cfg.checkpoint.storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures)),
+    )
+    try:
+        result = trainer.fit()
+    except BaseException:
+        tracking.end_run(uri, run_id, "FAILED")
+        raise
+    if result.checkpoint is None:
+        tracking.end_run(uri, run_id, "FAILED")
+        raise RuntimeError(f"run {run_id}: training finished without a checkpoint")
+    ckpt_path = result.checkpoint.path
+    tracking.set_tags(uri, run_id, {"clrdist.checkpoint": ckpt_path})
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items()
+               if isinstance(v, (int, float))}
+
+    if evaluate:
+        from clrdist.evaluate import evaluate_checkpoint
+
+        which = {name for name in ("lct", "cwola", "nplm", "anomaly") if getattr(cfg.eval, name)}
+        if which and cfg.data.eval_train_store and cfg.data.eval_test_store:
+            results = evaluate_checkpoint(ckpt_path, which, cfg=cfg)
+            tracking.log_eval(uri, run_id, results)
+            for res in results.values():
+                metrics.update(res.metrics)
+        elif which:
+            log.warning("eval: data.eval_train_store / eval_test_store not set; skipping %s",
+                        sorted(which))
+    tracking.end_run(uri, run_id, "FINISHED")
+    return TrainResult(run_id=run_id, checkpoint_path=ckpt_path, tracking_uri=uri, metrics=metrics)
+
+
+def config_summary(cfg: RunConfig) -> dict[str, Any]:
+    return {"name": cfg.name, "workers": cfg.scaling.num_workers, "engine": cfg.scaling.engine,
+            "batch_per_worker": cfg.data.batch_size, "epochs": cfg.optim.epochs}
