@@ -1,0 +1,277 @@
+"""Baselines on the same samples as the linear classifier test.
+
+Each baseline maps store samples to features, fits a classifier on the training set and scores
+the disjoint test set; metrics use :func:`clrdist.eval.metrics.roc_metrics` with prefix
+``baseline_<name>`` (``baseline_raw_auc``, ``baseline_jet_obs_inv_eps_b_at_0.5``, ...):
+
+- ``raw``: flattened, pT-ordered constituents (pT / 600 GeV, eta and phi relative to the jet's
+  pT-weighted centroid), linear classifier (the LCT on the inputs themselves);
+- ``jet_obs``: jet mass, tau21, tau32 (store features when present, else computed here),
+  gradient-boosted trees (these few observables are not linearly separable);
+- ``efp``: energy flow polynomials of degree <= 5 (energyflow, hadronic measure, beta = 1, on
+  (pT, eta, phi)), log-scaled, linear classifier (linear in EFPs is the published use);
+- ``supervised``: an encoder of the same size built by ``model_factory`` trained with a linear
+  head on the labels (BCE), scored on the test set.
+
+Samples are dicts of ``SampleStore.read_all()``: ``particles (n, P, 3) float32 [pT GeV, eta,
+phi]``, ``mask (n, P) bool``, ``label (n,) int8``, ``features (n, K) float32``.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from clrdist.eval.metrics import DEFAULT_EPS_S, EvalResult, Roc, binary_labels, roc_metrics
+from clrdist.eval.plots import roc_figure, sic_figure
+
+ALL_BASELINES = ("raw", "jet_obs", "efp", "supervised")
+PT_SCALE = 600.0  # GeV; JetCLR's input pT scale
+R0 = 0.8  # jet radius for N-subjettiness normalisation (ratios do not depend on it)
+
+
+# --- features ---------------------------------------------------------------------------------
+
+def centred(particles: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(n, P, 3) [pT, eta, phi] -> same with eta, phi relative to the pT-weighted centroid
+    (phi first taken relative to the hardest constituent so the centroid does not straddle
+    the -pi/pi seam); padding stays zero."""
+    p = np.array(particles[..., :3], dtype=np.float64)
+    m = np.asarray(mask, dtype=bool)
+    pt = np.where(m, p[..., 0], 0.0)
+    lead = np.argmax(pt, axis=1)
+    phi0 = np.take_along_axis(p[..., 2], lead[:, None], axis=1)
+    dphi = np.mod(p[..., 2] - phi0 + np.pi, 2 * np.pi) - np.pi
+    w = pt / np.maximum(pt.sum(axis=1, keepdims=True), 1e-12)
+    eta_c = (w * p[..., 1]).sum(axis=1, keepdims=True)
+    phi_c = (w * dphi).sum(axis=1, keepdims=True)
+    out = np.stack([pt, p[..., 1] - eta_c, dphi - phi_c], axis=-1)
+    return np.where(m[..., None], out, 0.0)
+
+
+def raw_features(particles: np.ndarray, mask: np.ndarray, n_max: int | None = None) -> np.ndarray:
+    """Flattened pT-ordered constituents (n, P*3): pT/600 GeV, centred eta, phi."""
+    c = centred(particles, mask)
+    order = np.argsort(-c[..., 0], axis=1, kind="stable")
+    c = np.take_along_axis(c, order[..., None], axis=1)
+    if n_max is not None:
+        c = c[:, :n_max]
+    c[..., 0] /= PT_SCALE
+    return c.reshape(len(c), -1)
+
+
+def jet_mass(particles: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Invariant mass (n,) in GeV of the massless constituents."""
+    p = np.asarray(particles, dtype=np.float64)
+    pt = np.where(mask, p[..., 0], 0.0)
+    eta, phi = p[..., 1], p[..., 2]
+    e = (pt * np.cosh(eta)).sum(1)
+    px, py = (pt * np.cos(phi)).sum(1), (pt * np.sin(phi)).sum(1)
+    pz = (pt * np.sinh(eta)).sum(1)
+    return np.sqrt(np.maximum(e**2 - px**2 - py**2 - pz**2, 0.0))
+
+
+def n_subjettiness(particles: np.ndarray, mask: np.ndarray, n_axes: Sequence[int] = (1, 2, 3),
+                   iterations: int = 10) -> dict[int, np.ndarray]:
+    """tau_N (beta = 1) for each N, with axes from pT-weighted k-means in (eta, phi) seeded by the
+    N hardest constituents (an approximation of the minimised axes; no FastJet needed)."""
+    c = centred(particles, mask)
+    pt, pos = c[..., 0], c[..., 1:]
+    norm = np.maximum(pt.sum(1), 1e-12) * R0
+    order = np.argsort(-pt, axis=1, kind="stable")
+    out = {}
+    for n in n_axes:
+        axes = np.take_along_axis(pos, order[:, :n, None], axis=1)  # (B, N, 2)
+        for _ in range(iterations):
+            d2 = ((pos[:, :, None, :] - axes[:, None, :, :]) ** 2).sum(-1)  # (B, P, N)
+            near = np.argmin(d2, axis=2)
+            onehot = (near[..., None] == np.arange(n)) * pt[..., None]  # (B, P, N)
+            wsum = onehot.sum(1)  # (B, N)
+            new = np.einsum("bpn,bpk->bnk", onehot, pos) / np.maximum(wsum, 1e-12)[..., None]
+            axes = np.where(wsum[..., None] > 0, new, axes)
+        d = np.sqrt(((pos[:, :, None, :] - axes[:, None, :, :]) ** 2).sum(-1)).min(2)
+        out[n] = (pt * d).sum(1) / norm
+    return out
+
+
+def jet_observables(data: Mapping[str, np.ndarray],
+                    feature_names: Sequence[str] | None = None) -> np.ndarray:
+    """(n, 3): jet mass [GeV], tau21, tau32 — from store features when all three are there."""
+    names = list(feature_names or [])
+    want = ("jet_mass", "tau21", "tau32")
+    if all(w in names for w in want):
+        f = np.asarray(data["features"])
+        return np.stack([f[:, names.index(w)] for w in want], axis=1).astype(np.float64)
+    tau = n_subjettiness(data["particles"], data["mask"])
+    ratio = lambda a, b: np.divide(a, b, out=np.zeros_like(a), where=b > 0)  # noqa: E731
+    return np.stack([jet_mass(data["particles"], data["mask"]), ratio(tau[2], tau[1]),
+                     ratio(tau[3], tau[2])], axis=1)
+
+
+def import_energyflow():
+    """Import energyflow. Its EMD module imports ``wasserstein``, whose binary wheels before 1.1
+    are built against numpy 1.x and fail to load under numpy 2. EFPs do not need it: in that
+    case a stub ``wasserstein`` module is registered first (energyflow's EMDs are then
+    unavailable in this process)."""
+    if "energyflow" not in sys.modules and "wasserstein" not in sys.modules:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            w_major_minor = tuple(int(v) for v in version("wasserstein").split(".")[:2])
+        except (PackageNotFoundError, ValueError):
+            w_major_minor = (99, 0)
+        if int(np.__version__.split(".")[0]) >= 2 and w_major_minor < (1, 1):
+            sys.modules["wasserstein"] = types.ModuleType("wasserstein")
+    import energyflow
+
+    return energyflow
+
+
+def efp_features(particles: np.ndarray, mask: np.ndarray, *, dmax: int = 5) -> np.ndarray:
+    """All EFPs with degree <= dmax (n, n_efp; 102 for dmax = 5), hadronic measure, beta = 1,
+    normalised energies, on (pT, eta, phi) of the real constituents."""
+    ef = import_energyflow()
+    efpset = ef.EFPSet(f"d<={dmax}", measure="hadr", beta=1, normed=True, coords="ptyphim")
+    p = np.asarray(particles, dtype=np.float64)[..., :3]
+    jets = [p[i][np.asarray(mask[i], bool)] for i in range(len(p))]
+    return np.asarray(efpset.batch_compute(jets, n_jobs=1), dtype=np.float64)
+
+
+# --- classifiers ------------------------------------------------------------------------------
+
+def _linear(xtr, ytr, xte, seed):
+    from clrdist.eval.lct import linear_scores
+
+    return linear_scores(xtr, ytr, xte, seed=seed)
+
+
+def _trees(xtr, ytr, xte, seed):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    clf = HistGradientBoostingClassifier(max_iter=200, early_stopping=True, random_state=seed)
+    return clf.fit(xtr, ytr).predict_proba(xte)[:, 1]
+
+
+def supervised_scores(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, np.ndarray],
+                      model_factory: Callable[[], object], *, seed: int = 0, epochs: int = 3,
+                      batch_size: int = 256, lr: float = 1e-3,
+                      prepare: Callable | None = None) -> np.ndarray:
+    """Train ``model_factory()`` (a torch module ``(x (B,P,F), mask (B,P)) -> (B, D)``) plus a
+    linear head on the labels with BCE; return test scores (n_test,) for labelled test samples.
+
+    ``prepare(particles, mask) -> (x, mask)`` numpy arrays is the input transform (default:
+    centred eta/phi and pT / 600 GeV, the JetCLR frame)."""
+    import torch
+
+    prepare = prepare or _sorted_inputs
+    keep_tr, ytr = binary_labels(train_data["label"])
+    keep_te, _ = binary_labels(test_data["label"])
+    xtr, mtr = prepare(train_data["particles"][keep_tr], train_data["mask"][keep_tr])
+    xte, mte = prepare(test_data["particles"][keep_te], test_data["mask"][keep_te])
+    if mtr.shape != xtr.shape[:2]:
+        raise ValueError("prepare must return x (B, P, F) and mask (B, P)")
+    torch.manual_seed(seed)
+    encoder = model_factory()
+    with torch.no_grad():
+        d = encoder(torch.as_tensor(xtr[:2], dtype=torch.float32),
+                    torch.as_tensor(mtr[:2], dtype=torch.bool)).shape[-1]
+    head = torch.nn.Linear(d, 1)
+    params = list(encoder.parameters()) + list(head.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    x_t = torch.as_tensor(xtr, dtype=torch.float32)
+    m_t = torch.as_tensor(mtr, dtype=torch.bool)
+    y_t = torch.as_tensor(ytr, dtype=torch.float32)
+    encoder.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x_t), generator=gen)
+        for s in range(0, len(perm), batch_size):
+            idx = perm[s:s + batch_size]
+            logit = head(encoder(x_t[idx], m_t[idx])).squeeze(-1)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, y_t[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    encoder.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(xte), 1024):
+            xb = torch.as_tensor(xte[s:s + 1024], dtype=torch.float32)
+            mb = torch.as_tensor(mte[s:s + 1024], dtype=torch.bool)
+            out.append(head(encoder(xb, mb)).squeeze(-1).numpy())
+    return np.concatenate(out)
+
+
+def _sorted_inputs(p, m):
+    """Centred, pT-sorted (x, mask) in the JetCLR frame (pT / 600 GeV)."""
+    x = raw_features(p, m).reshape(p.shape[0], -1, 3)
+    return x.astype(np.float32), x[..., 0] > 0
+
+
+# --- driver -----------------------------------------------------------------------------------
+
+def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, np.ndarray], *,
+                  seed: int = 0, feature_names: Sequence[str] | None = None,
+                  model_factory: Callable[[], object] | None = None,
+                  rep_train: np.ndarray | None = None, rep_test: np.ndarray | None = None,
+                  which: Sequence[str] | None = None, efp_max_samples: int = 5000,
+                  supervised_epochs: int = 3, eps_s: tuple[float, ...] = DEFAULT_EPS_S,
+                  figures: bool = True) -> EvalResult:
+    """Fit each baseline on ``train_data``, score ``test_data``; metrics ``baseline_<name>_*``.
+
+    ``which`` defaults to every baseline that can run (``supervised`` only with a
+    ``model_factory``). EFPs are slow (energyflow loops over jets in Python: ~400 jets/s at 30
+    constituents), so at most ``efp_max_samples`` of each set are used for them
+    (``baseline_efp_n_test`` records how many). If ``rep_train``/``rep_test`` are given, the
+    representation's linear classifier is drawn on the same ROC/SIC figures
+    (``baselines_roc.png``, ``baselines_sic.png``).
+    """
+    which = list(which) if which is not None else [
+        b for b in ALL_BASELINES if b != "supervised" or model_factory is not None]
+    unknown = set(which) - set(ALL_BASELINES)
+    if unknown:
+        raise KeyError(f"unknown baseline(s) {sorted(unknown)}; known: {list(ALL_BASELINES)}")
+    keep_tr, ytr = binary_labels(train_data["label"])
+    keep_te, yte = binary_labels(test_data["label"])
+    sel = lambda d, keep: {k: np.asarray(v)[keep] for k, v in d.items()}  # noqa: E731
+    tr, te = sel(train_data, keep_tr), sel(test_data, keep_te)
+    metrics: dict[str, float] = {}
+    curves: dict[str, Roc] = {}
+
+    def record(name: str, score: np.ndarray, y: np.ndarray, label: str) -> None:
+        m, r = roc_metrics(y, score, f"baseline_{name}", eps_s=eps_s)
+        metrics.update(m)
+        metrics[f"baseline_{name}_n_test"] = float(len(y))
+        curves[label] = r
+
+    if rep_train is not None and rep_test is not None:
+        s = _linear(np.asarray(rep_train)[keep_tr], ytr, np.asarray(rep_test)[keep_te], seed)
+        curves["representation (linear)"] = roc_metrics(yte, s, "rep", eps_s=eps_s)[1]
+    for name in which:
+        if name == "raw":
+            s = _linear(raw_features(tr["particles"], tr["mask"]), ytr,
+                        raw_features(te["particles"], te["mask"]), seed)
+            record("raw", s, yte, "raw constituents (linear)")
+        elif name == "jet_obs":
+            s = _trees(jet_observables(tr, feature_names), ytr, jet_observables(te, feature_names),
+                       seed)
+            record("jet_obs", s, yte, r"$m_J$, $\tau_{21}$, $\tau_{32}$ (BDT)")
+        elif name == "efp":
+            ntr, nte = min(len(ytr), efp_max_samples), min(len(yte), efp_max_samples)
+            f_tr = np.log10(np.abs(efp_features(tr["particles"][:ntr], tr["mask"][:ntr])) + 1e-12)
+            f_te = np.log10(np.abs(efp_features(te["particles"][:nte], te["mask"][:nte])) + 1e-12)
+            s = _linear(f_tr, ytr[:ntr], f_te, seed)
+            record("efp", s, yte[:nte], r"EFPs $d\leq5$ (linear)")
+        elif name == "supervised":
+            if model_factory is None:
+                raise ValueError("baseline 'supervised' needs a model_factory")
+            s = supervised_scores(tr, te, model_factory, seed=seed, epochs=supervised_epochs)
+            record("supervised", s, yte, "supervised encoder")
+    figs = {}
+    if figures and curves:
+        figs = {"baselines_roc.png": roc_figure(curves, "baselines"),
+                "baselines_sic.png": sic_figure(curves, "baselines")}
+    return EvalResult(metrics=metrics, figures=figs)

@@ -1,0 +1,87 @@
+"""Baselines: observables against closed forms, classifiers on two-prong vs one-prong toys."""
+
+import numpy as np
+import pytest
+import torch
+from _eval_toys import mixed, prong_jets
+
+from clrdist.eval.baselines import (
+    centred,
+    efp_features,
+    jet_mass,
+    jet_observables,
+    raw_features,
+    run_baselines,
+)
+
+
+def test_jet_mass_of_two_massless_particles():
+    p = np.array([[[100.0, 0.1, 3.1], [50.0, -0.2, -3.0], [0.0, 0.0, 0.0]]])
+    m = np.array([[True, True, False]])
+    deta, dphi = 0.3, 6.1 - 2 * np.pi
+    expect = np.sqrt(2 * 100 * 50 * (np.cosh(deta) - np.cos(dphi)))
+    assert jet_mass(p, m)[0] == pytest.approx(expect, rel=1e-9)
+
+
+def test_centring_wraps_phi_and_raw_features_are_pt_ordered():
+    d = prong_jets(50, 1, seed=0)
+    c = centred(d["particles"], d["mask"])
+    w = c[..., 0] / c[..., 0].sum(1, keepdims=True)
+    assert np.abs((w * c[..., 1]).sum(1)).max() < 1e-9
+    assert np.abs((w * c[..., 2]).sum(1)).max() < 1e-9
+    assert np.abs(c[..., 2]).max() < 0.5  # no 2 pi jumps for jets at phi ~ 3.0
+    r = raw_features(d["particles"], d["mask"]).reshape(50, -1, 3)
+    assert np.all(np.diff(r[..., 0], axis=1) <= 0)
+
+
+def test_n_subjettiness_separates_prongs():
+    one = jet_observables(prong_jets(200, 1, seed=1))
+    two = jet_observables(prong_jets(200, 2, seed=2))
+    assert np.median(two[:, 1]) < 0.6 * np.median(one[:, 1])  # tau21 small for 2 prongs
+    assert np.median(two[:, 0]) > 2 * np.median(one[:, 0])  # and the jet mass large
+
+
+def test_store_features_used_when_present():
+    d = prong_jets(10, 1, seed=3)
+    d["features"] = np.arange(40, dtype=np.float32).reshape(10, 4)
+    obs = jet_observables(d, ["jet_pt", "tau21", "jet_mass", "tau32"])
+    np.testing.assert_array_equal(obs[:, 0], d["features"][:, 2])
+    np.testing.assert_array_equal(obs[:, 2], d["features"][:, 3])
+
+
+def test_efps_degree_5():
+    d = prong_jets(5, 2, seed=4)
+    x = efp_features(d["particles"], d["mask"])
+    assert x.shape == (5, 102)  # all EFPs with d <= 5 (54 connected)
+    np.testing.assert_allclose(x[:, 0], 1.0)  # the d=0 EFP of normalised energies
+
+
+def test_baselines_on_prong_toys():
+    tr, te = mixed(200, seed=0), mixed(200, seed=10)
+    res = run_baselines(tr, te, which=["raw", "jet_obs", "efp"], rep_train=None, rep_test=None)
+    m = res.metrics
+    assert m["baseline_jet_obs_auc"] > 0.95
+    assert m["baseline_efp_auc"] > 0.95
+    assert 0.5 < m["baseline_raw_auc"] < m["baseline_efp_auc"]
+    assert m["baseline_efp_n_test"] == 400
+    assert set(res.figures) == {"baselines_roc.png", "baselines_sic.png"}
+
+
+class TinyDeepSet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.phi = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.ReLU(),
+                                       torch.nn.Linear(32, 16))
+
+    def forward(self, x, mask):
+        return (self.phi(x * 10) * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+
+
+def test_supervised_baseline_learns():
+    tr, te = mixed(300, seed=20), mixed(200, seed=30)
+    rep = np.zeros((600, 2))
+    res = run_baselines(tr, te, which=["supervised"], model_factory=TinyDeepSet,
+                        supervised_epochs=15, rep_train=rep, rep_test=np.zeros((400, 2)))
+    assert res.metrics["baseline_supervised_auc"] > 0.8
+    with pytest.raises(KeyError, match="known"):
+        run_baselines(tr, te, which=["nope"])
