@@ -1,0 +1,213 @@
+"""Per-rank streaming: equal full batches, exactly-once coverage, rotation, shuffling, resume."""
+
+import itertools
+import threading
+
+import numpy as np
+import pytest
+
+from clrdist.data.store import StoreError, StoreWriter, open_store
+from clrdist.data.stream import ShardedStream
+
+N, CHUNK = 1037, 32  # deliberately not a multiple of anything
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A store whose feature 0 is the sample's storage index, so batches can be traced."""
+    out = tmp_path_factory.mktemp("stream") / "s.zarr"
+    idx = np.arange(N)
+    particles = np.repeat(idx[:, None, None], 4, axis=1).repeat(3, axis=2).astype(np.float32)
+    with StoreWriter(out, kind="jet", particle_features=["pt", "eta", "phi"],
+                     feature_names=["index", "x"], label_names={0: "a", 1: "b"},
+                     n_particles=4, chunk_size=CHUNK, shard_chunks=4) as w:
+        for a in range(0, N, 100):
+            b = min(N, a + 100)
+            w.append(particles[a:b], np.ones((b - a, 4), bool), (idx[a:b] % 2).astype(np.int8),
+                     np.stack([idx[a:b], -idx[a:b]], 1).astype(np.float32))
+    return open_store(out)
+
+
+def ids(batch):
+    return batch["features"][:, 0].astype(np.int64)
+
+
+def epoch_ids(stream):
+    return [ids(b) for b in stream]
+
+
+@pytest.mark.parametrize("world, batch", [(1, 64), (2, 50), (3, 32)])
+def test_equal_full_batches_and_exactly_once(store, world, batch):
+    streams = [ShardedStream(store, batch_size=batch, rank=r, world_size=world, seed=7,
+                             shuffle_buffer=100, num_threads=r % 2) for r in range(world)]
+    nb = N // (world * batch)
+    assert all(s.batches_per_epoch() == nb for s in streams)
+    seen = []
+    for s in streams:
+        got = epoch_ids(s)
+        assert len(got) == nb and all(len(g) == batch for g in got)
+        seen.append(np.concatenate(got))
+    allseen = np.concatenate(seen)
+    assert len(np.unique(allseen)) == len(allseen) == nb * world * batch  # disjoint across ranks
+    missing = np.setdiff1d(np.arange(N), allseen)
+    assert len(missing) == streams[0].remainder < world * batch
+    np.testing.assert_array_equal(missing, np.sort(streams[0].excluded(0)))
+
+
+def test_batches_carry_consistent_arrays(store):
+    b = next(iter(ShardedStream(store, batch_size=40, seed=1)))
+    assert b["particles"].shape == (40, 4, 3) and b["particles"].dtype == np.float32
+    assert b["mask"].dtype == bool and b["label"].dtype == np.int8
+    np.testing.assert_array_equal(b["particles"][:, 0, 0], b["features"][:, 0])
+    np.testing.assert_array_equal(b["label"], ids(b) % 2)
+
+
+def test_remainder_rotates_between_epochs(store):
+    s = ShardedStream(store, batch_size=64, world_size=2, rank=0, seed=0)
+    r = s.remainder
+    assert r == N - (N // 128) * 128 and r > 0
+    excluded = [set(s.excluded(e).tolist()) for e in range(4)]
+    for a, b in itertools.pairwise(excluded):
+        assert not a & b  # consecutive epochs leave out different samples
+    # every sample is left out at most once over ceil(N / r) epochs
+    over = np.concatenate([s.excluded(e) for e in range(N // r)])
+    assert len(np.unique(over)) == len(over)
+
+
+def test_order_depends_on_seed_and_epoch_and_is_shuffled(store):
+    a0 = epoch_ids(ShardedStream(store, batch_size=64, seed=1))
+    b0 = epoch_ids(ShardedStream(store, batch_size=64, seed=1))
+    c0 = epoch_ids(ShardedStream(store, batch_size=64, seed=2))
+    assert all(np.array_equal(x, y) for x, y in zip(a0, b0, strict=True))
+    assert not np.array_equal(np.concatenate(a0), np.concatenate(c0))
+    s = ShardedStream(store, batch_size=64, seed=1)
+    s.set_epoch(1)
+    a1 = epoch_ids(s)
+    assert not np.array_equal(np.concatenate(a0), np.concatenate(a1))
+    # the shuffle buffer mixes chunks: a batch draws from several chunks
+    chunks_per_batch = [len(np.unique(b // CHUNK)) for b in a0]
+    assert np.mean(chunks_per_batch) > 3
+    # without a buffer, batches follow the (permuted) chunk order
+    plain = epoch_ids(ShardedStream(store, batch_size=64, seed=1, shuffle_buffer=0))
+    assert np.mean([len(np.unique(b // CHUNK)) for b in plain]) < 3.5
+
+
+def test_epochs_advance_by_themselves(store):
+    s = ShardedStream(store, batch_size=100, seed=3)
+    e0 = epoch_ids(s)
+    assert s.epoch == 1 and s.state_dict()["batches_consumed"] == 0
+    e1 = epoch_ids(s)
+    ref = ShardedStream(store, batch_size=100, seed=3)
+    ref.set_epoch(1)
+    assert all(np.array_equal(x, y) for x, y in zip(e1, epoch_ids(ref), strict=True))
+    assert not np.array_equal(np.concatenate(e0), np.concatenate(e1))
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("threads", [0, 1, 2])
+def test_exact_resume(store, world, threads):
+    batch, k = 24, 5
+    for rank in range(world):
+        full = ShardedStream(store, batch_size=batch, rank=rank, world_size=world, seed=11,
+                             shuffle_buffer=80, num_threads=threads)
+        full.set_epoch(2)
+        expected = epoch_ids(full)
+        assert len(expected) > k
+        s = ShardedStream(store, batch_size=batch, rank=rank, world_size=world, seed=11,
+                          shuffle_buffer=80, num_threads=threads)
+        s.set_epoch(2)
+        first = [ids(b) for b in itertools.islice(s, k)]
+        state = s.state_dict()
+        assert state["epoch"] == 2 and state["batches_consumed"] == k
+        fresh = ShardedStream(store, batch_size=batch, rank=rank, world_size=world, seed=11,
+                              shuffle_buffer=80, num_threads=threads)
+        # ranks move in lockstep: rank 0's saved state restores every rank
+        fresh.load_state_dict(state)
+        fresh.set_epoch(2)  # the usual training loop calls this; must keep the position
+        rest = epoch_ids(fresh)
+        got = first + rest
+        assert len(got) == len(expected)
+        for x, y in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(x, y)
+        # and the next epoch continues identically
+        assert fresh.epoch == 3
+        full.set_epoch(3)
+        np.testing.assert_array_equal(ids(next(iter(fresh))), ids(next(iter(full))))
+
+
+def test_resume_at_end_of_epoch(store):
+    s = ShardedStream(store, batch_size=100, seed=0)
+    batches = list(itertools.islice(s, s.batches_per_epoch()))
+    assert len(batches) == s.batches_per_epoch()
+    fresh = ShardedStream(store, batch_size=100, seed=0)
+    fresh.load_state_dict(s.state_dict())
+    assert list(fresh) == [] and fresh.epoch == 1
+
+
+def test_state_mismatch_refused(store):
+    state = ShardedStream(store, batch_size=32, seed=0).state_dict()
+    with pytest.raises(ValueError, match="batch_size is 32 in the state, 64 here"):
+        ShardedStream(store, batch_size=64, seed=0).load_state_dict(state)
+    with pytest.raises(ValueError, match="world_size"):
+        ShardedStream(store, batch_size=32, world_size=2, seed=0).load_state_dict(state)
+
+
+def test_rank_reads_only_its_pieces(store):
+    world = 3
+    plans = [ShardedStream(store, batch_size=32, rank=r, world_size=world, seed=5).plan(0)
+             for r in range(world)]
+    spans = [set(np.concatenate([np.arange(a, b) for a, b in p.pieces]).tolist()) for p in plans]
+    for a, b in itertools.combinations(spans, 2):
+        assert not a & b
+    # each rank touches about a third of the chunks, not all of them
+    for p in plans:
+        chunks = {c for a, b in p.pieces for c in range(a // CHUNK, (b - 1) // CHUNK + 1)}
+        assert len(chunks) <= store.n_chunks // world + 3
+
+
+def test_decoding_happens_off_the_calling_thread(store):
+    s = ShardedStream(store, batch_size=64, seed=0, num_threads=1)
+    readers = set()
+    orig = s._read_piece
+
+    def spy(a, b):
+        readers.add(threading.get_ident())
+        return orig(a, b)
+
+    s._read_piece = spy
+    list(s)
+    assert readers and threading.get_ident() not in readers
+    s0 = ShardedStream(store, batch_size=64, seed=0, num_threads=0)
+    readers.clear()
+    orig = s0._read_piece
+    s0._read_piece = spy
+    list(s0)
+    assert readers == {threading.get_ident()}
+
+
+def test_abandoned_iteration_stops_threads(store):
+    before = threading.active_count()
+    s = ShardedStream(store, batch_size=16, seed=0, num_threads=2, prefetch=2)
+    it = iter(s)
+    next(it)
+    it.close()
+    assert threading.active_count() == before
+    assert s.state_dict()["batches_consumed"] == 1
+
+
+def test_too_small_store_is_an_error(store):
+    with pytest.raises(StoreError, match="cannot fill one batch"):
+        ShardedStream(store, batch_size=600, world_size=2)
+    with pytest.raises(ValueError, match="rank 2 is not in"):
+        ShardedStream(store, batch_size=8, rank=2, world_size=2)
+
+
+def test_reader_errors_reach_the_consumer(store):
+    s = ShardedStream(store, batch_size=64, seed=0, num_threads=1)
+
+    def broken(a, b):
+        raise OSError("disk on fire")
+
+    s._read_piece = broken
+    with pytest.raises(OSError, match="disk on fire"):
+        list(s)
