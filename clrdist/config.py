@@ -70,10 +70,13 @@ class ModelConfig(_Section):
     dropout: float = Field(0.1, ge=0, lt=1)  # dropout in the encoder
     pooling: Literal["pt_sum", "mean"] = "pt_sum"  # pT-weighted sum is IR and collinear safe
     log_pt_bias: bool = False  # JetCLR additive attention bias 0.5 log(pT_j)
+    log_pt_bias_scale: float = Field(0.5, gt=0)  # bias = scale * log(pT_j); 1.0 weights keys by pT
+    embed_pt: bool = True  # pT enters the constituent embedding; False + bias scale 1 -> IR/C safe
     norm_first: bool = True  # pre-norm (True) or post-norm (False) transformer blocks
     head_dims: list[int] = Field(default_factory=lambda: [64])  # projection head hidden widths
     output_dim: int = Field(32, gt=0)  # loss-space dimension (latent dimension for sweeps)
     dense_dims: list[int] = Field(default_factory=lambda: [96, 64, 48])  # dense encoder widths
+    dense_input_dim: int = Field(57, gt=0)  # flattened event features (ADC2021: 19 objects x 3)
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:

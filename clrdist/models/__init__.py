@@ -1,1 +1,37 @@
+"""Encoders, projection heads and ``build_model`` (the one place ModelConfig becomes arguments)."""
 
+from __future__ import annotations
+
+from clrdist.config import ModelConfig
+from clrdist.models.dense import DenseEncoder
+from clrdist.models.heads import ContrastiveModel, ProjectionHead
+from clrdist.models.transformer import TransformerEncoder
+
+__all__ = ["TransformerEncoder", "DenseEncoder", "ProjectionHead", "ContrastiveModel",
+           "ENCODERS", "build_model"]
+
+
+def _transformer(cfg: ModelConfig) -> TransformerEncoder:
+    return TransformerEncoder(
+        input_dim=cfg.input_dim, model_dim=cfg.model_dim, ff_dim=cfg.ff_dim, heads=cfg.heads,
+        layers=cfg.layers, dropout=cfg.dropout, pooling=cfg.pooling, log_pt_bias=cfg.log_pt_bias,
+        log_pt_bias_scale=cfg.log_pt_bias_scale, norm_first=cfg.norm_first, embed_pt=cfg.embed_pt)
+
+
+def _dense(cfg: ModelConfig) -> DenseEncoder:
+    return DenseEncoder(input_dim=cfg.dense_input_dim, dims=cfg.dense_dims)
+
+
+ENCODERS = {"transformer": _transformer, "dense": _dense}
+
+
+def build_model(cfg: ModelConfig) -> ContrastiveModel:
+    """ModelConfig -> ContrastiveModel(encoder, projection head)."""
+    try:
+        make = ENCODERS[cfg.encoder]
+    except KeyError:
+        raise KeyError(f"unknown encoder {cfg.encoder!r}; known: {', '.join(sorted(ENCODERS))}") from None
+    encoder = make(cfg)
+    head = ProjectionHead(encoder.out_dim, cfg.head_dims, cfg.output_dim,
+                          batchnorm=getattr(cfg, "head_batchnorm", False))
+    return ContrastiveModel(encoder, head)

@@ -1,0 +1,197 @@
+"""Contrastive losses, computed for the LOCAL rows against ALL-GATHERED columns.
+
+Three layers, as in STYLE.md: the gather (``_columns``), logits and targets (``_logits``), and
+the pure equations (``nt_xent``, ``anomalyclr``, ``anomalyclr_plus``, ``supcon``). Anchors are
+both views of every local sample (2B rows); columns are both views of every sample in the
+global batch (2N, N = world * B). Memory is O(B_local x B_global).
+
+Each rank's loss is the mean over its 2B anchors; DDP averages parameter gradients over ranks,
+and the gather's backward sums the column gradients over ranks, so every parameter gradient is
+that of the single-process loss (mean over all 2N anchors) on the concatenated global batch.
+
+Notation (REFERENCE.md): s = cosine similarity, tau = temperature, z_i, z'_i the two views,
+z*_i the anomaly-augmented view.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clrdist.config import LossConfig
+from clrdist.distributed import all_gather_nograd, all_gather_with_grad, get_rank, get_world_size
+
+__all__ = ["nt_xent", "anomalyclr", "anomalyclr_plus", "supcon", "NTXentLoss", "AnomalyCLRLoss",
+           "AnomalyCLRPlusLoss", "SupConLoss", "LOSSES", "build_loss"]
+
+
+# ---- gather, logits and targets ---------------------------------------------------------------
+
+def _columns(z1: torch.Tensor, z2: torch.Tensor, gather: bool):
+    """Normalised local anchors (2B, D), global columns (2N, D), this rank's row offset, N."""
+    z1, z2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
+    anchors = torch.cat([z1, z2], 0)
+    if gather and get_world_size() > 1:
+        g1, g2 = all_gather_with_grad(z1), all_gather_with_grad(z2)
+        offset = get_rank() * z1.shape[0]
+    else:
+        g1, g2, offset = z1, z2, 0
+    return anchors, torch.cat([g1, g2], 0), offset, g1.shape[0]
+
+
+def _logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather: bool):
+    """logits (2B, 2N) = s(anchor, column) / tau, index of each anchor's own column and of its
+    positive (the other view of the same sample), and the offset / N of the gather."""
+    anchors, cols, offset, n = _columns(z1, z2, gather)
+    B = z1.shape[0]
+    logits = anchors @ cols.T / temperature
+    i = torch.arange(B, device=z1.device) + offset
+    self_idx = torch.cat([i, i + n])
+    pos_idx = torch.cat([i + n, i])
+    return logits, self_idx, pos_idx, anchors, offset, n
+
+
+def _mask_cols(logits: torch.Tensor, *idx: torch.Tensor) -> torch.Tensor:
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    out = logits.clone()
+    for ix in idx:
+        out[rows, ix] = float("-inf")
+    return out
+
+
+# ---- the equations ----------------------------------------------------------------------------
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, *, temperature: float, keep_positive: bool = True,
+            gather: bool = True) -> torch.Tensor:
+    """NT-Xent. z1, z2: (B, D) projections of the two views of the local samples -> scalar.
+
+    keep_positive=True: SimCLR / public JetCLR code, denominator = all columns but the anchor.
+    keep_positive=False: decoupled form, the positive is dropped from the denominator too:
+      L_i = -log( exp(s(z_i, z'_i)/tau) / sum_{j != i} [exp(s(z_i, z_j)/tau) + exp(s(z_i, z'_j)/tau)] )
+    """
+    logits, self_idx, pos_idx, *_ = _logits(z1, z2, temperature, gather)
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    pos = logits[rows, pos_idx]
+    masked = _mask_cols(logits, self_idx) if keep_positive else _mask_cols(logits, self_idx, pos_idx)
+    return (torch.logsumexp(masked, 1) - pos).mean()
+
+
+def _anomaly_sim(anchors: torch.Tensor, z_anom: torch.Tensor) -> torch.Tensor:
+    """s(anchor, z*_i) / 1 for the 2B local anchors (both views of sample i share z*_i)."""
+    za = F.normalize(z_anom, dim=-1)
+    return (anchors * torch.cat([za, za], 0)).sum(-1)
+
+
+def anomalyclr(z1: torch.Tensor, z2: torch.Tensor, z_anom: torch.Tensor, *, temperature: float,
+               gather: bool = True) -> dict[str, torch.Tensor]:
+    """AnomalyCLR: L_i = -log( exp([s(z_i, z'_i) - s(z_i, z*_i)]/tau)
+                              / sum_{j != i} [exp(s(z_i, z_j)/tau) + exp(s(z_i, z'_j)/tau)] ),
+    averaged over both views as anchors. = decoupled NT-Xent + s(z_i, z*_i)/tau."""
+    logits, self_idx, pos_idx, anchors, *_ = _logits(z1, z2, temperature, gather)
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    pos = logits[rows, pos_idx]
+    neg = torch.logsumexp(_mask_cols(logits, self_idx, pos_idx), 1)
+    anom = _anomaly_sim(anchors, z_anom) / temperature
+    contrastive = (neg - pos).mean()
+    repel = anom.mean()
+    return {"loss": contrastive + repel, "contrastive": contrastive, "anomaly": repel}
+
+
+def anomalyclr_plus(z1: torch.Tensor, z2: torch.Tensor, z_anom: torch.Tensor, *,
+                    temperature: float) -> dict[str, torch.Tensor]:
+    """AnomalyCLR+: L+_i = (s(z_i, z*_i) - s(z_i, z'_i)) / tau, no negatives (no gather)."""
+    a1, a2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
+    anchors = torch.cat([a1, a2], 0)
+    align = -(anchors * torch.cat([a2, a1], 0)).sum(-1).mean() / temperature
+    repel = _anomaly_sim(anchors, z_anom).mean() / temperature
+    return {"loss": align + repel, "align": align, "anomaly": repel}
+
+
+def supcon(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, *, temperature: float,
+           gather: bool = True) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al., L_out):
+      L_a = -1/|P(a)| sum_{p in P(a)} log( exp(s_ap/tau) / sum_{k != a} exp(s_ak/tau) ),
+    P(a) = all other views with the anchor's label; labels < 0 (unknown) match only the other
+    view of the same sample (then SupCon = NT-Xent with the positive kept). labels: (B,) int.
+    """
+    logits, self_idx, pos_idx, _, offset, n = _logits(z1, z2, temperature, gather)
+    lab = all_gather_nograd(labels.to(torch.long)) if gather else labels.to(torch.long)
+    col_lab = torch.cat([lab, lab], 0)  # (2N,)
+    B = z1.shape[0]
+    row_lab = torch.cat([labels, labels], 0).to(torch.long)
+    rows = torch.arange(2 * B, device=logits.device)
+    positive = (row_lab[:, None] == col_lab[None, :]) & (row_lab[:, None] >= 0)
+    positive[rows, pos_idx] = True
+    positive[rows, self_idx] = False
+    log_prob = logits - torch.logsumexp(_mask_cols(logits, self_idx), 1, keepdim=True)
+    log_prob = torch.where(positive, log_prob, torch.zeros_like(log_prob))
+    return (-log_prob.sum(1) / positive.sum(1)).mean()
+
+
+# ---- modules built from the config ------------------------------------------------------------
+
+class _Loss(nn.Module):
+    needs_anomaly_view = False  # the loop must pass z_anom (third view)
+    needs_labels = False  # the loop must pass labels
+
+    def __init__(self, temperature: float = 0.1, keep_positive: bool = True, gather: bool = True):
+        super().__init__()
+        self.temperature, self.keep_positive, self.gather = temperature, keep_positive, gather
+
+    def _need_anom(self, z_anom):
+        if z_anom is None:
+            raise ValueError(f"{type(self).__name__} needs the anomaly view (augment.anomaly_view)")
+        return z_anom
+
+
+class NTXentLoss(_Loss):
+    """forward(z1, z2, z_anom=None, labels=None) -> {"loss"}."""
+
+    def forward(self, z1, z2, z_anom=None, labels=None) -> dict[str, torch.Tensor]:
+        return {"loss": nt_xent(z1, z2, temperature=self.temperature,
+                                keep_positive=self.keep_positive, gather=self.gather)}
+
+
+class AnomalyCLRLoss(_Loss):
+    """forward(z1, z2, z_anom) -> {"loss", "contrastive", "anomaly"} (decoupled denominator)."""
+    needs_anomaly_view = True
+
+    def forward(self, z1, z2, z_anom=None, labels=None) -> dict[str, torch.Tensor]:
+        return anomalyclr(z1, z2, self._need_anom(z_anom), temperature=self.temperature,
+                          gather=self.gather)
+
+
+class AnomalyCLRPlusLoss(_Loss):
+    """forward(z1, z2, z_anom) -> {"loss", "align", "anomaly"} (no negatives)."""
+    needs_anomaly_view = True
+
+    def forward(self, z1, z2, z_anom=None, labels=None) -> dict[str, torch.Tensor]:
+        return anomalyclr_plus(z1, z2, self._need_anom(z_anom), temperature=self.temperature)
+
+
+class SupConLoss(_Loss):
+    """forward(z1, z2, labels=labels) -> {"loss"}."""
+    needs_labels = True
+
+    def forward(self, z1, z2, z_anom=None, labels=None) -> dict[str, torch.Tensor]:
+        if labels is None:
+            raise ValueError("SupConLoss needs labels (the batch's 'label')")
+        return {"loss": supcon(z1, z2, labels, temperature=self.temperature, gather=self.gather)}
+
+
+LOSSES: dict[str, type[_Loss]] = {
+    "nt_xent": NTXentLoss,
+    "anomalyclr": AnomalyCLRLoss,
+    "anomalyclr_plus": AnomalyCLRPlusLoss,
+    "supcon": SupConLoss,
+}
+
+
+def build_loss(cfg: LossConfig) -> nn.Module:
+    """LossConfig -> loss module; unknown name -> KeyError listing the known ones."""
+    try:
+        cls = LOSSES[cfg.name]
+    except KeyError:
+        raise KeyError(f"unknown loss {cfg.name!r}; known: {', '.join(sorted(LOSSES))}") from None
+    return cls(temperature=cfg.temperature, keep_positive=cfg.keep_positive, gather=cfg.gather)

@@ -1,0 +1,128 @@
+"""Permutation-invariant transformer set encoder for jets (constituents) and events (objects).
+
+Attention is ``torch.nn.functional.scaled_dot_product_attention`` with a key-padding mask
+broadcast as (B, 1, 1, P) -- never a materialised (B*heads, P, P) matrix. Optional JetCLR
+attention bias ``scale * log(pT_j)`` on the keys: with it, a zero-pT particle gets attention
+weight exactly 0 (infrared safety); with scale 1 and ``embed_pt=False`` every key is weighted
+linearly in pT, which together with pT-weighted pooling makes the representation collinear
+safe as well (see docs/core.md for the table).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["TransformerEncoder", "key_bias", "trim_padding"]
+
+
+def trim_padding(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop trailing slots that are padding in every row of the batch (bucketing by the batch's
+    maximum multiplicity). Exact: padded slots never reach the output."""
+    P = mask.shape[1]
+    used = mask.any(0)
+    if bool(used[-1]) or P == 0:
+        return x, mask
+    n = int(used.nonzero().max()) + 1 if bool(used.any()) else 1
+    return x[:, :n], mask[:, :n]
+
+
+def key_bias(pt: torch.Tensor, mask: torch.Tensor, log_pt_bias: bool,
+             scale: float = 0.5) -> torch.Tensor:
+    """Attention mask for SDPA, shape (B, 1, 1, P): bool (True = attend) or, with the log-pT
+    bias, float (scale * log pT_j, -inf for padding and zero-pT keys).
+
+    A row with no valid key (fully padded sample) attends to every slot instead, so that SDPA
+    never normalises over an empty set (NaN); pooling gives such rows zero weight anyway.
+    """
+    if log_pt_bias:
+        valid = mask & (pt > 0)
+        empty = ~valid.any(1, keepdim=True)
+        valid = valid | empty
+        logpt = torch.log(pt.clamp_min(torch.finfo(pt.dtype).tiny))
+        bias = torch.where(empty, torch.zeros_like(pt), scale * logpt)
+        bias = bias.masked_fill(~valid, float("-inf"))
+        return bias[:, None, None, :]
+    empty = ~mask.any(1, keepdim=True)
+    return (mask | empty)[:, None, None, :]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, h: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        B, P, D = h.shape
+        q, k, v = self.qkv(h).view(B, P, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        if attn_mask.dtype != torch.bool:
+            attn_mask = attn_mask.to(q.dtype)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(o.transpose(1, 2).reshape(B, P, D))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, ff_dim: int, heads: int, dropout: float, norm_first: bool):
+        super().__init__()
+        self.norm_first = norm_first
+        self.attn = SelfAttention(dim, heads, dropout)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.ReLU(), nn.Dropout(dropout),
+                                nn.Linear(ff_dim, dim))
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.drop1 = nn.Dropout(dropout)
+        self.drop2 = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        if self.norm_first:
+            h = h + self.drop1(self.attn(self.norm1(h), attn_mask))
+            return h + self.drop2(self.ff(self.norm2(h)))
+        h = self.norm1(h + self.drop1(self.attn(h, attn_mask)))
+        return self.norm2(h + self.drop2(self.ff(h)))
+
+
+class TransformerEncoder(nn.Module):
+    """x: (B, P, F) float, x[..., 0] the (scaled) pT; mask: (B, P) bool -> (B, model_dim).
+
+    pooling: "pt_sum" (sum of constituent outputs weighted by pT_i / sum pT) or "mean" (masked).
+    """
+
+    def __init__(self, input_dim: int = 3, model_dim: int = 64, ff_dim: int = 128, heads: int = 4,
+                 layers: int = 2, dropout: float = 0.1, pooling: str = "pt_sum",
+                 log_pt_bias: bool = False, log_pt_bias_scale: float = 0.5,
+                 norm_first: bool = True, embed_pt: bool = True):
+        super().__init__()
+        if model_dim % heads:
+            raise ValueError(f"heads ({heads}) must divide model_dim ({model_dim})")
+        if pooling not in ("pt_sum", "mean"):
+            raise ValueError(f"unknown pooling {pooling!r}; known: pt_sum, mean")
+        self.pooling = pooling
+        self.log_pt_bias = log_pt_bias
+        self.log_pt_bias_scale = log_pt_bias_scale
+        self.embed_pt = embed_pt
+        self.embed = nn.Linear(input_dim if embed_pt else input_dim - 1, model_dim)
+        self.blocks = nn.ModuleList(Block(model_dim, ff_dim, heads, dropout, norm_first)
+                                    for _ in range(layers))
+        self.norm = nn.LayerNorm(model_dim) if norm_first else nn.Identity()
+        self.out_dim = model_dim
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x, mask = trim_padding(x, mask)
+        pt = x[..., 0]
+        attn_mask = key_bias(pt, mask, self.log_pt_bias, self.log_pt_bias_scale)
+        h = self.embed(x if self.embed_pt else x[..., 1:])
+        for block in self.blocks:
+            h = block(h, attn_mask)
+        h = self.norm(h)
+        if self.pooling == "pt_sum":
+            w = pt * mask
+            w = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+        else:
+            w = mask.to(h.dtype)
+            w = w / w.sum(1, keepdim=True).clamp_min(1.0)
+        return torch.einsum("bp,bpd->bd", w.to(h.dtype), h)

@@ -1,0 +1,176 @@
+"""Batched jet augmentations on torch tensors, on the tensor's device.
+
+Every augmentation is a function
+
+    f(x: (B, P, 3) float [pT GeV, eta, phi] in the model frame, mask: (B, P) bool,
+      generator: torch.Generator | None, strength: float = 1.0, **params) -> (x, mask)
+
+that never modifies its inputs, keeps padding at zero / False, draws all randomness from
+``generator`` (same seed -> same output) and has no Python loop over jets. ``strength`` scales
+the size of every augmentation (for sweeps); 1 gives the published defaults (REFERENCE.md).
+They are registered by name in ``AUGMENTATIONS``; ``build_view`` turns the config's ordered
+list of ``AugmentSpec`` into one callable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from clrdist.physics.frame import centroid
+
+Augmentation = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+View = Callable[[torch.Tensor, torch.Tensor, torch.Generator | None], tuple[torch.Tensor, torch.Tensor]]
+
+AUGMENTATIONS: dict[str, Augmentation] = {}
+
+
+def register(name: str) -> Callable[[Augmentation], Augmentation]:
+    def deco(fn: Augmentation) -> Augmentation:
+        if name in AUGMENTATIONS:
+            raise ValueError(f"augmentation {name!r} registered twice")
+        AUGMENTATIONS[name] = fn
+        return fn
+    return deco
+
+
+# ---- random helpers (all draws through the generator, on x's device) -------------------------
+
+def _rand(shape, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    return torch.rand(shape, generator=gen, device=x.device, dtype=x.dtype)
+
+
+def _randn(shape, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(shape, generator=gen, device=x.device, dtype=x.dtype)
+
+
+def _zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+# ---- the JetCLR augmentations ------------------------------------------------------------------
+
+@register("rotate")
+def rotate(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
+           strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate each jet in the (eta, phi) plane about its pT-weighted centroid.
+
+    Angle ~ U(-pi s, pi s) with s = strength (s = 1: uniform over the circle, i.e. U(0, 2 pi)).
+    Conserves pT, the centroid and all pairwise distances.
+    """
+    B = x.shape[0]
+    angle = (2 * _rand((B,), x, generator) - 1) * math.pi * strength
+    c, s = torch.cos(angle)[:, None], torch.sin(angle)[:, None]
+    ctr = centroid(x, mask)  # (B, 2)
+    deta = x[..., 1] - ctr[:, 0:1]
+    dphi = x[..., 2] - ctr[:, 1:2]
+    out = x.clone()
+    out[..., 1] = ctr[:, 0:1] + c * deta - s * dphi
+    out[..., 2] = ctr[:, 1:2] + s * deta + c * dphi
+    return _zero_padding(out, mask), mask
+
+
+@register("translate")
+def translate(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
+              strength: float = 1.0, width: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift eta and phi of each jet by U(-w r, w r), w = width * strength, r = the peak-to-peak
+    range of that coordinate over the jet's real constituents (padding excluded).
+    """
+    B = x.shape[0]
+    big = torch.finfo(x.dtype).max
+    m = mask.unsqueeze(-1)
+    coords = x[..., 1:3]
+    hi = torch.where(m, coords, torch.full_like(coords, -big)).amax(1)
+    lo = torch.where(m, coords, torch.full_like(coords, big)).amin(1)
+    ptp = torch.where(mask.any(1, keepdim=True), hi - lo, torch.zeros_like(hi))  # (B, 2)
+    shift = (2 * _rand((B, 2), x, generator) - 1) * width * strength * ptp
+    out = x.clone()
+    out[..., 1:3] = coords + shift[:, None, :]
+    return _zero_padding(out, mask), mask
+
+
+@register("smear_soft")
+def smear_soft(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
+               strength: float = 1.0, lambda_soft: float = 0.1,
+               pt_clip_min: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft smearing: eta' ~ N(eta, L / pT), phi' ~ N(phi, L / pT), L = lambda_soft * strength
+    (GeV, default 0.1), pT clipped below at ``pt_clip_min`` GeV. pT is unchanged.
+    """
+    sigma = lambda_soft * strength / x[..., 0].clamp_min(pt_clip_min)  # (B, P)
+    out = x.clone()
+    out[..., 1:3] = x[..., 1:3] + sigma.unsqueeze(-1) * _randn(x.shape[:2] + (2,), x, generator)
+    return _zero_padding(out, mask), mask
+
+
+@register("collinear_split")
+def collinear_split(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
+                    strength: float = 1.0, fill: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collinear splitting into empty slots: a constituent (pT, eta, phi) becomes (r pT, eta, phi)
+    and ((1 - r) pT, eta, phi), r ~ U(0, 1); each constituent is split at most once.
+
+    As in the public JetCLR code, a jet with n real constituents gets k = max(n, fill * P) - n
+    splits (so slots fill up to max(n, fill * P)), limited by n and by the empty slots; strength
+    scales k. Conserves the 4-momentum sum, the centroid and the (eta, phi) occupancy.
+    """
+    B, P = mask.shape
+    n = mask.sum(1)
+    target = torch.clamp(n, min=int(fill * P))
+    k = torch.minimum(torch.minimum(target - n, n), P - n)
+    if strength != 1.0:
+        k = torch.clamp(torch.round(k.to(x.dtype) * strength).to(n.dtype), min=0)
+        k = torch.minimum(torch.minimum(k, n), P - n)
+    # Random choice of k real constituents without replacement: sort random keys, padding last.
+    keys = torch.where(mask, _rand((B, P), x, generator), torch.full((B, P), 2.0, device=x.device))
+    src = keys.argsort(dim=1)  # (B, P), first n entries are the real slots in random order
+    # Empty slots, in index order, come first in a stable sort of the mask.
+    dst = mask.to(torch.int8).argsort(dim=1, stable=True)
+    r = _rand((B, P), x, generator)
+    j = torch.arange(P, device=x.device)
+    active = j[None, :] < k[:, None]  # (B, P): the j-th split of jet b happens
+    # The source keeps r pT ...
+    factor = torch.where(active, r, torch.ones_like(r))
+    pt_factor = torch.ones_like(r).scatter(1, src, factor)
+    out = x.clone()
+    out[..., 0] = x[..., 0] * pt_factor
+    # ... and the j-th empty slot receives (1 - r) pT at the same (eta, phi).
+    src_p = x.gather(1, src.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    child = src_p.clone()
+    child[..., 0] = src_p[..., 0] * (1 - r)
+    dst_idx = dst.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+    keep = out.gather(1, dst_idx)
+    out = out.scatter(1, dst_idx, torch.where(active.unsqueeze(-1), child, keep))
+    new_mask = mask.scatter(1, dst, torch.where(active, torch.ones_like(mask), mask.gather(1, dst)))
+    return _zero_padding(out, new_mask), new_mask
+
+
+# ---- views -------------------------------------------------------------------------------------
+
+def get_augmentation(name: str) -> Augmentation:
+    try:
+        return AUGMENTATIONS[name]
+    except KeyError:
+        raise KeyError(f"unknown augmentation {name!r}; known: {', '.join(sorted(AUGMENTATIONS))}") from None
+
+
+def build_view(specs: Sequence[Any], strength: float = 1.0) -> View:
+    """Ordered list of specs (objects with ``.name`` and ``.params``, e.g. config.AugmentSpec,
+    or dicts with those keys) -> callable(x, mask, generator) -> (x, mask).
+
+    Unknown names fail here, at build time, with a KeyError listing the known names.
+    """
+    steps: list[tuple[Augmentation, dict[str, Any]]] = []
+    for spec in specs:
+        name = spec["name"] if isinstance(spec, dict) else spec.name
+        params = (spec.get("params") or {}) if isinstance(spec, dict) else dict(spec.params or {})
+        steps.append((get_augmentation(name), dict(params)))
+
+    def view(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None):
+        for fn, params in steps:
+            x, mask = fn(x, mask, generator, strength=strength, **params)
+        return x, mask
+
+    view.steps = steps  # type: ignore[attr-defined]
+    return view

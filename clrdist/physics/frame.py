@@ -1,0 +1,68 @@
+"""The model frame of a jet: eta, phi relative to the pT-weighted centroid, pT in GeV.
+
+Stores hold absolute (pT, eta, phi); the model sees jets centred on their pT-weighted
+centroid (phi differences wrapped into (-pi, pi]) and, last, pT divided by ``data.pt_scale``.
+Augmentations act between the two steps (they need pT in GeV: the soft-smearing width is
+Lambda_soft / pT).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["wrap_phi", "centroid", "to_model_frame", "scale_pt"]
+
+
+def wrap_phi(phi: torch.Tensor) -> torch.Tensor:
+    """Angles wrapped into (-pi, pi]."""
+    out = torch.remainder(phi + math.pi, 2 * math.pi) - math.pi  # [-pi, pi)
+    return torch.where(out <= -math.pi, out + 2 * math.pi, out)
+
+
+def centroid(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """pT-weighted centroid (B, 2) of (eta, phi) in a frame where phi needs no wrapping.
+
+    x: (B, P, >=3) [pT, eta, phi]; mask: (B, P) bool. Rows without pT give (0, 0).
+    """
+    w = x[..., 0] * mask
+    wsum = w.sum(-1, keepdim=True)
+    w = w / wsum.clamp_min(torch.finfo(x.dtype).tiny)
+    return torch.einsum("bp,bpk->bk", w, x[..., 1:3])
+
+
+def to_model_frame(particles: torch.Tensor, mask: torch.Tensor,
+                   jet_axis: torch.Tensor | None = None) -> torch.Tensor:
+    """particles: (B, P, F>=3) float, [pT GeV, absolute eta, phi, ...]; mask: (B, P) bool.
+
+    Returns (B, P, F) with eta, phi relative to the pT-weighted centroid (or to ``jet_axis``,
+    (B, 2) eta, phi, when given), phi differences wrapped into (-pi, pi], pT still in GeV, extra
+    features untouched, padding all zeros.
+    """
+    x = particles
+    m = mask.to(torch.bool)
+    pt, eta, phi = x[..., 0], x[..., 1], x[..., 2]
+    if jet_axis is None:
+        # phi is circular: measure differences from the hardest constituent first, so a jet that
+        # straddles phi = +-pi is averaged correctly, then take the pT-weighted mean.
+        lead = torch.where(m, pt, torch.full_like(pt, -1.0)).argmax(-1, keepdim=True)
+        phi_ref = phi.gather(-1, lead)
+        dphi = wrap_phi(phi - phi_ref)
+        w = pt * m
+        wsum = w.sum(-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+        eta_c = (w * eta).sum(-1, keepdim=True) / wsum
+        phi_c = phi_ref + (w * dphi).sum(-1, keepdim=True) / wsum
+    else:
+        eta_c, phi_c = jet_axis[:, 0:1].to(x.dtype), jet_axis[:, 1:2].to(x.dtype)
+    out = x.clone()
+    out[..., 1] = eta - eta_c
+    out[..., 2] = wrap_phi(phi - phi_c)
+    return torch.where(m.unsqueeze(-1), out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+def scale_pt(x: torch.Tensor, pt_scale: float) -> torch.Tensor:
+    """x: (B, P, F) with pT (GeV) in column 0 -> a copy with pT / pt_scale (JetCLR: 600 GeV)."""
+    out = x.clone()
+    out[..., 0] = x[..., 0] / pt_scale
+    return out

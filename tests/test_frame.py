@@ -1,0 +1,57 @@
+import math
+
+import torch
+
+from clrdist.physics.frame import centroid, scale_pt, to_model_frame, wrap_phi
+
+
+def _jets(B=6, P=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = torch.randint(0, P + 1, (B,), generator=g)
+    n[0] = P
+    mask = torch.arange(P)[None] < n[:, None]
+    x = torch.stack([torch.rand(B, P, generator=g) * 100 + 1,
+                     torch.randn(B, P, generator=g) * 0.3 + 1.5,
+                     torch.randn(B, P, generator=g) * 0.3 + math.pi - 0.1], -1)
+    x = torch.where(mask[..., None], x, torch.zeros(()))
+    return x, mask
+
+
+def test_wrap_phi_range():
+    phi = torch.linspace(-20, 20, 10001)
+    w = wrap_phi(phi)
+    assert (w > -math.pi).all() and (w <= math.pi).all()
+    assert torch.allclose(torch.cos(w), torch.cos(phi), atol=1e-5)
+    assert wrap_phi(torch.tensor([math.pi])).item() == torch.tensor(math.pi).item()
+
+
+def test_centred_on_pt_weighted_centroid_and_padding_zero():
+    x, mask = _jets()
+    y = to_model_frame(x, mask)
+    assert y.shape == x.shape
+    assert (y[~mask] == 0).all() and not torch.signbit(y[~mask]).any()
+    assert torch.equal(y[..., 0], x[..., 0])
+    c = centroid(y, mask)
+    has = mask.any(1)
+    assert torch.allclose(c[has], torch.zeros_like(c[has]), atol=1e-5)
+    # jets straddle phi = pi: wrapped differences stay small
+    assert y[..., 2].abs().max() < 2.5
+
+
+def test_jet_axis_and_fully_padded():
+    x, mask = _jets()
+    mask[1] = False
+    x[1] = 0
+    axis = torch.tensor([[1.5, 3.0]]).expand(x.shape[0], 2)
+    y = to_model_frame(x, mask, jet_axis=axis)
+    assert torch.isfinite(y).all()
+    assert torch.allclose(y[0, :, 1], x[0, :, 1] - 1.5)
+    assert torch.allclose(y[0, :, 2], wrap_phi(x[0, :, 2] - 3.0))
+    assert torch.isfinite(to_model_frame(x, mask)).all()
+
+
+def test_scale_pt():
+    x, mask = _jets()
+    y = scale_pt(x, 600.0)
+    assert torch.allclose(y[..., 0] * 600.0, x[..., 0])
+    assert torch.equal(y[..., 1:], x[..., 1:])

@@ -1,0 +1,115 @@
+"""Each loss against a slow, loop-based evaluation of its formula (single process)."""
+
+import math
+
+import pytest
+import torch
+
+from clrdist.config import LossConfig
+from clrdist.losses import LOSSES, anomalyclr, anomalyclr_plus, build_loss, nt_xent, supcon
+
+
+def cos(a, b):
+    return float(torch.dot(a, b) / (a.norm() * b.norm()))
+
+
+def views(B=6, D=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, D, generator=g, dtype=torch.float64) for _ in range(3)]
+
+
+def loop_nt_xent(z1, z2, tau, keep_positive):
+    """Mean over both views as anchors; denominator all other samples (and the positive if kept)."""
+    B = len(z1)
+    allz = list(z1) + list(z2)
+    total = 0.0
+    for a in range(2 * B):
+        i = a % B
+        pos = a + B if a < B else a - B
+        num = math.exp(cos(allz[a], allz[pos]) / tau)
+        den = 0.0
+        for c in range(2 * B):
+            if c == a or (c == pos and not keep_positive):
+                continue
+            den += math.exp(cos(allz[a], allz[c]) / tau)
+        assert i == a % B
+        total += -math.log(num / den)
+    return total / (2 * B)
+
+
+@pytest.mark.parametrize("keep_positive", [True, False])
+@pytest.mark.parametrize("tau", [0.1, 0.5])
+def test_nt_xent_matches_loop(keep_positive, tau):
+    z1, z2, _ = views()
+    got = nt_xent(z1, z2, temperature=tau, keep_positive=keep_positive)
+    assert got.item() == pytest.approx(loop_nt_xent(z1, z2, tau, keep_positive), rel=1e-9)
+
+
+def test_decoupled_form_is_reference_formula_for_anchor_i():
+    # REFERENCE.md: L_i = -log(exp(s(z_i,z'_i)/t) / sum_{j!=i}[exp(s(z_i,z_j)/t) + exp(s(z_i,z'_j)/t)])
+    z1, z2, _ = views(B=4)
+    tau = 0.2
+    Ls = []
+    for zi, zp in ((z1, z2), (z2, z1)):
+        for i in range(4):
+            den = sum(math.exp(cos(zi[i], zi[j]) / tau) + math.exp(cos(zi[i], zp[j]) / tau)
+                      for j in range(4) if j != i)
+            Ls.append(-math.log(math.exp(cos(zi[i], zp[i]) / tau) / den))
+    got = nt_xent(z1, z2, temperature=tau, keep_positive=False).item()
+    assert got == pytest.approx(sum(Ls) / len(Ls), rel=1e-9)
+
+
+def test_anomalyclr_matches_loop():
+    z1, z2, za = views()
+    tau, B = 0.1, len(z1)
+    Ls = []
+    for zi, zp in ((z1, z2), (z2, z1)):
+        for i in range(B):
+            num = math.exp((cos(zi[i], zp[i]) - cos(zi[i], za[i])) / tau)
+            den = sum(math.exp(cos(zi[i], zi[j]) / tau) + math.exp(cos(zi[i], zp[j]) / tau)
+                      for j in range(B) if j != i)
+            Ls.append(-math.log(num / den))
+    out = anomalyclr(z1, z2, za, temperature=tau)
+    assert out["loss"].item() == pytest.approx(sum(Ls) / len(Ls), rel=1e-9)
+    assert (out["contrastive"] + out["anomaly"]).item() == pytest.approx(out["loss"].item())
+
+
+def test_anomalyclr_plus_matches_loop():
+    z1, z2, za = views()
+    tau, B = 0.3, len(z1)
+    Ls = [(cos(zi[i], za[i]) - cos(zi[i], zp[i])) / tau for zi, zp in ((z1, z2), (z2, z1))
+          for i in range(B)]
+    out = anomalyclr_plus(z1, z2, za, temperature=tau)
+    assert out["loss"].item() == pytest.approx(sum(Ls) / len(Ls), rel=1e-9)
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 0, 2, 1, 1], [-1, -1, -1, -1, -1, -1], [3, 3, -1, 0, 3, -1]])
+def test_supcon_matches_loop(labels):
+    z1, z2, _ = views()
+    tau, B = 0.2, len(z1)
+    allz = list(z1) + list(z2)
+    lab = labels + labels
+    total = 0.0
+    for a in range(2 * B):
+        other = a + B if a < B else a - B
+        P = [p for p in range(2 * B) if p != a and (p == other or (lab[p] == lab[a] and lab[a] >= 0))]
+        den = sum(math.exp(cos(allz[a], allz[k]) / tau) for k in range(2 * B) if k != a)
+        total += -sum(math.log(math.exp(cos(allz[a], allz[p]) / tau) / den) for p in P) / len(P)
+    got = supcon(z1, z2, torch.tensor(labels), temperature=tau)
+    assert got.item() == pytest.approx(total / (2 * B), rel=1e-9)
+    if all(v < 0 for v in labels):  # no labels: SupCon is NT-Xent with the positive kept
+        assert got.item() == pytest.approx(nt_xent(z1, z2, temperature=tau).item(), rel=1e-9)
+
+
+def test_build_loss_registry_and_named_terms():
+    z1, z2, za = (v.float() for v in views())
+    for name in LOSSES:
+        loss = build_loss(LossConfig(name=name, temperature=0.2))
+        out = loss(z1, z2, z_anom=za, labels=torch.tensor([0, 1, 0, 1, 0, 1]))
+        assert "loss" in out and out["loss"].dim() == 0 and torch.isfinite(out["loss"])
+    with pytest.raises(KeyError, match="nt_xent"):
+        build_loss(LossConfig(name="ntxent"))
+    with pytest.raises(ValueError, match="anomaly view"):
+        build_loss(LossConfig(name="anomalyclr"))(z1, z2)
+    with pytest.raises(ValueError, match="labels"):
+        build_loss(LossConfig(name="supcon"))(z1, z2)
