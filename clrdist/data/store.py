@@ -367,3 +367,54 @@ def open_store(path: str | os.PathLike) -> SampleStore:
     if len(chunk) != 1:
         raise StoreError(f"{path}: arrays use different chunk lengths along the sample axis: {sorted(chunk)}")
     return SampleStore(path, group, arrays, dict(attrs))
+
+
+def describe(store: SampleStore | str | os.PathLike) -> dict[str, Any]:
+    """Summary of a store for ``clrdist data info`` (reads it chunk by chunk, bounded memory):
+    samples, label counts, multiplicity stats, feature ranges, chunk and shard shapes, bytes on
+    disk and compression ratio, attributes."""
+    s = store if isinstance(store, SampleStore) else open_store(store)
+    labels: dict[int, int] = {}
+    mult_hist = np.zeros(s.n_particles + 1, dtype=np.int64)
+    k = s.n_features
+    fmin, fmax = np.full(k, np.inf), np.full(k, -np.inf)
+    fsum = np.zeros(k)
+    for i in range(s.n_chunks):
+        d = s.read_chunk(i)
+        vals, counts = np.unique(d["label"], return_counts=True)
+        for v, c in zip(vals.tolist(), counts.tolist(), strict=True):
+            labels[v] = labels.get(v, 0) + c
+        mult_hist += np.bincount(d["mask"].sum(1), minlength=s.n_particles + 1)
+        f = d["features"].astype(np.float64)
+        fmin, fmax = np.minimum(fmin, f.min(0)), np.maximum(fmax, f.max(0))
+        fsum += f.sum(0)
+    mult = np.arange(s.n_particles + 1)
+    cdf = np.cumsum(mult_hist) / max(1, s.n)
+    raw = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in s.arrays.values())
+    on_disk = s.nbytes_stored()
+    names = s.label_names
+    return {
+        "path": str(s.path),
+        "samples": s.n,
+        "kind": s.kind,
+        "n_particles": s.n_particles,
+        "particle_features": s.particle_features,
+        "labels": {names.get(v, str(v)) + f" ({v})": c for v, c in sorted(labels.items())},
+        "multiplicity": {
+            "mean": float((mult * mult_hist).sum() / max(1, s.n)),
+            "min": int(mult[mult_hist > 0].min()), "max": int(mult[mult_hist > 0].max()),
+            "p10": int(np.searchsorted(cdf, 0.1)), "median": int(np.searchsorted(cdf, 0.5)),
+            "p90": int(np.searchsorted(cdf, 0.9)),
+        },
+        "features": {name: {"min": float(fmin[j]), "max": float(fmax[j]),
+                            "mean": float(fsum[j] / max(1, s.n))}
+                     for j, name in enumerate(s.feature_names)},
+        "chunk_shape": {k2: list(a.chunks) for k2, a in s.arrays.items()},
+        "shard_shape": {k2: list(a.shards or a.chunks) for k2, a in s.arrays.items()},
+        "n_chunks": s.n_chunks,
+        "bytes_uncompressed": raw,
+        "bytes_on_disk": on_disk,
+        "compression_ratio": raw / on_disk if on_disk else None,
+        "schema_version": s.attrs["schema_version"],
+        "provenance": s.attrs.get("provenance", {}),
+    }

@@ -1,0 +1,144 @@
+"""Disjoint random splits of a store (train / val / test), provably disjoint.
+
+Every child store carries, next to the usual arrays, an int64 array ``source_index`` (n,) with
+the parent index of each of its samples (ascending), and in its provenance a ``split`` record:
+the parent's path and content hash (:meth:`SampleStore.content_hash`), the split name, seed,
+fractions and the sha256 of the index array. :func:`check_disjoint` proves that stores were cut
+from the same parent and share no sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from clrdist.data.store import SampleStore, StoreError, StoreWriter, open_store
+
+INDEX_ARRAY = "source_index"
+
+
+def _index_sha256(idx: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(idx, dtype="<i8").tobytes()).hexdigest()
+
+
+def split_assignment(n: int, fractions: list[float], seed: int) -> np.ndarray:
+    """(n,) int8: the split each sample goes to (-1 for none when fractions sum below 1).
+
+    Split sizes are ``floor(f * n)``, with the rounding remainder going to the first split
+    when the fractions sum to 1."""
+    fr = np.asarray(fractions, dtype=float)
+    if len(fr) == 0 or (fr <= 0).any() or fr.sum() > 1 + 1e-9:
+        raise StoreError(f"split fractions must be positive and sum to at most 1, got {fractions}")
+    counts = np.floor(fr * n).astype(np.int64)
+    if abs(fr.sum() - 1) < 1e-9:
+        counts[0] += n - counts.sum()
+    if (counts == 0).any():
+        raise StoreError(f"split fractions {fractions} leave an empty split of {n} samples")
+    perm = np.random.default_rng([int(seed), 0x5D17]).permutation(n)
+    which = np.full(n, -1, dtype=np.int8)
+    edges = np.concatenate([[0], np.cumsum(counts)])
+    for i in range(len(counts)):
+        which[perm[edges[i]:edges[i + 1]]] = i
+    return which
+
+
+def split_store(path: str | os.PathLike, fractions: dict[str, float], *,
+                out_dir: str | os.PathLike | None = None, prefix: str = "", seed: int = 0,
+                overwrite: bool = False) -> dict[str, Path]:
+    """Split ``path`` into disjoint stores ``out_dir/<prefix><name>.zarr``.
+
+    Reads the parent chunk by chunk (bounded memory). Returns {name: path}.
+    """
+    parent = open_store(path)
+    out_dir = Path(out_dir) if out_dir is not None else parent.path.parent
+    names = list(fractions)
+    which = split_assignment(parent.n, [fractions[k] for k in names], seed)
+    parent_hash = parent.content_hash()
+    outs = {name: out_dir / f"{prefix}{name}.zarr" for name in names}
+    for name, out in outs.items():
+        if out.resolve() == parent.path.resolve():
+            raise StoreError(f"{out}: split {name!r} would overwrite its parent store")
+        if out.exists() and not overwrite:
+            raise StoreError(f"{out}: output path already exists (pass overwrite / --overwrite to replace it)")
+    writers: dict[str, StoreWriter] = {}
+    try:
+        for i, name in enumerate(names):
+            idx = np.flatnonzero(which == i)
+            record = {
+                "parent": str(parent.path.resolve()),
+                "parent_content_sha256": parent_hash,
+                "parent_n": parent.n,
+                "name": name,
+                "seed": int(seed),
+                "fractions": {k: float(v) for k, v in fractions.items()},
+                "index_array": INDEX_ARRAY,
+                "index_sha256": _index_sha256(idx),
+                "n": int(len(idx)),
+            }
+            writers[name] = StoreWriter(
+                outs[name], kind=parent.kind, particle_features=parent.particle_features,
+                feature_names=parent.feature_names, label_names=parent.label_names,
+                n_particles=parent.n_particles, chunk_size=parent.chunk_size,
+                shard_chunks=max(1, parent.shard_size // parent.chunk_size),
+                provenance={**parent.attrs.get("provenance", {}), "split": record},
+                overwrite=overwrite)
+        for c in range(parent.n_chunks):
+            a, b = parent.chunk_bounds(c)
+            data = parent.read(a, b)
+            w = which[a:b]
+            for i, name in enumerate(names):
+                sel = w == i
+                if sel.any():
+                    writers[name].append(*(data[k][sel] for k in
+                                           ("particles", "mask", "label", "features")))
+        for i, name in enumerate(names):
+            idx = np.flatnonzero(which == i)
+            # the index array lives inside the child store, written before the rename
+            g = zarr.open_group(str(writers[name].tmp_path), mode="r+")
+            g.create_array(INDEX_ARRAY, data=idx.astype(np.int64),
+                           chunks=(min(len(idx), 1 << 20),))
+        for w in writers.values():
+            w.close()
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    return outs
+
+
+def source_index(store: SampleStore | str | os.PathLike) -> np.ndarray:
+    """The parent indices of a split store's samples, verified against its recorded hash."""
+    s = store if isinstance(store, SampleStore) else open_store(store)
+    rec = s.attrs.get("provenance", {}).get("split")
+    if rec is None:
+        raise StoreError(f"{s.path}: not a split store (no provenance.split record)")
+    try:
+        idx = np.asarray(zarr.open_group(str(s.path), mode="r")[rec["index_array"]][:])
+    except KeyError:
+        raise StoreError(f"{s.path}: split index array {rec['index_array']!r} is missing") from None
+    if len(idx) != s.n or _index_sha256(idx) != rec["index_sha256"]:
+        raise StoreError(f"{s.path}: split index array does not match its recorded sha256")
+    return idx
+
+
+def check_disjoint(*stores: SampleStore | str | os.PathLike) -> None:
+    """Raise StoreError unless the stores are splits of one parent with no common sample."""
+    opened = [s if isinstance(s, SampleStore) else open_store(s) for s in stores]
+    recs = [s.attrs.get("provenance", {}).get("split") for s in opened]
+    for s, r in zip(opened, recs, strict=True):
+        if r is None:
+            raise StoreError(f"{s.path}: not a split store (no provenance.split record)")
+    parents = {r["parent_content_sha256"] for r in recs}
+    if len(parents) != 1:
+        raise StoreError("stores come from different parents: "
+                         + ", ".join(f"{s.path} <- {r['parent']}" for s, r in zip(opened, recs, strict=True)))
+    seen = np.zeros(recs[0]["parent_n"], dtype=bool)
+    for s in opened:
+        idx = source_index(s)
+        if seen[idx].any():
+            raise StoreError(f"{s.path}: shares {int(seen[idx].sum())} samples with another split")
+        seen[idx] = True
