@@ -77,6 +77,8 @@ class ModelConfig(_Section):
     output_dim: int = Field(32, gt=0)  # loss-space dimension (latent dimension for sweeps)
     dense_dims: list[int] = Field(default_factory=lambda: [96, 64, 48])  # dense encoder widths
     dense_input_dim: int = Field(57, gt=0)  # flattened event features (ADC2021: 19 objects x 3)
+    frame: Literal["jet", "event"] = "jet"  # jet: centre on pT-weighted centroid; event: absolute
+    head_batchnorm: bool = False  # BatchNorm in the projection (expander) head's hidden layers
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:

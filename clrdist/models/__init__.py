@@ -33,5 +33,5 @@ def build_model(cfg: ModelConfig) -> ContrastiveModel:
         raise KeyError(f"unknown encoder {cfg.encoder!r}; known: {', '.join(sorted(ENCODERS))}") from None
     encoder = make(cfg)
     head = ProjectionHead(encoder.out_dim, cfg.head_dims, cfg.output_dim,
-                          batchnorm=getattr(cfg, "head_batchnorm", False))
+                          batchnorm=cfg.head_batchnorm)
     return ContrastiveModel(encoder, head)
