@@ -16,6 +16,7 @@ import torch
 
 from clrdist import tracking
 from clrdist.config import config_from_dict
+from clrdist.data.store import open_store
 from clrdist.data.stream import ShardedStream
 from clrdist.losses import build_loss
 from clrdist.models import build_model
@@ -28,6 +29,26 @@ from clrdist.train.inputs import model_inputs
 def augment_seed(seed: int, rank: int, step: int) -> int:
     """Augmentation randomness is a pure function of (seed, rank, step): exact on resume."""
     return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1)
+
+
+def load_validation(cfg) -> tuple[dict, dict] | None:
+    """The labelled evaluation stores, read once (capped at eval.lct_max_samples)."""
+    if not (cfg.data.eval_train_store and cfg.data.eval_test_store):
+        return None
+    limit = cfg.eval.lct_max_samples
+    return (open_store(cfg.data.eval_train_store).read_all(max_samples=limit),
+            open_store(cfg.data.eval_test_store).read_all(max_samples=limit))
+
+
+def validate(engine, cfg, val, device) -> dict[str, float]:
+    """LCT AUC, max SIC and FPR at TPR 0.5 of the current representation, as val_* metrics."""
+    from clrdist.eval.runner import evaluate_during_training
+    from clrdist.train.checkpoint import make_encoder
+
+    encode = make_encoder(engine.module, cfg, device=device)  # sets eval mode
+    (tr, te) = val
+    metrics = evaluate_during_training(encode(tr), tr["label"], encode(te), te["label"])
+    return {f"val_{k}": v for k, v in metrics.items()}
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -72,6 +93,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                             mid_epoch=mid)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
+    # -- validation during training (rank 0): a quick LCT every eval.every_epochs epochs -------
+    val = load_validation(cfg) if master and cfg.eval.every_epochs else None
+
     engine.train()
     t_log, jets_since_log = time.perf_counter(), 0
     while epoch < cfg.optim.epochs and step < total_steps:
@@ -90,7 +114,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # -- encode and loss: local rows against all-gathered columns ---------------------
             _, z = engine.model(x, mask)
             zs = z.chunk(len(views))
-            terms = loss_fn(*zs)
+            labels = torch.as_tensor(batch["label"], device=device) if loss_fn.needs_labels else None
+            terms = loss_fn(*zs, labels=labels)
 
             # -- step: DDP averages gradients, which gives the global-batch gradient -----------
             info = engine.step(terms["loss"])
@@ -117,6 +142,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # -- end of epoch: checkpoint at the boundary -------------------------------------------
         epoch += 1
         mean_loss = epoch_loss / max(1, epoch_batches)
+        epoch_metrics = {"loss": mean_loss, "step": step, "epoch": epoch}
         if master:
             tracking.log_metrics(uri, run_id, {"epoch_loss": mean_loss}, step=step)
-        report({"loss": mean_loss, "step": step, "epoch": epoch}, mid=False)
+            if val is not None and epoch % cfg.eval.every_epochs == 0:
+                val_metrics = validate(engine, cfg, val, device)
+                tracking.log_metrics(uri, run_id, val_metrics, step=epoch)
+                epoch_metrics.update(val_metrics)  # Ray Tune schedulers read rank 0's metrics
+                engine.train()
+        report(epoch_metrics, mid=False)

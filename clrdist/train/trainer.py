@@ -43,6 +43,7 @@ def preflight(cfg: RunConfig) -> None:
         path = getattr(cfg.data, key)
         if path is not None:
             open_store(path)
+    check_components(cfg)
     if cfg.scaling.engine == "deepspeed":
         try:
             import deepspeed  # noqa: F401
@@ -50,6 +51,31 @@ def preflight(cfg: RunConfig) -> None:
             raise ConfigError(f"scaling.engine: deepspeed is not importable ({e}); "
                               "install clrdist[deepspeed]") from None
     tracking.resolve_uri(cfg.tracking.uri)
+
+
+def check_components(cfg: RunConfig) -> None:
+    """Every registered name resolves and the views fit the loss (cheap: builds on CPU)."""
+    from clrdist.losses import build_loss
+    from clrdist.models import build_model
+    from clrdist.physics.augment import build_view
+
+    try:
+        loss = build_loss(cfg.loss)
+    except KeyError as e:
+        raise ConfigError(f"loss.name: {e.args[0]}") from None
+    for i, view in enumerate(cfg.augment.views):
+        try:
+            build_view(view, cfg.augment.strength)
+        except KeyError as e:
+            raise ConfigError(f"augment.views.{i}: {e.args[0]}") from None
+    if len(cfg.augment.views) != 2:
+        raise ConfigError(f"augment.views: contrastive losses take 2 views, got {len(cfg.augment.views)}")
+    if getattr(loss, "needs_anomaly_view", False) and not cfg.augment.anomaly_view:
+        raise ConfigError(f"augment.anomaly_view: loss {cfg.loss.name!r} needs an anomaly view")
+    try:
+        build_model(cfg.model)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"model: {e}") from None
 
 
 def ensure_ray(cfg: RunConfig) -> None:
