@@ -19,7 +19,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     out = convert(args.format, args.inputs, args.out, max_particles=args.max_particles,
                   overwrite=args.overwrite, block_rows=args.block_rows,
                   chunk_size=args.chunk_size, shard_chunks=args.shard_chunks,
-                  progress=not args.no_progress)
+                  label=args.label, progress=not args.no_progress)
     from clrdist.data.store import open_store
 
     s = open_store(out)
@@ -120,6 +120,9 @@ def register(subparsers) -> None:
     c.add_argument("--block-rows", type=int, default=None, help="rows read per block (bounds memory)")
     c.add_argument("--chunk-size", type=int, default=4096, help="samples per Zarr chunk")
     c.add_argument("--shard-chunks", type=int, default=16, help="chunks per shard file")
+    c.add_argument("--label", type=int, default=None,
+                   help="process id for every input (adc2021 default: from the file name; "
+                        "lhco: for files without a label column)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.set_defaults(func=_cmd_convert)
 
