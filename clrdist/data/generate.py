@@ -70,6 +70,17 @@ DEFAULT_JET = {
     # LHCO-like: leading jet pT > 1.2 TeV, both leading jets |eta| < 2.5, R = 1.0
     "dijet": JetDef(R=1.0, pt_min=1200.0, pt_max=math.inf, abs_eta_max=2.5),
 }
+# stores with semi-visible jets: a 2 TeV Z' gives dark-quark jets of ~1 TeV of which only
+# ~(1 - r_inv) is visible; a 550-650 GeV window would keep 3% of them, biased to the least
+# invisible ones (truth invisible fraction 0.28 at r_inv = 0.75), 150-300 GeV keeps 20% (0.63)
+SVJ_JET = JetDef(R=0.8, pt_min=150.0, pt_max=300.0, abs_eta_max=2.0)
+
+
+def default_jet(processes: Sequence[str]) -> JetDef:
+    """The jet definition used when none is given: by store kind, SVJ_JET if svj is present."""
+    if "svj" in processes:
+        return SVJ_JET
+    return DEFAULT_JET["dijet" if "resonance" in processes else "jet"]
 
 JET_FEATURES = ["jet_pt", "jet_eta", "jet_phi", "jet_mass", "tau1", "tau2", "tau3", "tau21", "tau32"]
 SVJ_FEATURES = ["met", "inv_frac"]
@@ -506,7 +517,7 @@ def _plan(
         raise GenerationError(f"--seed must be a non-negative integer, got {seed}")
     if shard_size <= 0:
         raise GenerationError(f"shard_size must be positive, got {shard_size}")
-    jet = jet or DEFAULT_JET[kind]
+    jet = jet or default_jet(procs)
 
     if isinstance(pythia_settings, Mapping):
         extra = {p: tuple(pythia_settings.get(p, ())) for p in procs}
@@ -581,7 +592,7 @@ def generate_store(
 
     processes: names from PROCESSES; jet stores (top, qcd, svj) or dijet stores (resonance, qcd).
     n_jets: accepted jets per process (dijet stores: accepted events per process).
-    jet: selection; default DEFAULT_JET[kind]. n_particles: constituents kept per jet.
+    jet: selection; default ``default_jet(processes)``. n_particles: constituents kept per jet.
     workers: concurrent Ray tasks (default: the cluster's CPUs). Starts a local Ray instance if
     none is running (and stops it afterwards). shard_size: samples per task; part of the
     reproducibility contract (recorded in the provenance) together with seed.
@@ -626,23 +637,24 @@ def generate_store(
         provenance["r_inv"] = r_inv
         provenance["svj_zprime_mass"] = svj_mass
 
-    started_ray = False
-    if not ray.is_initialized():
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-        started_ray = True
-    try:
-        window = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        task = ray.remote(num_cpus=1, max_retries=0)(_remote_shard)
-        with StoreWriter(
-            out, kind=plan.kind, particle_features=["pt", "eta", "phi"], feature_names=features,
-            label_names={v: k for k, v in plan.labels.items()}, n_particles=p_store,
-            chunk_size=chunk_size, provenance=provenance, overwrite=overwrite,
-        ) as writer:
+    # the writer first: an existing output is refused before Ray starts
+    with StoreWriter(
+        out, kind=plan.kind, particle_features=["pt", "eta", "phi"], feature_names=features,
+        label_names={v: k for k, v in plan.labels.items()}, n_particles=p_store,
+        chunk_size=chunk_size, provenance=provenance, overwrite=overwrite,
+    ) as writer:
+        started_ray = False
+        if not ray.is_initialized():
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+            started_ray = True
+        try:
+            window = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            task = ray.remote(num_cpus=1, max_retries=0)(_remote_shard)
             _run_shards(ray, task, plan, writer, window, progress, stats)
-    finally:
-        if started_ray:
-            ray.shutdown()
+        finally:
+            if started_ray:
+                ray.shutdown()
     return out
 
 
@@ -764,8 +776,8 @@ def register_cli(subparsers) -> None:
     g.add_argument("--resonance-masses", type=_masses, default=(3500.0, 500.0, 100.0),
                    metavar="M,mX,mY", help="resonance: W', X, Y masses in GeV (default 3500,500,100)")
     g.add_argument("--jet-r", type=float, default=None, help="anti-kT radius (default 0.8; dijet 1.0)")
-    g.add_argument("--pt-min", type=float, default=None, help="jet pT window low edge, GeV (default 550; dijet: leading jet 1200)")
-    g.add_argument("--pt-max", type=float, default=None, help="jet pT window high edge, GeV (default 650; dijet: none)")
+    g.add_argument("--pt-min", type=float, default=None, help="jet pT window low edge, GeV (default 550; svj 150; dijet: leading jet 1200)")
+    g.add_argument("--pt-max", type=float, default=None, help="jet pT window high edge, GeV (default 650; svj 300; dijet: none)")
     g.add_argument("--eta-max", type=float, default=None, help="jet |eta| cut (default 2.0; dijet 2.5)")
     g.add_argument("--max-particles", type=int, default=50, metavar="P", help="constituents kept per jet")
     g.add_argument("--mpi", action="store_true", help="switch on multiparton interactions (off by default)")
@@ -787,8 +799,7 @@ def _cmd_generate(args) -> int:
     bad = [p for p in args.processes if p not in PROCESSES]
     if bad:
         raise GenerationError(f"unknown process {bad[0]!r} (known: {', '.join(PROCESSES)})")
-    kind = "dijet" if any(PROCESSES[p] == ("dijet",) for p in args.processes) else "jet"
-    base = DEFAULT_JET[kind]
+    base = default_jet(args.processes)
     overrides = {
         k: v
         for k, v in (("R", args.jet_r), ("pt_min", args.pt_min), ("pt_max", args.pt_max),

@@ -1,0 +1,321 @@
+"""Pythia 8 + FastJet generation: physics checks, reproducibility, atomicity, CLI.
+
+Samples are small (a few hundred jets) and generated once per module on a real local Ray
+cluster (2 CPUs). Tolerances are set from the sample statistics (see each test).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pythia8mc")
+pytest.importorskip("fastjet")
+ray = pytest.importorskip("ray")
+
+from clrdist.data.generate import (  # noqa: E402
+    GenerationError,
+    JetDef,
+    ShardSpec,
+    _plan,
+    generate_shard,
+    generate_store,
+)
+from clrdist.data.jets import cluster_antikt, nsubjettiness, pack_constituents, tau_ratios  # noqa: E402
+from clrdist.data.store import open_store  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+N_JETS = 300  # per process; median mass error ~ 1.25 sigma/sqrt(N) ~ 2 GeV (top), 3 GeV (QCD)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def toptag(ray_cluster, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "toptag.zarr"
+    stats: dict = {}
+    generate_store(["top", "qcd"], N_JETS, out, seed=11, workers=2, shard_size=150,
+                   progress=False, stats=stats)
+    store = open_store(out)
+    return store, store.read_all(), stats
+
+
+def _feature(store, data, name):
+    return data["features"][:, store.feature_names.index(name)]
+
+
+def _peak(x: np.ndarray, frac: float = 0.5) -> float:
+    """Centre of the shortest interval holding ``frac`` of the values (a robust mode)."""
+    x = np.sort(x)
+    k = max(1, int(frac * len(x)))
+    widths = x[k:] - x[: len(x) - k]
+    i = int(np.argmin(widths))
+    return float(0.5 * (x[i] + x[i + k]))
+
+
+# --- the store written through Ray ------------------------------------------------------------
+
+
+def test_store_layout_and_attributes(toptag):
+    store, data, stats = toptag
+    assert store.kind == "jet"
+    assert store.n == 2 * N_JETS
+    assert store.label_names == {0: "qcd", 1: "top"}
+    assert store.particle_features == ["pt", "eta", "phi"]
+    assert store.feature_names[:9] == [
+        "jet_pt", "jet_eta", "jet_phi", "jet_mass", "tau1", "tau2", "tau3", "tau21", "tau32"]
+    assert data["particles"].shape == (2 * N_JETS, 50, 3)
+    assert np.bincount(data["label"]).tolist() == [N_JETS, N_JETS]
+    prov = store.attrs["provenance"]
+    assert prov["seed"] == 11 and prov["shard_size"] == 150
+    assert prov["jet"] == {"algorithm": "anti-kt", "R": 0.8, "pt_min": 550.0, "pt_max": 650.0,
+                           "abs_eta_max": 2.0}
+    assert "Top:gg2ttbar = on" in prov["settings"]["top"]
+    assert len(stats["shards"]) == 4
+
+
+def test_constituents_hardest_first_and_consistent_with_jet(toptag):
+    store, data, _ = toptag
+    p, m = data["particles"], data["mask"]
+    pt = p[..., 0]
+    assert (pt[~m] == 0).all()
+    assert (np.diff(np.where(m, pt, 0), axis=1) <= 1e-3).all()  # hardest first, padding last
+    # 50 hardest constituents carry most of the jet pT and sit within R of the axis
+    jet_pt, jet_eta, jet_phi = (_feature(store, data, k) for k in ("jet_pt", "jet_eta", "jet_phi"))
+    assert ((550 <= jet_pt) & (jet_pt <= 650)).all() and (np.abs(jet_eta) < 2).all()
+    frac = np.where(m, pt, 0).sum(1) / jet_pt
+    assert np.median(frac) > 0.9 and (frac < 1.3).all()  # scalar sum >= vector sum
+    dphi = (p[..., 2] - jet_phi[:, None] + np.pi) % (2 * np.pi) - np.pi
+    dr = np.hypot(p[..., 1] - jet_eta[:, None], dphi)
+    # anti-kT jets are cones of R in (y, phi); in (eta, phi) soft massive hadrons can stray
+    assert np.mean(dr[m] < 0.8 + 1e-3) > 0.99
+
+
+def test_top_mass_peak_and_tau32(toptag):
+    store, data, _ = toptag
+    top, qcd = data["label"] == 1, data["label"] == 0
+    mass, tau32 = _feature(store, data, "jet_mass"), _feature(store, data, "tau32")
+    peak = _peak(mass[top & (mass > 100) & (mass < 300)])
+    assert abs(peak - 173.0) < 15.0, peak
+    # QCD jets are mostly one-prong: mass median far below the top mass
+    assert np.median(mass[qcd]) < 110.0
+    assert np.median(mass[top]) - np.median(mass[qcd]) > 50.0
+    # three-prong top jets have lower tau32 (medians about 0.45 vs 0.8, spread 0.15)
+    assert np.median(tau32[top]) < np.median(tau32[qcd]) - 0.15
+    assert np.median(_feature(store, data, "tau21")[qcd]) > 0.4
+
+
+def test_same_seed_same_store_any_worker_count(ray_cluster, tmp_path):
+    kw = dict(seed=5, shard_size=60, progress=False, n_particles=30)
+    a = generate_store(["qcd", "top"], 120, tmp_path / "a.zarr", workers=1, **kw)
+    b = generate_store(["qcd", "top"], 120, tmp_path / "b.zarr", workers=2, **kw)
+    da, db = (open_store(x).read_all() for x in (a, b))
+    for k in ("particles", "mask", "label", "features"):
+        np.testing.assert_array_equal(da[k], db[k])
+    assert np.bincount(da["label"]).tolist() == [120, 120]
+
+
+def test_shard_seeds_distinct_and_derived_from_seed():
+    def seeds(seed):
+        plan = _plan(["top", "qcd"], 1000, seed=seed, jet=None, n_particles=50, detector=None,
+                     resonance_masses=(3500, 500, 100), r_inv=0.75, svj_mass=2000, ecm=14000,
+                     mpi=False, shard_size=100, pythia_settings=(), match_truth=True)
+        return [(s.seed, s.detector_seed) for s in plan.shards]
+
+    a = seeds(0)
+    assert len(a) == 20 and len({s for s, _ in a}) == 20
+    assert all(1 <= s <= 900_000_000 for s, _ in a)
+    assert seeds(0) == a and set(seeds(1)).isdisjoint(a)
+
+
+def test_failed_task_leaves_nothing(ray_cluster, tmp_path):
+    out = tmp_path / "broken.zarr"
+    # top shards succeed (and are appended) before the qcd shards fail on a bad setting
+    with pytest.raises(GenerationError, match=r"'qcd'.*Pythia rejected the setting 'Bogus:nonsense = 1'"):
+        generate_store(["top", "qcd"], 40, out, seed=1, workers=2, shard_size=20,
+                       pythia_settings={"qcd": ["Bogus:nonsense = 1"]}, progress=False)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary store left either
+
+
+def test_unreachable_selection_fails_with_message(ray_cluster, tmp_path):
+    spec = _plan(["top"], 5, seed=0, jet=JetDef(0.8, 550, 650, 2.0), n_particles=10,
+                 detector=None, resonance_masses=(3500, 500, 100), r_inv=0.75, svj_mass=2000,
+                 ecm=14000, mpi=False, shard_size=5, pythia_settings=(), match_truth=True).shards[0]
+    spec = ShardSpec(**{**spec.__dict__, "max_events": 3, "jet": JetDef(0.4, 550, 650, 2.0)})
+    with pytest.raises(GenerationError, match="too tight"):
+        generate_shard(spec)
+
+
+@pytest.mark.parametrize(
+    ("procs", "msg"),
+    [
+        (["top", "resonance"], "cannot mix jet processes"),
+        (["top", "wprime"], "unknown process 'wprime'"),
+        (["top", "top"], "listed twice"),
+        ([], "no process"),
+    ],
+)
+def test_bad_process_lists(tmp_path, procs, msg):
+    with pytest.raises(GenerationError, match=msg):
+        generate_store(procs, 10, tmp_path / "x.zarr", progress=False)
+    assert not (tmp_path / "x.zarr").exists()
+
+
+# --- other processes (one shard each, no Ray needed) ------------------------------------------
+
+
+def _shard(procs, n, **kw):
+    args = dict(seed=3, jet=None, n_particles=50, detector=None,
+                resonance_masses=(3500.0, 500.0, 100.0), r_inv=0.75, svj_mass=2000.0,
+                ecm=14000.0, mpi=False, shard_size=n, pythia_settings=(), match_truth=True)
+    args.update(kw)
+    plan = _plan(procs, n, **args)
+    return plan, generate_shard(plan.shards[0])
+
+
+def test_resonance_dijet_mjj_peak():
+    plan, res = _shard(["resonance"], 150)
+    assert plan.kind == "dijet"
+    f = res["features"]
+    assert res["particles"].shape == (150, 100, 3)
+    # the leading jet's constituents first, then the subleading jet's
+    assert res["mask"][:, 0].all() and res["mask"][:, 50].all()
+    mjj = f[:, 0]
+    # m_jj peaks just below M (FSR out of the R = 1 cones); the interquartile range is ~5%
+    assert abs(np.median(mjj) / 3500.0 - 1) < 0.05, np.median(mjj)
+    assert abs(_peak(mjj) / 3500.0 - 1) < 0.05
+    masses = np.sort(f[:, [4, 13]], axis=1)  # j1_mass, j2_mass -> (lighter, heavier)
+    assert abs(np.median(masses[:, 1]) - 500.0) < 50.0
+    assert abs(np.median(masses[:, 0]) - 100.0) < 25.0
+
+
+def test_semivisible_jets_missing_pt_follows_r_inv():
+    # a wide window (pT > 100 GeV) so the visible-pT selection barely biases the invisible
+    # fraction; in-cone invisible pT fraction means measured: 0.03 (r_inv 0), 0.27 (0.3), 0.51
+    # (0.75); spread ~0.25 -> standard error ~0.02 with 150 jets
+    wide = JetDef(R=0.8, pt_min=100.0, pt_max=3000.0, abs_eta_max=2.0)
+    means, mets = {}, {}
+    for r_inv in (0.0, 0.3, 0.75):
+        plan, res = _shard(["svj"], 150, jet=wide, r_inv=r_inv)
+        f = res["features"]
+        assert f.shape == (150, 11)
+        means[r_inv] = f[:, 10].mean()
+        mets[r_inv] = np.median(f[:, 9])
+    assert means[0.0] < 0.1  # neutrinos from heavy-flavour decays only
+    assert 0.15 < means[0.3] < 0.45
+    assert 0.4 < means[0.75] < 0.85
+    assert means[0.75] - means[0.3] > 0.12
+    assert mets[0.75] > 5 * mets[0.0]
+
+
+def test_svj_default_window_and_store(ray_cluster, tmp_path):
+    out = generate_store(["svj", "qcd"], 60, tmp_path / "svj.zarr", seed=2, shard_size=60,
+                         progress=False)
+    store = open_store(out)
+    assert store.feature_names[-2:] == ["met", "inv_frac"]
+    assert store.label_names == {0: "qcd", 1: "svj"}
+    assert store.attrs["provenance"]["r_inv"] == 0.75
+    d = store.read_all()
+    pt = _feature(store, d, "jet_pt")
+    assert ((150 <= pt) & (pt <= 300)).all()
+    inv = _feature(store, d, "inv_frac")
+    assert inv[d["label"] == 1].mean() > inv[d["label"] == 0].mean() + 0.3
+
+
+def test_detector_simple_top_mass_still_peaks():
+    plan, res = _shard(["top"], 150, detector="simple")
+    mass = res["features"][:, 3]
+    assert abs(_peak(mass[(mass > 100) & (mass < 300)]) - 173.0) < 20.0
+    # cells sit on the 0.1 x 0.1 grid (eta centres at -4.9 + 0.1 (k + 1/2))
+    eta = res["particles"][..., 1][res["mask"]]
+    k = (eta + 4.9) / 0.1 - 0.5
+    assert np.mean(np.abs(k - np.round(k)) < 1e-3) > 0.97  # muons are off-grid
+
+
+# --- jets.py on hand-made jets ----------------------------------------------------------------
+
+
+def _prong(rng, eta, phi, pt, n, width=0.02):
+    e = eta + rng.normal(0, width, n)
+    f = phi + rng.normal(0, width, n)
+    p = np.full(n, pt / n)
+    return np.stack([p * np.cos(f), p * np.sin(f), p * np.sinh(e), p * np.cosh(e)], axis=1)
+
+
+def test_nsubjettiness_counts_prongs():
+    rng = np.random.default_rng(0)
+    one = _prong(rng, 0.0, 0.0, 600, 30)
+    two = np.concatenate([_prong(rng, 0, 0, 300, 15), _prong(rng, 0.5, 0.2, 300, 15)])
+    three = np.concatenate([_prong(rng, 0, 0, 200, 10), _prong(rng, 0.4, 0.1, 200, 10),
+                            _prong(rng, -0.2, 0.4, 200, 10)])
+    taus = nsubjettiness([one, two, three, one[:2]], 0.8)
+    t21, t32 = tau_ratios(taus)
+    assert taus.shape == (4, 3)
+    assert t21[1] < 0.2 < t21[0]
+    assert t32[2] < 0.2 < t32[1]
+    assert (taus[3, 1:] == 0).all()  # two constituents: tau2 = tau3 = 0
+    # tau1 of a two-prong jet: sum pT dR / (sum pT R0) with the axis near the pT centroid
+    assert 0.25 < taus[1, 0] < 0.45
+
+
+def test_pack_and_cluster():
+    rng = np.random.default_rng(1)
+    jet_a = _prong(rng, 0.0, 0.0, 500, 80)
+    jet_b = _prong(rng, 1.5, 3.0, 200, 10)
+    event = np.concatenate([jet_b, jet_a])
+    jets = cluster_antikt(event, 0.8, pt_min=50)
+    assert len(jets) == 2
+    assert sorted(jets[0][1].tolist()) == list(range(10, 90))
+    parts, mask = pack_constituents(event[jets[0][1]], 50)
+    assert parts.shape == (50, 3) and mask.all()
+    assert (np.diff(parts[:, 0]) <= 0).all()
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def test_cli_generate_end_to_end(ray_cluster, tmp_path, capsys):
+    from clrdist.cli import main
+
+    out = tmp_path / "cli.zarr"
+    rc = main(["data", "generate", "qcd", "--jets", "40", "--out", str(out), "--seed", "4",
+               "--shard-size", "20", "--max-particles", "20", "--pt-min", "500", "--pt-max",
+               "700", "--jet-r", "0.6", "--no-progress"])
+    assert rc == 0
+    store = open_store(out)
+    assert store.n == 40 and store.n_particles == 20
+    assert store.attrs["provenance"]["jet"]["R"] == 0.6
+    pt = store.read_all()["features"][:, 0]
+    assert ((500 <= pt) & (pt <= 700)).all()
+    # an existing store is refused without --overwrite, in one line
+    rc = main(["data", "generate", "qcd", "--jets", "40", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "already exists" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "msg"),
+    [
+        (["top", "resonance"], "cannot mix jet processes"),
+        (["higgs"], "unknown process 'higgs'"),
+        (["svj", "--r-inv", "1.5"], "--r-inv must be in [0, 1]"),
+        (["resonance", "--resonance-masses", "500,400,200"], "mX + mY"),
+        (["top", "--pt-min", "700", "--pt-max", "600"], "pt_min < pt_max"),
+    ],
+)
+def test_cli_user_errors(tmp_path, capsys, argv, msg):
+    from clrdist.cli import main
+
+    out = tmp_path / "x.zarr"
+    rc = main(["data", "generate", *argv, "--jets", "10", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("clrdist: error: ") and msg in err and err.count("\n") == 1
+    assert not out.exists()
