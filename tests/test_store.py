@@ -197,3 +197,33 @@ def test_open_missing_attribute(good):
     _edit_attrs(good, lambda a: a.pop("label_names"))
     with pytest.raises(StoreError, match="missing group attribute 'label_names'"):
         open_store(good)
+
+
+def test_direct_shard_reads_match_zarr(tmp_path):
+    out = tmp_path / "s.zarr"
+    d = _data(1000, seed=3)
+    with _writer(out) as w:
+        w.append(*d)
+    s = open_store(out)
+    assert s._fast.ok  # the layout StoreWriter writes is read straight from the shard files
+    for i in range(s.n_chunks):
+        fast = s.read_chunk(i)
+        ref = {k: np.asarray(a[slice(*s.chunk_bounds(i))]) for k, a in s.arrays.items()}
+        for k in ref:
+            assert fast[k].dtype == ref[k].dtype
+            np.testing.assert_array_equal(fast[k], ref[k])
+    assert len(s.read_chunk(s.n_chunks - 1)["label"]) == 1000 - 62 * 16
+
+
+def test_other_layouts_fall_back_to_zarr(tmp_path):
+    out = tmp_path / "s.zarr"
+    d = _data(100)
+    with _writer(out) as w:
+        w.append(*d)
+    # rewrite one array without sharding: still a valid store, read through zarr
+    zarr.open_group(str(out), mode="r+").create_array(
+        "label", data=d[2], chunks=(16,), overwrite=True)
+    s = open_store(out)
+    assert not s._fast.ok
+    np.testing.assert_array_equal(s.read_chunk(6)["label"], d[2][96:])
+    np.testing.assert_array_equal(s.read_chunk(2)["particles"], d[0][32:48])

@@ -46,11 +46,15 @@ class EpochPlan:
     pieces:  (n_pieces, 2) int64 storage ranges [a, b) in arrival order (this rank's only)
     offsets: (n_pieces + 1,) int64 start of each piece in the rank's arrival sequence
     batches: (nb, B) int64 positions into the arrival sequence, one row per batch
+    slots:   (n,) int64 pool slot of each position while it waits in the shuffle buffer
+    pool_size: slots in the pool
     """
 
     pieces: np.ndarray
     offsets: np.ndarray
     batches: np.ndarray
+    slots: np.ndarray
+    pool_size: int
 
     def sample_ids(self) -> np.ndarray:
         """(nb, B) storage indices of the samples in each batch."""
@@ -155,28 +159,45 @@ class ShardedStream:
         mine = np.asarray(mine, dtype=np.int64).reshape(-1, 2)
         lengths = mine[:, 1] - mine[:, 0]
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        batches = self._buffer_order(epoch, lengths)
-        plan = EpochPlan(mine, offsets, batches)
+        batches, slots, pool_size = self._buffer_order(epoch, lengths)
+        plan = EpochPlan(mine, offsets, batches, slots, pool_size)
         self._plan_cache = (epoch, plan)
         return plan
 
-    def _buffer_order(self, epoch: int, lengths: np.ndarray) -> np.ndarray:
-        """Simulate the shuffle buffer on sequence positions; (nb, B) positions."""
+    def _buffer_order(self, epoch: int, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Simulate the shuffle buffer on sequence positions.
+
+        Returns the (nb, B) positions of each batch, the pool slot each position occupies
+        while it waits in the buffer, and the pool size. Slots are what let batch assembly be
+        one ``take`` per array: a decoded piece is scattered into free slots of a fixed pool,
+        a batch is gathered from the pool; the simulation guarantees a slot is reused only
+        after its previous sample was emitted.
+        """
         b, total = self.batch_size, int(lengths.sum())
-        if self.shuffle_buffer == 0:
-            return np.arange(total, dtype=np.int64).reshape(-1, b)
+        shuffle = self.shuffle_buffer > 0
         rng = np.random.default_rng([self.seed, epoch, self.rank, _TAG_BUFFER])
+        cap = self.shuffle_buffer + b + int(lengths.max(initial=0))
+        free = np.arange(cap - 1, -1, -1, dtype=np.int64)
+        slot_of = np.empty(total, dtype=np.int64)
         out, buf, start = [], np.empty(0, np.int64), 0
         for i, n_new in enumerate(lengths):
-            buf = np.concatenate([buf, np.arange(start, start + n_new, dtype=np.int64)])
+            new = np.arange(start, start + n_new, dtype=np.int64)
             start += n_new
+            slot_of[new] = free[len(free) - n_new:]
+            free = free[: len(free) - n_new]
+            buf = np.concatenate([buf, new])
             last = i == len(lengths) - 1
             k = len(buf) // b if last else max(0, (len(buf) - self.shuffle_buffer) // b)
             if k:
-                perm = rng.permutation(len(buf))
-                out.append(buf[perm[: k * b]])
-                buf = buf[perm[k * b:]]
-        return np.concatenate(out).reshape(-1, b)
+                if shuffle:
+                    perm = rng.permutation(len(buf))
+                    emit, buf = buf[perm[: k * b]], buf[perm[k * b:]]
+                else:
+                    emit, buf = buf[: k * b], buf[k * b:]
+                out.append(emit)
+                free = np.concatenate([free, slot_of[emit][::-1]])
+        batches = np.concatenate(out).reshape(-1, b) if out else np.empty((0, b), np.int64)
+        return batches, slot_of, cap
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -229,7 +250,10 @@ class ShardedStream:
             self.epoch, self._pos = epoch + 1, 0
 
     def _read_piece(self, a: int, b: int) -> dict[str, np.ndarray]:
-        return self.store.read(int(a), int(b))
+        # pieces never cross a chunk boundary: decode the chunk, keep the piece's rows
+        c = int(a) // self.store.chunk_size
+        c0 = c * self.store.chunk_size
+        return {k: v[a - c0:b - c0] for k, v in self.store.read_chunk(c).items()}
 
     def _pieces(self, plan: EpochPlan, needed: np.ndarray) -> Iterator[tuple[int, dict]]:
         """Decode the needed pieces in arrival order (in parallel when num_threads > 1)."""
@@ -254,47 +278,47 @@ class ShardedStream:
                 yield p, fut.result()
 
     def _assemble(self, epoch: int, start: int) -> Iterator[dict[str, np.ndarray]]:
-        """Batches ``start..nb-1`` of ``epoch`` (runs on the producer thread)."""
+        """Batches ``start..nb-1`` of ``epoch`` (runs on the producer thread).
+
+        Pieces are decoded in arrival order and scattered into the pool slots the plan gave
+        them (only samples not yet consumed, when resuming mid-epoch); each batch is one
+        ``take`` per array from the pool.
+        """
         plan = self.plan(epoch)
         if start >= len(plan.batches):
             return
         pos = plan.batches[start:]
+        nb_left, b = pos.shape
         piece_of = np.searchsorted(plan.offsets, pos, side="right") - 1  # (nb', B)
-        n_pieces = len(plan.pieces)
-        last_use = np.full(n_pieces, -1, np.int64)
-        np.maximum.at(last_use, piece_of.ravel(), np.repeat(np.arange(len(pos)), pos.shape[1]))
+        needed = np.zeros(len(plan.pieces), dtype=bool)
+        needed[piece_of.ravel()] = True
         need_upto = piece_of.max(axis=1)
-        loaded: dict[int, dict[str, np.ndarray]] = {}
-        pieces = self._pieces(plan, last_use >= 0)
+        batch_of = np.full(int(plan.offsets[-1]), -1, dtype=np.int64)
+        batch_of[pos.ravel()] = np.repeat(np.arange(nb_left), b)  # -1: consumed before start
+        pool: dict[str, np.ndarray] | None = None
+        pieces = self._pieces(plan, needed)
         top = -1
         try:
-            for j in range(len(pos)):
+            for j in range(nb_left):
                 while top < need_upto[j]:
                     p, data = next(pieces)
-                    loaded[p] = data
+                    o0, o1 = plan.offsets[p], plan.offsets[p + 1]
+                    slots = plan.slots[o0:o1]
+                    live = batch_of[o0:o1] >= 0
+                    if pool is None:
+                        pool = {k: np.empty((plan.pool_size, *v.shape[1:]), dtype=v.dtype)
+                                for k, v in data.items()}
+                    if live.all():
+                        for k in ARRAYS:
+                            pool[k][slots] = data[k]
+                    else:
+                        for k in ARRAYS:
+                            pool[k][slots[live]] = data[k][live]
                     top = p
-                yield self._gather(pos[j], piece_of[j], plan.offsets, loaded)
-                for p in np.flatnonzero(last_use == j):
-                    loaded.pop(int(p), None)
+                sl = plan.slots[pos[j]]
+                yield {k: pool[k].take(sl, axis=0) for k in ARRAYS}
         finally:
             pieces.close()
-
-    @staticmethod
-    def _gather(pos: np.ndarray, pcs: np.ndarray, offsets: np.ndarray,
-                loaded: dict[int, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        order = np.argsort(pcs, kind="stable")
-        spcs = pcs[order]
-        cuts = np.flatnonzero(np.diff(spcs)) + 1
-        groups = np.split(order, cuts)
-        first = loaded[int(spcs[0])]
-        out = {k: np.empty((len(pos), *first[k].shape[1:]), dtype=first[k].dtype) for k in ARRAYS}
-        for sel in groups:
-            p = int(pcs[sel[0]])
-            rows = pos[sel] - offsets[p]
-            data = loaded[p]
-            for k in ARRAYS:
-                out[k][sel] = data[k][rows]
-        return out
 
     def _threaded(self, epoch: int, start: int) -> Iterator[dict[str, np.ndarray]]:
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
