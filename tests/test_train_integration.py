@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+import torch
 
 from clrdist import tracking
 from clrdist.cli import main
@@ -27,7 +28,7 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -104,3 +105,19 @@ def test_two_worker_ddp_run_end_to_end(ray_cluster, stores, tmp_path):
     assert rc == 0
     again = tracking.get_run(result.tracking_uri, result.run_id)["metrics"]["lct_auc"]
     assert again == pytest.approx(lct_auc, abs=1e-9)  # deterministic given the checkpoint
+
+
+@pytest.mark.parametrize("zero_stage", [2])
+def test_deepspeed_engine_trains_with_gloo(ray_cluster, stores, tmp_path, zero_stage):
+    cfg = tiny_config(stores, tmp_path, "scaling.engine=deepspeed", f"scaling.zero_stage={zero_stage}",
+                      "optim.epochs=1", "eval.every_epochs=null", "eval.lct=false")
+    result = train(cfg)
+    run = tracking.get_run(result.tracking_uri, result.run_id)
+    assert run["status"] == "FINISHED" and run["tags"]["clrdist.engine"] == "deepspeed"
+    losses = [v for _, v in tracking.metric_history(result.tracking_uri, result.run_id, "train_loss")]
+    assert len(losses) >= 2 and all(np.isfinite(losses))
+    model, _ = checkpoint.load_model(result.checkpoint_path)  # full model state on rank 0
+    x = torch.randn(4, 50, 3).abs()
+    mask = torch.ones(4, 50, dtype=torch.bool)
+    rep = model.represent(x, mask)
+    assert rep.shape == (4, cfg.model.model_dim) and torch.isfinite(rep).all()

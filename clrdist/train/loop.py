@@ -6,6 +6,7 @@ Rank-0 side effects (MLflow, the model checkpoint) sit behind the one ``master``
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from typing import Any
@@ -54,6 +55,7 @@ def validate(engine, cfg, val, device) -> dict[str, float]:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = config_from_dict(config["run_config"], source="train_loop_config")
     uri, run_id = config["tracking_uri"], config["mlflow_run_id"]
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # our own epoch line instead
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     master = rank == 0
@@ -150,4 +152,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 tracking.log_metrics(uri, run_id, val_metrics, step=epoch)
                 epoch_metrics.update(val_metrics)  # Ray Tune schedulers read rank 0's metrics
                 engine.train()
+            print(f"[clrdist] epoch {epoch}/{cfg.optim.epochs} step {step} loss {mean_loss:.4f}"
+                  + "".join(f" {k} {v:.4f}" for k, v in epoch_metrics.items() if k.startswith("val_")),
+                  flush=True)
         report(epoch_metrics, mid=False)

@@ -89,8 +89,9 @@ def ensure_ray(cfg: RunConfig) -> None:
         return
     need = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
     # A laptop may have fewer cores than workers: oversubscribe rather than hang waiting.
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False,
-             log_to_driver=True)
+    # The dashboard (bound to 127.0.0.1) serves the state API Ray Train's controller polls.
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=True,
+             dashboard_host="127.0.0.1", log_to_driver=True)
 
 
 def train(cfg: RunConfig, *, evaluate: bool = True) -> TrainResult:
