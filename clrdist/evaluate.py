@@ -11,9 +11,40 @@ from typing import Any
 
 from clrdist import tracking
 from clrdist.config import ConfigError, RunConfig
-from clrdist.data.store import open_store
+from clrdist.data.store import SampleStore, StoreError, open_store
 
 EVALUATIONS = ("lct", "cwola", "nplm", "anomaly", "baselines")
+
+
+def _sources(store: SampleStore) -> set[str]:
+    """What a store's samples were made from, as comparable identifiers."""
+    prov = store.attrs.get("provenance", {})
+    if prov.get("sources"):  # converted public files: their content hashes
+        return {f"sha256:{src['sha256']}" for src in prov["sources"]}
+    keys = ("source", "generator", "processes", "seed")  # generated or toy: generator + seed
+    return {"generated:" + ":".join(str(prov.get(k)) for k in keys)}
+
+
+def check_held_out(train_store: str, *eval_stores: str) -> None:
+    """Refuse evaluation stores that may share samples with each other or with training.
+
+    Splits of one parent are checked sample by sample from their recorded indices; otherwise
+    the stores must come from different sources (different files, or generator seeds).
+    """
+    from clrdist.data.split import check_disjoint
+
+    stores = [open_store(p) for p in (train_store, *eval_stores)]
+    splits = [s.attrs.get("provenance", {}).get("split") for s in stores]
+    if all(splits) and len({r["parent_content_sha256"] for r in splits}) == 1:
+        check_disjoint(*stores)
+        return
+    for i, a in enumerate(stores):
+        for b in stores[i + 1:]:
+            common = _sources(a) & _sources(b)
+            if common:
+                raise StoreError(
+                    f"{b.path}: cannot prove it is disjoint from {a.path} (same source "
+                    f"{sorted(common)[0]}); make held-out stores with `clrdist data split`")
 
 
 def evaluate_checkpoint(checkpoint_path: str, which: set[str], *, cfg: RunConfig | None = None,
@@ -29,6 +60,7 @@ def evaluate_checkpoint(checkpoint_path: str, which: set[str], *, cfg: RunConfig
     cfg = cfg or trained_cfg
     if not (cfg.data.eval_train_store and cfg.data.eval_test_store):
         raise ConfigError("data.eval_train_store / data.eval_test_store: both are needed to evaluate")
+    check_held_out(cfg.data.train_store, cfg.data.eval_train_store, cfg.data.eval_test_store)
     limit = cfg.eval.lct_max_samples
     train_data = open_store(cfg.data.eval_train_store).read_all(max_samples=limit)
     test_data = open_store(cfg.data.eval_test_store).read_all(max_samples=limit)
