@@ -87,6 +87,8 @@ SVJ_FEATURES = ["met", "inv_frac"]
 DIJET_JET_FEATURES = ["pt", "eta", "phi", "mass", "tau1", "tau2", "tau3", "tau21", "tau32"]
 DIJET_FEATURES = ["mjj"] + [f"j{i}_{f}" for i in (1, 2) for f in DIJET_JET_FEATURES]
 
+# particles beyond |eta| = 5 (beam remnants, outside any calorimeter) are not clustered
+PARTICLE_ETA_MAX = 5.0
 _SEED_MAX = 900_000_000  # Pythia's Random:seed range is [1, 900_000_000]
 _INVISIBLE_DM = (51, 52, 53)
 
@@ -290,6 +292,7 @@ def generate_shard(spec: ShardSpec) -> dict:
     "stats": {...}} with P' = P for jet stores and 2P for dijet stores.
     """
     t_start = time.perf_counter()
+    cpu_start = time.process_time()
     st = _Stats()
     pythia = _make_pythia(spec)
     st.t_init = time.perf_counter() - t_start
@@ -307,9 +310,9 @@ def generate_shard(spec: ShardSpec) -> dict:
     if detector is None:
         import pythia8mc  # noqa: PLC0415
 
-        # anti-kT (power -1), E-scheme masses (massSet 2), visible final particles (select 2),
-        # clustered by the fjcore copy of FastJet inside Pythia
-        slowjet = pythia8mc.SlowJet(-1, jet.R, pt_floor, 25.0, 2, 2, None, True, True)
+        # anti-kT (power -1), E-scheme masses (massSet 2), visible final particles (select 2)
+        # within |eta| < 5, clustered by the fjcore copy of FastJet inside Pythia
+        slowjet = pythia8mc.SlowJet(-1, jet.R, pt_floor, PARTICLE_ETA_MAX, 2, 2, None, True, True)
     max_events = spec.max_events or (10_000 + 1000 * spec.n)
     max_failed = 100 + spec.n
 
@@ -433,6 +436,7 @@ def generate_shard(spec: ShardSpec) -> dict:
             "t_next": st.t_next,
             "t_post": time.perf_counter() - t_post,
             "t_total": st.t_total,
+            "t_cpu": time.process_time() - cpu_start,
             "n_events": st.n_events,
             "n_failed": st.n_failed,
             "n_accepted": spec.n,

@@ -158,31 +158,36 @@ def nsubjettiness(constituents: Sequence[np.ndarray], R0: float, n_max: int = 3)
     norm = pt.sum(axis=1) * R0
 
     fastjet = _fastjet()
-    for n in range(1, n_max + 1):
-        sel = np.flatnonzero(counts > n)  # jets with <= n constituents have tau_n = 0
-        if len(sel) == 0:
+    jetdef = fastjet.JetDefinition(fastjet.kt_algorithm, fastjet.JetDefinition.max_allowable_R)
+    # one kT clustering per jet serves every N; jets with fewer constituents than n_max + 1
+    # (rare) are clustered again per N because exclusive_jets(N) needs >= N constituents
+    groups = [(np.flatnonzero(counts > n_max), range(1, n_max + 1))]
+    groups += [(np.flatnonzero(counts == c), range(1, c)) for c in range(2, n_max + 1)]
+    for sel, ns in groups:
+        if len(sel) == 0 or len(ns) == 0:
             continue
         flat = np.concatenate([constituents[i] for i in sel]).astype(np.float64)
         arr = ak.unflatten(
             ak.zip({"px": flat[:, 0], "py": flat[:, 1], "pz": flat[:, 2], "E": flat[:, 3]}),
             counts[sel],
         )
-        jetdef = fastjet.JetDefinition(fastjet.kt_algorithm, fastjet.JetDefinition.max_allowable_R)
-        with warnings.catch_warnings():
-            # fastjet's awkward interface warns about exclusive jets for every algorithm; kT is fine
-            warnings.filterwarnings("ignore", message="dcut and exclusive jets")
-            axes = fastjet.ClusterSequence(arr, jetdef).exclusive_jets(n_jets=n)
-        ax = np.stack(
-            [ak.to_numpy(ak.flatten(axes[f])).reshape(len(sel), n) for f in ("px", "py", "pz", "E")],
-            axis=-1,
-        )  # (J_sel, n, 4)
-        ay = _rapidity(ax)
-        aphi = np.arctan2(ax[..., 1], ax[..., 0])
-        dr2 = (y[sel][:, :, None] - ay[:, None, :]) ** 2 + delta_phi(
-            phi[sel][:, :, None], aphi[:, None, :]
-        ) ** 2  # (J_sel, M, n)
-        dmin = np.sqrt(dr2.min(axis=2))
-        taus[sel, n - 1] = (pt[sel] * dmin * valid[sel]).sum(axis=1) / norm[sel]
+        cs = fastjet.ClusterSequence(arr, jetdef)
+        for n in ns:
+            with warnings.catch_warnings():
+                # fastjet's awkward interface warns about exclusive jets for any algorithm
+                warnings.filterwarnings("ignore", message="dcut and exclusive jets")
+                axes = cs.exclusive_jets(n_jets=n)
+            ax = np.stack(
+                [ak.to_numpy(ak.flatten(axes[f])).reshape(len(sel), n) for f in ("px", "py", "pz", "E")],
+                axis=-1,
+            )  # (J_sel, n, 4)
+            ay = _rapidity(ax)
+            aphi = np.arctan2(ax[..., 1], ax[..., 0])
+            dr2 = (y[sel][:, :, None] - ay[:, None, :]) ** 2 + delta_phi(
+                phi[sel][:, :, None], aphi[:, None, :]
+            ) ** 2  # (J_sel, M, n)
+            dmin = np.sqrt(dr2.min(axis=2))
+            taus[sel, n - 1] = (pt[sel] * dmin * valid[sel]).sum(axis=1) / norm[sel]
     return taus
 
 
