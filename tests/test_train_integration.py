@@ -14,49 +14,19 @@ import torch
 
 from clrdist import tracking
 from clrdist.cli import main
-from clrdist.config import load_config
-from clrdist.data.split import split_store
 from clrdist.data.store import open_store
-from clrdist.data.toy import write_toy_store
 from clrdist.models import build_model
 from clrdist.train import checkpoint
 from clrdist.train.trainer import train
 
 pytestmark = pytest.mark.integration
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+from tests.conftest import CONFIGS, tiny_config
 
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory):
-    d = tmp_path_factory.mktemp("stores")
-    write_toy_store(d / "toy.zarr", n_per_class=1200, seed=3)
-    split_store(d / "toy.zarr", {"train": 0.6, "eval_train": 0.2, "eval_test": 0.2}, out_dir=d, seed=3)
-    return d
-
-
-def tiny_config(stores, tmp, *more):
-    return load_config(CONFIG, [
-        f"data.train_store={stores / 'train.zarr'}",
-        f"data.eval_train_store={stores / 'eval_train.zarr'}",
-        f"data.eval_test_store={stores / 'eval_test.zarr'}",
-        "data.batch_size=64", "data.shuffle_buffer=512",
-        "model.model_dim=32", "model.ff_dim=64", "model.head_dims=[32]", "model.output_dim=16",
-        "optim.epochs=2", "optim.warmup_steps=2", "tracking.log_every=2", "eval.every_epochs=1",
-        f"checkpoint.storage_path={tmp / 'ray'}",
-        f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
-        *more,
-    ])
+CONFIG = CONFIGS / "demo.yaml"
 
 
 # Runs first in this module, before any fixture has started Ray.
-def test_bad_config_is_rejected_before_ray_starts(stores, tmp_path, capsys):
+def test_bad_config_is_rejected_before_ray_starts(toy_splits, tmp_path, capsys):
     rc = main(["train", str(CONFIG), "--set", f"data.train_store={tmp_path / 'missing.zarr'}",
                "--set", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"])
     err = capsys.readouterr().err
@@ -66,8 +36,8 @@ def test_bad_config_is_rejected_before_ray_starts(stores, tmp_path, capsys):
     assert not ray.is_initialized()  # and no Ray cluster was started
 
 
-def test_two_worker_ddp_run_end_to_end(ray_cluster, stores, tmp_path):
-    cfg = tiny_config(stores, tmp_path)
+def test_two_worker_ddp_run_end_to_end(ray_cluster, toy_splits, tmp_path):
+    cfg = tiny_config(toy_splits, tmp_path)
     result = train(cfg)
 
     # -- the MLflow run: params, per-step metrics, evaluation ----------------------------------
@@ -75,7 +45,7 @@ def test_two_worker_ddp_run_end_to_end(ray_cluster, stores, tmp_path):
     assert run["status"] == "FINISHED"
     assert run["params"]["loss.temperature"] == "0.1"
     assert run["params"]["scaling.num_workers"] == "2"
-    n_train = open_store(stores / "train.zarr").n
+    n_train = open_store(toy_splits / "train.zarr").n
     steps_per_epoch = n_train // (64 * 2)
     history = tracking.metric_history(result.tracking_uri, result.run_id, "train_loss")
     assert [s for s, _ in history] == list(range(2, 2 * steps_per_epoch + 1, 2))
@@ -91,7 +61,7 @@ def test_two_worker_ddp_run_end_to_end(ray_cluster, stores, tmp_path):
     # -- the checkpoint: model, optimiser, both ranks' stream positions, config ------------------
     state, meta = checkpoint.load(result.checkpoint_path)
     assert meta["step"] == 2 * steps_per_epoch and meta["epoch"] == 2
-    assert meta["config"]["data"]["train_store"] == str(stores / "train.zarr")
+    assert meta["config"]["data"]["train_store"] == str(toy_splits / "train.zarr")
     assert {"model", "optimizer", "scheduler"} <= set(state)
     assert checkpoint.load_stream_state(result.checkpoint_path, 0) is not None
     assert checkpoint.load_stream_state(result.checkpoint_path, 1) is not None
@@ -108,8 +78,8 @@ def test_two_worker_ddp_run_end_to_end(ray_cluster, stores, tmp_path):
 
 
 @pytest.mark.parametrize("zero_stage", [2])
-def test_deepspeed_engine_trains_with_gloo(ray_cluster, stores, tmp_path, zero_stage):
-    cfg = tiny_config(stores, tmp_path, "scaling.engine=deepspeed", f"scaling.zero_stage={zero_stage}",
+def test_deepspeed_engine_trains_with_gloo(ray_cluster, toy_splits, tmp_path, zero_stage):
+    cfg = tiny_config(toy_splits, tmp_path, "scaling.engine=deepspeed", f"scaling.zero_stage={zero_stage}",
                       "optim.epochs=1", "eval.every_epochs=null", "eval.lct=false")
     result = train(cfg)
     run = tracking.get_run(result.tracking_uri, result.run_id)

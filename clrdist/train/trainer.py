@@ -94,8 +94,13 @@ def ensure_ray(cfg: RunConfig) -> None:
              dashboard_host="127.0.0.1", log_to_driver=True)
 
 
-def train(cfg: RunConfig, *, evaluate: bool = True) -> TrainResult:
-    """Train with Ray Train's TorchTrainer; log to MLflow; run the post-training evaluations."""
+def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = None,
+          tags: dict[str, str] | None = None) -> TrainResult:
+    """Train with Ray Train's TorchTrainer; log to MLflow; run the post-training evaluations.
+
+    ``callbacks`` go to Ray Train's RunConfig (Tune's ``TuneReportCallback`` in sweeps);
+    ``tags`` are added to the MLflow run.
+    """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -115,7 +120,7 @@ def train(cfg: RunConfig, *, evaluate: bool = True) -> TrainResult:
     run_id = tracking.start_run(uri, cfg.tracking.experiment, cfg.flat(),
                                 run_name=cfg.tracking.run_name,
                                 tags={"clrdist.config_name": cfg.name,
-                                      "clrdist.engine": cfg.scaling.engine},
+                                      "clrdist.engine": cfg.scaling.engine, **(tags or {})},
                                 config=cfg.to_dict())
     ensure_ray(cfg)
     trainer = TorchTrainer(
@@ -128,7 +133,8 @@ def train(cfg: RunConfig, *, evaluate: bool = True) -> TrainResult:
         run_config=ray.train.RunConfig(
             name=f"{cfg.name}-{run_id[:8]}", storage_path=cfg.checkpoint.storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures)),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
+            callbacks=list(callbacks or [])),
     )
     try:
         result = trainer.fit()
