@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -649,8 +650,11 @@ def generate_store(
     ) as writer:
         started_ray = False
         if not ray.is_initialized():
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            # RAY_ADDRESS (set by `ray job submit` and on a cluster) connects to that cluster;
+            # otherwise a local instance with `workers` CPUs
+            local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": workers}
+            ray.init(include_dashboard=False if local else None, log_to_driver=False,
+                     configure_logging=False, **local)
             started_ray = True
         try:
             window = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
