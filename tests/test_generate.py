@@ -200,6 +200,23 @@ def test_resonance_dijet_mjj_peak():
     assert abs(np.median(masses[:, 0]) - 100.0) < 25.0
 
 
+def test_qcd_follows_the_dijet_kind():
+    from clrdist.data.generate import DIJET_FEATURES
+
+    plan = _plan(["resonance", "qcd"], 60, seed=4, jet=None, n_particles=20, detector=None,
+                 resonance_masses=(3500, 500, 100), r_inv=0.75, svj_mass=2000, ecm=14000,
+                 mpi=False, shard_size=60, pythia_settings=(), match_truth=True)
+    assert plan.kind == "dijet" and plan.labels == {"qcd": 0, "resonance": 1}
+    assert plan.jet == JetDef(R=1.0, pt_min=1200.0, pt_max=float("inf"), abs_eta_max=2.5)
+    res = generate_shard(plan.shards[1])
+    f = res["features"]
+    assert f.shape == (60, len(DIJET_FEATURES)) and res["particles"].shape == (60, 40, 3)
+    j1_pt, j1_eta, j2_pt, j2_eta = (f[:, DIJET_FEATURES.index(k)]
+                                    for k in ("j1_pt", "j1_eta", "j2_pt", "j2_eta"))
+    assert (j1_pt >= 1200).all() and (j2_pt <= j1_pt).all()
+    assert (np.abs(j1_eta) < 2.5).all() and (np.abs(j2_eta) < 2.5).all()
+
+
 def test_semivisible_jets_missing_pt_follows_r_inv():
     # a wide window (pT > 100 GeV) so the visible-pT selection barely biases the invisible
     # fraction; in-cone invisible pT fraction means measured: 0.03 (r_inv 0), 0.27 (0.3), 0.51

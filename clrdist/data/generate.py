@@ -788,6 +788,7 @@ def register_cli(subparsers) -> None:
     g.add_argument("--pt-max", type=float, default=None, help="jet pT window high edge, GeV (default 650; svj 300; dijet: none)")
     g.add_argument("--eta-max", type=float, default=None, help="jet |eta| cut (default 2.0; dijet 2.5)")
     g.add_argument("--max-particles", type=int, default=50, metavar="P", help="constituents kept per jet")
+    g.add_argument("--ecm", type=float, default=14000.0, help="centre-of-mass energy, GeV (14000)")
     g.add_argument("--mpi", action="store_true", help="switch on multiparton interactions (off by default)")
     g.add_argument("--pythia", action="append", default=[], metavar="SETTING",
                    help="extra Pythia setting for every process, e.g. 'PartonLevel:ISR = off' (repeatable)")
@@ -822,7 +823,7 @@ def _cmd_generate(args) -> int:
         args.processes, args.jets, args.out, seed=args.seed, workers=args.workers, jet=jet,
         n_particles=args.max_particles, detector=args.detector,
         resonance_masses=args.resonance_masses, r_inv=args.r_inv, svj_mass=args.svj_mass,
-        mpi=args.mpi, shard_size=args.shard_size, pythia_settings=args.pythia,
+        ecm=args.ecm, mpi=args.mpi, shard_size=args.shard_size, pythia_settings=args.pythia,
         overwrite=args.overwrite, progress=not args.no_progress,
     )
     print(f"wrote {out}")
