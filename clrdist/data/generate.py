@@ -49,8 +49,16 @@ __all__ = [
     "ShardSpec",
     "generate_store",
     "generate_shard",
+    "pythia_available",
     "register_cli",
 ]
+
+
+def pythia_available() -> bool:
+    """True when pythia8mc (the ``generation`` extra) can be imported (it is not imported here)."""
+    import importlib.util  # noqa: PLC0415
+
+    return importlib.util.find_spec("pythia8mc") is not None
 
 
 class GenerationError(ClrdistError):

@@ -26,11 +26,13 @@ import numpy as np
 __all__ = [
     "JetDef",
     "pt_eta_phi",
+    "p4_from_pt_eta_phi",
     "jet_kinematics",
     "delta_phi",
     "pack_constituents",
     "cluster_antikt",
     "nsubjettiness",
+    "tau_ratios",
 ]
 
 
@@ -75,6 +77,15 @@ def pt_eta_phi(p4: np.ndarray) -> np.ndarray:
         eta = np.arcsinh(np.where(pt > 0, pz / pt, 0.0))
     phi = np.arctan2(py, px)
     return np.stack([pt, eta, phi], axis=1)
+
+
+def p4_from_pt_eta_phi(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray,
+                       mass: np.ndarray | float = 0.0) -> np.ndarray:
+    """(pT [GeV], eta, phi[, mass]) of n particles -> (n, 4) (px, py, pz, E); inverse of pt_eta_phi."""
+    pt, eta, phi = (np.asarray(x, dtype=np.float64) for x in (pt, eta, phi))
+    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+    e = np.sqrt(px**2 + py**2 + pz**2 + np.asarray(mass, dtype=np.float64) ** 2)
+    return np.stack([px, py, pz, e], axis=-1)
 
 
 def _rapidity(p4: np.ndarray) -> np.ndarray:
