@@ -79,6 +79,7 @@ class ModelConfig(_Section):
     dense_input_dim: int = Field(57, gt=0)  # flattened event features (ADC2021: 19 objects x 3)
     frame: Literal["jet", "event"] = "jet"  # jet: centre on pT-weighted centroid; event: absolute
     head_batchnorm: bool = False  # BatchNorm in the projection (expander) head's hidden layers
+    buckets: int = Field(1, ge=1)  # encode each batch in this many multiplicity groups (exact, faster)
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:

@@ -359,3 +359,17 @@ def test_event_shifts():
     assert changed[:, 0].sum() == 0 and (changed.sum(1) <= 1).all()
     ratio = y[..., 0][changed] / x[..., 0][changed]
     assert ratio.min() >= 1 - 1e-6 and ratio.max() <= 5 + 1e-5
+
+
+def test_apply_views_fuses_identical_views():
+    from clrdist.physics.augment import apply_views
+
+    x, mask = jets()
+    spec = [AugmentSpec(name="rotate"), AugmentSpec(name="collinear_split")]
+    views = [build_view(spec), build_view(spec), build_view([AugmentSpec(name="drop")])]
+    outs = apply_views(views, x, mask, gen(4))
+    assert len(outs) == 3 and all(o[0].shape == x.shape for o in outs)
+    assert not torch.equal(outs[0][0], outs[1][0])  # independent draws per view
+    # the fused call is the single view applied to the repeated batch
+    y, m = views[0](x.repeat(2, 1, 1), mask.repeat(2, 1), gen(4))
+    assert torch.equal(outs[0][0], y[: len(x)]) and torch.equal(outs[1][1], m[len(x):])

@@ -15,7 +15,8 @@ def _transformer(cfg: ModelConfig) -> TransformerEncoder:
     return TransformerEncoder(
         input_dim=cfg.input_dim, model_dim=cfg.model_dim, ff_dim=cfg.ff_dim, heads=cfg.heads,
         layers=cfg.layers, dropout=cfg.dropout, pooling=cfg.pooling, log_pt_bias=cfg.log_pt_bias,
-        log_pt_bias_scale=cfg.log_pt_bias_scale, norm_first=cfg.norm_first, embed_pt=cfg.embed_pt)
+        log_pt_bias_scale=cfg.log_pt_bias_scale, norm_first=cfg.norm_first, embed_pt=cfg.embed_pt,
+        buckets=cfg.buckets)
 
 
 def _dense(cfg: ModelConfig) -> DenseEncoder:

@@ -18,14 +18,19 @@ __all__ = ["TransformerEncoder", "key_bias", "trim_padding"]
 
 
 def trim_padding(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop trailing slots that are padding in every row of the batch (bucketing by the batch's
-    maximum multiplicity). Exact: padded slots never reach the output."""
-    P = mask.shape[1]
-    used = mask.any(0)
-    if bool(used[-1]) or P == 0:
+    """Bucketing by multiplicity: move real slots to the front of each row (exact, the encoder
+    is permutation invariant) and drop the slots that are padding in every row of the batch."""
+    B, P = mask.shape
+    if B == 0 or P == 0:
         return x, mask
-    n = int(used.nonzero().max()) + 1 if bool(used.any()) else 1
-    return x[:, :n], mask[:, :n]
+    n = mask.sum(1)
+    prefix = torch.arange(P, device=mask.device)[None, :] < n[:, None]
+    if not torch.equal(prefix, mask):  # e.g. the ADC2021 event layout, or dropped constituents
+        order = (~mask).to(torch.int8).argsort(dim=1, stable=True)
+        x = x.gather(1, order.unsqueeze(-1).expand_as(x))
+        mask = prefix
+    keep = max(int(n.max()), 1)
+    return x[:, :keep], mask[:, :keep]
 
 
 def key_bias(pt: torch.Tensor, mask: torch.Tensor, log_pt_bias: bool,
@@ -90,13 +95,15 @@ class TransformerEncoder(nn.Module):
     """x: (B, P, F) float, x[..., 0] the (scaled) pT; mask: (B, P) bool -> (B, model_dim).
 
     pooling: "pt_sum" (sum of constituent outputs weighted by pT_i / sum pT) or "mean" (masked).
+    buckets > 1 encodes the batch in that many groups of similar multiplicity (less padding).
     """
 
     def __init__(self, input_dim: int = 3, model_dim: int = 64, ff_dim: int = 128, heads: int = 4,
                  layers: int = 2, dropout: float = 0.1, pooling: str = "pt_sum",
                  log_pt_bias: bool = False, log_pt_bias_scale: float = 0.5,
-                 norm_first: bool = True, embed_pt: bool = True):
+                 norm_first: bool = True, embed_pt: bool = True, buckets: int = 1):
         super().__init__()
+        self.buckets = buckets  # multiplicity buckets per forward (1: trim to the batch maximum)
         if model_dim % heads:
             raise ValueError(f"heads ({heads}) must divide model_dim ({model_dim})")
         if pooling not in ("pt_sum", "mean"):
@@ -112,6 +119,16 @@ class TransformerEncoder(nn.Module):
         self.out_dim = model_dim
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        if self.buckets > 1 and B >= 2 * self.buckets:
+            # Bucketing: samples sorted by multiplicity, encoded in groups, each trimmed to its
+            # own longest sample; exact, since samples never interact inside the encoder.
+            order = mask.sum(1).argsort()
+            reps = [self._encode(x[idx], mask[idx]) for idx in order.chunk(self.buckets)]
+            return torch.cat(reps)[order.argsort()]
+        return self._encode(x, mask)
+
+    def _encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x, mask = trim_padding(x, mask)
         pt = x[..., 0]
         attn_mask = key_bias(pt, mask, self.log_pt_bias, self.log_pt_bias_scale)

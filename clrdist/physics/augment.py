@@ -51,6 +51,24 @@ def _zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
+def _stack(x: torch.Tensor, eta_phi: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x with columns 1, 2 replaced by the (B, P) planes eta_phi (other columns kept)."""
+    return torch.stack((x[..., 0], *eta_phi, *x[..., 3:].unbind(-1)), -1)
+
+
+def _centroid_planes(w: torch.Tensor, eta: torch.Tensor, phi: torch.Tensor):
+    """pT-weighted centroid (B, 1), (B, 1) from masked weights w (B, P); rows without pT: 0."""
+    ws = w.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+    return (w * eta).sum(1, keepdim=True) / ws, (w * phi).sum(1, keepdim=True) / ws
+
+
+def _ptp(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Peak-to-peak (B, 1) of v (B, P) over the real entries only; 0 for empty rows."""
+    hi = v.masked_fill(~mask, float("-inf")).amax(1, keepdim=True)
+    lo = v.masked_fill(~mask, float("inf")).amin(1, keepdim=True)
+    return torch.where(mask.any(1, keepdim=True), hi - lo, torch.zeros_like(hi))
+
+
 # ---- the JetCLR augmentations ------------------------------------------------------------------
 
 @register("rotate")
@@ -62,15 +80,13 @@ def rotate(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | Non
     Conserves pT, the centroid and all pairwise distances.
     """
     B = x.shape[0]
-    angle = (2 * _rand((B,), x, generator) - 1) * math.pi * strength
-    c, s = torch.cos(angle)[:, None], torch.sin(angle)[:, None]
-    ctr = centroid(x, mask)  # (B, 2)
-    deta = x[..., 1] - ctr[:, 0:1]
-    dphi = x[..., 2] - ctr[:, 1:2]
-    out = x.clone()
-    out[..., 1] = ctr[:, 0:1] + c * deta - s * dphi
-    out[..., 2] = ctr[:, 1:2] + s * deta + c * dphi
-    return _zero_padding(out, mask), mask
+    angle = (2 * _rand((B, 1), x, generator) - 1) * (math.pi * strength)
+    c, s = torch.cos(angle), torch.sin(angle)
+    pt, eta, phi = x[..., 0], x[..., 1], x[..., 2]
+    m = mask.to(x.dtype)
+    ce, cp = _centroid_planes(pt * m, eta, phi)
+    deta, dphi = eta - ce, phi - cp
+    return _stack(x, ((ce + c * deta - s * dphi) * m, (cp + s * deta + c * dphi) * m)), mask
 
 
 @register("translate")
@@ -80,16 +96,11 @@ def translate(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | 
     range of that coordinate over the jet's real constituents (padding excluded).
     """
     B = x.shape[0]
-    big = torch.finfo(x.dtype).max
-    m = mask.unsqueeze(-1)
-    coords = x[..., 1:3]
-    hi = torch.where(m, coords, torch.full_like(coords, -big)).amax(1)
-    lo = torch.where(m, coords, torch.full_like(coords, big)).amin(1)
-    ptp = torch.where(mask.any(1, keepdim=True), hi - lo, torch.zeros_like(hi))  # (B, 2)
-    shift = (2 * _rand((B, 2), x, generator) - 1) * width * strength * ptp
-    out = x.clone()
-    out[..., 1:3] = coords + shift[:, None, :]
-    return _zero_padding(out, mask), mask
+    m = mask.to(x.dtype)
+    u = (2 * _rand((B, 2), x, generator) - 1) * (width * strength)
+    eta, phi = x[..., 1], x[..., 2]
+    return _stack(x, (eta + (u[:, 0:1] * _ptp(eta, mask)) * m,
+                      phi + (u[:, 1:2] * _ptp(phi, mask)) * m)), mask
 
 
 @register("smear_soft")
@@ -99,10 +110,9 @@ def smear_soft(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator |
     """Soft smearing: eta' ~ N(eta, L / pT), phi' ~ N(phi, L / pT), L = lambda_soft * strength
     (GeV, default 0.1), pT clipped below at ``pt_clip_min`` GeV. pT is unchanged.
     """
-    sigma = lambda_soft * strength / x[..., 0].clamp_min(pt_clip_min)  # (B, P)
-    out = x.clone()
-    out[..., 1:3] = x[..., 1:3] + sigma.unsqueeze(-1) * _randn(x.shape[:2] + (2,), x, generator)
-    return _zero_padding(out, mask), mask
+    sigma = (lambda_soft * strength) * mask / x[..., 0].clamp_min(pt_clip_min)  # (B, P), 0 on padding
+    noise = _randn((2,) + x.shape[:2], x, generator)
+    return _stack(x, (x[..., 1] + sigma * noise[0], x[..., 2] + sigma * noise[1])), mask
 
 
 @register("collinear_split")
@@ -117,33 +127,38 @@ def collinear_split(x: torch.Tensor, mask: torch.Tensor, generator: torch.Genera
     """
     B, P = mask.shape
     n = mask.sum(1)
-    target = torch.clamp(n, min=int(fill * P))
-    k = torch.minimum(torch.minimum(target - n, n), P - n)
+    k = torch.clamp(n, min=int(fill * P)) - n
     if strength != 1.0:
-        k = torch.clamp(torch.round(k.to(x.dtype) * strength).to(n.dtype), min=0)
-        k = torch.minimum(torch.minimum(k, n), P - n)
-    # Random choice of k real constituents without replacement: sort random keys, padding last.
-    keys = torch.where(mask, _rand((B, P), x, generator), torch.full((B, P), 2.0, device=x.device))
-    src = keys.argsort(dim=1)  # (B, P), first n entries are the real slots in random order
-    # Empty slots, in index order, come first in a stable sort of the mask.
-    dst = mask.to(torch.int8).argsort(dim=1, stable=True)
-    r = _rand((B, P), x, generator)
-    j = torch.arange(P, device=x.device)
-    active = j[None, :] < k[:, None]  # (B, P): the j-th split of jet b happens
-    # The source keeps r pT ...
-    factor = torch.where(active, r, torch.ones_like(r))
-    pt_factor = torch.ones_like(r).scatter(1, src, factor)
-    out = x.clone()
-    out[..., 0] = x[..., 0] * pt_factor
-    # ... and the j-th empty slot receives (1 - r) pT at the same (eta, phi).
-    src_p = x.gather(1, src.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-    child = src_p.clone()
-    child[..., 0] = src_p[..., 0] * (1 - r)
-    dst_idx = dst.unsqueeze(-1).expand(-1, -1, x.shape[-1])
-    keep = out.gather(1, dst_idx)
-    out = out.scatter(1, dst_idx, torch.where(active.unsqueeze(-1), child, keep))
-    new_mask = mask.scatter(1, dst, torch.where(active, torch.ones_like(mask), mask.gather(1, dst)))
-    return _zero_padding(out, new_mask), new_mask
+        k = torch.round(k.to(x.dtype) * strength).to(n.dtype).clamp_min(0)
+    k = torch.minimum(torch.minimum(k, n), P - n)
+    kmax = int(k.max()) if B else 0
+    if kmax == 0:
+        return x, mask
+    # Work on the jets that get at least one split (most jets with n >= fill * P get none).
+    rows = (k > 0).nonzero().squeeze(1)
+    xs, ms, ks = x[rows], mask[rows], k[rows]
+    b, F = xs.shape[0], xs.shape[-1]
+    # k distinct random real constituents: the k largest of uniform keys (padding keyed -1; k <= n)
+    keys = torch.where(ms, _rand((b, P), x, generator), torch.full((), -1.0, dtype=x.dtype, device=x.device))
+    src = keys.topk(kmax, dim=1).indices  # (b, kmax)
+    r = _rand((b, kmax), x, generator)
+    active = torch.arange(kmax, device=x.device)[None, :] < ks[:, None]
+    # the source keeps r pT ...
+    factor = torch.ones_like(keys).scatter(1, src, torch.where(active, r, torch.ones_like(r)))
+    out_s = xs.clone()
+    out_s[..., 0] = xs[..., 0] * factor
+    # ... and the j-th empty slot (in index order) receives (1 - r_j) pT at the same (eta, phi)
+    child = xs.gather(1, src.unsqueeze(-1).expand(-1, -1, F)).clone()
+    child[..., 0] = child[..., 0] * (1 - r)
+    empty = ~ms
+    erank = empty.cumsum(1) - 1
+    fill_slot = empty & (erank < ks[:, None])
+    moved = child.gather(1, erank.clamp(0, kmax - 1).unsqueeze(-1).expand(-1, -1, F))
+    out_s = torch.where(fill_slot.unsqueeze(-1), moved, out_s)
+    out, new_mask = x.clone(), mask.clone()
+    out[rows] = out_s
+    new_mask[rows] = ms | fill_slot
+    return out, new_mask
 
 
 # ---- further jet augmentations (DarkCLR anomaly view, substructure variations) ------------------
@@ -278,6 +293,31 @@ def build_view(specs: Sequence[Any], strength: float = 1.0) -> View:
     view.steps = steps  # type: ignore[attr-defined]
     return view
 
+
+
+def apply_views(views: Sequence[View], x: torch.Tensor, mask: torch.Tensor,
+                generator: torch.Generator | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every view of the same batch: [(x_v, mask_v) for v in views].
+
+    Consecutive views built from identical specs are computed in ONE call on the batch repeated
+    that many times (same distribution: every row draws its own randomness), which halves the
+    per-call overhead of the usual two-identical-views set-up.
+    """
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    i = 0
+    while i < len(views):
+        j = i + 1
+        key = getattr(views[i], "steps", None)
+        while j < len(views) and key is not None and getattr(views[j], "steps", None) == key:
+            j += 1
+        k = j - i
+        if k == 1:
+            out.append(views[i](x, mask, generator))
+        else:
+            xs, ms = views[i](x.repeat(k, *([1] * (x.dim() - 1))), mask.repeat(k, 1), generator)
+            out.extend(zip(xs.chunk(k), ms.chunk(k), strict=True))
+        i = j
+    return out
 
 # Event-level augmentations (ADC2021 layout) register themselves into the same registry.
 from clrdist.physics import augment_event as _augment_event  # noqa: E402,F401
