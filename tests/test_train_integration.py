@@ -4,13 +4,12 @@ Real Ray cluster, real MLflow sqlite store, real Zarr stores on disk; asserts on
 metrics and on the checkpoint.
 """
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import ray
 import torch
+from _train_toys import CONFIGS, tiny_config
 
 from clrdist import tracking
 from clrdist.cli import main
@@ -20,7 +19,6 @@ from clrdist.train import checkpoint
 from clrdist.train.trainer import train
 
 pytestmark = pytest.mark.integration
-from tests.conftest import CONFIGS, tiny_config
 
 CONFIG = CONFIGS / "demo.yaml"
 

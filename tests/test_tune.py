@@ -1,11 +1,11 @@
 """Ray Tune sweeps: validation before anything starts, and a real two-trial sweep."""
 
 import pytest
+from _train_toys import CONFIGS, tiny_overrides
 
 from clrdist import tracking
 from clrdist.config import ConfigError
 from clrdist.tune import load_sweep, run_sweep
-from tests.conftest import CONFIGS, tiny_overrides
 
 
 def write_sweep(tmp_path, space: str, extra: str = "") -> str:
