@@ -156,6 +156,16 @@ def test_failed_task_leaves_nothing(ray_cluster, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no temporary store left either
 
 
+def test_shard_reports_progress_and_is_exact():
+    plan = _plan(["qcd"], 40, seed=8, jet=None, n_particles=10, detector=None,
+                 resonance_masses=(3500, 500, 100), r_inv=0.75, svj_mass=2000, ecm=14000,
+                 mpi=False, shard_size=40, pythia_settings=(), match_truth=True)
+    reports: list[int] = []
+    res = generate_shard(plan.shards[0], reports.append)
+    assert sum(reports) == 40 and len(reports) >= 10
+    assert res["features"].shape == (40, 9) and res["stats"]["n_accepted"] == 40
+
+
 def test_unreachable_selection_fails_with_message():
     spec = _plan(["top"], 5, seed=0, jet=JetDef(0.8, 550, 650, 2.0), n_particles=10,
                  detector=None, resonance_masses=(3500, 500, 100), r_inv=0.75, svj_mass=2000,
@@ -351,7 +361,7 @@ def test_cli_generate_end_to_end(ray_cluster, tmp_path, capsys):
     out = tmp_path / "cli.zarr"
     rc = main(["data", "generate", "qcd", "--jets", "40", "--out", str(out), "--seed", "4",
                "--shard-size", "20", "--max-particles", "20", "--pt-min", "500", "--pt-max",
-               "700", "--jet-r", "0.6", "--no-progress"])
+               "700", "--jet-r", "0.6"])  # with the progress bar (and its counter actor)
     assert rc == 0
     store = open_store(out)
     assert store.n == 40 and store.n_particles == 20

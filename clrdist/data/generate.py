@@ -33,7 +33,7 @@ import argparse
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -294,10 +294,11 @@ class _Stats:
         self.n_failed = 0
 
 
-def generate_shard(spec: ShardSpec) -> dict:
+def generate_shard(spec: ShardSpec, on_accept: Callable[[int], None] | None = None) -> dict:
     """Generate one shard: exactly ``spec.n`` accepted jets (or dijet events).
 
-    Returns {"particles": (n, P', 3) float32, "mask": (n, P') bool, "features": (n, K) float32,
+    on_accept(k) is called with the number of newly accepted samples every ~5% of the shard
+    (progress reporting). Returns {"particles": (n, P', 3) float32, "mask": (n, P') bool, "features": (n, K) float32,
     "stats": {...}} with P' = P for jet stores and 2P for dijet stores.
     """
     t_start = time.perf_counter()
@@ -327,8 +328,12 @@ def generate_shard(spec: ShardSpec) -> dict:
 
     cons_list: list[np.ndarray] = []  # jet stores: one (n_i, 4) per jet; dijet: two per event
     extra: list[tuple[float, float]] = []  # (met, inv_frac) per jet
-    n_acc = 0
+    n_acc = n_reported = 0
+    report_every = max(1, spec.n // 20)
     while n_acc < spec.n:
+        if on_accept is not None and n_acc - n_reported >= report_every:
+            on_accept(n_acc - n_reported)
+            n_reported = n_acc
         if st.n_events >= max_events:
             raise GenerationError(
                 f"process {spec.process!r}: only {n_acc} of {spec.n} {'events' if dijet else 'jets'} "
@@ -413,6 +418,9 @@ def generate_shard(spec: ShardSpec) -> dict:
             if spec.want_invisible:
                 extra.append(_invisible_features(invisible, cons.sum(axis=0), jet.R))
             n_acc += 1
+
+    if on_accept is not None and n_acc > n_reported:
+        on_accept(n_acc - n_reported)
 
     # --- arrays ----------------------------------------------------------------------------------
     t_post = time.perf_counter()
@@ -574,8 +582,23 @@ def _plan(
     return plan
 
 
-def _remote_shard(spec: ShardSpec) -> dict:
-    return generate_shard(spec)
+def _remote_shard(spec: ShardSpec, counter=None) -> dict:
+    """Body of the Ray task; ``counter`` is the progress actor (or None)."""
+    on_accept = None if counter is None else (lambda k: counter.add.remote(k))
+    return generate_shard(spec, on_accept)
+
+
+class _Counter:
+    """Ray actor summing the accepted samples reported by running tasks (progress bar)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, k: int) -> None:
+        self.n += k
+
+    def total(self) -> int:
+        return self.n
 
 
 def generate_store(
@@ -693,23 +716,27 @@ def _run_shards(ray, task, plan: _Plan, writer, window: int, progress: bool, sta
     )
     pending: dict = {}  # ref -> shard index
     done: dict[int, dict] = {}
-    next_submit = next_write = 0
+    next_submit = next_write = finished = 0
+    # running tasks report accepted samples to a counter actor, so the bar moves within shards
+    counter = ray.remote(num_cpus=0)(_Counter).remote() if progress else None
     t0 = time.perf_counter()
     try:
         with bar:
             tid = bar.add_task("generate", total=sum(s.n for s in shards))
             while next_write < len(shards):
                 while next_submit < len(shards) and len(pending) < window:
-                    pending[task.remote(shards[next_submit])] = next_submit
+                    pending[task.remote(shards[next_submit], counter)] = next_submit
                     next_submit += 1
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
                 for ref in ready:
                     i = pending.pop(ref)
                     try:
                         done[i] = ray.get(ref)
                     except Exception as e:  # the task's own error, unwrapped where possible
                         raise _task_error(shards[i], i, e) from e
-                    bar.advance(tid, shards[i].n)
+                    finished += shards[i].n
+                if counter is not None:
+                    bar.update(tid, completed=max(finished, ray.get(counter.total.remote())))
                 while next_write in done:
                     res = done.pop(next_write)
                     spec = shards[next_write]
