@@ -128,6 +128,8 @@ def test_dense_encoder_shapes_and_flattening():
     assert torch.allclose(m.represent(x, mask), m.encoder(flat))
     n_bn = sum(isinstance(mod, torch.nn.BatchNorm1d) for mod in m.encoder.modules())
     assert n_bn == 3
+    expander = build_model(cfg.model_copy(update={"head_batchnorm": True})).head
+    assert sum(isinstance(mod, torch.nn.BatchNorm1d) for mod in expander.modules()) == 1
 
 
 def test_transformer_rejects_bad_arguments():
