@@ -119,8 +119,9 @@ def nplm_t_kernel(ref, data, *, n_expected: float | None = None, M: int = 500,
 
     b = torch.zeros(m, dtype=dtype, device=r.device)
     val, ef = loss(b)
-    converged, it = False, 0
-    for it in range(1, max_iter + 1):
+    converged, iterations = False, 0
+    while iterations < max_iter:
+        iterations += 1
         grad = w * (b_r.T @ ef) - b_d + 2 * pen * b
         hess = w * (b_r.T * ef) @ b_r + 2 * pen * eye
         step = _solve_psd(hess, grad)
@@ -143,7 +144,7 @@ def nplm_t_kernel(ref, data, *, n_expected: float | None = None, M: int = 500,
         b, val, ef = new_b, new_val, new_ef
     f_r = b_r @ b
     t = 2 * (float(b_d @ b) + w * float((1 - torch.exp(f_r)).sum()))
-    return KernelFit(t=t, iterations=it, converged=converged, sigma=float(sigma), M=m)
+    return KernelFit(t=t, iterations=iterations, converged=converged, sigma=float(sigma), M=m)
 
 
 def _solve_psd(h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
