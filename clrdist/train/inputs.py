@@ -8,31 +8,46 @@ centred: their absolute directions and MET carry the physics.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from clrdist.config import RunConfig
+from clrdist.physics.augment import apply_views
 from clrdist.physics.frame import scale_pt, to_model_frame
 
 View = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
-def model_inputs(particles: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor,
-                 cfg: RunConfig, *, device: str | torch.device = "cpu", view: View | None = None,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """particles (B, P, F) pT in GeV, mask (B, P) bool -> (x, mask) for the model.
-
-    Only the first ``data.n_particles`` (hardest) constituents are used.
-    """
+def _frame(particles: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor, cfg: RunConfig,
+           device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hardest ``data.n_particles`` constituents as tensors, jets centred, pT in GeV."""
     n = cfg.data.n_particles
-    x = torch.as_tensor(np.asarray(particles[:, :n]) if not torch.is_tensor(particles) else particles[:, :n],
-                        dtype=torch.float32, device=device)
-    m = torch.as_tensor(np.asarray(mask[:, :n]) if not torch.is_tensor(mask) else mask[:, :n],
-                        dtype=torch.bool, device=device)
+    x = torch.as_tensor(particles[:, :n], dtype=torch.float32, device=device)
+    m = torch.as_tensor(mask[:, :n], dtype=torch.bool, device=device)
     if cfg.model.encoder == "transformer":
         x = to_model_frame(x, m)
-    if view is not None:
-        x, m = view(x, m, generator)
+    return x, m
+
+
+def model_inputs(particles: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor,
+                 cfg: RunConfig, *, device: str | torch.device = "cpu"
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """particles (B, P, F) pT in GeV, mask (B, P) bool -> un-augmented (x, mask) for the model."""
+    x, m = _frame(particles, mask, cfg, device)
     return scale_pt(x, cfg.data.pt_scale), m
+
+
+def view_inputs(particles: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor,
+                cfg: RunConfig, views: Sequence[View], generator: torch.Generator, *,
+                device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Every view of the batch stacked along the batch axis: (V*B, P, F), (V*B, P).
+
+    Views are made in GeV (before pT scaling) on ``device``; identical consecutive views are
+    computed in one call by ``apply_views``.
+    """
+    x, m = _frame(particles, mask, cfg, device)
+    viewed = apply_views(views, x, m, generator)
+    xs = torch.cat([scale_pt(xv, cfg.data.pt_scale) for xv, _ in viewed])
+    return xs, torch.cat([mv for _, mv in viewed])

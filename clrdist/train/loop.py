@@ -24,7 +24,7 @@ from clrdist.models import build_model
 from clrdist.physics.augment import build_view
 from clrdist.train import checkpoint
 from clrdist.train.engine import build_engine
-from clrdist.train.inputs import model_inputs
+from clrdist.train.inputs import view_inputs
 
 
 def augment_seed(seed: int, rank: int, step: int) -> int:
@@ -108,10 +108,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for batch in stream:
             # -- augment: every view of the same jets, then one forward pass over all views --
             gen.manual_seed(augment_seed(cfg.seed, rank, step))
-            inputs = [model_inputs(batch["particles"], batch["mask"], cfg, device=device,
-                                   view=v, generator=gen) for v in views]
-            x = torch.cat([xi for xi, _ in inputs])
-            mask = torch.cat([mi for _, mi in inputs])
+            x, mask = view_inputs(batch["particles"], batch["mask"], cfg, views, gen, device=device)
 
             # -- encode and loss: local rows against all-gathered columns ---------------------
             _, z = engine.model(x, mask)
