@@ -10,15 +10,16 @@ How an epoch is laid out (identical arithmetic on every rank, no communication):
    chunk); the piece order is a permutation seeded by ``(seed, epoch)``.
 3. Concatenating the pieces in that order, rank ``r`` takes the contiguous slice
    ``[r * nb * B, (r + 1) * nb * B)``: it reads only the chunks of its own pieces.
-4. A shuffle buffer of ``shuffle_buffer`` samples, seeded by ``(seed, epoch, rank)``, mixes the
-   rank's pieces: after each piece arrives the buffer is permuted and full batches are emitted
-   while at least ``shuffle_buffer`` samples stay behind.
+4. A shuffle window of ``shuffle_buffer`` samples, seeded by ``(seed, epoch, rank)``, mixes the
+   rank's pieces: every sample is displaced by a random amount below the window (see
+   :meth:`ShardedStream._buffer_order`), so each batch draws from the few chunks around it.
 
 Steps 1-4 are pure index arithmetic (:meth:`ShardedStream.plan`), which is what makes resume
 exact and cheap: the state is ``(epoch, batches consumed)``; restoring recomputes the plan and
-decodes only the pieces that still hold unseen samples. Decoding and batch assembly run in a
-background thread (``num_threads >= 1``; more threads decode pieces in parallel) feeding a
-bounded queue; ``num_threads = 0`` decodes on the caller's thread.
+decodes only the pieces that still hold unseen samples. With ``num_threads >= 1`` nothing runs
+on the caller's thread: ``num_threads`` decoder threads read and decompress pieces ahead (Blosc
+releases the GIL), one assembler thread scatters them into the buffer's slot pool and gathers
+batches into a bounded queue. ``num_threads = 0`` does everything on the caller's thread.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,20 +43,27 @@ _TAG_BUFFER = 0xB0FF
 
 @dataclass(frozen=True)
 class EpochPlan:
-    """What one rank reads and yields in one epoch (all indices are storage sample indices).
+    """What one rank reads and yields in one epoch (storage indices are store sample indices).
 
-    pieces:  (n_pieces, 2) int64 storage ranges [a, b) in arrival order (this rank's only)
-    offsets: (n_pieces + 1,) int64 start of each piece in the rank's arrival sequence
-    batches: (nb, B) int64 positions into the arrival sequence, one row per batch
-    slots:   (n,) int64 pool slot of each position while it waits in the shuffle buffer
-    pool_size: slots in the pool
+    pieces:     (n_pieces, 2) int64 storage ranges [a, b) in arrival order (this rank's only)
+    offsets:    (n_pieces + 1,) int64 start of each piece in the rank's arrival sequence
+    batches:    (nb, B) int64 positions into the arrival sequence, one row per batch
+    blocks:     (n_pieces,) pool block (one chunk long) the piece's chunk is decoded into
+    free_after: (n_pieces,) the batch after which that block's previous piece is all emitted
+                (-1: a fresh block), so decoding into it may start
+    last_batch: (n_pieces,) the batch that emits the piece's last sample
+    slots:      (n,) int64 pool row of each position
+    n_blocks:   blocks in the pool
     """
 
     pieces: np.ndarray
     offsets: np.ndarray
     batches: np.ndarray
+    blocks: np.ndarray
+    free_after: np.ndarray
+    last_batch: np.ndarray
     slots: np.ndarray
-    pool_size: int
+    n_blocks: int
 
     def sample_ids(self) -> np.ndarray:
         """(nb, B) storage indices of the samples in each batch."""
@@ -159,45 +168,65 @@ class ShardedStream:
         mine = np.asarray(mine, dtype=np.int64).reshape(-1, 2)
         lengths = mine[:, 1] - mine[:, 0]
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        batches, slots, pool_size = self._buffer_order(epoch, lengths)
-        plan = EpochPlan(mine, offsets, batches, slots, pool_size)
+        batches, blocks, free_after, last_batch, n_blocks = self._buffer_order(epoch, lengths)
+        cs = self.store.chunk_size
+        # a piece's chunk is decoded whole into its block: rows keep their offset in the chunk
+        base = blocks * cs + (mine[:, 0] % cs) - offsets[:-1]
+        slots = np.repeat(base, lengths) + np.arange(int(offsets[-1]), dtype=np.int64)
+        plan = EpochPlan(mine, offsets, batches, blocks, free_after, last_batch, slots, n_blocks)
         self._plan_cache = (epoch, plan)
         return plan
 
-    def _buffer_order(self, epoch: int, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-        """Simulate the shuffle buffer on sequence positions.
+    def _spare_blocks(self) -> int:
+        # free blocks kept in reserve so decoder threads can work ahead of the assembler
+        return 2 * max(1, self.num_threads)
 
-        Returns the (nb, B) positions of each batch, the pool slot each position occupies
-        while it waits in the buffer, and the pool size. Slots are what let batch assembly be
-        one ``take`` per array: a decoded piece is scattered into free slots of a fixed pool,
-        a batch is gathered from the pool; the simulation guarantees a slot is reused only
-        after its previous sample was emitted.
+    def _buffer_order(self, epoch: int, lengths: np.ndarray):
+        """The shuffle buffer, and the pool of decoded chunks that serves it.
+
+        Shuffle: sample ``x`` of the rank's arrival sequence gets the key ``x + u * S``,
+        ``u ~ U(0, 1)``, ``S = shuffle_buffer``, and samples are emitted in key order. Every
+        sample therefore moves by less than ``S`` positions and a batch mixes the ~S/chunk
+        chunks around it, like a classic S-sample shuffle buffer, but with no long tail of
+        stragglers: chunks leave memory once the window has passed them.
+
+        Pool: each piece's chunk is decoded whole into a block (one chunk long). A piece needs
+        its block from the first batch that needs it (pieces are decoded in arrival order) until
+        the batch that emits its last sample; blocks are reused in order of release, behind a
+        few spare ones, so decoder threads can work ahead into blocks freed long before.
+
+        Returns batches (nb, B) positions, and per piece: block, free_after (the batch after
+        which the block is free, -1 if fresh), last_batch; and the number of blocks.
         """
+        import heapq
+
         b, total = self.batch_size, int(lengths.sum())
-        shuffle = self.shuffle_buffer > 0
-        rng = np.random.default_rng([self.seed, epoch, self.rank, _TAG_BUFFER])
-        cap = self.shuffle_buffer + b + int(lengths.max(initial=0))
-        free = np.arange(cap - 1, -1, -1, dtype=np.int64)
-        slot_of = np.empty(total, dtype=np.int64)
-        out, buf, start = [], np.empty(0, np.int64), 0
-        for i, n_new in enumerate(lengths):
-            new = np.arange(start, start + n_new, dtype=np.int64)
-            start += n_new
-            slot_of[new] = free[len(free) - n_new:]
-            free = free[: len(free) - n_new]
-            buf = np.concatenate([buf, new])
-            last = i == len(lengths) - 1
-            k = len(buf) // b if last else max(0, (len(buf) - self.shuffle_buffer) // b)
-            if k:
-                if shuffle:
-                    perm = rng.permutation(len(buf))
-                    emit, buf = buf[perm[: k * b]], buf[perm[k * b:]]
-                else:
-                    emit, buf = buf[: k * b], buf[k * b:]
-                out.append(emit)
-                free = np.concatenate([free, slot_of[emit][::-1]])
-        batches = np.concatenate(out).reshape(-1, b) if out else np.empty((0, b), np.int64)
-        return batches, slot_of, cap
+        order = np.arange(total, dtype=np.float64)
+        if self.shuffle_buffer > 0:
+            rng = np.random.default_rng([self.seed, epoch, self.rank, _TAG_BUFFER])
+            order = order + rng.random(total) * self.shuffle_buffer
+        # keys are distinct (continuous jitter), so the unstable sort is deterministic too
+        batches = np.argsort(order, kind="quicksort").reshape(-1, b)
+        n_pieces = len(lengths)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        piece_of = np.searchsorted(offsets, batches, side="right") - 1
+        last_batch = np.full(n_pieces, -1, np.int64)
+        np.maximum.at(last_batch, piece_of.ravel(), np.repeat(np.arange(len(batches)), b))
+        need_upto = np.maximum.accumulate(piece_of.max(axis=1))
+        first_need = np.searchsorted(need_upto, np.arange(n_pieces), side="left")
+        blocks = np.empty(n_pieces, np.int64)
+        free_after = np.empty(n_pieces, np.int64)
+        spare = self._spare_blocks()
+        heap = [(-1, blk) for blk in range(spare)]  # (released after batch, block)
+        n_blocks = spare
+        for p in range(n_pieces):
+            if heap and heap[0][0] < first_need[p]:
+                free_after[p], blocks[p] = heapq.heappop(heap)
+            else:
+                free_after[p], blocks[p] = -1, n_blocks
+                n_blocks += 1
+            heapq.heappush(heap, (int(last_batch[p]), int(blocks[p])))
+        return batches, blocks, free_after, last_batch, n_blocks
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -249,81 +278,73 @@ class ShardedStream:
         if self.epoch == epoch and self._pos >= self._nb:
             self.epoch, self._pos = epoch + 1, 0
 
-    def _read_piece(self, a: int, b: int) -> dict[str, np.ndarray]:
-        # pieces never cross a chunk boundary: decode the chunk, keep the piece's rows
-        c = int(a) // self.store.chunk_size
-        c0 = c * self.store.chunk_size
-        return {k: v[a - c0:b - c0] for k, v in self.store.read_chunk(c).items()}
+    def _decode(self, plan: EpochPlan, p: int, pool: dict[str, np.ndarray]) -> None:
+        """Decode piece ``p``'s whole chunk into its pool block."""
+        cs = self.store.chunk_size
+        blk = int(plan.blocks[p])
+        dest = {k: v[blk * cs:(blk + 1) * cs] for k, v in pool.items()}
+        self._read_chunk_into(int(plan.pieces[p, 0]) // cs, dest)
 
-    def _pieces(self, plan: EpochPlan, needed: np.ndarray) -> Iterator[tuple[int, dict]]:
-        """Decode the needed pieces in arrival order (in parallel when num_threads > 1)."""
-        idx = np.flatnonzero(needed)
-        if self.num_threads <= 1:
-            for p in idx:
-                yield int(p), self._read_piece(*plan.pieces[p])
-            return
-        with ThreadPoolExecutor(self.num_threads, thread_name_prefix="clrdist-decode") as ex:
-            ahead = 2 * self.num_threads
-            futures: list = []
-            it = iter(idx)
-            for p in it:
-                futures.append((int(p), ex.submit(self._read_piece, *plan.pieces[p])))
-                if len(futures) >= ahead:
-                    break
-            while futures:
-                p, fut = futures.pop(0)
-                nxt = next(it, None)
-                if nxt is not None:
-                    futures.append((int(nxt), ex.submit(self._read_piece, *plan.pieces[nxt])))
-                yield p, fut.result()
+    def _read_chunk_into(self, chunk: int, dest: dict[str, np.ndarray]) -> None:
+        self.store.read_chunk_into(chunk, dest)
+
+    def _new_pool(self, n_rows: int) -> dict[str, np.ndarray]:
+        arrays = self.store.arrays
+        return {k: np.empty((n_rows, *arrays[k].shape[1:]), dtype=arrays[k].dtype) for k in ARRAYS}
 
     def _assemble(self, epoch: int, start: int) -> Iterator[dict[str, np.ndarray]]:
-        """Batches ``start..nb-1`` of ``epoch`` (runs on the producer thread).
+        """Batches ``start..nb-1`` of ``epoch``.
 
-        Pieces are decoded in arrival order and scattered into the pool slots the plan gave
-        them (only samples not yet consumed, when resuming mid-epoch); each batch is one
-        ``take`` per array from the pool.
+        Chunks are decoded straight into their pool blocks (by ``num_threads`` decoder threads
+        working ahead, each only once its block is free); every batch is then one ``take`` per
+        array from the pool. Resuming mid-epoch skips pieces whose samples were all consumed.
         """
         plan = self.plan(epoch)
-        if start >= len(plan.batches):
+        nb = len(plan.batches)
+        if start >= nb:
             return
         pos = plan.batches[start:]
-        nb_left, b = pos.shape
-        piece_of = np.searchsorted(plan.offsets, pos, side="right") - 1  # (nb', B)
-        needed = np.zeros(len(plan.pieces), dtype=bool)
-        needed[piece_of.ravel()] = True
-        need_upto = piece_of.max(axis=1)
-        batch_of = np.full(int(plan.offsets[-1]), -1, dtype=np.int64)
-        batch_of[pos.ravel()] = np.repeat(np.arange(nb_left), b)  # -1: consumed before start
-        pool: dict[str, np.ndarray] | None = None
-        pieces = self._pieces(plan, needed)
-        top = -1
+        piece_of = np.searchsorted(plan.offsets, pos, side="right") - 1
+        need_upto = piece_of.max(axis=1)  # pieces arrive in order: all up to this one
+        todo = [int(p) for p in np.flatnonzero(plan.last_batch >= start)]
+        pool = self._new_pool(plan.n_blocks * self.store.chunk_size)
+        ex = ThreadPoolExecutor(self.num_threads, thread_name_prefix="clrdist-decode") \
+            if self.num_threads > 0 else None
+        ahead = self._spare_blocks()
+        inflight: deque = deque()
+        nxt, ready = 0, -1  # next index into todo to start; highest piece decoded
         try:
-            for j in range(nb_left):
-                while top < need_upto[j]:
-                    p, data = next(pieces)
-                    o0, o1 = plan.offsets[p], plan.offsets[p + 1]
-                    slots = plan.slots[o0:o1]
-                    live = batch_of[o0:o1] >= 0
-                    if pool is None:
-                        pool = {k: np.empty((plan.pool_size, *v.shape[1:]), dtype=v.dtype)
-                                for k, v in data.items()}
-                    if live.all():
-                        for k in ARRAYS:
-                            pool[k][slots] = data[k]
-                    else:
-                        for k in ARRAYS:
-                            pool[k][slots[live]] = data[k][live]
-                    top = p
-                sl = plan.slots[pos[j]]
+            for j in range(start, nb):
+                if ex is not None:  # start decodes whose blocks are free, in order, bounded
+                    while (nxt < len(todo) and len(inflight) < ahead
+                           and plan.free_after[todo[nxt]] < j):
+                        p = todo[nxt]
+                        inflight.append((p, ex.submit(self._decode, plan, p, pool)))
+                        nxt += 1
+                while ready < need_upto[j - start]:
+                    if inflight:
+                        p, fut = inflight.popleft()
+                        fut.result()
+                    else:  # its block is free: the plan guarantees free_after < j here
+                        p = todo[nxt]
+                        nxt += 1
+                        self._decode(plan, p, pool)
+                    ready = p
+                sl = plan.slots[pos[j - start]]
                 yield {k: pool[k].take(sl, axis=0) for k in ARRAYS}
         finally:
-            pieces.close()
+            if ex is not None:
+                for _, fut in inflight:
+                    fut.cancel()
+                ex.shutdown(wait=True)
 
     def _threaded(self, epoch: int, start: int) -> Iterator[dict[str, np.ndarray]]:
-        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        """Run :meth:`_assemble` on a producer thread; batches cross in small groups (one
+        queue hand-off per ``group`` batches keeps locking off the per-batch cost), at most
+        about ``prefetch`` batches ahead."""
+        group = max(1, min(8, self.prefetch))
+        q: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch // group))
         stop = threading.Event()
-        done = object()
 
         def put(item) -> bool:
             while not stop.is_set():
@@ -337,12 +358,18 @@ class ShardedStream:
         def produce() -> None:
             gen = self._assemble(epoch, start)
             try:
+                pending = []
                 for batch in gen:
-                    if not put(batch):
-                        return
-                put(done)
+                    pending.append(batch)
+                    if len(pending) == group:
+                        if not put(("batches", pending)):
+                            return
+                        pending = []
+                if pending and not put(("batches", pending)):
+                    return
+                put(("done", None))
             except BaseException as e:  # hand any failure to the consuming thread
-                put(("__error__", e))
+                put(("error", e))
             finally:
                 gen.close()
 
@@ -350,12 +377,12 @@ class ShardedStream:
         thread.start()
         try:
             while True:
-                item = q.get()
-                if item is done:
+                kind, payload = q.get()
+                if kind == "done":
                     return
-                if isinstance(item, tuple) and len(item) == 2 and item[0] == "__error__":
-                    raise item[1]
-                yield item
+                if kind == "error":
+                    raise payload
+                yield from payload
         finally:
             stop.set()
             thread.join()
