@@ -38,9 +38,12 @@ N_JETS = 300  # per process; median mass error ~ 1.25 sigma/sqrt(N) ~ 2 GeV (top
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    started = not ray.is_initialized()  # reuse (and leave alone) an instance someone else started
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
-    ray.shutdown()
+    if started:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
