@@ -31,3 +31,19 @@ def mixed(n_per_class, *, seed, **kw):
     out = {k: np.concatenate([a[k], b[k]]) for k in a}
     perm = np.random.default_rng(seed + 2).permutation(2 * n_per_class)
     return {k: v[perm] for k, v in out.items()}
+
+
+def dijet_toy(n_bkg, n_sig, *, seed, dim=3, mjj_range=(2500.0, 6000.0), sqrt_s=13000.0,
+              p2=8.0, p3=4.0, m_sig=3500.0, w_sig=150.0):
+    """Falling m_jj spectrum (density in y = m_jj/sqrt(s) ~ (1-y)^p2 y^-p3) with features
+    independent of m_jj, plus a Gaussian signal bump whose first feature sits at +2.5."""
+    rng = np.random.default_rng(seed)
+    y = np.linspace(mjj_range[0] / sqrt_s, mjj_range[1] / sqrt_s, 20001)
+    cdf = np.cumsum((1 - y) ** p2 * y ** -p3)
+    cdf = (cdf - cdf[0]) / (cdf[-1] - cdf[0])
+    mjj_b = np.interp(rng.random(n_bkg), cdf, y) * sqrt_s
+    x_b = rng.normal(size=(n_bkg, dim))
+    mjj_s = rng.normal(m_sig, w_sig, n_sig)
+    x_s = rng.normal(size=(n_sig, dim))
+    x_s[:, 0] = rng.normal(2.5, 0.5, n_sig)
+    return np.r_[mjj_b, mjj_s], np.r_[x_b, x_s], np.r_[np.zeros(n_bkg, int), np.ones(n_sig, int)]
