@@ -123,7 +123,10 @@ def nplm_t_kernel(ref, data, *, n_expected: float | None = None, M: int = 500,
     while iterations < max_iter:
         iterations += 1
         grad = w * (b_r.T @ ef) - b_d + 2 * pen * b
-        hess = w * (b_r.T * ef) @ b_r + 2 * pen * eye
+        hess = 2 * pen * eye
+        for c in range(0, n_r, 16384):  # chunked: no second (N_R, M) temporary
+            bc = b_r[c:c + 16384]
+            hess = hess + w * (bc.T * ef[c:c + 16384]) @ bc
         step = _solve_psd(hess, grad)
         decrement = float(grad @ step) / 2  # ~ the remaining gap L - min L
         if decrement < tol:
@@ -168,12 +171,12 @@ def nplm_t_network(ref, data, *, n_expected: float | None = None, hidden: tuple[
         mu, sd = r.mean(0), r.std(0).clamp_min(1e-12)
         r, d = (r - mu) / sd, (d - mu) / sd
     w = (n_expected if n_expected is not None else len(d)) / len(r)
-    with _single_thread_on_cpu(r.device):
+    with single_thread_on_cpu(r.device):
         return _fit_network(r, d, w, hidden, clip, epochs, lr, seed)
 
 
 @contextlib.contextmanager
-def _single_thread_on_cpu(device: torch.device):
+def single_thread_on_cpu(device: torch.device):
     """Tiny networks on CPU run several times faster on one thread than on a contended pool."""
     if device.type != "cpu":
         yield
