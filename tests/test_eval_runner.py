@@ -42,3 +42,45 @@ def test_evaluate_during_training_is_quick():
     assert time.perf_counter() - t < 10
     assert set(m) == {"lct_auc", "lct_max_sic", "lct_fpr_at_tpr_0.5", "lct_inv_eps_b_at_0.5"}
     assert m["lct_auc"] == pytest.approx(0.760, abs=0.02)  # d' = 1: Phi(1/sqrt2)
+
+
+def test_run_every_evaluation_small():
+    tr, te = mixed(400, seed=1), mixed(400, seed=2)
+    opts = {
+        "n_boot": 0,
+        "baselines": {"which": ["raw"]},
+        "cwola": {"fractions": (0.0, 0.5), "classifiers": ("linear",), "n_repeats": 1},
+        "nplm": {"n_ref": 300, "n_data": 100, "n_sig": 20, "n_toys_null": 10, "n_toys_sig": 3,
+                 "M": 20},
+        "anomaly": {"ae_scale": 0.25, "ae_epochs": 3, "ae_batch_size": 256},
+    }
+    res = run_evaluations(encode, train_data=tr, test_data=te,
+                          which={"lct", "baselines", "cwola", "nplm", "anomaly"}, options=opts)
+    assert set(res) == {"lct", "baselines", "cwola", "nplm", "anomaly"}
+    names = [k for r in res.values() for k in r.metrics]
+    assert len(names) == len(set(names))  # unique across evaluations
+    assert {"nplm_dof", "nplm_raw_dof", "anomaly_znorm_auc", "cwola_linear_auc_f_0.5"} <= set(names)
+    assert res["cwola"].metrics["cwola_linear_auc_f_0.5"] > 0.8
+
+
+def test_cwola_runs_bump_hunt_on_dijet_stores():
+    from _eval_toys import dijet_toy
+
+    mjj, x, y = dijet_toy(20000, 400, seed=3)
+    perm = np.random.default_rng(0).permutation(len(y))
+    data = {"particles": np.zeros((len(y), 1, 3), np.float32), "mask": np.ones((len(y), 1), bool),
+            "label": y[perm].astype(np.int8),
+            "features": np.c_[mjj, x].astype(np.float32)[perm]}
+    half = len(y) // 2
+    tr = {k: v[:half] for k, v in data.items()}
+    te = {k: v[half:] for k, v in data.items()}
+    res = run_evaluations(lambda b: b["features"][:, 1:], train_data=tr, test_data=te,
+                          which={"bumphunt"},
+                          options={"feature_names": ["m_jj", "a", "b", "c"],
+                                   "bumphunt": {"classifier": "linear"}})
+    m = res["bumphunt"].metrics
+    assert 3000 < m["bumphunt_sr_lo"] < 3500 < m["bumphunt_sr_hi"] < 4000
+    assert m["bumphunt_max_z"] > 3
+    with pytest.raises(KeyError, match="m_jj"):
+        run_evaluations(lambda b: b["features"][:, 1:], train_data=tr, test_data=te,
+                        which={"bumphunt"}, options={"feature_names": ["x"]})

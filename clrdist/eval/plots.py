@@ -20,11 +20,15 @@ except ImportError:  # pragma: no cover - depends on the environment
     _hep = None
 
 
-def _figure(figsize=(5.5, 4.5)) -> tuple[Figure, object]:
+def _figure(figsize=(6.0, 5.0)) -> tuple[Figure, object]:
+    """A Figure and its Axes, in mplhep's ROOT style when mplhep is installed (fonts scaled to
+    the figure size; the style's defaults are made for 10 x 10 inch figures)."""
     if _hep is not None:
         import matplotlib as mpl
 
-        with mpl.rc_context(_hep.style.ROOT):
+        style = {**_hep.style.ROOT, "font.size": 13, "mathtext.fontset": "dejavusans",
+                 "legend.fontsize": 10}
+        with mpl.rc_context(style):
             fig = Figure(figsize=figsize, layout="constrained")
             ax = fig.subplots()
         return fig, ax

@@ -19,7 +19,8 @@ from clrdist.eval.metrics import EvalResult, binary_labels, roc_metrics
 Batch = Mapping[str, np.ndarray]
 Encoder = Callable[[dict[str, np.ndarray]], np.ndarray]
 
-KNOWN = ("lct", "baselines", "cwola", "nplm", "anomaly")
+KNOWN = ("lct", "baselines", "cwola", "bumphunt", "nplm", "anomaly")
+MJJ_NAMES = ("m_jj", "mjj")  # store feature names recognised as the dijet invariant mass
 
 
 def encode_all(encode: Encoder, data: Batch, *, batch_size: int = 1024) -> np.ndarray:
@@ -42,11 +43,17 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
                     ) -> dict[str, EvalResult]:
     """Encode both sets and run the evaluations named in ``which`` (subset of ``KNOWN``).
 
-    ``train_data`` fits classifiers (LCT, baselines, CWoLa); ``test_data`` (disjoint) scores them.
-    options: ``seed`` (0), ``batch_size`` (1024), ``n_boot`` (30), ``feature_names`` (store
-    feature names, for baselines), ``model_factory`` (supervised baseline), and per-evaluation
-    dicts ``cwola``, ``nplm``, ``anomaly``, ``baselines`` passed as keyword arguments.
-    Returns ``{evaluation name: EvalResult}``.
+    ``train_data`` fits classifiers (LCT, baselines, anomaly AE); ``test_data`` (disjoint) scores
+    them. CWoLa and NPLM draw their own disjoint subsets from the union of both sets.
+    ``"cwola"`` runs the idealised scan and, when the stores carry an m_jj feature, the bump hunt
+    too (``"bumphunt"`` alone runs only the hunt).
+
+    options (all optional): ``seed`` (0), ``batch_size`` (1024), ``n_boot`` (30),
+    ``feature_names`` (the store's feature names: jet_mass/tau21/tau32 for baselines, m_jj for
+    the bump hunt), ``model_factory`` (supervised baseline), ``nplm_raw`` (True: also run NPLM
+    on the raw inputs), and per-evaluation keyword dicts ``lct``, ``baselines``, ``cwola``,
+    ``bumphunt``, ``nplm``, ``anomaly`` passed to the functions below.
+    Returns ``{evaluation name: EvalResult}``; metric names are unique across evaluations.
     """
     opts = dict(options or {})
     unknown = set(which) - set(KNOWN)
@@ -54,41 +61,75 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
         raise KeyError(f"unknown evaluation(s) {sorted(unknown)}; known: {list(KNOWN)}")
     seed = int(opts.get("seed", 0))
     bs = int(opts.get("batch_size", 1024))
+    names = list(opts.get("feature_names") or [])
     rep_tr = encode_all(encode, train_data, batch_size=bs)
     rep_te = encode_all(encode, test_data, batch_size=bs)
     y_tr, y_te = np.asarray(train_data["label"]), np.asarray(test_data["label"])
+    rep_all, y_all = np.concatenate([rep_tr, rep_te]), np.concatenate([y_tr, y_te])
+    kw = lambda name: dict(opts.get(name) or {})  # noqa: E731
     results: dict[str, EvalResult] = {}
 
     if "lct" in which:
         from clrdist.eval.lct import linear_classifier_test
 
         results["lct"] = linear_classifier_test(rep_tr, y_tr, rep_te, y_te, seed=seed,
-                                                n_boot=int(opts.get("n_boot", 30)))
+                                                **{"n_boot": int(opts.get("n_boot", 30)),
+                                                   **kw("lct")})
     if "baselines" in which:
         from clrdist.eval.baselines import run_baselines
 
         results["baselines"] = run_baselines(
-            train_data, test_data, seed=seed, feature_names=opts.get("feature_names"),
+            train_data, test_data, seed=seed, feature_names=names,
             model_factory=opts.get("model_factory"), rep_train=rep_tr, rep_test=rep_te,
-            **dict(opts.get("baselines", {})))
+            **kw("baselines"))
     if "cwola" in which:
         from clrdist.eval.cwola import idealised_cwola_scan
 
-        results["cwola"] = idealised_cwola_scan(
-            np.concatenate([rep_tr, rep_te]), np.concatenate([y_tr, y_te]), seed=seed,
-            **dict(opts.get("cwola", {})))
+        results["cwola"] = idealised_cwola_scan(rep_all, y_all, seed=seed, **kw("cwola"))
+    mjj_col = next((names.index(n) for n in MJJ_NAMES if n in names), None)
+    if "bumphunt" in which or ("cwola" in which and mjj_col is not None):
+        if mjj_col is None:
+            raise KeyError(f"bumphunt needs an m_jj feature ({' or '.join(MJJ_NAMES)}); store "
+                           f"features are {names}")
+        from clrdist.eval.bumphunt import cwola_hunt
+
+        mjj = np.concatenate([train_data["features"][:, mjj_col],
+                              test_data["features"][:, mjj_col]]).astype(np.float64)
+        results["bumphunt"] = cwola_hunt(mjj, rep_all, seed=seed,
+                                         **{**default_hunt_window(mjj, y_all), **kw("bumphunt")})
     if "nplm" in which:
         from clrdist.eval.nplm import nplm_evaluation
 
-        results["nplm"] = nplm_evaluation(
-            np.concatenate([rep_tr, rep_te]), np.concatenate([y_tr, y_te]), seed=seed,
-            **dict(opts.get("nplm", {})))
+        res = nplm_evaluation(rep_all, y_all, seed=seed, **kw("nplm"))
+        if opts.get("nplm_raw", True):
+            from clrdist.eval.baselines import raw_features
+
+            raw = np.concatenate([raw_features(d["particles"], d["mask"])
+                                  for d in (train_data, test_data)])
+            res = res.merge(nplm_evaluation(raw, y_all, seed=seed, prefix="nplm_raw",
+                                            **kw("nplm")))
+        results["nplm"] = res
     if "anomaly" in which:
         from clrdist.eval.anomaly import anomaly_scores
 
         results["anomaly"] = anomaly_scores(rep_tr, y_tr, rep_te, y_te, seed=seed,
-                                            **dict(opts.get("anomaly", {})))
+                                            **kw("anomaly"))
     return results
+
+
+def default_hunt_window(mjj: np.ndarray, label: np.ndarray) -> dict[str, Any]:
+    """Bump-hunt window for a labelled store: SR = the signal's central 60% in m_jj (at least
+    +-5% around its median), fit range = the 1st-99th percentiles of all events. Override with
+    options ``{"bumphunt": {"sr": (lo, hi), "mjj_range": (lo, hi)}}`` for a real hunt."""
+    sig = mjj[np.asarray(label) > 0]
+    lo_all, hi_all = np.quantile(mjj, [0.01, 0.99])
+    if sig.size:
+        med = float(np.median(sig))
+        lo, hi = np.quantile(sig, [0.2, 0.8])
+        lo, hi = min(lo, 0.95 * med), max(hi, 1.05 * med)
+    else:
+        lo, hi = np.quantile(mjj, [0.45, 0.55])
+    return {"sr": (float(lo), float(hi)), "mjj_range": (float(lo_all), float(hi_all))}
 
 
 def evaluate_during_training(rep_train: np.ndarray, y_train: np.ndarray, rep_val: np.ndarray,
