@@ -246,7 +246,10 @@ def run_toys(background, signal=None, *, n_ref: int, n_data: float, n_sig: float
                                                         device=bkg.device)]])
         toy_seed = int(rng.integers(2**31))
         if model == "kernel":
-            ts[i] = nplm_t_kernel(ref, data, n_expected=n_data, seed=toy_seed, **model_kw).t
+            # small problems: one CPU thread is faster than a (possibly contended) pool
+            small = n_ref * model_kw.get("M", 500) < 2e7
+            with single_thread_on_cpu(bkg.device) if small else contextlib.nullcontext():
+                ts[i] = nplm_t_kernel(ref, data, n_expected=n_data, seed=toy_seed, **model_kw).t
         elif model == "network":
             ts[i] = nplm_t_network(ref, data, n_expected=n_data, seed=toy_seed, **model_kw)
         else:
