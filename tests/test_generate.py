@@ -79,8 +79,11 @@ def test_store_layout_and_attributes(toptag):
     assert store.n == 2 * N_JETS
     assert store.label_names == {0: "qcd", 1: "top"}
     assert store.particle_features == ["pt", "eta", "phi"]
-    assert store.feature_names[:9] == [
-        "jet_pt", "jet_eta", "jet_phi", "jet_mass", "tau1", "tau2", "tau3", "tau21", "tau32"]
+    assert store.feature_names == [
+        "jet_pt", "jet_eta", "jet_phi", "jet_mass", "n_constituents", "tau1", "tau2", "tau3",
+        "tau21", "tau32"]
+    n_const = _feature(store, data, "n_constituents")
+    np.testing.assert_array_equal(np.minimum(n_const, 50), data["mask"].sum(1))
     assert data["particles"].shape == (2 * N_JETS, 50, 3)
     assert np.bincount(data["label"]).tolist() == [N_JETS, N_JETS]
     prov = store.attrs["provenance"]
@@ -166,7 +169,7 @@ def test_shard_reports_progress_and_is_exact():
     reports: list[int] = []
     res = generate_shard(plan.shards[0], reports.append)
     assert sum(reports) == 40 and len(reports) >= 10
-    assert res["features"].shape == (40, 9) and res["stats"]["n_accepted"] == 40
+    assert res["features"].shape == (40, 10) and res["stats"]["n_accepted"] == 40
 
 
 def test_unreachable_selection_fails_with_message():
@@ -212,11 +215,14 @@ def test_resonance_dijet_mjj_peak():
     assert res["particles"].shape == (150, 100, 3)
     # the leading jet's constituents first, then the subleading jet's
     assert res["mask"][:, 0].all() and res["mask"][:, 50].all()
+    from clrdist.data.generate import DIJET_FEATURES
+
+    assert DIJET_FEATURES[:3] == ["m_jj", "m_J1", "m_J2"]
     mjj = f[:, 0]
     # m_jj peaks just below M (FSR out of the R = 1 cones); the interquartile range is ~5%
     assert abs(np.median(mjj) / 3500.0 - 1) < 0.05, np.median(mjj)
     assert abs(_peak(mjj) / 3500.0 - 1) < 0.05
-    masses = np.sort(f[:, [4, 13]], axis=1)  # j1_mass, j2_mass -> (lighter, heavier)
+    masses = np.sort(f[:, [1, 2]], axis=1)  # m_J1, m_J2 -> (lighter, heavier)
     assert abs(np.median(masses[:, 1]) - 500.0) < 50.0
     assert abs(np.median(masses[:, 0]) - 100.0) < 25.0
 
@@ -233,7 +239,7 @@ def test_qcd_follows_the_dijet_kind():
     f = res["features"]
     assert f.shape == (60, len(DIJET_FEATURES)) and res["particles"].shape == (60, 40, 3)
     j1_pt, j1_eta, j2_pt, j2_eta = (f[:, DIJET_FEATURES.index(k)]
-                                    for k in ("j1_pt", "j1_eta", "j2_pt", "j2_eta"))
+                                    for k in ("pt_J1", "eta_J1", "pt_J2", "eta_J2"))
     assert (j1_pt >= 1200).all() and (j2_pt <= j1_pt).all()
     assert (np.abs(j1_eta) < 2.5).all() and (np.abs(j2_eta) < 2.5).all()
 
@@ -247,9 +253,9 @@ def test_semivisible_jets_missing_pt_follows_r_inv():
     for r_inv in (0.0, 0.3, 0.75):
         plan, res = _shard(["svj"], 150, jet=wide, r_inv=r_inv)
         f = res["features"]
-        assert f.shape == (150, 11)
-        means[r_inv] = f[:, 10].mean()
-        mets[r_inv] = np.median(f[:, 9])
+        assert f.shape == (150, 12)  # JET_FEATURES + met, inv_frac
+        means[r_inv] = f[:, 11].mean()
+        mets[r_inv] = np.median(f[:, 10])
     assert means[0.0] < 0.1  # neutrinos from heavy-flavour decays only
     assert 0.15 < means[0.3] < 0.45
     assert 0.4 < means[0.75] < 0.85

@@ -91,10 +91,14 @@ def default_jet(processes: Sequence[str]) -> JetDef:
         return SVJ_JET
     return DEFAULT_JET["dijet" if "resonance" in processes else "jet"]
 
-JET_FEATURES = ["jet_pt", "jet_eta", "jet_phi", "jet_mass", "tau1", "tau2", "tau3", "tau21", "tau32"]
+# names shared with the converters (clrdist.data.convert): jet stores start with the toptag
+# converter's features, dijet stores with the LHCO converter's
+JET_FEATURES = ["jet_pt", "jet_eta", "jet_phi", "jet_mass", "n_constituents",
+                "tau1", "tau2", "tau3", "tau21", "tau32"]
 SVJ_FEATURES = ["met", "inv_frac"]
-DIJET_JET_FEATURES = ["pt", "eta", "phi", "mass", "tau1", "tau2", "tau3", "tau21", "tau32"]
-DIJET_FEATURES = ["mjj"] + [f"j{i}_{f}" for i in (1, 2) for f in DIJET_JET_FEATURES]
+DIJET_FEATURES = ["m_jj", "m_J1", "m_J2", "tau21_J1", "tau32_J1", "tau21_J2", "tau32_J2",
+                  "pt_J1", "eta_J1", "phi_J1", "pt_J2", "eta_J2", "phi_J2", "n_J1", "n_J2",
+                  "tau1_J1", "tau2_J1", "tau3_J1", "tau1_J2", "tau2_J2", "tau3_J2"]
 
 # particles beyond |eta| = 5 (beam remnants, outside any calorimeter) are not clustered
 PARTICLE_ETA_MAX = 5.0
@@ -428,7 +432,9 @@ def generate_shard(spec: ShardSpec, on_accept: Callable[[int], None] | None = No
     t21, t32 = tau_ratios(taus)
     jet_p4 = np.stack([c.sum(axis=0) for c in cons_list])
     kin = jet_kinematics(jet_p4)
-    per_jet = np.concatenate([kin, taus, t21[:, None], t32[:, None]], axis=1)  # (J, 9)
+    n_const = np.array([len(c) for c in cons_list], dtype=np.float64)
+    cols = {"pt": kin[:, 0], "eta": kin[:, 1], "phi": kin[:, 2], "mass": kin[:, 3], "n": n_const,
+            "tau1": taus[:, 0], "tau2": taus[:, 1], "tau3": taus[:, 2], "tau21": t21, "tau32": t32}
     packed = [pack_constituents(c, spec.n_particles) for c in cons_list]
     parts = np.stack([p for p, _ in packed])
     mask = np.stack([m for _, m in packed])
@@ -437,10 +443,11 @@ def generate_shard(spec: ShardSpec, on_accept: Callable[[int], None] | None = No
         parts = parts.reshape(n, 2 * spec.n_particles, 3)
         mask = mask.reshape(n, 2 * spec.n_particles)
         pair = jet_p4.reshape(n, 2, 4).sum(axis=1)
-        mjj = jet_kinematics(pair)[:, 3]
-        features = np.concatenate([mjj[:, None], per_jet.reshape(n, 2 * per_jet.shape[1])], axis=1)
+        cols["m_jj"] = np.repeat(jet_kinematics(pair)[:, 3], 2)  # per jet, both rows alike
+        features = np.stack([_dijet_column(cols, name) for name in DIJET_FEATURES], axis=1)
     else:
-        features = per_jet
+        names = ["pt", "eta", "phi", "mass", "n", "tau1", "tau2", "tau3", "tau21", "tau32"]
+        features = np.stack([cols[k] for k in names], axis=1)  # JET_FEATURES order
         if spec.want_invisible:
             features = np.concatenate([features, np.array(extra, dtype=np.float64)], axis=1)
     st.t_total = time.perf_counter() - t_start
@@ -459,6 +466,15 @@ def generate_shard(spec: ShardSpec, on_accept: Callable[[int], None] | None = No
             "n_accepted": spec.n,
         },
     }
+
+
+def _dijet_column(cols: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """One DIJET_FEATURES column from per-jet columns (rows: J1, J2, J1, J2, ...)."""
+    if name == "m_jj":
+        return cols["m_jj"][0::2]
+    quantity, which = name.rsplit("_", 1)  # e.g. "tau21", "J1"
+    quantity = {"m": "mass"}.get(quantity, quantity)
+    return cols[quantity][0::2] if which == "J1" else cols[quantity][1::2]
 
 
 def _invisible_features(invisible: np.ndarray, jet_p4: np.ndarray, R: float) -> tuple[float, float]:
