@@ -218,12 +218,14 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
                   model_factory: Callable[[], object] | None = None,
                   rep_train: np.ndarray | None = None, rep_test: np.ndarray | None = None,
                   which: Sequence[str] | None = None, efp_max_samples: int = 5000,
-                  supervised_epochs: int = 3, eps_s: tuple[float, ...] = DEFAULT_EPS_S,
+                  supervised_epochs: int = 3, supervised_prepare: Callable | None = None,
+                  eps_s: tuple[float, ...] = DEFAULT_EPS_S,
                   figures: bool = True) -> EvalResult:
     """Fit each baseline on ``train_data``, score ``test_data``; metrics ``baseline_<name>_*``.
 
     ``which`` defaults to every baseline that can run (``supervised`` only with a
-    ``model_factory``). EFPs are slow (energyflow loops over jets in Python: ~400 jets/s at 30
+    ``model_factory``; ``supervised_prepare(particles, mask) -> (x, mask)`` is its input
+    transform, default centred jets with pT / 600 GeV). EFPs are slow (energyflow loops over jets in Python: ~400 jets/s at 30
     constituents), so at most ``efp_max_samples`` of each set are used for them
     (``baseline_efp_n_test`` records how many). If ``rep_train``/``rep_test`` are given, the
     representation's linear classifier is drawn on the same ROC/SIC figures
@@ -268,7 +270,8 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
         elif name == "supervised":
             if model_factory is None:
                 raise ValueError("baseline 'supervised' needs a model_factory")
-            s = supervised_scores(tr, te, model_factory, seed=seed, epochs=supervised_epochs)
+            s = supervised_scores(tr, te, model_factory, seed=seed, epochs=supervised_epochs,
+                                  prepare=supervised_prepare)
             record("supervised", s, yte, "supervised encoder")
     figs = {}
     if figures and curves:
