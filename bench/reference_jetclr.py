@@ -47,13 +47,15 @@ def translate_jets(batch: np.ndarray, rng: np.random.Generator, width: float = 1
     return out
 
 
-def collinear_fill_jets(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def collinear_fill_jets(batch: np.ndarray, rng: np.random.Generator, fill: float = 0.5) -> np.ndarray:
+    """Split constituents into empty slots until max(n, fill * P) slots are used (REFERENCE.md:
+    fill = 0.5; the public jet_augs.py we read fills every empty slot, fill = 1)."""
     out = batch.copy()
     n_const = batch.shape[2]
     nzs = [int((batch[i, 0] > 0).sum()) for i in range(len(batch))]
     for k in range(len(batch)):  # per-jet Python loop, as in the public code
         n = nzs[k]
-        n_split = min(max(n, n_const // 2) - n, n)
+        n_split = min(max(n, int(fill * n_const)) - n, n)
         els = rng.choice(n, size=n_split, replace=False)
         rs = rng.uniform(size=n_split)
         for j in range(n_split):
@@ -65,9 +67,9 @@ def collinear_fill_jets(batch: np.ndarray, rng: np.random.Generator) -> np.ndarr
     return out
 
 
-def augment_view(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    batch = collinear_fill_jets(batch, rng)
-    batch = collinear_fill_jets(batch, rng)
+def augment_view(batch: np.ndarray, rng: np.random.Generator, fill: float = 0.5) -> np.ndarray:
+    batch = collinear_fill_jets(batch, rng, fill)
+    batch = collinear_fill_jets(batch, rng, fill)
     batch = rotate_jets(batch, rng)
     batch = distort_jets(batch, rng)
     return translate_jets(batch, rng)
