@@ -257,31 +257,10 @@ def test_adc_layout_labels_features(tmp_path):
 
 
 def _cli_main():
-    """clrdist.cli.main when the whole CLI imports; else the same contract around register()."""
-    try:
-        from clrdist.cli import build_parser, main
+    """The real entry point: exit status and one-line errors as users see them."""
+    from clrdist.cli import main
 
-        build_parser()  # imports every sub-command's module (some may not exist yet)
-        return main
-    except ImportError:
-        import argparse
-
-        from clrdist.data import cli
-        from clrdist.errors import ClrdistError
-
-        def main(argv):
-            p = argparse.ArgumentParser(prog="clrdist")
-            sub = p.add_subparsers(dest="command", required=True)
-            data = sub.add_parser("data").add_subparsers(dest="data_command", required=True)
-            cli.register(data)
-            args = p.parse_args(argv)
-            try:
-                return args.func(args)
-            except ClrdistError as e:
-                print(f"clrdist: error: {e}", file=sys.stderr)
-                return 2
-
-        return main
+    return main
 
 
 def _run_bad(tmp_path, capsys, fmt, inputs, *extra):

@@ -1,7 +1,6 @@
 """``clrdist data toy|info|split`` through the real CLI entry point, and split_store itself."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -12,29 +11,10 @@ from clrdist.data.toy import write_toy_store
 
 
 def _main():
-    try:
-        from clrdist.cli import build_parser, main
+    """The real entry point: exit status and one-line errors as users see them."""
+    from clrdist.cli import main
 
-        build_parser()
-        return main
-    except ImportError:  # a sub-command module of another engineer is not there yet
-        import argparse
-
-        from clrdist.data import cli
-        from clrdist.errors import ClrdistError
-
-        def main(argv):
-            p = argparse.ArgumentParser(prog="clrdist")
-            sub = p.add_subparsers(dest="command", required=True)
-            cli.register(sub.add_parser("data").add_subparsers(dest="data_command", required=True))
-            args = p.parse_args(argv)
-            try:
-                return args.func(args)
-            except ClrdistError as e:
-                print(f"clrdist: error: {e}", file=sys.stderr)
-                return 2
-
-        return main
+    return main
 
 
 @pytest.fixture(scope="module")

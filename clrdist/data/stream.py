@@ -48,6 +48,7 @@ class EpochPlan:
     pieces:     (n_pieces, 2) int64 storage ranges [a, b) in arrival order (this rank's only)
     offsets:    (n_pieces + 1,) int64 start of each piece in the rank's arrival sequence
     batches:    (nb, B) int64 positions into the arrival sequence, one row per batch
+    need:       (nb,) the last piece (in arrival order) batch j draws from
     blocks:     (n_pieces,) pool block (one chunk long) the piece's chunk is decoded into
     free_after: (n_pieces,) the batch after which that block's previous piece is all emitted
                 (-1: a fresh block), so decoding into it may start
@@ -59,6 +60,7 @@ class EpochPlan:
     pieces: np.ndarray
     offsets: np.ndarray
     batches: np.ndarray
+    need: np.ndarray
     blocks: np.ndarray
     free_after: np.ndarray
     last_batch: np.ndarray
@@ -168,12 +170,13 @@ class ShardedStream:
         mine = np.asarray(mine, dtype=np.int64).reshape(-1, 2)
         lengths = mine[:, 1] - mine[:, 0]
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        batches, blocks, free_after, last_batch, n_blocks = self._buffer_order(epoch, lengths)
+        batches, need, blocks, free_after, last_batch, n_blocks = self._buffer_order(epoch, lengths)
         cs = self.store.chunk_size
         # a piece's chunk is decoded whole into its block: rows keep their offset in the chunk
         base = blocks * cs + (mine[:, 0] % cs) - offsets[:-1]
         slots = np.repeat(base, lengths) + np.arange(int(offsets[-1]), dtype=np.int64)
-        plan = EpochPlan(mine, offsets, batches, blocks, free_after, last_batch, slots, n_blocks)
+        plan = EpochPlan(mine, offsets, batches, need, blocks, free_after, last_batch, slots,
+                         n_blocks)
         self._plan_cache = (epoch, plan)
         return plan
 
@@ -208,11 +211,11 @@ class ShardedStream:
         # keys are distinct (continuous jitter), so the unstable sort is deterministic too
         batches = np.argsort(order, kind="quicksort").reshape(-1, b)
         n_pieces = len(lengths)
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        piece_of = np.searchsorted(offsets, batches, side="right") - 1
+        piece_of = np.repeat(np.arange(n_pieces), lengths)[batches]
         last_batch = np.full(n_pieces, -1, np.int64)
         np.maximum.at(last_batch, piece_of.ravel(), np.repeat(np.arange(len(batches)), b))
-        need_upto = np.maximum.accumulate(piece_of.max(axis=1))
+        need = piece_of.max(axis=1)  # pieces are decoded in order: batch j needs all up to this
+        need_upto = np.maximum.accumulate(need)
         first_need = np.searchsorted(need_upto, np.arange(n_pieces), side="left")
         blocks = np.empty(n_pieces, np.int64)
         free_after = np.empty(n_pieces, np.int64)
@@ -226,7 +229,7 @@ class ShardedStream:
                 free_after[p], blocks[p] = -1, n_blocks
                 n_blocks += 1
             heapq.heappush(heap, (int(last_batch[p]), int(blocks[p])))
-        return batches, blocks, free_after, last_batch, n_blocks
+        return batches, need, blocks, free_after, last_batch, n_blocks
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -304,12 +307,13 @@ class ShardedStream:
         if start >= nb:
             return
         pos = plan.batches[start:]
-        piece_of = np.searchsorted(plan.offsets, pos, side="right") - 1
-        need_upto = piece_of.max(axis=1)  # pieces arrive in order: all up to this one
+        need_upto = plan.need[start:]  # pieces are decoded in order: all up to this one
         todo = [int(p) for p in np.flatnonzero(plan.last_batch >= start)]
         pool = self._new_pool(plan.n_blocks * self.store.chunk_size)
+        # one thread: the assembler thread decodes too (a hand-off per chunk costs more than
+        # it overlaps); more: a pool of decoder threads works ahead of the assembler
         ex = ThreadPoolExecutor(self.num_threads, thread_name_prefix="clrdist-decode") \
-            if self.num_threads > 0 else None
+            if self.num_threads > 1 else None
         ahead = self._spare_blocks()
         inflight: deque = deque()
         nxt, ready = 0, -1  # next index into todo to start; highest piece decoded
