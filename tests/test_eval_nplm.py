@@ -101,4 +101,5 @@ def test_nplm_evaluation_result():
     assert {"nplm_raw_dof", "nplm_raw_ks_pvalue", "nplm_raw_z_chi2_median",
             "nplm_raw_z_emp_median"} <= set(m)
     assert len(res.tables["nplm_raw_toys"]) == 25
+    assert m["nplm_raw_M"] == 20 and m["nplm_raw_sigma"] > 0
     assert set(res.figures) == {"nplm_raw_t.png"}
