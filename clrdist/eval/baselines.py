@@ -217,7 +217,7 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
                   seed: int = 0, feature_names: Sequence[str] | None = None,
                   model_factory: Callable[[], object] | None = None,
                   rep_train: np.ndarray | None = None, rep_test: np.ndarray | None = None,
-                  which: Sequence[str] | None = None, efp_max_samples: int = 5000,
+                  which: Sequence[str] | None = None, efp_max_samples: int = 2000,
                   supervised_epochs: int = 3, supervised_prepare: Callable | None = None,
                   eps_s: tuple[float, ...] = DEFAULT_EPS_S,
                   figures: bool = True) -> EvalResult:
@@ -225,9 +225,10 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
 
     ``which`` defaults to every baseline that can run (``supervised`` only with a
     ``model_factory``; ``supervised_prepare(particles, mask) -> (x, mask)`` is its input
-    transform, default centred jets with pT / 600 GeV). EFPs are slow (energyflow loops over jets in Python: ~400 jets/s at 30
-    constituents), so at most ``efp_max_samples`` of each set are used for them
-    (``baseline_efp_n_test`` records how many). If ``rep_train``/``rep_test`` are given, the
+    transform, default centred jets with pT / 600 GeV).
+    EFPs are slow (energyflow loops over jets in Python: ~100-400 jets/s at 30-50 constituents),
+    so at most ``efp_max_samples`` of each set are used for them (``baseline_efp_n_test``
+    records how many). If ``rep_train``/``rep_test`` are given, the
     representation's linear classifier is drawn on the same ROC/SIC figures
     (``baselines_roc.png``, ``baselines_sic.png``).
     """
