@@ -1,5 +1,7 @@
 """Shared fixtures: a real local Ray cluster and tiny toy stores split into disjoint parts."""
 
+import os
+
 import pytest
 
 
@@ -11,7 +13,7 @@ def ray_cluster():
     """
     import ray
 
-    ray.init(num_cpus=3, include_dashboard=True, log_to_driver=False)
+    ray.init(num_cpus=3, include_dashboard=True, log_to_driver=bool(os.environ.get("CLRDIST_TEST_RAY_LOGS")))
     yield
     ray.shutdown()
 

@@ -86,6 +86,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             step, epoch, mid_epoch = meta["step"], meta["epoch"], meta.get("mid_epoch", False)
             if mid_epoch and (s := checkpoint.load_stream_state(d, rank)) is not None:
                 stream.load_state_dict(s)
+        if master:
+            print(f"[clrdist] resumed from step {step} (epoch {epoch}) of {ckpt.path}", flush=True)
 
     def report(metrics: dict[str, float], *, mid: bool) -> None:
         """Every rank reports (it is a barrier); each writes its stream position, rank 0 the model."""
