@@ -85,3 +85,15 @@ def test_supervised_baseline_learns():
     assert res.metrics["baseline_supervised_auc"] > 0.8
     with pytest.raises(KeyError, match="known"):
         run_baselines(tr, te, which=["nope"])
+
+
+def test_dijet_store_observables_and_event_defaults():
+    d = prong_jets(10, 2, seed=6)
+    names = ["m_jj", "m_J1", "m_J2", "tau21_J1", "tau32_J1", "tau21_J2", "tau32_J2"]
+    d["features"] = np.arange(70, dtype=np.float32).reshape(10, 7)
+    obs = jet_observables(d, names)
+    assert obs.shape == (10, 6)
+    np.testing.assert_array_equal(obs[:, 3], d["features"][:, 5])  # tau21_J2
+    tr, te = mixed(100, seed=40), mixed(100, seed=41)
+    m = run_baselines(tr, te, kind="event", figures=False).metrics
+    assert "baseline_raw_auc" in m and "baseline_jet_obs_auc" not in m

@@ -97,14 +97,19 @@ def n_subjettiness(particles: np.ndarray, mask: np.ndarray, n_axes: Sequence[int
     return out
 
 
+DIJET_OBS = ("m_J1", "m_J2", "tau21_J1", "tau21_J2", "tau32_J1", "tau32_J2")  # LHCO baseline
+
+
 def jet_observables(data: Mapping[str, np.ndarray],
                     feature_names: Sequence[str] | None = None) -> np.ndarray:
-    """(n, 3): jet mass [GeV], tau21, tau32 — from store features when all three are there."""
+    """Jet mass [GeV], tau21, tau32 as (n, 3) from the store's features when present; for dijet
+    stores (LHCO names) the six (m_J1, m_J2, tau21_J1, tau21_J2, tau32_J1, tau32_J2); otherwise
+    computed here from the constituents, treated as one jet."""
     names = list(feature_names or [])
-    want = ("jet_mass", "tau21", "tau32")
-    if all(w in names for w in want):
-        f = np.asarray(data["features"])
-        return np.stack([f[:, names.index(w)] for w in want], axis=1).astype(np.float64)
+    f = np.asarray(data["features"]) if "features" in data else None
+    for want in (("jet_mass", "tau21", "tau32"), DIJET_OBS):
+        if f is not None and all(w in names for w in want):
+            return np.stack([f[:, names.index(w)] for w in want], axis=1).astype(np.float64)
     tau = n_subjettiness(data["particles"], data["mask"])
     ratio = lambda a, b: np.divide(a, b, out=np.zeros_like(a), where=b > 0)  # noqa: E731
     return np.stack([jet_mass(data["particles"], data["mask"]), ratio(tau[2], tau[1]),
@@ -217,14 +222,15 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
                   seed: int = 0, feature_names: Sequence[str] | None = None,
                   model_factory: Callable[[], object] | None = None,
                   rep_train: np.ndarray | None = None, rep_test: np.ndarray | None = None,
-                  which: Sequence[str] | None = None, efp_max_samples: int = 2000,
+                  which: Sequence[str] | None = None, kind: str = "jet",
+                  efp_max_samples: int = 2000,
                   supervised_epochs: int = 3, supervised_prepare: Callable | None = None,
                   eps_s: tuple[float, ...] = DEFAULT_EPS_S,
                   figures: bool = True) -> EvalResult:
     """Fit each baseline on ``train_data``, score ``test_data``; metrics ``baseline_<name>_*``.
 
-    ``which`` defaults to every baseline that can run (``supervised`` only with a
-    ``model_factory``; ``supervised_prepare(particles, mask) -> (x, mask)`` is its input
+    ``which`` defaults to every baseline that can run for the store ``kind`` (``jet``,
+    ``dijet``: all; ``event``: ``raw``; ``supervised`` only with a ``model_factory``; ``supervised_prepare(particles, mask) -> (x, mask)`` is its input
     transform, default centred jets with pT / 600 GeV).
     EFPs are slow (energyflow loops over jets in Python: ~100-400 jets/s at 30-50 constituents),
     so at most ``efp_max_samples`` of each set are used for them (``baseline_efp_n_test``
@@ -232,8 +238,10 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
     representation's linear classifier is drawn on the same ROC/SIC figures
     (``baselines_roc.png``, ``baselines_sic.png``).
     """
-    which = list(which) if which is not None else [
-        b for b in ALL_BASELINES if b != "supervised" or model_factory is not None]
+    if which is None:  # jet substructure baselines only make sense for jets and dijets
+        which = ["raw"] if kind == "event" else ["raw", "jet_obs", "efp"]
+        which += ["supervised"] if model_factory is not None else []
+    which = list(which)
     unknown = set(which) - set(ALL_BASELINES)
     if unknown:
         raise KeyError(f"unknown baseline(s) {sorted(unknown)}; known: {list(ALL_BASELINES)}")

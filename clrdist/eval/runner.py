@@ -49,8 +49,9 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
     too (``"bumphunt"`` alone runs only the hunt).
 
     options (all optional): ``seed`` (0), ``batch_size`` (1024), ``n_boot`` (30),
-    ``feature_names`` (the store's feature names: jet_mass/tau21/tau32 for baselines, m_jj for
-    the bump hunt), ``model_factory`` (supervised baseline), ``nplm_raw`` (True: also run NPLM
+    ``feature_names`` (the store's ``attrs["feature_names"]``: jet_mass/tau21/tau32 or the LHCO
+    dijet names for baselines, m_jj for the bump hunt), ``kind`` (the store's ``attrs["kind"]``:
+    ``jet``, ``dijet``, ``event``; picks the baselines and the raw NPLM inputs), ``model_factory`` (supervised baseline), ``nplm_raw`` (True: also run NPLM
     on the raw inputs), and per-evaluation keyword dicts ``lct``, ``baselines``, ``cwola``,
     ``bumphunt``, ``nplm``, ``anomaly`` passed to the functions below.
     Returns ``{evaluation name: EvalResult}``; metric names are unique across evaluations.
@@ -80,8 +81,8 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
 
         results["baselines"] = run_baselines(
             train_data, test_data, seed=seed, feature_names=names,
-            model_factory=opts.get("model_factory"), rep_train=rep_tr, rep_test=rep_te,
-            **kw("baselines"))
+            kind=str(opts.get("kind", "jet")), model_factory=opts.get("model_factory"),
+            rep_train=rep_tr, rep_test=rep_te, **kw("baselines"))
     if "cwola" in which:
         from clrdist.eval.cwola import idealised_cwola_scan
 
@@ -104,8 +105,12 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
         if opts.get("nplm_raw", True):
             from clrdist.eval.baselines import raw_features
 
-            raw = np.concatenate([raw_features(d["particles"], d["mask"])
-                                  for d in (train_data, test_data)])
+            def raw_inputs(d):  # jets: centred constituents; events: objects as stored
+                if opts.get("kind", "jet") == "event":
+                    return np.asarray(d["particles"], np.float64).reshape(len(d["label"]), -1)
+                return raw_features(d["particles"], d["mask"])
+
+            raw = np.concatenate([raw_inputs(d) for d in (train_data, test_data)])
             res = res.merge(nplm_evaluation(raw, y_all, seed=seed, prefix="nplm_raw",
                                             **kw("nplm")))
         results["nplm"] = res
