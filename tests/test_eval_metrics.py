@@ -93,3 +93,20 @@ def test_bootstrap_std_matches_hanley_mcneil():
     std = bootstrap_metrics(y, s, "x", n_boot=200, seed=0)
     assert std["x_auc_std"] == pytest.approx(se, rel=0.25)
     assert std["x_inv_eps_b_at_0.5_std"] > 0
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(20, 400), shift=st.floats(-2, 2))
+def test_metrics_invariant_under_monotone_maps_and_rejection_monotone(seed, n, shift):
+    y, s = gaussian_scores(n, d=shift, seed=seed)
+    m1, r = roc_metrics(y, s, "a")
+    m2, _ = roc_metrics(y, np.exp(0.5 * s) + 3.0, "a")  # strictly increasing map of the score
+    for k in m1:
+        assert m1[k] == pytest.approx(m2[k], rel=1e-9, abs=1e-12)
+    rej = [inv_eps_b_at(r, e) for e in (0.2, 0.3, 0.5, 0.8)]
+    assert all(a >= b - 1e-9 for a, b in zip(rej, rej[1:]))  # harder cut, more rejection
+    assert 0.0 <= m1["a_auc"] <= 1.0 and m1["a_max_sic"] >= 0
