@@ -466,3 +466,34 @@ def test_peak_memory_bounded_while_converting(tmp_path):
     s = open_store(tmp_path / "big.zarr")
     assert s.n == n
     assert re.fullmatch(r"[0-9a-f]{64}", s.attrs["provenance"]["sources"][0]["sha256"])
+
+
+def test_toptag_fixed_format_also_reads(tmp_path, toy):
+    path = tmp_path / "fixed.h5"
+    write_toptag(tmp_path / "t.h5", toy["particles"][:40], toy["mask"][:40], toy["label"][:40])
+    pd.read_hdf(tmp_path / "t.h5", "table").to_hdf(path, key="table")  # pandas 'fixed' format
+    d = open_store(convert("toptag", [path], tmp_path / "f.zarr", progress=False)).read_all()
+    np.testing.assert_allclose(d["particles"], toy["particles"][:40], rtol=2e-5, atol=2e-5)
+
+
+def test_lhco_event_with_one_jet(tmp_path):
+    row = np.zeros(3 * 700 + 1)
+    row[:6] = [800.0, 0.1, 0.2, 300.0, 0.2, 0.1]
+    path = write_lhco(tmp_path / "one.h5", row[None, :])
+    d = open_store(convert("lhco", [path], tmp_path / "one.zarr", progress=False)).read_all()
+    f = dict(zip(LHCO_FEATURES, d["features"][0], strict=True))
+    assert (f["n_J1"], f["n_J2"]) == (2, 0) and d["mask"][0, 50:].sum() == 0
+    assert f["m_jj"] == pytest.approx(f["m_J1"], rel=1e-5) and f["m_J2"] == 0
+
+
+def test_bad_lhco_label(tmp_path, capsys):
+    _, _, rows = _toy_dijet_rows(6, seed=2)
+    rows[4, -1] = 3
+    bad = write_lhco(tmp_path / "lab3.h5", rows)
+    assert "lab3.h5: row 4: label 3 outside the known set [0, 1]" in _run_bad(tmp_path, capsys, "lhco", [bad])
+
+
+def test_bad_adc_max_particles(tmp_path, capsys):
+    good = write_adc(tmp_path / "background_z.h5", adc_events(5))
+    msg = _run_bad(tmp_path, capsys, "adc2021", [good], "--max-particles", "10")
+    assert "fixed layout of 19 objects" in msg
