@@ -245,3 +245,56 @@ def test_pool_stays_bounded(store):
             assert plan.free_after[p] == plan.last_batch[earlier[-1]]
         else:
             assert plan.free_after[p] == -1
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """Stores of a few sizes and chunk lengths, feature 0 = storage index."""
+    out = {}
+    for n, chunk in ((200, 8), (333, 64), (517, 50)):
+        path = tmp_path_factory.mktemp("prop") / f"s{n}.zarr"
+        idx = np.arange(n)
+        with StoreWriter(path, kind="jet", particle_features=["pt", "eta", "phi"],
+                         feature_names=["index"], label_names={0: "a"}, n_particles=2,
+                         chunk_size=chunk, shard_chunks=3) as w:
+            w.append(np.repeat(idx[:, None, None], 2, 1).repeat(3, 2).astype(np.float32),
+                     np.ones((n, 2), bool), np.zeros(n, np.int8), idx[:, None].astype(np.float32))
+        out[n] = open_store(path)
+    return out
+
+
+def test_property_coverage_and_exact_resume(stores):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=40, deadline=None, derandomize=True)
+    @given(n=st.sampled_from([200, 333, 517]), batch=st.integers(1, 40), world=st.integers(1, 4),
+           shuffle=st.sampled_from([0, 1, 17, 100, 1000]), epoch=st.integers(0, 5),
+           threads=st.integers(0, 2), data=st.data())
+    def check(n, batch, world, shuffle, epoch, threads, data):
+        store = stores[n]
+        if n < world * batch:
+            return
+        kw = dict(batch_size=batch, world_size=world, seed=epoch * 7 + 1, shuffle_buffer=shuffle)
+        seen = []
+        for rank in range(world):
+            s = ShardedStream(store, rank=rank, num_threads=threads, **kw)
+            s.set_epoch(epoch)
+            full = epoch_ids(s)
+            assert len(full) == s.batches_per_epoch() == n // (world * batch)
+            seen.append(np.concatenate(full))
+            k = data.draw(st.integers(0, len(full)))
+            r = ShardedStream(store, rank=rank, num_threads=threads, **kw)
+            r.set_epoch(epoch)
+            head = [ids(b) for b in itertools.islice(r, k)]
+            fresh = ShardedStream(store, rank=rank, num_threads=2 - threads, **kw)
+            fresh.load_state_dict(r.state_dict())
+            got = head + epoch_ids(fresh)
+            assert len(got) == len(full)
+            assert all(np.array_equal(x, y) for x, y in zip(got, full, strict=True))
+        allseen = np.concatenate(seen)
+        assert len(np.unique(allseen)) == len(allseen)
+        np.testing.assert_array_equal(np.setdiff1d(np.arange(n), allseen),
+                                      np.sort(s.excluded(epoch)))
+
+    check()
