@@ -16,10 +16,14 @@ How an epoch is laid out (identical arithmetic on every rank, no communication):
 
 Steps 1-4 are pure index arithmetic (:meth:`ShardedStream.plan`), which is what makes resume
 exact and cheap: the state is ``(epoch, batches consumed)``; restoring recomputes the plan and
-decodes only the pieces that still hold unseen samples. With ``num_threads >= 1`` nothing runs
-on the caller's thread: ``num_threads`` decoder threads read and decompress pieces ahead (Blosc
-releases the GIL), one assembler thread scatters them into the buffer's slot pool and gathers
-batches into a bounded queue. ``num_threads = 0`` does everything on the caller's thread.
+decodes only the pieces that still hold unseen samples. The plan also places every decoded
+chunk in a block of a fixed pool, reusing a block only after its previous chunk's last sample
+has been emitted; a batch is then one ``take`` per array from the pool.
+
+Threads: with ``num_threads >= 1`` nothing runs on the caller's thread. One assembler thread
+decodes chunks straight into their pool blocks (``pread`` + Blosc, which releases the GIL) and
+gathers batches into a bounded queue; with ``num_threads >= 2`` that many decoder threads decode
+ahead of it instead. ``num_threads = 0`` does everything on the caller's thread.
 """
 
 from __future__ import annotations
