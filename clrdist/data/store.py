@@ -316,7 +316,8 @@ class _ShardReader:
         rows = min(m["chunk"][0], m["shape"][0] - i * m["chunk"][0])
         if raw is None:
             return np.zeros((rows, *m["chunk"][1:]), dtype=m["dtype"])
-        out = np.frombuffer(blosc.decompress(raw), dtype=m["dtype"]).reshape(m["chunk"])
+        out = np.empty(m["chunk"], dtype=m["dtype"])  # writable (torch.from_numpy-safe)
+        blosc.decompress(raw, out)
         return out[:rows]
 
     def read_chunk(self, i: int) -> dict[str, np.ndarray]:
@@ -397,8 +398,7 @@ class SampleStore:
         return {k: np.asarray(a[start:stop]) for k, a in self.arrays.items()}
 
     def read_chunk(self, i: int) -> dict[str, np.ndarray]:
-        """Chunk ``i`` (every array), decoded straight from its shard when the layout allows.
-        The arrays may be read-only views of the decompressed buffer."""
+        """Chunk ``i`` (every array), decoded straight from its shard when the layout allows."""
         a, b = self.chunk_bounds(i)
         if self._fast.ok:
             return self._fast.read_chunk(i)
