@@ -200,8 +200,9 @@ def test_too_small_store_is_an_error(store):
         ShardedStream(store, batch_size=8, rank=2, world_size=2)
 
 
-def test_reader_errors_reach_the_consumer(store):
-    s = ShardedStream(store, batch_size=64, seed=0, num_threads=1)
+@pytest.mark.parametrize("threads", [0, 1, 3])
+def test_reader_errors_reach_the_consumer(store, threads):
+    s = ShardedStream(store, batch_size=64, seed=0, num_threads=threads)
 
     def broken(chunk, dest):
         raise OSError("disk on fire")

@@ -234,6 +234,7 @@ def write_store(path: str | os.PathLike, data: dict[str, np.ndarray], **writer_k
 
 
 _MISSING = np.uint64(2**64 - 1)
+_HAS_PREADV = hasattr(os, "preadv")
 
 
 class _ShardReader:
@@ -339,12 +340,16 @@ class _ShardReader:
                 out[...] = 0
                 continue
             off, n = int(idx[j, 0]), int(idx[j, 1])
-            if buf is None or len(buf) < n:
-                buf = self._local.buf = bytearray(max(n, 1 << 20))
-            view = memoryview(buf)[:n]
             fd = os.open(self._shard_file(name, shard), os.O_RDONLY)
             try:
-                got = os.preadv(fd, [view], off)
+                if _HAS_PREADV:
+                    if buf is None or len(buf) < n:
+                        buf = self._local.buf = bytearray(max(n, 1 << 20))
+                    view = memoryview(buf)[:n]
+                    got = os.preadv(fd, [view], off)
+                else:  # platforms without preadv: one allocation per read
+                    view = os.pread(fd, n, off)
+                    got = len(view)
             finally:
                 os.close(fd)
             if got != n:
