@@ -152,3 +152,23 @@ def test_buckets_and_holes_are_exact():
     m3.train()
     m3(x, mask)[1].square().sum().backward()
     assert all(p.grad is not None for p in m3.parameters())
+
+
+def test_cpu_dropout_rate_expectation_and_seed():
+    from clrdist.models.transformer import dropout
+
+    x = torch.ones(200, 1000)
+    torch.manual_seed(0)
+    y = dropout(x, 0.1, True)
+    kept = (y > 0).float().mean().item()
+    assert abs(kept - (1 - 26 / 256)) < 0.003  # p rounded to a multiple of 1/256
+    assert abs(y.mean().item() - 1.0) < 0.005  # expectation kept
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, 0.1, True), y)
+    assert dropout(x, 0.1, False) is x and dropout(x, 0.0, True) is x
+    m = model(dropout=0.1).float().train()
+    xj, mask = jets()
+    torch.manual_seed(1)
+    a = m(xj, mask)[0]
+    torch.manual_seed(1)
+    assert torch.equal(a, m(xj, mask)[0])  # training forward reproducible under the global seed
