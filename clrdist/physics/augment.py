@@ -5,7 +5,8 @@ Every augmentation is a function
     f(x: (B, P, 3) float [pT GeV, eta, phi] in the model frame, mask: (B, P) bool,
       generator: torch.Generator | None, strength: float = 1.0, **params) -> (x, mask)
 
-that never modifies its inputs, keeps padding at zero / False, draws all randomness from
+that never modifies its inputs, keeps padding at zero / False (inputs must be zero-padded, as
+``to_model_frame`` and every augmentation leave them), draws all randomness from
 ``generator`` (same seed -> same output) and has no Python loop over jets. ``strength`` scales
 the size of every augmentation (for sweeps); 1 gives the published defaults (REFERENCE.md).
 They are registered by name in ``AUGMENTATIONS``; ``build_view`` turns the config's ordered

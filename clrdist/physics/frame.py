@@ -29,7 +29,7 @@ def centroid(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     w = x[..., 0] * mask
     wsum = w.sum(-1, keepdim=True)
     w = w / wsum.clamp_min(torch.finfo(x.dtype).tiny)
-    return torch.einsum("bp,bpk->bk", w, x[..., 1:3])
+    return (w.unsqueeze(-1) * x[..., 1:3]).sum(1)  # not einsum: a batch of tiny bmm is slow on CPU
 
 
 def to_model_frame(particles: torch.Tensor, mask: torch.Tensor,
