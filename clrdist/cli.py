@@ -33,10 +33,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from clrdist.evaluate import evaluate_run
+    from clrdist.evaluate import EVALUATIONS, evaluate_run
     from clrdist.tracking import resolve_uri
 
-    which = {n for n in ("lct", "cwola", "nplm", "anomaly", "baselines") if getattr(args, n)}
+    which = {n for n in EVALUATIONS if getattr(args, n)}
     results = evaluate_run(resolve_uri(args.tracking_uri), args.run_id, which or {"lct"})
     metrics = {k: v for res in results.values() for k, v in res.metrics.items()}
     print(json.dumps(metrics, indent=2) if args.json else
@@ -48,7 +48,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from clrdist.demo import run_demo
 
     run_demo(out_dir=args.out, n_per_class=args.jets_per_class, epochs=args.epochs,
-             workers=args.workers, tracking_uri=args.tracking_uri)
+             workers=args.workers, tracking_uri=args.tracking_uri, data=args.data)
     return 0
 
 
@@ -83,17 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a trained run and log into it")
     e.add_argument("run_id")
-    for name, text in (("lct", "linear classifier test"), ("cwola", "idealised CWoLa scan"),
-                       ("nplm", "NPLM test"), ("anomaly", "label-free anomaly scores"),
-                       ("baselines", "baselines on the same samples")):
+    for name, text in (("lct", "linear classifier test (default)"),
+                       ("baselines", "raw, jet-observable, EFP and supervised baselines"),
+                       ("cwola", "idealised CWoLa scan (+ bump hunt with m_jj)"),
+                       ("bumphunt", "CWoLa bump hunt in m_jj"), ("nplm", "NPLM test"),
+                       ("anomaly", "label-free anomaly scores")):
         e.add_argument(f"--{name}", action="store_true", help=text)
     e.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_cmd_eval)
 
-    d = sub.add_parser("demo", help="toy data -> store -> 2-worker training -> LCT -> MLflow")
+    d = sub.add_parser("demo", help="jets -> store -> 2-worker training -> LCT -> MLflow")
     d.add_argument("--out", default="demo_out", help="folder for stores and checkpoints")
-    d.add_argument("--jets-per-class", type=int, default=15000)
+    d.add_argument("--data", choices=("auto", "pythia", "toy"), default="auto",
+                   help="auto: Pythia 8 jets when pythia8mc is installed, else toy jets")
+    d.add_argument("--jets-per-class", type=int, default=None,
+                   help="default: 6000 (Pythia) or 15000 (toy)")
     d.add_argument("--epochs", type=int, default=4)
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--tracking-uri", default="sqlite:///mlflow.db")

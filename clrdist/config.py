@@ -130,7 +130,9 @@ class TrackingConfig(_Section):
 class EvalConfig(_Section):
     lct: bool = True  # linear classifier test after training
     lct_max_samples: int | None = Field(None, gt=0)  # cap the samples used per evaluation store
-    cwola: bool = False  # idealised CWoLa scan after training
+    baselines: bool = False  # raw constituents, jet mass + N-subjettiness, EFPs, supervised
+    cwola: bool = False  # idealised CWoLa scan (and the bump hunt when stores have m_jj)
+    bumphunt: bool = False  # CWoLa bump hunt in m_jj (dijet stores)
     nplm: bool = False  # NPLM test after training
     anomaly: bool = False  # label-free anomaly scores after training
     every_epochs: int | None = Field(None, gt=0)  # also evaluate during training on eval stores

@@ -1,6 +1,6 @@
 """``make demo`` / ``clrdist demo``: the whole path of clrdist at small scale, CPU only.
 
-toy jets -> Zarr store -> disjoint train / eval-train / eval-test splits -> 2-worker Ray Train
+Pythia 8 top/QCD jets (toy jets without pythia8mc, or with --data toy) -> Zarr store -> disjoint train / eval-train / eval-test splits -> 2-worker Ray Train
 (DDP, all-gathered NT-Xent) -> linear classifier test on frozen representations -> MLflow,
 plus the same linear classifier on the raw constituents for comparison.
 """
@@ -43,27 +43,63 @@ def raw_baseline(train: dict, test: dict, n_particles: int, seed: int):
     return linear_classifier_test(flat(train), train["label"], flat(test), test["label"], seed=seed)
 
 
-def run_demo(out_dir: str = "demo_out", n_per_class: int = 15000, epochs: int = 4,
-             workers: int = 2, tracking_uri: str = "sqlite:///mlflow.db", seed: int = 0) -> dict:
+# Jets per class by data source: Pythia jets cost ~5 ms of CPU each (docs/generation.md), so the
+# Pythia demo is smaller; both fit `make demo` in 10 minutes on 2 cores including the install.
+DEFAULT_JETS = {"pythia": 6000, "toy": 15000}
+
+
+def choose_data(data: str) -> tuple[str, str]:
+    """("pythia" | "toy", why) for data = "auto" | "pythia" | "toy"."""
+    from clrdist.data.generate import pythia_available
+
+    if data == "toy":
+        return "toy", "asked for the toy generator"
+    if pythia_available():
+        return "pythia", "Pythia 8 + FastJet top and QCD jets (pythia8mc is installed)"
+    if data == "pythia":
+        from clrdist.errors import ClrdistError
+
+        raise ClrdistError("demo --data pythia: pythia8mc is not installed "
+                           "(pip install 'clrdist[generation]')")
+    return "toy", "pythia8mc is not installed (pip install 'clrdist[generation]'), so toy jets"
+
+
+def make_jets(source: str, path: Path, n_per_class: int, seed: int, workers: int) -> None:
+    if source == "pythia":
+        from clrdist.data.generate import generate_store
+
+        generate_store(["top", "qcd"], n_per_class, path, seed=seed, workers=workers,
+                       overwrite=True)
+    else:
+        from clrdist.data.toy import write_toy_store
+
+        write_toy_store(path, n_per_class=n_per_class, seed=seed, overwrite=True)
+
+
+def run_demo(out_dir: str = "demo_out", n_per_class: int | None = None, epochs: int = 4,
+             workers: int = 2, tracking_uri: str = "sqlite:///mlflow.db", seed: int = 0,
+             data: str = "auto") -> dict:
     from clrdist import tracking
     from clrdist.data.split import split_store
     from clrdist.data.store import open_store
-    from clrdist.data.toy import write_toy_store
-    from clrdist.train.trainer import train
+    from clrdist.train.trainer import ensure_ray, train
 
     console = Console()
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    source, why = choose_data(data)
+    n_per_class = n_per_class or DEFAULT_JETS[source]
+    jets = out / f"{source}.zarr"
+    cfg = demo_config(out, epochs=epochs, workers=workers, tracking_uri=tracking_uri)
 
     console.rule("[bold]clrdist demo")
-    console.print(f"1/4 toy jets: {n_per_class} top + {n_per_class} QCD -> {out / 'toy.zarr'}")
-    write_toy_store(out / "toy.zarr", n_per_class=n_per_class, seed=seed, overwrite=True)
+    ensure_ray(cfg)  # one local Ray cluster for generation and training
+    console.print(f"1/4 jets: {n_per_class} top + {n_per_class} QCD, {why} -> {jets}")
+    make_jets(source, jets, n_per_class, seed, workers)
     console.print("2/4 disjoint splits: train 70% / eval-train 15% / eval-test 15%")
-    split_store(out / "toy.zarr", {"train": 0.7, "eval_train": 0.15, "eval_test": 0.15},
+    split_store(jets, {"train": 0.7, "eval_train": 0.15, "eval_test": 0.15},
                 out_dir=out, seed=seed, overwrite=True)
-
-    cfg = demo_config(out, epochs=epochs, workers=workers, tracking_uri=tracking_uri)
     console.print(f"3/4 training: {workers} Ray Train workers (DDP, gloo), {epochs} epochs, "
                   f"global batch {cfg.data.batch_size * workers}, NT-Xent tau={cfg.loss.temperature}")
     result = train(cfg)
@@ -82,12 +118,14 @@ def run_demo(out_dir: str = "demo_out", n_per_class: int = 15000, epochs: int = 
         "lct_inv_eps_b_at_0.5": m.get("lct_inv_eps_b_at_0.5"),
         "raw_lct_auc": raw.metrics.get("lct_auc"),
         "raw_lct_inv_eps_b_at_0.5": raw.metrics.get("lct_inv_eps_b_at_0.5"),
-        "store": str(out / "toy.zarr"),
+        "data": source,
+        "store": str(jets),
         "checkpoint": result.checkpoint_path,
         "tracking_uri": result.tracking_uri,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     table = Table(title="clrdist demo", show_header=False)
+    table.add_row("data", f"{source}: {n_per_class} top + {n_per_class} QCD jets")
     table.add_row("MLflow run id", summary["run_id"])
     table.add_row("LCT AUC (representation)", f"{summary['lct_auc']:.4f}")
     table.add_row("LCT 1/eps_B at eps_S=0.5", f"{summary['lct_inv_eps_b_at_0.5']:.1f}")

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from clrdist import tracking
 from clrdist.config import ConfigError, RunConfig
 from clrdist.data.store import SampleStore, StoreError, open_store
 
-EVALUATIONS = ("lct", "cwola", "nplm", "anomaly", "baselines")
+EVALUATIONS = ("lct", "baselines", "cwola", "bumphunt", "nplm", "anomaly")
 
 
 def _sources(store: SampleStore) -> set[str]:
@@ -64,9 +66,36 @@ def evaluate_checkpoint(checkpoint_path: str, which: set[str], *, cfg: RunConfig
     limit = cfg.eval.lct_max_samples
     train_data = open_store(cfg.data.eval_train_store).read_all(max_samples=limit)
     test_data = open_store(cfg.data.eval_test_store).read_all(max_samples=limit)
+    store = open_store(cfg.data.eval_train_store)
     encode = make_encoder(model, trained_cfg)
+    opts = {"seed": cfg.seed, "feature_names": store.feature_names, "kind": store.kind,
+            "model_factory": lambda: _Representation(trained_cfg),
+            "baselines": {"supervised_prepare": lambda p, m: _prepare(p, m, trained_cfg)},
+            **dict(options or {})}
     return run_evaluations(encode, train_data=train_data, test_data=test_data, which=set(which),
-                           options=dict(options or {}, seed=cfg.seed))
+                           options=opts)
+
+
+class _Representation(torch.nn.Module):
+    """A fresh encoder of the trained run's size, ``(x, mask) -> representation``: the
+    supervised baseline trains it on the labels."""
+
+    def __init__(self, cfg: RunConfig):
+        from clrdist.models import build_model
+
+        super().__init__()
+        self.model = build_model(cfg.model)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.model.represent(x, mask)
+
+
+def _prepare(particles, mask, cfg: RunConfig):
+    """The run's own input transform, as numpy arrays (for the supervised baseline)."""
+    from clrdist.train.inputs import model_inputs
+
+    x, m = model_inputs(particles, mask, cfg)
+    return x.numpy(), m.numpy()
 
 
 def evaluate_run(uri: str, run_id: str, which: set[str]) -> dict[str, Any]:

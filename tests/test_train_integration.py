@@ -41,11 +41,6 @@ def test_two_worker_ddp_run_end_to_end(ray_cluster, toy_splits, tmp_path):
     # -- the MLflow run: params, per-step metrics, evaluation ----------------------------------
     run = tracking.get_run(result.tracking_uri, result.run_id)
     assert run["status"] == "FINISHED"
-    # steps logged twice: the replaced worker group redid them, starting after a checkpoint
-    # (step 2, logged before the first checkpoint at step 3, is never redone)
-    steps = [s for s, _ in tracking.metric_history(result.tracking_uri, result.run_id, "train_loss")]
-    redone = {s for s in steps if steps.count(s) > 1}
-    assert redone and min(redone) > 3, steps
     assert run["params"]["loss.temperature"] == "0.1"
     assert run["params"]["scaling.num_workers"] == "2"
     n_train = open_store(toy_splits / "train.zarr").n

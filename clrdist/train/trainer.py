@@ -150,9 +150,9 @@ def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = Non
                if isinstance(v, (int, float))}
 
     if evaluate:
-        from clrdist.evaluate import evaluate_checkpoint
+        from clrdist.evaluate import EVALUATIONS, evaluate_checkpoint
 
-        which = {name for name in ("lct", "cwola", "nplm", "anomaly") if getattr(cfg.eval, name)}
+        which = {name for name in EVALUATIONS if getattr(cfg.eval, name)}
         if which and cfg.data.eval_train_store and cfg.data.eval_test_store:
             results = evaluate_checkpoint(ckpt_path, which, cfg=cfg)
             tracking.log_eval(uri, run_id, results)
