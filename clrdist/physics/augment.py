@@ -53,8 +53,21 @@ def _zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _stack(x: torch.Tensor, eta_phi: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """x with columns 1, 2 replaced by the (B, P) planes eta_phi (other columns kept)."""
-    return torch.stack((x[..., 0], *eta_phi, *x[..., 3:].unbind(-1)), -1)
+    """x with columns 1, 2 replaced by the (B, P) planes eta_phi (other columns kept), in x's
+    memory layout (so a feature-planar batch, see ``build_view``, stays planar)."""
+    out = torch.empty_like(x)
+    out[..., 0] = x[..., 0]
+    out[..., 1] = eta_phi[0]
+    out[..., 2] = eta_phi[1]
+    if x.shape[-1] > 3:
+        out[..., 3:] = x[..., 3:]
+    return out
+
+
+def planar(x: torch.Tensor) -> torch.Tensor:
+    """The same (B, P, F) values stored feature-major (strides (F P, 1, P)): every x[..., k] is a
+    contiguous (B, P) plane, which makes the per-feature arithmetic of the augmentations faster."""
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 def _centroid_planes(w: torch.Tensor, eta: torch.Tensor, phi: torch.Tensor):
@@ -63,11 +76,11 @@ def _centroid_planes(w: torch.Tensor, eta: torch.Tensor, phi: torch.Tensor):
     return (w * eta).sum(1, keepdim=True) / ws, (w * phi).sum(1, keepdim=True) / ws
 
 
-def _ptp(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Peak-to-peak (B, 1) of v (B, P) over the real entries only; 0 for empty rows."""
-    hi = v.masked_fill(~mask, float("-inf")).amax(1, keepdim=True)
-    lo = v.masked_fill(~mask, float("inf")).amin(1, keepdim=True)
-    return torch.where(mask.any(1, keepdim=True), hi - lo, torch.zeros_like(hi))
+def _ptp(v: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """Peak-to-peak (B, 1) of v (B, P) over the real entries (pad = ~mask); 0 for empty rows."""
+    hi = v.masked_fill(pad, float("-inf")).amax(1, keepdim=True)
+    lo = v.masked_fill(pad, float("inf")).amin(1, keepdim=True)
+    return (hi - lo).clamp_min(0)  # empty rows: -inf - inf -> 0
 
 
 # ---- the JetCLR augmentations ------------------------------------------------------------------
@@ -97,11 +110,11 @@ def translate(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | 
     range of that coordinate over the jet's real constituents (padding excluded).
     """
     B = x.shape[0]
-    m = mask.to(x.dtype)
     u = (2 * _rand((B, 2), x, generator) - 1) * (width * strength)
+    pad, m = ~mask, mask.to(x.dtype)
     eta, phi = x[..., 1], x[..., 2]
-    return _stack(x, (eta + (u[:, 0:1] * _ptp(eta, mask)) * m,
-                      phi + (u[:, 1:2] * _ptp(phi, mask)) * m)), mask
+    return _stack(x, (eta + (u[:, 0:1] * _ptp(eta, pad)) * m,
+                      phi + (u[:, 1:2] * _ptp(phi, pad)) * m)), mask
 
 
 @register("smear_soft")
@@ -287,9 +300,11 @@ def build_view(specs: Sequence[Any], strength: float = 1.0) -> View:
         steps.append((get_augmentation(name), dict(params)))
 
     def view(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None):
+        if len(steps) > 1 and x.is_contiguous() and x.device.type == "cpu":
+            x = planar(x)  # one copy in, one out; every step then works on contiguous planes
         for fn, params in steps:
             x, mask = fn(x, mask, generator, strength=strength, **params)
-        return x, mask
+        return x.contiguous(), mask
 
     view.steps = steps  # type: ignore[attr-defined]
     return view
