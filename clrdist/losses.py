@@ -84,14 +84,16 @@ def _anomaly_sim(anchors: torch.Tensor, z_anom: torch.Tensor) -> torch.Tensor:
 
 
 def anomalyclr(z1: torch.Tensor, z2: torch.Tensor, z_anom: torch.Tensor, *, temperature: float,
-               gather: bool = True) -> dict[str, torch.Tensor]:
+               keep_positive: bool = False, gather: bool = True) -> dict[str, torch.Tensor]:
     """AnomalyCLR: L_i = -log( exp([s(z_i, z'_i) - s(z_i, z*_i)]/tau)
                               / sum_{j != i} [exp(s(z_i, z_j)/tau) + exp(s(z_i, z'_j)/tau)] ),
-    averaged over both views as anchors. = decoupled NT-Xent + s(z_i, z*_i)/tau."""
+    averaged over both views as anchors: decoupled NT-Xent + s(z_i, z*_i)/tau. The published
+    form is keep_positive=False; True adds exp(s(z_i, z'_i)/tau) to the denominator."""
     logits, self_idx, pos_idx, anchors, *_ = _logits(z1, z2, temperature, gather)
     rows = torch.arange(logits.shape[0], device=logits.device)
     pos = logits[rows, pos_idx]
-    neg = torch.logsumexp(_mask_cols(logits, self_idx, pos_idx), 1)
+    masked = _mask_cols(logits, self_idx) if keep_positive else _mask_cols(logits, self_idx, pos_idx)
+    neg = torch.logsumexp(masked, 1)
     anom = _anomaly_sim(anchors, z_anom) / temperature
     contrastive = (neg - pos).mean()
     repel = anom.mean()
@@ -154,12 +156,13 @@ class NTXentLoss(_Loss):
 
 
 class AnomalyCLRLoss(_Loss):
-    """forward(z1, z2, z_anom) -> {"loss", "contrastive", "anomaly"} (decoupled denominator)."""
+    """forward(z1, z2, z_anom) -> {"loss", "contrastive", "anomaly"}; set keep_positive: false for
+    the published (decoupled) denominator."""
     needs_anomaly_view = True
 
     def forward(self, z1, z2, z_anom=None, labels=None) -> dict[str, torch.Tensor]:
         return anomalyclr(z1, z2, self._need_anom(z_anom), temperature=self.temperature,
-                          gather=self.gather)
+                          keep_positive=self.keep_positive, gather=self.gather)
 
 
 class AnomalyCLRPlusLoss(_Loss):

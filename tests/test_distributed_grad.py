@@ -19,8 +19,8 @@ from clrdist.losses import LOSSES, build_loss
 from clrdist.models import build_model
 
 WORLD, B_LOCAL, P = 2, 4, 10
-CASES = [("nt_xent", True), ("nt_xent", False), ("anomalyclr", True), ("anomalyclr_plus", True),
-         ("supcon", True)]
+CASES = [("nt_xent", True), ("nt_xent", False), ("anomalyclr", False), ("anomalyclr", True),
+         ("anomalyclr_plus", True), ("supcon", True)]
 
 
 def _free_port() -> int:

@@ -59,7 +59,8 @@ def test_decoupled_form_is_reference_formula_for_anchor_i():
     assert got == pytest.approx(sum(Ls) / len(Ls), rel=1e-9)
 
 
-def test_anomalyclr_matches_loop():
+@pytest.mark.parametrize("keep_positive", [False, True])
+def test_anomalyclr_matches_loop(keep_positive):
     z1, z2, za = views()
     tau, B = 0.1, len(z1)
     Ls = []
@@ -68,8 +69,10 @@ def test_anomalyclr_matches_loop():
             num = math.exp((cos(zi[i], zp[i]) - cos(zi[i], za[i])) / tau)
             den = sum(math.exp(cos(zi[i], zi[j]) / tau) + math.exp(cos(zi[i], zp[j]) / tau)
                       for j in range(B) if j != i)
+            if keep_positive:
+                den += math.exp(cos(zi[i], zp[i]) / tau)
             Ls.append(-math.log(num / den))
-    out = anomalyclr(z1, z2, za, temperature=tau)
+    out = anomalyclr(z1, z2, za, temperature=tau, keep_positive=keep_positive)
     assert out["loss"].item() == pytest.approx(sum(Ls) / len(Ls), rel=1e-9)
     assert (out["contrastive"] + out["anomaly"]).item() == pytest.approx(out["loss"].item())
 
