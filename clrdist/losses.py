@@ -28,9 +28,17 @@ __all__ = ["nt_xent", "anomalyclr", "anomalyclr_plus", "supcon", "NTXentLoss", "
 
 # ---- gather, logits and targets ---------------------------------------------------------------
 
+def _unit(z: torch.Tensor) -> torch.Tensor:
+    """L2-normalised in float32 at least (bf16 / fp16 projections from autocast or DeepSpeed
+    would otherwise make exp(s / tau) with tau = 0.1 visibly coarse)."""
+    if z.dtype in (torch.float16, torch.bfloat16):
+        z = z.float()
+    return F.normalize(z, dim=-1)
+
+
 def _columns(z1: torch.Tensor, z2: torch.Tensor, gather: bool):
     """Normalised local anchors (2B, D), global columns (2N, D), this rank's row offset, N."""
-    z1, z2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
+    z1, z2 = _unit(z1), _unit(z2)
     anchors = torch.cat([z1, z2], 0)
     if gather and get_world_size() > 1:
         g1, g2 = all_gather_with_grad(z1), all_gather_with_grad(z2)
@@ -79,7 +87,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, *, temperature: float, keep_posi
 
 def _anomaly_sim(anchors: torch.Tensor, z_anom: torch.Tensor) -> torch.Tensor:
     """s(anchor, z*_i) / 1 for the 2B local anchors (both views of sample i share z*_i)."""
-    za = F.normalize(z_anom, dim=-1)
+    za = _unit(z_anom)
     return (anchors * torch.cat([za, za], 0)).sum(-1)
 
 
@@ -103,7 +111,7 @@ def anomalyclr(z1: torch.Tensor, z2: torch.Tensor, z_anom: torch.Tensor, *, temp
 def anomalyclr_plus(z1: torch.Tensor, z2: torch.Tensor, z_anom: torch.Tensor, *,
                     temperature: float) -> dict[str, torch.Tensor]:
     """AnomalyCLR+: L+_i = (s(z_i, z*_i) - s(z_i, z'_i)) / tau, no negatives (no gather)."""
-    a1, a2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
+    a1, a2 = _unit(z1), _unit(z2)
     anchors = torch.cat([a1, a2], 0)
     align = -(anchors * torch.cat([a2, a1], 0)).sum(-1).mean() / temperature
     repel = _anomaly_sim(anchors, z_anom).mean() / temperature

@@ -116,3 +116,16 @@ def test_build_loss_registry_and_named_terms():
         build_loss(LossConfig(name="anomalyclr"))(z1, z2)
     with pytest.raises(ValueError, match="labels"):
         build_loss(LossConfig(name="supcon"))(z1, z2)
+
+
+def test_low_precision_projections_are_computed_in_float32():
+    z1, z2, za = views()
+    for name in LOSSES:
+        loss = build_loss(LossConfig(name=name, temperature=0.1))
+        ref = loss(z1.float(), z2.float(), z_anom=za.float(), labels=torch.tensor([0, 1, 0, 1, 0, 1]))
+        zb = [v.bfloat16().requires_grad_() for v in (z1, z2, za)]
+        got = loss(*zb[:2], z_anom=zb[2], labels=torch.tensor([0, 1, 0, 1, 0, 1]))
+        assert got["loss"].dtype == torch.float32
+        assert abs(got["loss"].item() - ref["loss"].item()) < 0.05 * abs(ref["loss"].item()) + 0.05
+        got["loss"].backward()
+        assert zb[0].grad is not None and zb[0].grad.dtype == torch.bfloat16
