@@ -128,3 +128,20 @@ def test_killed_worker_is_replaced_and_the_run_resumes(ray_cluster, toy_splits, 
     steps = [s for s, _ in tracking.metric_history(result.tracking_uri, result.run_id, "train_loss")]
     redone = {s for s in steps if steps.count(s) > 1}
     assert redone and min(redone) > 3, steps
+
+
+def test_demo_command_end_to_end(ray_cluster, tmp_path, capsys):
+    """`clrdist demo` at tiny size: jets, splits, training, LCT, raw baseline, summary."""
+    import json
+
+    rc = main(["demo", "--data", "toy", "--jets-per-class", "800", "--epochs", "1",
+               "--out", str(tmp_path / "demo"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["data"] == "toy"
+    assert 0.5 < summary["lct_auc"] <= 1 and 0.5 < summary["raw_lct_auc"] <= 1
+    run = tracking.get_run(summary["tracking_uri"], summary["run_id"])
+    assert run["metrics"]["baseline_raw_lct_auc"] == pytest.approx(summary["raw_lct_auc"])
+    assert run["metrics"]["lct_auc"] == pytest.approx(summary["lct_auc"])
+    out = capsys.readouterr().out
+    assert summary["run_id"] in out and "mlflow ui --backend-store-uri" in out
