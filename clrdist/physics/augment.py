@@ -76,13 +76,6 @@ def _centroid_planes(w: torch.Tensor, eta: torch.Tensor, phi: torch.Tensor):
     return (w * eta).sum(1, keepdim=True) / ws, (w * phi).sum(1, keepdim=True) / ws
 
 
-def _ptp(v: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-    """Peak-to-peak (B, 1) of v (B, P) over the real entries (pad = ~mask); 0 for empty rows."""
-    hi = v.masked_fill(pad, float("-inf")).amax(1, keepdim=True)
-    lo = v.masked_fill(pad, float("inf")).amin(1, keepdim=True)
-    return (hi - lo).clamp_min(0)  # empty rows: -inf - inf -> 0
-
-
 # ---- the JetCLR augmentations ------------------------------------------------------------------
 
 @register("rotate")
@@ -110,11 +103,18 @@ def translate(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | 
     range of that coordinate over the jet's real constituents (padding excluded).
     """
     B = x.shape[0]
-    u = (2 * _rand((B, 2), x, generator) - 1) * (width * strength)
-    pad, m = ~mask, mask.to(x.dtype)
-    eta, phi = x[..., 1], x[..., 2]
-    return _stack(x, (eta + (u[:, 0:1] * _ptp(eta, pad)) * m,
-                      phi + (u[:, 1:2] * _ptp(phi, pad)) * m)), mask
+    c = x.transpose(1, 2)[:, 1:3]  # (B, 2, P) eta, phi; contiguous rows for a planar batch
+    # Peak-to-peak over real slots: padding takes the value of the row's first real slot, so one
+    # aminmax gives both ends (an empty row is all zeros: range 0).
+    first = mask.to(torch.int8).argmax(1).view(B, 1, 1).expand(B, 2, 1)
+    lo, hi = torch.aminmax(torch.where(mask[:, None, :], c, c.gather(2, first)), dim=2)
+    shift = (2 * _rand((B, 2), x, generator) - 1) * (width * strength) * (hi - lo)
+    out = torch.empty_like(x)
+    out[..., 0] = x[..., 0]
+    out.transpose(1, 2)[:, 1:3] = c + shift[:, :, None] * mask[:, None, :]
+    if x.shape[-1] > 3:
+        out[..., 3:] = x[..., 3:]
+    return out, mask
 
 
 @register("smear_soft")
