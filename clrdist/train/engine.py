@@ -54,6 +54,10 @@ class DDPEngine(Engine):
     def __init__(self, model: nn.Module, cfg: RunConfig, total_steps: int):
         from ray.train.torch import prepare_model
 
+        if cfg.scaling.use_gpu and cfg.scaling.num_workers > 1:
+            # BatchNorm statistics over the global batch, as the single-process loss sees them
+            # (SyncBatchNorm needs CUDA; on CPU each rank normalises its own rows).
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = prepare_model(model)  # DDP when world_size > 1, moved to the worker's device
         self.module = getattr(self.model, "module", self.model)
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=cfg.optim.lr,

@@ -1,9 +1,9 @@
 """Store samples -> model inputs: the input transform recorded in the run config.
 
 Stores hold physical quantities (pT in GeV, absolute eta, phi). The model sees jets centred on
-their pT-weighted centroid, augmented (views need pT in GeV: the soft-smearing width is
-Lambda_soft / pT), and then with pT divided by ``data.pt_scale``. Events (dense encoder) are not
-centred: their absolute directions and MET carry the physics.
+their pT-weighted centroid (``model.frame: jet``), augmented (views need pT in GeV: the
+soft-smearing width is Lambda_soft / pT), and then with pT divided by ``data.pt_scale``. Events
+(``model.frame: event``) are not centred: their absolute directions and MET carry the physics.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _frame(particles: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor
     n = cfg.data.n_particles
     x = torch.as_tensor(particles[:, :n], dtype=torch.float32, device=device)
     m = torch.as_tensor(mask[:, :n], dtype=torch.bool, device=device)
-    if cfg.model.encoder == "transformer":
+    if cfg.model.frame == "jet":
         x = to_model_frame(x, m)
     return x, m
 
