@@ -29,7 +29,7 @@ def test_bad_config_is_rejected_before_ray_starts(toy_splits, tmp_path, capsys):
                "--set", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"])
     err = capsys.readouterr().err
     assert rc == 2
-    assert "missing.zarr" in err and "Traceback" not in err
+    assert "data.train_store: " in err and "missing.zarr" in err and "Traceback" not in err
     assert not (tmp_path / "m.db").exists()  # no MLflow run was opened either
     assert not ray.is_initialized()  # and no Ray cluster was started
 
@@ -145,3 +145,27 @@ def test_demo_command_end_to_end(ray_cluster, tmp_path, capsys):
     assert run["metrics"]["lct_auc"] == pytest.approx(summary["lct_auc"])
     out = capsys.readouterr().out
     assert summary["run_id"] in out and "mlflow ui --backend-store-uri" in out
+
+
+@pytest.mark.parametrize("loss, extra", [
+    ("anomalyclr", ["augment.anomaly_view=[{name: drop, params: {p: 0.3}}]"]),  # DarkCLR: 3 views
+    ("supcon", []),  # labels flow from the stream to the loss
+])
+def test_other_losses_train_through_ray(ray_cluster, toy_splits, tmp_path, loss, extra):
+    cfg = tiny_config(toy_splits, tmp_path, f"loss.name={loss}", "optim.epochs=1",
+                      "eval.every_epochs=null", "eval.lct=true", *extra)
+    result = train(cfg)
+    run = tracking.get_run(result.tracking_uri, result.run_id)
+    assert run["status"] == "FINISHED" and run["params"]["loss.name"] == loss
+    assert np.isfinite(run["metrics"]["train_loss"])
+    if loss == "anomalyclr":  # its named terms are logged too
+        assert {"train_contrastive", "train_anomaly"} <= set(run["metrics"])
+    assert 0.5 < run["metrics"]["lct_auc"] <= 1.0
+
+
+def test_loss_needing_an_anomaly_view_is_rejected_up_front(toy_splits, tmp_path, capsys):
+    rc = main(["train", str(CONFIG), "--set", f"data.train_store={toy_splits / 'train.zarr'}",
+               "--set", "data.eval_train_store=null", "--set", "data.eval_test_store=null",
+               "--set", "loss.name=anomalyclr", "--set", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"])
+    assert rc == 2
+    assert "augment.anomaly_view: loss 'anomalyclr' needs an anomaly view" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from typing import Any
 
 from clrdist import tracking
 from clrdist.config import ConfigError, RunConfig
-from clrdist.data.store import open_store
+from clrdist.data.store import StoreError, open_store
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,17 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def _open(path: str, key: str):
+    """open_store, with the config key in the message."""
+    try:
+        return open_store(path)
+    except StoreError as e:
+        raise StoreError(f"{key}: {e}") from None
+
+
 def preflight(cfg: RunConfig) -> None:
     """Reject what would fail on the cluster anyway, before any resource is started."""
-    store = open_store(cfg.data.train_store)  # raises StoreError naming the store and problem
+    store = _open(cfg.data.train_store, "data.train_store")
     need = cfg.data.batch_size * cfg.scaling.num_workers
     if store.n < need:
         raise ConfigError(
@@ -42,7 +50,7 @@ def preflight(cfg: RunConfig) -> None:
     for key in ("eval_train_store", "eval_test_store"):
         path = getattr(cfg.data, key)
         if path is not None:
-            open_store(path)
+            _open(path, f"data.{key}")
     check_components(cfg)
     if cfg.scaling.engine == "deepspeed":
         try:
