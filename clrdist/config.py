@@ -109,7 +109,7 @@ class ScalingConfig(_Section):
     use_gpu: bool = False  # one GPU per worker, NCCL backend
     engine: Literal["ddp", "deepspeed"] = "ddp"  # distributed engine the loop steps through
     zero_stage: Literal[0, 1, 2] = 1  # DeepSpeed ZeRO stage
-    bf16: bool = False  # bf16 mixed precision (GPU with DeepSpeed, or CPU autocast)
+    bf16: bool = False  # bf16 autocast of forward + loss (CPUs with AVX512-BF16/AMX, GPUs)
     cpus_per_worker: float = Field(1.0, gt=0)  # Ray CPU resources per worker
     max_failures: int = Field(0, ge=-1)  # worker failures tolerated before the run fails
 

@@ -148,7 +148,8 @@ def test_demo_command_end_to_end(ray_cluster, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("loss, extra", [
-    ("anomalyclr", ["augment.anomaly_view=[{name: drop, params: {p: 0.3}}]"]),  # DarkCLR: 3 views
+    # DarkCLR: 3 views, under bf16 autocast
+    ("anomalyclr", ["augment.anomaly_view=[{name: drop, params: {p: 0.3}}]", "scaling.bf16=true"]),
     ("supcon", []),  # labels flow from the stream to the loss
 ])
 def test_other_losses_train_through_ray(ray_cluster, toy_splits, tmp_path, loss, extra):

@@ -106,22 +106,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if not mid_epoch:
             stream.set_epoch(epoch)
         mid_epoch = False
-        epoch_loss, epoch_batches = 0.0, 0
+        epoch_loss, epoch_batches = torch.zeros((), device=device), 0
         for batch in stream:
             # -- augment: every view of the same jets, then one forward pass over all views --
             gen.manual_seed(augment_seed(cfg.seed, rank, step))
             x, mask = view_inputs(batch["particles"], batch["mask"], cfg, views, gen, device=device)
 
             # -- encode and loss: local rows against all-gathered columns ---------------------
-            _, z = engine.model(x, mask)
-            zs = z.chunk(len(views))
-            labels = torch.as_tensor(batch["label"], device=device) if loss_fn.needs_labels else None
-            terms = loss_fn(*zs, labels=labels)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.scaling.bf16):
+                _, z = engine.model(x, mask)
+                zs = z.chunk(len(views))
+                labels = (torch.as_tensor(batch["label"], device=device)
+                          if loss_fn.needs_labels else None)
+                terms = loss_fn(*zs, labels=labels)
 
             # -- step: DDP averages gradients, which gives the global-batch gradient -----------
             info = engine.step(terms["loss"])
             step += 1
-            epoch_loss += float(terms["loss"])
+            epoch_loss += terms["loss"].detach()  # stays on the device: no sync per step
             epoch_batches += 1
             jets_since_log += len(batch["mask"]) * world
 
@@ -142,7 +144,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         # -- end of epoch: checkpoint at the boundary -------------------------------------------
         epoch += 1
-        mean_loss = epoch_loss / max(1, epoch_batches)
+        mean_loss = float(epoch_loss) / max(1, epoch_batches)
         epoch_metrics = {"loss": mean_loss, "step": step, "epoch": epoch}
         if master:
             tracking.log_metrics(uri, run_id, {"epoch_loss": mean_loss}, step=step)
