@@ -108,5 +108,5 @@ def test_metrics_invariant_under_monotone_maps_and_rejection_monotone(seed, n, s
     for k in m1:
         assert m1[k] == pytest.approx(m2[k], rel=1e-9, abs=1e-12)
     rej = [inv_eps_b_at(r, e) for e in (0.2, 0.3, 0.5, 0.8)]
-    assert all(a >= b - 1e-9 for a, b in zip(rej, rej[1:]))  # harder cut, more rejection
+    assert all(a >= b - 1e-9 for a, b in zip(rej[:-1], rej[1:], strict=True))  # harder cut, more rejection
     assert 0.0 <= m1["a_auc"] <= 1.0 and m1["a_max_sic"] >= 0
