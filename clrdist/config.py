@@ -136,6 +136,16 @@ class EvalConfig(_Section):
     nplm: bool = False  # NPLM test after training
     anomaly: bool = False  # label-free anomaly scores after training
     every_epochs: int | None = Field(None, gt=0)  # also evaluate during training on eval stores
+    # per-evaluation keyword arguments (docs/eval.md), e.g. {nplm: {n_toys_null: 200, M: 500}}
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_evaluations(self) -> EvalConfig:
+        known = ("lct", "baselines", "cwola", "bumphunt", "nplm", "anomaly")
+        unknown = sorted(set(self.options) - set(known))
+        if unknown:
+            raise ValueError(f"options: unknown evaluation(s) {unknown}; known: {list(known)}")
+        return self
 
 
 class RunConfig(_Section):

@@ -68,10 +68,14 @@ def evaluate_checkpoint(checkpoint_path: str, which: set[str], *, cfg: RunConfig
     test_data = open_store(cfg.data.eval_test_store).read_all(max_samples=limit)
     store = open_store(cfg.data.eval_train_store)
     encode = make_encoder(model, trained_cfg)
-    opts = {"seed": cfg.seed, "feature_names": store.feature_names, "kind": store.kind,
-            "model_factory": lambda: _Representation(trained_cfg),
-            "baselines": {"supervised_prepare": lambda p, m: _prepare(p, m, trained_cfg)},
-            **dict(options or {})}
+    opts: dict[str, Any] = {"seed": cfg.seed, "feature_names": store.feature_names,
+                            "kind": store.kind,
+                            "model_factory": lambda: _Representation(trained_cfg)}
+    for name, kwargs in cfg.eval.options.items():  # per-evaluation keyword arguments
+        opts[name] = dict(kwargs)
+    opts["baselines"] = {"supervised_prepare": lambda p, m: _prepare(p, m, trained_cfg),
+                         **opts.get("baselines", {})}
+    opts.update(options or {})
     return run_evaluations(encode, train_data=train_data, test_data=test_data, which=set(which),
                            options=opts)
 

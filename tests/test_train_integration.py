@@ -5,6 +5,8 @@ metrics and on the checkpoint.
 """
 
 
+import json
+
 import numpy as np
 import pytest
 import ray
@@ -34,8 +36,14 @@ def test_bad_config_is_rejected_before_ray_starts(toy_splits, tmp_path, capsys):
     assert not ray.is_initialized()  # and no Ray cluster was started
 
 
-def test_two_worker_ddp_run_end_to_end(ray_cluster, toy_splits, tmp_path):
-    cfg = tiny_config(toy_splits, tmp_path)
+# Small sizes for the downstream evaluations `clrdist eval` runs on the tiny stores.
+SMALL_EVALS = ("eval.options={nplm: {n_ref: 300, n_data: 100, n_sig: 30, n_toys_null: 12, "
+               "n_toys_sig: 6, M: 50}, anomaly: {ae_epochs: 5}, cwola: {n_repeats: 1}, "
+               "baselines: {efp_max_samples: 100, supervised_epochs: 1}}")
+
+
+def test_two_worker_ddp_run_end_to_end(ray_cluster, toy_splits, tmp_path, capsys):
+    cfg = tiny_config(toy_splits, tmp_path, SMALL_EVALS)
     result = train(cfg)
 
     # -- the MLflow run: params, per-step metrics, evaluation ----------------------------------
@@ -73,6 +81,22 @@ def test_two_worker_ddp_run_end_to_end(ray_cluster, toy_splits, tmp_path):
     assert rc == 0
     again = tracking.get_run(result.tracking_uri, result.run_id)["metrics"]["lct_auc"]
     assert again == pytest.approx(lct_auc, abs=1e-9)  # deterministic given the checkpoint
+
+    # -- every other evaluation, through the CLI, into the same run with its plots ------------
+    capsys.readouterr()
+    rc = main(["eval", result.run_id, "--baselines", "--cwola", "--nplm", "--anomaly", "--json",
+               "--tracking-uri", result.tracking_uri])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    metrics = tracking.get_run(result.tracking_uri, result.run_id)["metrics"]
+    for key in ("baseline_raw_auc", "baseline_jet_obs_auc", "baseline_efp_auc",
+                "baseline_supervised_auc", "cwola_linear_auc_f_1", "nplm_dof",
+                "nplm_z_chi2_median", "anomaly_znorm_auc", "anomaly_ae_auc"):
+        assert key in metrics and key in printed, key
+    assert 0.5 < metrics["baseline_jet_obs_auc"] <= 1.0  # jet mass separates the toy classes
+    artifacts = {a.path for a in tracking.client(result.tracking_uri).list_artifacts(
+        result.run_id, "eval")}
+    assert {"eval/lct", "eval/baselines", "eval/cwola", "eval/nplm", "eval/anomaly"} <= artifacts
 
 
 @pytest.mark.parametrize("zero_stage", [2])
