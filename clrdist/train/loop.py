@@ -6,7 +6,6 @@ Rank-0 side effects (MLflow, the model checkpoint) sit behind the one ``master``
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 from typing import Any
@@ -55,7 +54,6 @@ def validate(engine, cfg, val, device) -> dict[str, float]:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = config_from_dict(config["run_config"], source="train_loop_config")
     uri, run_id = config["tracking_uri"], config["mlflow_run_id"]
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # our own epoch line instead
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     master = rank == 0
@@ -130,7 +128,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # -- log (rank 0) -----------------------------------------------------------------
             if master and step % cfg.tracking.log_every == 0:
                 now = time.perf_counter()
-                metrics = {f"train_{k}": float(v) for k, v in terms.items()}
+                metrics = {f"train_{k}": float(v.detach()) for k, v in terms.items()}
                 metrics.update(info, epoch=epoch, jets_per_s=jets_since_log / (now - t_log))
                 tracking.log_metrics(uri, run_id, metrics, step=step)
                 t_log, jets_since_log = now, 0

@@ -142,7 +142,9 @@ def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = Non
             name=f"{cfg.name}-{run_id[:8]}", storage_path=cfg.checkpoint.storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
-            callbacks=list(callbacks or [])),
+            callbacks=list(callbacks or []),
+            # Ray Train's per-report INFO lines drown the loop's one line per epoch
+            logging_config=ray.train.LoggingConfig(log_level="WARNING")),
     )
     try:
         result = trainer.fit()
