@@ -136,7 +136,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # -- checkpoint inside the epoch when asked ----------------------------------------
             if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 \
                     and step < total_steps:
-                report({"loss": float(terms["loss"]), "step": step, "epoch": epoch}, mid=True)
+                report({"loss": float(terms["loss"].detach()), "step": step, "epoch": epoch}, mid=True)
             if step >= total_steps:
                 break
 
