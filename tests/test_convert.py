@@ -20,7 +20,6 @@ from clrdist.data.convert import (
     LHCO_FEATURES,
     ConvertError,
     convert,
-    nsubjettiness,
 )
 from clrdist.data.store import open_store
 from clrdist.data.toy import toy_dataset, toy_jets
@@ -175,25 +174,6 @@ def test_lhco_clustering_hand_checked(tmp_path):
     t_eta, t_phi = 0.5 * np.log((tot[0] + tot[3]) / (tot[0] - tot[3])), np.arctan2(tot[2], tot[1])
     tau1 = (pt * np.hypot(eta - t_eta, phi - t_phi)).sum() / (0.8 * pt.sum())
     assert f["tau21_J1"] == pytest.approx(tau2 / tau1, rel=1e-4)
-
-
-def test_nsubjettiness_bounds_and_zero_padding():
-    jets = toy_jets(200, "top", seed=1)
-    p, m = jets["particles"].astype(np.float64), jets["mask"]
-    taus = nsubjettiness(p[..., 0], p[..., 1], p[..., 2], m)
-    assert taus.shape == (200, 3)
-    assert (taus > 0).all()
-    # exclusive-kT axes do not minimise tau_N, so the ordering holds for most jets, not all
-    assert (taus[:, 0] > taus[:, 1]).mean() > 0.95 and (taus[:, 1] > taus[:, 2]).mean() > 0.9
-    # adding zero-padding slots changes nothing
-    pad = nsubjettiness(np.pad(p[..., 0], ((0, 0), (0, 7))), np.pad(p[..., 1], ((0, 0), (0, 7))),
-                        np.pad(p[..., 2], ((0, 0), (0, 7))), np.pad(m, ((0, 0), (0, 7))))
-    np.testing.assert_allclose(pad, taus)
-    # three-prong tops have lower tau32 than QCD jets
-    q = toy_jets(200, "qcd", seed=1)
-    qp = q["particles"].astype(np.float64)
-    tq = nsubjettiness(qp[..., 0], qp[..., 1], qp[..., 2], q["mask"])
-    assert np.median(taus[:, 2] / taus[:, 1]) < np.median(tq[:, 2] / tq[:, 1])
 
 
 def _toy_dijet_rows(n, seed, label=True):

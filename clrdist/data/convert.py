@@ -37,6 +37,16 @@ import numpy as np
 
 from clrdist.data.store import StoreWriter, _refuse_existing
 from clrdist.errors import ClrdistError
+from clrdist.physics.observables import (
+    import_fastjet,
+    jet_kinematics,
+    jet_p4,
+    m_jj,
+    nsubjettiness,
+    p4_from_pt_eta_phi,
+    pt_eta_phi,
+    tau_ratios,
+)
 
 CONVERTER_VERSION = "1.0"
 JET_FEATURES = ["jet_pt", "jet_eta", "jet_phi", "jet_mass", "n_constituents"]
@@ -119,14 +129,6 @@ def _check_labels(path: Path, row0: int, label: np.ndarray, known: set[int]) -> 
         r = _first_bad_row(bad)
         raise ConvertError(f"{path}: row {row0 + r}: label {label[r]:g} outside the known set "
                            f"{sorted(known)}")
-
-
-def _momentum_to_ptetaphi(px, py, pz):
-    pt = np.hypot(px, py)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        eta = np.where(pt > 0, np.arcsinh(pz / np.where(pt > 0, pt, 1.0)), 0.0)
-    phi = np.arctan2(py, px)
-    return pt, eta, phi
 
 
 def _hardest(pt: np.ndarray, cols: list[np.ndarray], keep: np.ndarray, p: int):
@@ -289,60 +291,30 @@ def _open_toptag(path: Path, max_particles: int, label: int | None) -> _Source:
                                    "is_signal_new": lab})
         _check_nonnegative(path, row0, e, "constituent energy E")
         _check_labels(path, row0, lab, {0, 1})
-        pt, eta, phi = _momentum_to_ptetaphi(px, py, pz)
+        p4 = np.stack([px, py, pz, e], -1)
+        kin = pt_eta_phi(p4)
+        pt = kin[..., 0]
         real = (e > 0) & (pt > 0)
-        particles, mask = _hardest(pt, [pt, eta, phi], real, max_particles)
-        w = real.astype(np.float64)
-        je, jx, jy, jz = ((a * w).sum(1) for a in (e, px, py, pz))
-        jpt, jeta, jphi = _momentum_to_ptetaphi(jx, jy, jz)
-        jm = np.sqrt(np.maximum(je**2 - jx**2 - jy**2 - jz**2, 0.0))
-        feats = np.stack([jpt, jeta, jphi, jm, real.sum(1)], 1).astype(np.float32)
+        particles, mask = _hardest(pt, [pt, kin[..., 1], kin[..., 2]], real, max_particles)
+        jet = jet_kinematics(np.where(real[..., None], p4, 0.0).sum(1))  # all real constituents
+        feats = np.concatenate([jet, real.sum(1)[:, None]], 1).astype(np.float32)
         return particles, mask, lab.astype(np.int8), feats
 
     return _Source(path, r.nrows, 8 * len(r.columns), r.read, process, r.close,
                    {"table": r.key, "constituent_slots": n_const})
 
 
-_BANNER_SILENCED = False
-
-
-def _silence_fastjet_banner() -> None:
-    """FastJet prints a 13-line banner to C stdout on first use; send that one to /dev/null."""
-    global _BANNER_SILENCED
-    if _BANNER_SILENCED:
-        return
-    import ctypes
-    import sys
-
-    import awkward as ak
-    import fastjet
-
-    _BANNER_SILENCED = True
-    sys.stdout.flush()
-    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 1)
-    try:
-        one = ak.Array([[{"px": 1.0, "py": 0.0, "pz": 0.0, "E": 1.0}]])
-        fastjet.ClusterSequence(one, fastjet.JetDefinition(fastjet.antikt_algorithm, 0.4)).inclusive_jets()
-        ctypes.CDLL(None).fflush(None)
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(null)
-
-
 def _cluster_dijets(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, real: np.ndarray,
                     max_particles: int, radius: float = 0.8):
     """Two leading anti-kT jets of each event; (particles (n, 2P, 3), mask, features (n, 16))."""
     import awkward as ak
-    import fastjet
 
-    _silence_fastjet_banner()
+    fastjet = import_fastjet()
     n = len(pt)
     counts = real.sum(1)
     fpt, feta, fphi = pt[real], eta[real], phi[real]
-    px, py, pz, en = fpt * np.cos(fphi), fpt * np.sin(fphi), fpt * np.sinh(feta), fpt * np.cosh(feta)
-    events = ak.unflatten(ak.zip({"px": px, "py": py, "pz": pz, "E": en}), counts)
+    f4 = p4_from_pt_eta_phi(fpt, feta, fphi)  # massless
+    events = ak.unflatten(ak.zip({"px": f4[:, 0], "py": f4[:, 1], "pz": f4[:, 2], "E": f4[:, 3]}), counts)
     jetdef = fastjet.JetDefinition(fastjet.antikt_algorithm, radius)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -359,9 +331,9 @@ def _cluster_dijets(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, real: np.n
     particles = np.zeros((n, 2 * max_particles, 3), np.float32)
     mask = np.zeros((n, 2 * max_particles), bool)
     kin = np.zeros((n, 2, 4))  # pt, eta, phi, mass
+    p4 = np.zeros((n, 2, 4))  # jet four-momenta
+    taus = np.zeros((n, 2, 3))
     nconst = np.zeros((n, 2))
-    consts_p4 = []  # for N-subjettiness: (jet row, constituent p4)
-    jet_rows = []
     for j in range(2):
         has = n_jets > j
         if not has.any():
@@ -379,76 +351,16 @@ def _cluster_dijets(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, real: np.n
         p, m = _hardest(cpt, [cpt, ceta, cphi], slot, max_particles)
         particles[ev, j * max_particles:(j + 1) * max_particles] = p
         mask[ev, j * max_particles:(j + 1) * max_particles] = m
-        jx = (cpt * np.cos(cphi)).sum(1)
-        jy = (cpt * np.sin(cphi)).sum(1)
-        jz = (cpt * np.sinh(ceta)).sum(1)
-        je = (cpt * np.cosh(ceta)).sum(1)
-        kpt, keta, kphi = _momentum_to_ptetaphi(jx, jy, jz)
-        kin[ev, j] = np.stack([kpt, keta, kphi, np.sqrt(np.maximum(je**2 - jx**2 - jy**2 - jz**2, 0))], 1)
-        nconst[ev, j] = nc
-        consts_p4.append((cpt, ceta, cphi, slot))
-        jet_rows.append((ev, j))
-    taus = np.zeros((n, 2, 3))
-    for (cpt, ceta, cphi, slot), (ev, j) in zip(consts_p4, jet_rows, strict=True):
+        p4[ev, j] = jet_p4(cpt, ceta, cphi, slot)  # from all constituents, not only the P kept
+        kin[ev, j] = jet_kinematics(p4[ev, j])
         taus[ev, j] = nsubjettiness(cpt, ceta, cphi, slot, r0=radius)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t21 = np.where(taus[..., 0] > 0, taus[..., 1] / taus[..., 0], 0.0)
-        t32 = np.where(taus[..., 1] > 0, taus[..., 2] / taus[..., 1], 0.0)
-    # dijet invariant mass from the two jet four-vectors
-    p4 = np.zeros((n, 2, 4))
-    jpt_, jeta_, jphi_, jm_ = kin[..., 0], kin[..., 1], kin[..., 2], kin[..., 3]
-    p4[..., 0] = jpt_ * np.cos(jphi_)
-    p4[..., 1] = jpt_ * np.sin(jphi_)
-    p4[..., 2] = jpt_ * np.sinh(jeta_)
-    p4[..., 3] = np.sqrt(p4[..., 0] ** 2 + p4[..., 1] ** 2 + p4[..., 2] ** 2 + jm_**2)
-    tot = p4.sum(1)
-    mjj = np.sqrt(np.maximum(tot[:, 3] ** 2 - (tot[:, :3] ** 2).sum(1), 0.0))
+        nconst[ev, j] = nc
+    t21, t32 = tau_ratios(taus)
+    mjj = m_jj(p4[:, 0], p4[:, 1])  # 0 four-vector for a missing J2
     feats = np.stack([mjj, kin[:, 0, 3], kin[:, 1, 3], t21[:, 0], t32[:, 0], t21[:, 1], t32[:, 1],
                       kin[:, 0, 0], kin[:, 0, 1], kin[:, 0, 2], kin[:, 1, 0], kin[:, 1, 1],
                       kin[:, 1, 2], nconst[:, 0], nconst[:, 1], counts], 1).astype(np.float32)
     return particles, mask, feats
-
-
-def nsubjettiness(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, valid: np.ndarray, *,
-                  r0: float = 0.8, n_max: int = 3) -> np.ndarray:
-    """tau_1..tau_n_max of jets given as padded constituent tables (J, M); (J, n_max).
-
-    Exclusive-kT axes (FastJet, all constituents reclustered to exactly N subjets), then
-    tau_N = sum_i pT_i min_a dR(i, a) / (R0 sum_i pT_i) (Thaler, Van Tilburg). Constituents are
-    massless, so rapidity = eta. A jet with <= N constituents has tau_N = 0.
-    """
-    import awkward as ak
-    import fastjet
-
-    _silence_fastjet_banner()
-    n_jets = len(pt)
-    taus = np.zeros((n_jets, n_max))
-    counts = valid.sum(1)
-    norm = (pt * valid).sum(1) * r0
-    px, py, pz, en = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta), pt * np.cosh(eta)
-    jetdef = fastjet.JetDefinition(fastjet.kt_algorithm, fastjet.JetDefinition.max_allowable_R)
-    for nsub in range(1, n_max + 1):
-        sel = np.flatnonzero(counts > nsub)
-        if len(sel) == 0:
-            continue
-        v = valid[sel]
-        arr = ak.unflatten(ak.zip({"px": px[sel][v], "py": py[sel][v], "pz": pz[sel][v],
-                                   "E": en[sel][v]}), counts[sel])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            axes = fastjet.ClusterSequence(arr, jetdef).exclusive_jets(n_jets=nsub)
-        ax = np.stack([ak.to_numpy(ak.flatten(axes[f])).reshape(len(sel), nsub)
-                       for f in ("px", "py", "pz", "E")], -1)
-        apt = np.hypot(ax[..., 0], ax[..., 1])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ay = 0.5 * np.log((ax[..., 3] + ax[..., 2]) / (ax[..., 3] - ax[..., 2]))
-        ay = np.where(apt > 0, np.nan_to_num(ay), 0.0)
-        aphi = np.arctan2(ax[..., 1], ax[..., 0])
-        deta = eta[sel][:, :, None] - ay[:, None, :]
-        dphi = (phi[sel][:, :, None] - aphi[:, None, :] + np.pi) % (2 * np.pi) - np.pi
-        dmin = np.sqrt(deta**2 + dphi**2).min(2)
-        taus[sel, nsub - 1] = (pt[sel] * dmin * v).sum(1) / norm[sel]
-    return taus
 
 
 def _open_lhco(path: Path, max_particles: int, label: int | None) -> _Source:

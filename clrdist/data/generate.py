@@ -39,8 +39,16 @@ from pathlib import Path
 
 import numpy as np
 
-from clrdist.data.jets import JetDef, jet_kinematics, nsubjettiness, pack_constituents, tau_ratios
+from clrdist.data.jets import JetDef, pack_constituents
 from clrdist.errors import ClrdistError
+from clrdist.physics.observables import (
+    delta_r,
+    jet_kinematics,
+    m_jj,
+    nsubjettiness_of_p4,
+    pt_eta_phi,
+    tau_ratios,
+)
 
 __all__ = [
     "GenerationError",
@@ -253,11 +261,6 @@ def _p4_of(ev, indices) -> np.ndarray:
     ).reshape(-1, 4)
 
 
-def _dr(eta1, phi1, eta2, phi2) -> float:
-    dphi = (phi1 - phi2 + math.pi) % (2 * math.pi) - math.pi
-    return math.hypot(eta1 - eta2, dphi)
-
-
 def _truth_axes(process: str, proc) -> list[list[tuple[float, float]]]:
     """Per truth object, the (eta, phi) of the directions a matched jet must contain.
 
@@ -286,7 +289,7 @@ def _truth_axes(process: str, proc) -> list[list[tuple[float, float]]]:
 
 
 def _matched(eta: float, phi: float, groups, R: float) -> bool:
-    return any(all(_dr(eta, phi, e, p) < R for e, p in g) for g in groups)
+    return any(all(delta_r(eta, phi, e, p) < R for e, p in g) for g in groups)
 
 
 class _Stats:
@@ -428,7 +431,7 @@ def generate_shard(spec: ShardSpec, on_accept: Callable[[int], None] | None = No
 
     # --- arrays ----------------------------------------------------------------------------------
     t_post = time.perf_counter()
-    taus = nsubjettiness(cons_list, jet.R, 3)
+    taus = nsubjettiness_of_p4(cons_list, r0=jet.R, n_max=3)
     t21, t32 = tau_ratios(taus)
     jet_p4 = np.stack([c.sum(axis=0) for c in cons_list])
     kin = jet_kinematics(jet_p4)
@@ -442,8 +445,8 @@ def generate_shard(spec: ShardSpec, on_accept: Callable[[int], None] | None = No
         n = spec.n
         parts = parts.reshape(n, 2 * spec.n_particles, 3)
         mask = mask.reshape(n, 2 * spec.n_particles)
-        pair = jet_p4.reshape(n, 2, 4).sum(axis=1)
-        cols["m_jj"] = np.repeat(jet_kinematics(pair)[:, 3], 2)  # per jet, both rows alike
+        pairs = jet_p4.reshape(n, 2, 4)
+        cols["m_jj"] = np.repeat(m_jj(pairs[:, 0], pairs[:, 1]), 2)  # per jet, both rows alike
         features = np.stack([_dijet_column(cols, name) for name in DIJET_FEATURES], axis=1)
     else:
         names = ["pt", "eta", "phi", "mass", "n", "tau1", "tau2", "tau3", "tau21", "tau32"]
@@ -482,13 +485,9 @@ def _invisible_features(invisible: np.ndarray, jet_p4: np.ndarray, R: float) -> 
     if len(invisible) == 0:
         return 0.0, 0.0
     met = float(np.hypot(invisible[:, 0].sum(), invisible[:, 1].sum()))
-    pt = np.hypot(invisible[:, 0], invisible[:, 1])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        eta = np.arcsinh(np.where(pt > 0, invisible[:, 2] / np.where(pt > 0, pt, 1), 0.0))
-    phi = np.arctan2(invisible[:, 1], invisible[:, 0])
+    pt, eta, phi = pt_eta_phi(invisible).T
     jk = jet_kinematics(jet_p4)[0]
-    dphi = (phi - jk[2] + np.pi) % (2 * np.pi) - np.pi
-    in_cone = (pt > 0) & (np.hypot(eta - jk[1], dphi) < R)
+    in_cone = (pt > 0) & (delta_r(eta, phi, jk[1], jk[2]) < R)
     inv = invisible[in_cone].sum(axis=0)
     pt_inv = math.hypot(inv[0], inv[1])
     tot = inv + jet_p4

@@ -22,16 +22,14 @@ from typing import Literal
 
 import numpy as np
 
+from clrdist.physics.observables import jet_kinematics, jet_p4, wrap_phi
+
 TOY_FEATURES = ["jet_pt", "jet_eta", "jet_phi", "jet_mass", "n_constituents"]
 TOY_PARTICLE_FEATURES = ["pt", "eta", "phi"]
 TOY_LABELS = {0: "qcd", 1: "top"}
 _KIND_ID = {"qcd": 0, "top": 1}
 _R = 0.8  # jet radius
 _MAX_RAW = 80  # particles generated per jet before the cone cut and truncation
-
-
-def _wrap(phi: np.ndarray) -> np.ndarray:
-    return (phi + np.pi) % (2 * np.pi) - np.pi
 
 
 def _boost(p4: np.ndarray, beta: np.ndarray) -> np.ndarray:
@@ -96,18 +94,10 @@ def _qcd_prongs(rng: np.random.Generator, n: int, pt: np.ndarray, eta: np.ndarra
 
 
 def _jet_features(particles: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """jet_pt, jet_eta, jet_phi, jet_mass (massless constituents), n_constituents; (n, 5)."""
-    pt, eta, phi = particles[..., 0], particles[..., 1], particles[..., 2]
-    pt = np.where(mask, pt, 0.0).astype(np.float64)
-    px = (pt * np.cos(phi)).sum(1)
-    py = (pt * np.sin(phi)).sum(1)
-    pz = (pt * np.sinh(eta)).sum(1)
-    e = (pt * np.cosh(eta)).sum(1)
-    jpt = np.hypot(px, py)
-    jeta = np.arcsinh(pz / np.maximum(jpt, 1e-12))
-    jphi = np.arctan2(py, px)
-    m = np.sqrt(np.maximum(e**2 - px**2 - py**2 - pz**2, 0.0))
-    return np.stack([jpt, jeta, jphi, m, mask.sum(1)], axis=1).astype(np.float32)
+    """jet_pt, jet_eta, jet_phi, jet_mass (massless constituents, float64 sums), n_constituents;
+    (n, 5) float32."""
+    p4 = jet_p4(particles[..., 0], particles[..., 1], particles[..., 2], mask)
+    return np.concatenate([jet_kinematics(p4), mask.sum(1)[:, None]], axis=1).astype(np.float32)
 
 
 def toy_jets(n: int, kind: Literal["top", "qcd"], *, seed: int, n_particles: int = 50,
@@ -167,13 +157,13 @@ def toy_jets(n: int, kind: Literal["top", "qcd"], *, seed: int, n_particles: int
     phi = np.take_along_axis(cphi, comp, axis=1) + dphi
 
     # --- cone around the axis, detector threshold, pT ordering, truncation -------------------
-    dr2 = (eta - eta0[:, None]) ** 2 + _wrap(phi - phi0[:, None]) ** 2
+    dr2 = (eta - eta0[:, None]) ** 2 + wrap_phi(phi - phi0[:, None]) ** 2
     keep = real & (dr2 < _R**2) & (pt > 0.5)
     pt = np.where(keep, pt, 0.0)
     order = np.argsort(-pt, axis=1, kind="stable")[:, :n_particles]
     pt = np.take_along_axis(pt, order, axis=1)
     eta = np.take_along_axis(eta, order, axis=1)
-    phi = _wrap(np.take_along_axis(phi, order, axis=1))
+    phi = wrap_phi(np.take_along_axis(phi, order, axis=1))
     mask = pt > 0
     if pt.shape[1] < n_particles:  # more slots than generated particles: pad
         pad = n_particles - pt.shape[1]
