@@ -1,4 +1,4 @@
-"""Baselines: observables against closed forms, classifiers on two-prong vs one-prong toys."""
+"""Baselines: jet observables as the stores define them, classifiers on two-prong vs one-prong toys."""
 
 import numpy as np
 import pytest
@@ -8,19 +8,16 @@ from _eval_toys import mixed, prong_jets
 from clrdist.eval.baselines import (
     centred,
     efp_features,
-    jet_mass,
     jet_observables,
     raw_features,
     run_baselines,
 )
-
-
-def test_jet_mass_of_two_massless_particles():
-    p = np.array([[[100.0, 0.1, 3.1], [50.0, -0.2, -3.0], [0.0, 0.0, 0.0]]])
-    m = np.array([[True, True, False]])
-    deta, dphi = 0.3, 6.1 - 2 * np.pi
-    expect = np.sqrt(2 * 100 * 50 * (np.cosh(deta) - np.cos(dphi)))
-    assert jet_mass(p, m)[0] == pytest.approx(expect, rel=1e-9)
+from clrdist.physics.observables import (
+    jet_kinematics,
+    nsubjettiness_of_p4,
+    p4_from_pt_eta_phi,
+    tau_ratios,
+)
 
 
 def test_centring_wraps_phi_and_raw_features_are_pt_ordered():
@@ -39,6 +36,16 @@ def test_n_subjettiness_separates_prongs():
     two = jet_observables(prong_jets(200, 2, seed=2))
     assert np.median(two[:, 1]) < 0.6 * np.median(one[:, 1])  # tau21 small for 2 prongs
     assert np.median(two[:, 0]) > 2 * np.median(one[:, 0])  # and the jet mass large
+
+
+def test_computed_observables_are_the_stores_definition():
+    """Without store features, jet_obs is what generate/convert store: exclusive-kT tau ratios."""
+    d = prong_jets(60, 2, seed=5)
+    p, m = d["particles"].astype(np.float64), d["mask"]
+    cons = [p4_from_pt_eta_phi(*p[i][m[i]].T) for i in range(len(p))]  # as the generator holds them
+    t21, t32 = tau_ratios(nsubjettiness_of_p4(cons, r0=0.8))
+    mass = jet_kinematics(np.stack([c.sum(0) for c in cons]))[:, 3]
+    np.testing.assert_allclose(jet_observables(d), np.stack([mass, t21, t32], 1), rtol=1e-9, atol=1e-12)
 
 
 def test_store_features_used_when_present():

@@ -6,7 +6,8 @@ the disjoint test set; metrics use :func:`clrdist.eval.metrics.roc_metrics` with
 
 - ``raw``: flattened, pT-ordered constituents (pT / 600 GeV, eta and phi relative to the jet's
   pT-weighted centroid), linear classifier (the LCT on the inputs themselves);
-- ``jet_obs``: jet mass, tau21, tau32 (store features when present, else computed here),
+- ``jet_obs``: jet mass, tau21, tau32 (store features when present, else computed here with
+  :mod:`clrdist.physics.observables`, the definition the stores use: exclusive-kT axes),
   gradient-boosted trees (these few observables are not linearly separable);
 - ``efp``: energy flow polynomials of degree <= 5 (energyflow, hadronic measure, beta = 1, on
   (pT, eta, phi)), log-scaled, linear classifier (linear in EFPs is the published use);
@@ -27,6 +28,7 @@ import numpy as np
 
 from clrdist.eval.metrics import DEFAULT_EPS_S, EvalResult, Roc, binary_labels, roc_metrics
 from clrdist.eval.plots import roc_figure, sic_figure
+from clrdist.physics.observables import delta_phi, jet_mass, nsubjettiness, tau_ratios
 
 ALL_BASELINES = ("raw", "jet_obs", "efp", "supervised")
 PT_SCALE = 600.0  # GeV; JetCLR's input pT scale
@@ -44,7 +46,7 @@ def centred(particles: np.ndarray, mask: np.ndarray) -> np.ndarray:
     pt = np.where(m, p[..., 0], 0.0)
     lead = np.argmax(pt, axis=1)
     phi0 = np.take_along_axis(p[..., 2], lead[:, None], axis=1)
-    dphi = np.mod(p[..., 2] - phi0 + np.pi, 2 * np.pi) - np.pi
+    dphi = delta_phi(p[..., 2], phi0)
     w = pt / np.maximum(pt.sum(axis=1, keepdims=True), 1e-12)
     eta_c = (w * p[..., 1]).sum(axis=1, keepdims=True)
     phi_c = (w * dphi).sum(axis=1, keepdims=True)
@@ -63,40 +65,6 @@ def raw_features(particles: np.ndarray, mask: np.ndarray, n_max: int | None = No
     return c.reshape(len(c), -1)
 
 
-def jet_mass(particles: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Invariant mass (n,) in GeV of the massless constituents."""
-    p = np.asarray(particles, dtype=np.float64)
-    pt = np.where(mask, p[..., 0], 0.0)
-    eta, phi = p[..., 1], p[..., 2]
-    e = (pt * np.cosh(eta)).sum(1)
-    px, py = (pt * np.cos(phi)).sum(1), (pt * np.sin(phi)).sum(1)
-    pz = (pt * np.sinh(eta)).sum(1)
-    return np.sqrt(np.maximum(e**2 - px**2 - py**2 - pz**2, 0.0))
-
-
-def n_subjettiness(particles: np.ndarray, mask: np.ndarray, n_axes: Sequence[int] = (1, 2, 3),
-                   iterations: int = 10) -> dict[int, np.ndarray]:
-    """tau_N (beta = 1) for each N, with axes from pT-weighted k-means in (eta, phi) seeded by the
-    N hardest constituents (an approximation of the minimised axes; no FastJet needed)."""
-    c = centred(particles, mask)
-    pt, pos = c[..., 0], c[..., 1:]
-    norm = np.maximum(pt.sum(1), 1e-12) * R0
-    order = np.argsort(-pt, axis=1, kind="stable")
-    out = {}
-    for n in n_axes:
-        axes = np.take_along_axis(pos, order[:, :n, None], axis=1)  # (B, N, 2)
-        for _ in range(iterations):
-            d2 = ((pos[:, :, None, :] - axes[:, None, :, :]) ** 2).sum(-1)  # (B, P, N)
-            near = np.argmin(d2, axis=2)
-            onehot = (near[..., None] == np.arange(n)) * pt[..., None]  # (B, P, N)
-            wsum = onehot.sum(1)  # (B, N)
-            new = np.einsum("bpn,bpk->bnk", onehot, pos) / np.maximum(wsum, 1e-12)[..., None]
-            axes = np.where(wsum[..., None] > 0, new, axes)
-        d = np.sqrt(((pos[:, :, None, :] - axes[:, None, :, :]) ** 2).sum(-1)).min(2)
-        out[n] = (pt * d).sum(1) / norm
-    return out
-
-
 DIJET_OBS = ("m_J1", "m_J2", "tau21_J1", "tau21_J2", "tau32_J1", "tau32_J2")  # LHCO baseline
 
 
@@ -104,16 +72,17 @@ def jet_observables(data: Mapping[str, np.ndarray],
                     feature_names: Sequence[str] | None = None) -> np.ndarray:
     """Jet mass [GeV], tau21, tau32 as (n, 3) from the store's features when present; for dijet
     stores (LHCO names) the six (m_J1, m_J2, tau21_J1, tau21_J2, tau32_J1, tau32_J2); otherwise
-    computed here from the constituents, treated as one jet."""
+    computed here from the constituents, treated as one jet (massless four-vector sum;
+    N-subjettiness with exclusive-kT axes, R0 = 0.8, as in converted and generated stores)."""
     names = list(feature_names or [])
     f = np.asarray(data["features"]) if "features" in data else None
     for want in (("jet_mass", "tau21", "tau32"), DIJET_OBS):
         if f is not None and all(w in names for w in want):
             return np.stack([f[:, names.index(w)] for w in want], axis=1).astype(np.float64)
-    tau = n_subjettiness(data["particles"], data["mask"])
-    ratio = lambda a, b: np.divide(a, b, out=np.zeros_like(a), where=b > 0)  # noqa: E731
-    return np.stack([jet_mass(data["particles"], data["mask"]), ratio(tau[2], tau[1]),
-                     ratio(tau[3], tau[2])], axis=1)
+    p, mask = np.asarray(data["particles"], dtype=np.float64), np.asarray(data["mask"], dtype=bool)
+    pt, eta, phi = p[..., 0], p[..., 1], p[..., 2]
+    t21, t32 = tau_ratios(nsubjettiness(pt, eta, phi, mask, r0=R0))
+    return np.stack([jet_mass(pt, eta, phi, mask), t21, t32], axis=1)
 
 
 def import_energyflow():
