@@ -12,6 +12,7 @@ from clrdist.data.toy import toy_jets
 from clrdist.physics.observables import (
     delta_phi,
     delta_r,
+    efps,
     invariant_mass,
     jet_kinematics,
     jet_mass,
@@ -208,3 +209,19 @@ def test_tau_ratios_zero_denominators():
     t21, t32 = tau_ratios(np.array([[[0.4, 0.2, 0.1], [0.0, 0.0, 0.0]], [[0.3, 0.0, 0.0], [1, 1, 1]]]))
     np.testing.assert_allclose(t21, [[0.5, 0.0], [0.0, 1.0]])
     np.testing.assert_allclose(t32, [[0.5, 0.0], [0.0, 1.0]])
+
+
+# --- energy flow polynomials ----------------------------------------------------------------
+
+def test_efps_normalised_invariant_and_ignore_padding(tops):
+    pt, eta, phi, mask = (a[:20] for a in _tables(tops))
+    x = efps(pt, eta, phi, mask, dmax=3)
+    assert x.shape == (20, 13)  # all EFPs with d <= 3
+    np.testing.assert_allclose(x[:, 0], 1.0)  # the d = 0 EFP of normalised energies
+    assert (x[:, 1:] > 0).all()
+    # pT scale, longitudinal boost, rotation across the seam, garbage in padding: no change
+    phi_jet = tops["features"][:20, 2].astype(np.float64)[:, None]
+    moved = efps(np.pad(3 * pt, ((0, 0), (0, 2))), np.pad(eta + 0.7, ((0, 0), (0, 2)), constant_values=9),
+                 np.pad(wrap_phi(phi - phi_jet + np.pi), ((0, 0), (0, 2)), constant_values=9),
+                 np.pad(mask, ((0, 0), (0, 2))), dmax=3)
+    np.testing.assert_allclose(moved, x, rtol=1e-9)

@@ -20,15 +20,13 @@ phi]``, ``mask (n, P) bool``, ``label (n,) int8``, ``features (n, K) float32``.
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from clrdist.eval.metrics import DEFAULT_EPS_S, EvalResult, Roc, binary_labels, roc_metrics
 from clrdist.eval.plots import roc_figure, sic_figure
-from clrdist.physics.observables import delta_phi, jet_mass, nsubjettiness, tau_ratios
+from clrdist.physics.observables import delta_phi, efps, jet_mass, nsubjettiness, tau_ratios
 
 ALL_BASELINES = ("raw", "jet_obs", "efp", "supervised")
 PT_SCALE = 600.0  # GeV; JetCLR's input pT scale
@@ -85,33 +83,12 @@ def jet_observables(data: Mapping[str, np.ndarray],
     return np.stack([jet_mass(pt, eta, phi, mask), t21, t32], axis=1)
 
 
-def import_energyflow():
-    """Import energyflow. Its EMD module imports ``wasserstein``, whose binary wheels before 1.1
-    are built against numpy 1.x and fail to load under numpy 2. EFPs do not need it: in that
-    case a stub ``wasserstein`` module is registered first (energyflow's EMDs are then
-    unavailable in this process)."""
-    if "energyflow" not in sys.modules and "wasserstein" not in sys.modules:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            w_major_minor = tuple(int(v) for v in version("wasserstein").split(".")[:2])
-        except (PackageNotFoundError, ValueError):
-            w_major_minor = (99, 0)
-        if int(np.__version__.split(".")[0]) >= 2 and w_major_minor < (1, 1):
-            sys.modules["wasserstein"] = types.ModuleType("wasserstein")
-    import energyflow
-
-    return energyflow
-
-
 def efp_features(particles: np.ndarray, mask: np.ndarray, *, dmax: int = 5) -> np.ndarray:
     """All EFPs with degree <= dmax (n, n_efp; 102 for dmax = 5), hadronic measure, beta = 1,
-    normalised energies, on (pT, eta, phi) of the real constituents."""
-    ef = import_energyflow()
-    efpset = ef.EFPSet(f"d<={dmax}", measure="hadr", beta=1, normed=True, coords="ptyphim")
-    p = np.asarray(particles, dtype=np.float64)[..., :3]
-    jets = [p[i][np.asarray(mask[i], bool)] for i in range(len(p))]
-    return np.asarray(efpset.batch_compute(jets, n_jobs=1), dtype=np.float64)
+    normalised energies, on (pT, eta, phi) of the real constituents (store layout: particles
+    (n, P, 3), mask (n, P))."""
+    p = np.asarray(particles, dtype=np.float64)
+    return efps(p[..., 0], p[..., 1], p[..., 2], mask, dmax=dmax)
 
 
 # --- classifiers ------------------------------------------------------------------------------

@@ -22,12 +22,16 @@ with R0 the jet radius. A jet with at most N constituents has tau_N = 0 (every c
 its own axis). The axes are not the tau-minimising ones, so tau_{N+1} < tau_N holds for almost
 every jet, not for all. One kT clustering per jet serves every N.
 
-FastJet and awkward are imported inside the functions that cluster.
+Energy flow polynomials (Komiske, Metodiev, Thaler, arXiv:1712.07124) come from energyflow.
+
+FastJet, awkward and energyflow are imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import types
 import warnings
 from collections.abc import Sequence
 
@@ -48,7 +52,9 @@ __all__ = [
     "nsubjettiness",
     "nsubjettiness_of_p4",
     "tau_ratios",
+    "efps",
     "import_fastjet",
+    "import_energyflow",
 ]
 
 
@@ -217,6 +223,40 @@ def tau_ratios(taus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return t21, t32
 
 
+# --- energy flow polynomials ------------------------------------------------------------------
+
+def efps(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, mask: np.ndarray, *,
+         dmax: int = 5) -> np.ndarray:
+    """All EFPs with degree <= dmax (J, n_efp; 102 for dmax = 5) of jets given as padded massless
+    constituent tables (J, M): hadronic measure (z_i = pT_i / sum pT, theta_ij = dR in
+    (rapidity, phi)), beta = 1, normalised energies. energyflow loops over jets in Python."""
+    ef = import_energyflow()
+    efpset = ef.EFPSet(f"d<={dmax}", measure="hadr", beta=1, normed=True, coords="ptyphim")
+    p = np.stack([np.asarray(x, dtype=np.float64) for x in (pt, eta, phi)], axis=-1)
+    mask = np.asarray(mask, dtype=bool)
+    return np.asarray(efpset.batch_compute([p[i][mask[i]] for i in range(len(p))], n_jobs=1),
+                      dtype=np.float64)
+
+
+def import_energyflow():
+    """Import energyflow. Its EMD module imports ``wasserstein``, whose binary wheels before 1.1
+    are built against numpy 1.x and fail to load under numpy 2. EFPs do not need it: in that
+    case a stub ``wasserstein`` module is registered first (energyflow's EMDs are then
+    unavailable in this process)."""
+    if "energyflow" not in sys.modules and "wasserstein" not in sys.modules:
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+        try:
+            w_major_minor = tuple(int(v) for v in version("wasserstein").split(".")[:2])
+        except (PackageNotFoundError, ValueError):
+            w_major_minor = (99, 0)
+        if int(np.__version__.split(".")[0]) >= 2 and w_major_minor < (1, 1):
+            sys.modules["wasserstein"] = types.ModuleType("wasserstein")
+    import energyflow  # noqa: PLC0415
+
+    return energyflow
+
+
 # --- FastJet ----------------------------------------------------------------------------------
 
 _BANNER_SILENCED = False
@@ -231,7 +271,6 @@ def import_fastjet():
     if _BANNER_SILENCED:
         return fastjet
     import ctypes  # noqa: PLC0415
-    import sys  # noqa: PLC0415
 
     import awkward as ak  # noqa: PLC0415
 
