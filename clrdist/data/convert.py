@@ -281,22 +281,24 @@ def _open_toptag(path: Path, max_particles: int, label: int | None) -> _Source:
         more = f" (+{len(missing) - 4} more)" if len(missing) > 4 else ""
         raise ConvertError(f"{path}: missing columns {', '.join(missing[:4])}{more} in table "
                            f"{r.key} (not the top tagging layout)")
-    idx = {c: np.array([cols[f"{c}_{i}"] for i in range(n_const)]) for c in ("E", "PX", "PY", "PZ")}
+    # (n_const, 4) column numbers of each constituent's (px, py, pz, E)
+    idx4 = np.array([[cols[f"{c}_{i}"] for c in ("PX", "PY", "PZ", "E")] for i in range(n_const)])
     lab_col = cols["is_signal_new"]
 
     def process(raw: np.ndarray, row0: int) -> Block:
-        e, px, py, pz = (raw[:, idx[c]] for c in ("E", "PX", "PY", "PZ"))
+        p4 = raw[:, idx4]  # (n, n_const, 4)
         lab = raw[:, lab_col]
-        _check_values(path, row0, {"constituent 4-momenta": raw[:, np.concatenate(list(idx.values()))],
-                                   "is_signal_new": lab})
+        _check_values(path, row0, {"constituent 4-momenta": p4, "is_signal_new": lab})
+        e = p4[..., 3]
         _check_nonnegative(path, row0, e, "constituent energy E")
         _check_labels(path, row0, lab, {0, 1})
-        p4 = np.stack([px, py, pz, e], -1)
         kin = pt_eta_phi(p4)
         pt = kin[..., 0]
         real = (e > 0) & (pt > 0)
         particles, mask = _hardest(pt, [pt, kin[..., 1], kin[..., 2]], real, max_particles)
-        jet = jet_kinematics(np.where(real[..., None], p4, 0.0).sum(1))  # all real constituents
+        del kin
+        w = real.astype(np.float64)
+        jet = jet_kinematics(np.stack([(p4[..., k] * w).sum(1) for k in range(4)], 1))  # all real
         feats = np.concatenate([jet, real.sum(1)[:, None]], 1).astype(np.float32)
         return particles, mask, lab.astype(np.int8), feats
 
