@@ -378,3 +378,62 @@ def test_apply_views_fuses_identical_views():
     # the fused call is the single view applied to the repeated batch
     y, m = views[0](x.repeat(2, 1, 1), mask.repeat(2, 1), gen(4))
     assert torch.equal(outs[0][0], y[: len(x)]) and torch.equal(outs[1][1], m[len(x):])
+
+
+# ---- the slot-major fast path: views, masks with holes ---------------------------------------
+
+JETCLR_VIEW = [AugmentSpec(name="collinear_split"), AugmentSpec(name="collinear_split"),
+               AugmentSpec(name="rotate"), AugmentSpec(name="smear_soft"), AugmentSpec(name="translate")]
+
+
+def test_jetclr_view_equals_its_steps_in_turn():
+    x, mask = jets(B=64, P=30, seed=11)
+    y, m = build_view(JETCLR_VIEW)(x, mask, gen(5))
+    g = gen(5)
+    y2, m2 = x, mask
+    for spec in JETCLR_VIEW:
+        y2, m2 = AUGMENTATIONS[spec.name](y2, m2, g)
+    assert torch.equal(y, y2) and torch.equal(m, m2)
+    assert y.is_contiguous() and (y[~m] == 0).all()
+
+
+def holes(x, mask, seed=0):
+    """The same jets with their slots shuffled (real constituents no longer first)."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.rand(mask.shape, generator=g).argsort(1)
+    return x.gather(1, order[..., None].expand_as(x)), mask.gather(1, order)
+
+
+@pytest.mark.parametrize("name", ["rotate", "translate", "smear_soft", "collinear_split"])
+def test_masks_with_holes(name):
+    x, mask = jets(B=32, P=20, seed=12)
+    xh, mh = holes(x, mask)
+    assert not torch.equal(mh, torch.arange(20)[None] < mh.sum(1)[:, None])
+    y, m = AUGMENTATIONS[name](xh, mh, gen(3))
+    assert (y[~m] == 0).all() and (m | ~mh).all()
+    assert torch.equal(y[..., 0].sum(1), xh[..., 0].sum(1)) or name == "collinear_split"
+    assert torch.allclose((y[..., 0] * m).sum(1), (xh[..., 0] * mh).sum(1), rtol=1e-5)
+    if name == "rotate":
+        assert torch.allclose(centroid(y, m), centroid(xh, mh), atol=1e-5)
+    if name == "collinear_split":
+        assert torch.equal(m.sum(1), torch.minimum(torch.clamp(mh.sum(1), min=10), 2 * mh.sum(1)))
+    # a view over the holes gives what its steps give in turn
+    v, vm = build_view(JETCLR_VIEW)(xh, mh, gen(4))
+    g = gen(4)
+    v2, vm2 = xh, mh
+    for spec in JETCLR_VIEW:
+        v2, vm2 = AUGMENTATIONS[spec.name](v2, vm2, g)
+    assert torch.equal(v, v2) and torch.equal(vm, vm2) and (v[~vm] == 0).all()
+
+
+def test_empty_batch_and_empty_jets():
+    x, mask = jets(B=8, P=10, seed=13)
+    mask[:3] = False
+    x = torch.where(mask[..., None], x, torch.zeros(()))
+    for view in (build_view(JETCLR_VIEW), build_view(JETCLR_VIEW[2:])):
+        y, m = view(x, mask, gen())
+        assert torch.isfinite(y).all() and (y[~m] == 0).all() and not m[:3].any()
+        y0, m0 = view(x[:0], mask[:0], gen())
+        assert y0.shape == (0, 10, 3) and m0.shape == (0, 10)
+    y, m = build_view(JETCLR_VIEW)(x[:3], mask[:3], gen())
+    assert not m.any() and (y == 0).all()

@@ -15,6 +15,7 @@ list of ``AugmentSpec`` into one callable.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -52,31 +53,167 @@ def _zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
-def _stack(x: torch.Tensor, eta_phi: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """x with columns 1, 2 replaced by the (B, P) planes eta_phi (other columns kept), in x's
-    memory layout (so a feature-planar batch, see ``build_view``, stays planar)."""
-    out = torch.empty_like(x)
-    out[..., 0] = x[..., 0]
-    out[..., 1] = eta_phi[0]
-    out[..., 2] = eta_phi[1]
-    if x.shape[-1] > 3:
-        out[..., 3:] = x[..., 3:]
-    return out
-
-
 def planar(x: torch.Tensor) -> torch.Tensor:
     """The same (B, P, F) values stored feature-major (strides (F P, 1, P)): every x[..., k] is a
-    contiguous (B, P) plane, which makes the per-feature arithmetic of the augmentations faster."""
+    contiguous (B, P) plane, which makes per-feature arithmetic faster."""
     return x.transpose(1, 2).contiguous().transpose(1, 2)
 
 
-def _centroid_planes(w: torch.Tensor, eta: torch.Tensor, phi: torch.Tensor):
-    """pT-weighted centroid (B, 1), (B, 1) from masked weights w (B, P); rows without pT: 0."""
-    ws = w.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-    return (w * eta).sum(1, keepdim=True) / ws, (w * phi).sum(1, keepdim=True) / ws
+# ---- slot-major working copy -------------------------------------------------------------------
+#
+# The JetCLR augmentations (rotate, translate, smear_soft, collinear_split) run on a slot-major
+# copy of the batch, S = x.permute(2, 1, 0): (F, P, B), so that every feature of every slot is a
+# contiguous row of B jets. Per-jet constants (angles, centroids, shifts) broadcast along those
+# rows, and reductions over a jet's slots (centroid, peak-to-peak) are sums / maxima of rows,
+# which vectorise; the mask is carried as 0/1 in x's dtype (multiplying by it is cheaper than
+# torch.where). A view converts once in and once out and chains the steps on the copy; a single
+# augmentation call does the same for one step, so a view equals its steps called in turn.
+
+@functools.lru_cache(maxsize=64)
+def _slots(P: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(P, 1) slot indices 0..P-1 in ``dtype`` (cached: views call this every step)."""
+    return torch.arange(P, device=device, dtype=dtype)[:, None]
+
+
+class _Jets:
+    """S (F, P, B) slot-major values; n (B,) multiplicities in S's dtype; m (W, B) the mask as
+    0/1 over the first W slots (W = P, or for compact masks the batch's largest multiplicity:
+    slots beyond it are padding and are left alone); compact: every mask is a prefix (real slots
+    first), as the data pipeline and every augmentation here produce."""
+
+    __slots__ = ("S", "n", "m", "compact", "W")
+
+    def __init__(self, x: torch.Tensor, mask: torch.Tensor, reps: int = 1):
+        self.load(x, mask, reps)
+
+    def load(self, x: torch.Tensor, mask: torch.Tensor, reps: int = 1) -> None:
+        B, P = mask.shape
+        S = x.permute(2, 1, 0)
+        self.S = S.repeat(1, 1, reps) if reps > 1 else S.contiguous()
+        n = mask.sum(1).to(x.dtype)
+        j = _slots(P, x.device, x.dtype)
+        self.compact = bool(B == 0 or torch.equal(mask, j.T < n[:, None]))
+        self.n = n.repeat(reps) if reps > 1 else n
+        if self.compact:
+            self.W = int(n.max()) if B else 0
+            self.m = (self.n - j[: self.W]).clamp_(0, 1)
+        else:
+            self.W = P
+            M = mask.T
+            self.m = (M.repeat(1, reps) if reps > 1 else M).to(x.dtype)
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (x (B, P, F) contiguous, mask (B, P) bool)."""
+        x = self.S.permute(2, 1, 0).contiguous()
+        P = self.S.shape[1]
+        if self.compact:
+            return x, _slots(P, x.device, x.dtype).T < self.n[:, None]
+        return x, self.mask()
+
+    def mask(self) -> torch.Tensor:
+        P = self.S.shape[1]
+        mask = torch.zeros(self.S.shape[2], P, dtype=torch.bool, device=self.S.device)
+        mask[:, : self.W] = self.m.T > 0
+        return mask
+
+    def set_compact(self, n: torch.Tensor) -> None:
+        """New multiplicities of a compact batch."""
+        self.n = n
+        self.W = int(n.max()) if n.numel() else 0
+        self.m = (n - _slots(self.S.shape[1], n.device, n.dtype)[: self.W]).clamp_(0, 1)
+
+
+def _rotate(st: _Jets, gen: torch.Generator | None, strength: float = 1.0) -> None:
+    S, m, W = st.S, st.m, st.W
+    pt, C = S[0, :W], S[1:3, :W]  # (W, B), (2, W, B)
+    angle = _rand(S.shape[2], S, gen).sub_(0.5).mul_(2 * math.pi * strength)
+    c, s = torch.cos(angle), torch.sin(angle)
+    # (eta, phi) -> R (eta, phi) + (1 - R) centroid on real slots: rows of R are A = (c, s)
+    # (the eta coefficients of eta', phi') and Bc = (-s, c) (the phi coefficients)
+    cen = torch.linalg.vecdot(C, pt, dim=1).div_(pt.sum(0).clamp_min_(torch.finfo(S.dtype).tiny))
+    A, Bc = torch.stack([c, s]), torch.stack([-s, c])
+    b = torch.addcmul(cen, A, cen[:1], value=-1).addcmul_(Bc, cen[1:], value=-1)
+    out = torch.mul(C[:1], A[:, None])
+    out.addcmul_(C[1:], Bc[:, None]).addcmul_(m, b[:, None])
+    C.copy_(out)
+
+
+def _smear_soft(st: _Jets, gen: torch.Generator | None, strength: float = 1.0,
+                lambda_soft: float = 0.1, pt_clip_min: float = 0.1) -> None:
+    S, m, W = st.S, st.m, st.W
+    inv = torch.div(m, S[0, :W].clamp_min(pt_clip_min))  # 1 / max(pT, clip), 0 on padding
+    noise = _randn((2, W, S.shape[2]), S, gen)
+    S[1:3, :W].addcmul_(noise, inv, value=lambda_soft * strength)
+
+
+def _translate(st: _Jets, gen: torch.Generator | None, strength: float = 1.0,
+               width: float = 1.0) -> None:
+    S, m, W = st.S, st.m, st.W
+    if W == 0:
+        return
+    C = S[1:3, :W]
+    # peak-to-peak over real slots: padding pushed far below / above for the max / min
+    big = torch.finfo(S.dtype).max / 4
+    pad = 1 - m
+    ptp = torch.add(C, pad, alpha=-big).amax(1).sub_(torch.add(C, pad, alpha=big).amin(1)).clamp_min_(0)
+    shift = _rand((2, S.shape[2]), S, gen).sub_(0.5).mul_(ptp).mul_(2 * width * strength)
+    C.addcmul_(m, shift[:, None])
+
+
+def _split_counts(n: torch.Tensor, P: int, strength: float, fill: float) -> torch.Tensor:
+    """Splits per jet: k = max(n, fill P) - n (x strength), at most n and the P - n empty slots."""
+    k = (int(fill * P) - n).clamp_min_(0)
+    if strength != 1.0:
+        k = torch.round(k * strength).to(n.dtype).clamp_min_(0)
+    return torch.minimum(k, torch.minimum(n, P - n))
+
+
+def _collinear_split(st: _Jets, gen: torch.Generator | None, strength: float = 1.0,
+                     fill: float = 0.5) -> None:
+    if not st.compact:  # masks with holes: the general form on the (B, P, F) batch
+        x, mask = _collinear_split_batch(*st.batch(), gen, strength, fill)
+        st.load(x, mask)
+        return
+    S, n = st.S, st.n
+    F, P, B = S.shape
+    k = _split_counts(n, P, strength, fill)
+    kmax = int(k.max()) if B else 0
+    if kmax == 0:
+        return
+    # Work on the jets that get at least one split (most jets with n >= fill * P get none).
+    rows = (k > 0).nonzero().squeeze(1)
+    Ss, ns, ks = S.index_select(2, rows), n[rows], k[rows]
+    b = rows.shape[0]
+    # k distinct random real constituents: the k largest of uniform keys, real slots raised by 2.
+    # Jets that split have n < fill * P real slots, so keys are drawn for those slots only.
+    Wk = min(int(fill * P), P)
+    j = _slots(P, S.device, S.dtype)
+    keys = _rand((Wk, b), S, gen).add_((ns - j[:Wk]).clamp_(0, 1), alpha=2)
+    src = keys.topk(kmax, dim=0).indices  # (kmax, b)
+    r = _rand((kmax, b), S, gen)
+    active = (ks - j[:kmax]).clamp_(0, 1)  # (kmax, b) 1 for the first k_b splits of a jet
+    # child j: the source's features with (1 - r) of its pT, all zero for inactive j
+    child = Ss.gather(1, src.expand(F, kmax, b))
+    pts = child[0].clone()
+    child[0].mul_(torch.addcmul(active, active, r, value=-1))
+    child[1:].mul_(active)
+    Ss[0].scatter_(0, src, pts - child[0])  # the source keeps r pT
+    # ... and child j goes to slot n + j (empty: the mask is a prefix); inactive children are
+    # zeros added to a padding slot (or to slot P - 1), which changes nothing
+    dest = (ns + j[:kmax]).clamp_(max=P - 1).long()
+    Ss.scatter_add_(1, dest.expand(F, kmax, b), child)
+    S.index_copy_(2, rows, Ss)
+    st.set_compact(n + k)
 
 
 # ---- the JetCLR augmentations ------------------------------------------------------------------
+
+def _on_batch(step: Callable[..., None], x: torch.Tensor, mask: torch.Tensor,
+              generator: torch.Generator | None, **params) -> tuple[torch.Tensor, torch.Tensor]:
+    st = _Jets(x, mask)
+    step(st, generator, **params)
+    return st.batch()
+
 
 @register("rotate")
 def rotate(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None,
@@ -86,14 +223,7 @@ def rotate(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | Non
     Angle ~ U(-pi s, pi s) with s = strength (s = 1: uniform over the circle, i.e. U(0, 2 pi)).
     Conserves pT, the centroid and all pairwise distances.
     """
-    B = x.shape[0]
-    angle = (2 * _rand((B, 1), x, generator) - 1) * (math.pi * strength)
-    c, s = torch.cos(angle), torch.sin(angle)
-    pt, eta, phi = x[..., 0], x[..., 1], x[..., 2]
-    m = mask.to(x.dtype)
-    ce, cp = _centroid_planes(pt * m, eta, phi)
-    deta, dphi = eta - ce, phi - cp
-    return _stack(x, ((ce + c * deta - s * dphi) * m, (cp + s * deta + c * dphi) * m)), mask
+    return _on_batch(_rotate, x, mask, generator, strength=strength)
 
 
 @register("translate")
@@ -102,19 +232,7 @@ def translate(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | 
     """Shift eta and phi of each jet by U(-w r, w r), w = width * strength, r = the peak-to-peak
     range of that coordinate over the jet's real constituents (padding excluded).
     """
-    B = x.shape[0]
-    c = x.transpose(1, 2)[:, 1:3]  # (B, 2, P) eta, phi; contiguous rows for a planar batch
-    # Peak-to-peak over real slots: padding takes the value of the row's first real slot, so one
-    # aminmax gives both ends (an empty row is all zeros: range 0).
-    first = mask.to(torch.int8).argmax(1).view(B, 1, 1).expand(B, 2, 1)
-    lo, hi = torch.aminmax(torch.where(mask[:, None, :], c, c.gather(2, first)), dim=2)
-    shift = (2 * _rand((B, 2), x, generator) - 1) * (width * strength) * (hi - lo)
-    out = torch.empty_like(x)
-    out[..., 0] = x[..., 0]
-    out.transpose(1, 2)[:, 1:3] = c + shift[:, :, None] * mask[:, None, :]
-    if x.shape[-1] > 3:
-        out[..., 3:] = x[..., 3:]
-    return out, mask
+    return _on_batch(_translate, x, mask, generator, strength=strength, width=width)
 
 
 @register("smear_soft")
@@ -124,9 +242,8 @@ def smear_soft(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator |
     """Soft smearing: eta' ~ N(eta, L / pT), phi' ~ N(phi, L / pT), L = lambda_soft * strength
     (GeV, default 0.1), pT clipped below at ``pt_clip_min`` GeV. pT is unchanged.
     """
-    sigma = (lambda_soft * strength) * mask / x[..., 0].clamp_min(pt_clip_min)  # (B, P), 0 on padding
-    noise = _randn((2,) + x.shape[:2], x, generator)
-    return _stack(x, (x[..., 1] + sigma * noise[0], x[..., 2] + sigma * noise[1])), mask
+    return _on_batch(_smear_soft, x, mask, generator, strength=strength,
+                     lambda_soft=lambda_soft, pt_clip_min=pt_clip_min)
 
 
 @register("collinear_split")
@@ -139,16 +256,18 @@ def collinear_split(x: torch.Tensor, mask: torch.Tensor, generator: torch.Genera
     splits (so slots fill up to max(n, fill * P)), limited by n and by the empty slots; strength
     scales k. Conserves the 4-momentum sum, the centroid and the (eta, phi) occupancy.
     """
+    return _on_batch(_collinear_split, x, mask, generator, strength=strength, fill=fill)
+
+
+def _collinear_split_batch(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None,
+                           strength: float, fill: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """collinear_split for masks with holes: children go to the j-th empty slot in index order."""
     B, P = mask.shape
     n = mask.sum(1)
-    k = torch.clamp(n, min=int(fill * P)) - n
-    if strength != 1.0:
-        k = torch.round(k.to(x.dtype) * strength).to(n.dtype).clamp_min(0)
-    k = torch.minimum(torch.minimum(k, n), P - n)
+    k = _split_counts(n, P, strength, fill)
     kmax = int(k.max()) if B else 0
     if kmax == 0:
         return x, mask
-    # Work on the jets that get at least one split (most jets with n >= fill * P get none).
     rows = (k > 0).nonzero().squeeze(1)
     xs, ms, ks = x[rows], mask[rows], k[rows]
     b, F = xs.shape[0], xs.shape[-1]
@@ -173,6 +292,12 @@ def collinear_split(x: torch.Tensor, mask: torch.Tensor, generator: torch.Genera
     out[rows] = out_s
     new_mask[rows] = ms | fill_slot
     return out, new_mask
+
+
+# Augmentations with a slot-major form, chained on one working copy inside a view.
+_SLOT_MAJOR: dict[Augmentation, Callable[..., None]] = {
+    rotate: _rotate, translate: _translate, smear_soft: _smear_soft, collinear_split: _collinear_split,
+}
 
 
 # ---- further jet augmentations (DarkCLR anomaly view, substructure variations) ------------------
@@ -287,11 +412,47 @@ def get_augmentation(name: str) -> Augmentation:
         raise KeyError(f"unknown augmentation {name!r}; known: {', '.join(sorted(AUGMENTATIONS))}") from None
 
 
+def _run_steps(steps: Sequence[tuple[Augmentation, dict[str, Any]]], strength: float,
+               x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None,
+               reps: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply steps in order to the batch repeated ``reps`` times. Consecutive slot-major steps
+    share one working copy; the others run on the (B, P, F) batch, feature-planar on the CPU."""
+    st: _Jets | None = None
+    i = 0
+    while i < len(steps):
+        fn, params = steps[i]
+        fast = _SLOT_MAJOR.get(fn)
+        if fast is not None:
+            if st is None:
+                st, reps = _Jets(x, mask, reps), 1
+            fast(st, generator, strength=strength, **params)
+            i += 1
+            continue
+        if st is not None:
+            (x, mask), st = st.batch(), None
+        if reps > 1:
+            x, mask, reps = x.repeat(reps, *([1] * (x.dim() - 1))), mask.repeat(reps, 1), 1
+        j = i
+        while j < len(steps) and steps[j][0] not in _SLOT_MAJOR:
+            j += 1
+        if j - i > 1 and x.is_contiguous() and x.device.type == "cpu":
+            x = planar(x)  # one copy; the steps then work on contiguous feature planes
+        for fn, params in steps[i:j]:
+            x, mask = fn(x, mask, generator, strength=strength, **params)
+        i = j
+    if st is not None:
+        return st.batch()
+    if reps > 1:
+        x, mask = x.repeat(reps, *([1] * (x.dim() - 1))), mask.repeat(reps, 1)
+    return x.contiguous(), mask
+
+
 def build_view(specs: Sequence[Any], strength: float = 1.0) -> View:
     """Ordered list of specs (objects with ``.name`` and ``.params``, e.g. config.AugmentSpec,
     or dicts with those keys) -> callable(x, mask, generator) -> (x, mask).
 
-    Unknown names fail here, at build time, with a KeyError listing the known names.
+    Unknown names fail here, at build time, with a KeyError listing the known names. The view
+    gives exactly what calling its augmentations in turn with the same generator gives.
     """
     steps: list[tuple[Augmentation, dict[str, Any]]] = []
     for spec in specs:
@@ -300,15 +461,14 @@ def build_view(specs: Sequence[Any], strength: float = 1.0) -> View:
         steps.append((get_augmentation(name), dict(params)))
 
     def view(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None):
-        if len(steps) > 1 and x.is_contiguous() and x.device.type == "cpu":
-            x = planar(x)  # one copy in, one out; every step then works on contiguous planes
-        for fn, params in steps:
-            x, mask = fn(x, mask, generator, strength=strength, **params)
-        return x.contiguous(), mask
+        return _run_steps(steps, strength, x, mask, generator)
+
+    def repeated(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None, reps: int):
+        return _run_steps(steps, strength, x, mask, generator, reps)
 
     view.steps = steps  # type: ignore[attr-defined]
+    view.repeated = repeated  # type: ignore[attr-defined]
     return view
-
 
 
 def apply_views(views: Sequence[View], x: torch.Tensor, mask: torch.Tensor,
@@ -330,7 +490,11 @@ def apply_views(views: Sequence[View], x: torch.Tensor, mask: torch.Tensor,
         if k == 1:
             out.append(views[i](x, mask, generator))
         else:
-            xs, ms = views[i](x.repeat(k, *([1] * (x.dim() - 1))), mask.repeat(k, 1), generator)
+            rep = getattr(views[i], "repeated", None)
+            if rep is not None:
+                xs, ms = rep(x, mask, generator, k)
+            else:
+                xs, ms = views[i](x.repeat(k, *([1] * (x.dim() - 1))), mask.repeat(k, 1), generator)
             out.extend(zip(xs.chunk(k), ms.chunk(k), strict=True))
         i = j
     return out
