@@ -81,26 +81,32 @@ class _Jets:
     slots beyond it are padding and are left alone); compact: every mask is a prefix (real slots
     first), as the data pipeline and every augmentation here produce."""
 
-    __slots__ = ("S", "n", "m", "compact", "W")
+    __slots__ = ("S", "n", "_m", "compact", "W")
 
     def __init__(self, x: torch.Tensor, mask: torch.Tensor, reps: int = 1):
         self.load(x, mask, reps)
 
     def load(self, x: torch.Tensor, mask: torch.Tensor, reps: int = 1) -> None:
         B, P = mask.shape
-        S = x.permute(2, 1, 0)
-        self.S = S.repeat(1, 1, reps) if reps > 1 else S.contiguous()
+        S = x.permute(2, 1, 0).contiguous()
+        self.S = S.repeat(1, 1, reps) if reps > 1 else S
         n = mask.sum(1).to(x.dtype)
-        j = _slots(P, x.device, x.dtype)
-        self.compact = bool(B == 0 or torch.equal(mask, j.T < n[:, None]))
+        # a prefix mask never has a real slot right after an empty one
+        self.compact = bool(B == 0 or P < 2 or not (mask[:, 1:] > mask[:, :-1]).any())
         self.n = n.repeat(reps) if reps > 1 else n
+        self._m = None
         if self.compact:
             self.W = int(n.max()) if B else 0
-            self.m = (self.n - j[: self.W]).clamp_(0, 1)
         else:
             self.W = P
             M = mask.T
-            self.m = (M.repeat(1, reps) if reps > 1 else M).to(x.dtype)
+            self._m = (M.repeat(1, reps) if reps > 1 else M).to(x.dtype)
+
+    @property
+    def m(self) -> torch.Tensor:
+        if self._m is None:  # compact: slot j of jet b is real iff j < n_b (made when needed)
+            self._m = (self.n - _slots(self.S.shape[1], self.S.device, self.S.dtype)[: self.W]).clamp_(0, 1)
+        return self._m
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (x (B, P, F) contiguous, mask (B, P) bool)."""
@@ -108,19 +114,14 @@ class _Jets:
         P = self.S.shape[1]
         if self.compact:
             return x, _slots(P, x.device, x.dtype).T < self.n[:, None]
-        return x, self.mask()
-
-    def mask(self) -> torch.Tensor:
-        P = self.S.shape[1]
-        mask = torch.zeros(self.S.shape[2], P, dtype=torch.bool, device=self.S.device)
+        mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
         mask[:, : self.W] = self.m.T > 0
-        return mask
+        return x, mask
 
     def set_compact(self, n: torch.Tensor) -> None:
         """New multiplicities of a compact batch."""
-        self.n = n
+        self.n, self._m = n, None
         self.W = int(n.max()) if n.numel() else 0
-        self.m = (n - _slots(self.S.shape[1], n.device, n.dtype)[: self.W]).clamp_(0, 1)
 
 
 def _rotate(st: _Jets, gen: torch.Generator | None, strength: float = 1.0) -> None:
@@ -180,29 +181,30 @@ def _collinear_split(st: _Jets, gen: torch.Generator | None, strength: float = 1
     kmax = int(k.max()) if B else 0
     if kmax == 0:
         return
-    # Work on the jets that get at least one split (most jets with n >= fill * P get none).
+    # Work on the jets that get at least one split (most jets with n >= fill * P get none),
+    # addressing their slots in the flat (F, P * B) values: no copy of those jets is made.
     rows = (k > 0).nonzero().squeeze(1)
-    Ss, ns, ks = S.index_select(2, rows), n[rows], k[rows]
+    ns, ks = n[rows], k[rows]
     b = rows.shape[0]
     # k distinct random real constituents: the k largest of uniform keys, real slots raised by 2.
     # Jets that split have n < fill * P real slots, so keys are drawn for those slots only.
     Wk = min(int(fill * P), P)
-    j = _slots(P, S.device, S.dtype)
-    keys = _rand((Wk, b), S, gen).add_((ns - j[:Wk]).clamp_(0, 1), alpha=2)
-    src = keys.topk(kmax, dim=0).indices  # (kmax, b)
-    r = _rand((kmax, b), S, gen)
-    active = (ks - j[:kmax]).clamp_(0, 1)  # (kmax, b) 1 for the first k_b splits of a jet
+    j = _slots(P, S.device, S.dtype).T  # (1, P)
+    keys = _rand((b, Wk), S, gen).add_((ns[:, None] - j[:, :Wk]).clamp_(0, 1), alpha=2)
+    src = keys.topk(kmax, dim=1).indices.mul_(B).add_(rows[:, None])  # (b, kmax) flat slot index
+    r = _rand((b, kmax), S, gen)
+    active = (ks[:, None] - j[:, :kmax]).clamp_(0, 1)  # 1 for the first k_b splits of a jet
+    flat = S.view(F, P * B)
     # child j: the source's features with (1 - r) of its pT, all zero for inactive j
-    child = Ss.gather(1, src.expand(F, kmax, b))
+    child = flat.gather(1, src.view(1, -1).expand(F, -1)).view(F, b, kmax)
     pts = child[0].clone()
     child[0].mul_(torch.addcmul(active, active, r, value=-1))
     child[1:].mul_(active)
-    Ss[0].scatter_(0, src, pts - child[0])  # the source keeps r pT
+    flat[0].scatter_(0, src.view(-1), (pts - child[0]).view(-1))  # the source keeps r pT
     # ... and child j goes to slot n + j (empty: the mask is a prefix); inactive children are
     # zeros added to a padding slot (or to slot P - 1), which changes nothing
-    dest = (ns + j[:kmax]).clamp_(max=P - 1).long()
-    Ss.scatter_add_(1, dest.expand(F, kmax, b), child)
-    S.index_copy_(2, rows, Ss)
+    dest = (ns[:, None] + j[:, :kmax]).clamp_(max=P - 1).long().mul_(B).add_(rows[:, None])
+    flat.scatter_add_(1, dest.view(1, -1).expand(F, -1), child.view(F, -1))
     st.set_compact(n + k)
 
 
