@@ -7,13 +7,16 @@ One step = two augmented views of B jets, forward, NT-Xent, backward, Adam step.
 see the same synthetic jets (clrdist.data.toy, top + QCD, pT in GeV) and the same model sizes;
 they are timed alternately in the same process (the machine may be shared and noisy) and the
 median over repeats is reported. ``jets_per_s`` counts input jets (each yields two views);
-``aug_jets_per_s`` is the same for the augmentation of both views alone.
+``aug_jets_per_s`` is the same for the augmentation of both views alone (both sides: the two
+augmented views, before pT scaling and concatenation, which belong to the step).
+``--batch-sweep 256,1024,4096`` adds ``aug_sweep``: augmentation alone at those batch sizes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -69,11 +72,12 @@ class Ours:
         self.device = device
 
     def augment(self, x, mask):
-        outs = apply_views(self.views, x, mask, self.gen)
-        return (torch.cat([scale_pt(o[0], PT_SCALE) for o in outs]), torch.cat([o[1] for o in outs]))
+        return apply_views(self.views, x, mask, self.gen)
 
     def step(self, x, mask):
-        xv, mv = self.augment(x, mask)
+        outs = self.augment(x, mask)
+        xv = torch.cat([scale_pt(o[0], PT_SCALE) for o in outs])
+        mv = torch.cat([o[1] for o in outs])
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             _, z = self.model(xv, mv)
         loss = self.loss(*z.float().chunk(2))["loss"]
@@ -118,6 +122,34 @@ def model_flops_per_step(mult: torch.Tensor, a) -> float:
     return float(3 * 2 * a.layers * per_layer.sum())  # x2: two views
 
 
+def aug_sweep(a, batches: list[int], device, sync) -> list[dict]:
+    """Augmentation of both views alone, ours vs the reference, alternating, at several batch sizes."""
+    rows = []
+    for B in batches:
+        x, mask = synthetic_jets(B, a.constituents)
+        batch_np = np.ascontiguousarray(x.numpy().transpose(0, 2, 1)).astype(np.float64)
+        xd, md = x.to(device), mask.to(device)
+        ours, reference = Ours(a, device), Reference(a)
+
+        def ours_aug(ours=ours, xd=xd, md=md):
+            ours.augment(xd, md)
+            sync()
+
+        def ref_aug(reference=reference, batch_np=batch_np):
+            reference.augment(batch_np)
+
+        n = max(2, (a.aug_steps * 256) // B)
+        ours_aug(), ref_aug()
+        t, tr = [], []
+        for _ in range(a.repeats):
+            t.append(timed(ours_aug, n))
+            tr.append(timed(ref_aug, max(1, n // 5)))
+        med, med_r = statistics.median(t), statistics.median(tr)
+        rows.append({"batch": B, "aug_jets_per_s": B / med, "ref_aug_jets_per_s": B / med_r,
+                     "aug_speedup": med_r / med})
+    return rows
+
+
 def timed(fn, n: int) -> float:
     t = time.perf_counter()
     for _ in range(n):
@@ -146,6 +178,8 @@ def main(argv=None) -> dict:
                    help="torch threads for both sides (0: torch's default; 1 is steadiest on a shared CPU)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="device peak (e.g. 989 for H100 bf16 dense) to report model FLOP utilisation")
+    p.add_argument("--batch-sweep", default="",
+                   help="comma-separated batch sizes: also time the augmentation alone at each")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     a = p.parse_args(argv)
     if a.threads:
@@ -193,6 +227,9 @@ def main(argv=None) -> dict:
         "threads": torch.get_num_threads(), "repeats": a.repeats,
         "torch": torch.__version__,
     }
+    if a.batch_sweep:
+        out["aug_sweep"] = aug_sweep(a, [int(b) for b in a.batch_sweep.split(",")], device, sync)
+    out["load_avg"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     flops = model_flops_per_step(mask.sum(1), a)
     out["model_tflops_per_s"] = flops / med["step"] / 1e12
     if a.peak_tflops:
