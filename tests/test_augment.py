@@ -437,3 +437,14 @@ def test_empty_batch_and_empty_jets():
         assert y0.shape == (0, 10, 3) and m0.shape == (0, 10)
     y, m = build_view(JETCLR_VIEW)(x[:3], mask[:3], gen())
     assert not m.any() and (y == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_jetclr_view_other_dtypes(dtype):
+    x, mask = jets(B=32, P=30, seed=14)
+    y, m = build_view(JETCLR_VIEW)(x.to(dtype), mask, gen())
+    assert y.dtype == dtype and (y[~m] == 0).all() and torch.isfinite(y).all()
+    n = mask.sum(1)
+    assert torch.equal(m.sum(1), torch.minimum(torch.clamp(n, min=15), 4 * n).clamp(max=30))
+    assert torch.allclose((y[..., 0].double() * m).sum(1), (x[..., 0].double() * mask).sum(1),
+                          rtol=1e-12 if dtype == torch.float64 else 3e-2)

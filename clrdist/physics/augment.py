@@ -76,7 +76,7 @@ def _slots(P: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 
 
 class _Jets:
-    """S (F, P, B) slot-major values; n (B,) multiplicities in S's dtype; m (W, B) the mask as
+    """S (F, P, B) slot-major values; n (B,) multiplicities (float32 or wider); m (W, B) the mask as
     0/1 over the first W slots (W = P, or for compact masks the batch's largest multiplicity:
     slots beyond it are padding and are left alone); compact: every mask is a prefix (real slots
     first), as the data pipeline and every augmentation here produce."""
@@ -90,7 +90,8 @@ class _Jets:
         B, P = mask.shape
         S = x.permute(2, 1, 0).contiguous()
         self.S = S.repeat(1, 1, reps) if reps > 1 else S
-        n = mask.sum(1).to(x.dtype)
+        # counts (and the 0/1 mask) in at least float32: exact integers for any P
+        n = mask.sum(1).to(torch.promote_types(x.dtype, torch.float32))
         # a prefix mask never has a real slot right after an empty one
         self.compact = bool(B == 0 or P < 2 or not (mask[:, 1:] > mask[:, :-1]).any())
         self.n = n.repeat(reps) if reps > 1 else n
@@ -100,12 +101,12 @@ class _Jets:
         else:
             self.W = P
             M = mask.T
-            self._m = (M.repeat(1, reps) if reps > 1 else M).to(x.dtype)
+            self._m = (M.repeat(1, reps) if reps > 1 else M).to(n.dtype)
 
     @property
     def m(self) -> torch.Tensor:
         if self._m is None:  # compact: slot j of jet b is real iff j < n_b (made when needed)
-            self._m = (self.n - _slots(self.S.shape[1], self.S.device, self.S.dtype)[: self.W]).clamp_(0, 1)
+            self._m = (self.n - _slots(self.S.shape[1], self.n.device, self.n.dtype)[: self.W]).clamp_(0, 1)
         return self._m
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +114,7 @@ class _Jets:
         x = self.S.permute(2, 1, 0).contiguous()
         P = self.S.shape[1]
         if self.compact:
-            return x, _slots(P, x.device, x.dtype).T < self.n[:, None]
+            return x, _slots(P, x.device, self.n.dtype).T < self.n[:, None]
         mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
         mask[:, : self.W] = self.m.T > 0
         return x, mask
@@ -189,7 +190,7 @@ def _collinear_split(st: _Jets, gen: torch.Generator | None, strength: float = 1
     # k distinct random real constituents: the k largest of uniform keys, real slots raised by 2.
     # Jets that split have n < fill * P real slots, so keys are drawn for those slots only.
     Wk = min(int(fill * P), P)
-    j = _slots(P, S.device, S.dtype).T  # (1, P)
+    j = _slots(P, n.device, n.dtype).T  # (1, P)
     keys = _rand((b, Wk), S, gen).add_((ns[:, None] - j[:, :Wk]).clamp_(0, 1), alpha=2)
     src = keys.topk(kmax, dim=1).indices.mul_(B).add_(rows[:, None])  # (b, kmax) flat slot index
     r = _rand((b, kmax), S, gen)
