@@ -448,3 +448,29 @@ def test_jetclr_view_other_dtypes(dtype):
     assert torch.equal(m.sum(1), torch.minimum(torch.clamp(n, min=15), 4 * n).clamp(max=30))
     assert torch.allclose((y[..., 0].double() * m).sum(1), (x[..., 0].double() * mask).sum(1),
                           rtol=1e-12 if dtype == torch.float64 else 3e-2)
+
+
+def test_apply_views_does_not_fuse_views_of_different_strength():
+    from clrdist.physics.augment import apply_views
+
+    x, mask = jets()
+    views = [build_view(JETCLR_VIEW[2:], strength=1.0), build_view(JETCLR_VIEW[2:], strength=0.0)]
+    (y1, _), (y0, m0) = apply_views(views, x, mask, gen())
+    assert torch.allclose(y0, x, atol=1e-6) and torch.equal(m0, mask)
+    assert not torch.allclose(y1, x, atol=1e-3)
+
+
+def test_extra_features_are_carried():
+    x, mask = jets(B=16, P=20, seed=15)
+    extra = torch.where(mask, torch.rand(mask.shape, generator=torch.Generator().manual_seed(1)), 0.0)
+    x4 = torch.cat([x, extra[..., None]], -1)
+    for name in ("rotate", "translate", "smear_soft"):
+        y, m = AUGMENTATIONS[name](x4, mask, gen())
+        assert torch.equal(y[..., 3], x4[..., 3])
+        y3, _ = AUGMENTATIONS[name](x, mask, gen())
+        assert torch.equal(y[..., :3], y3)
+    y, m = AUGMENTATIONS["collinear_split"](x4, mask, gen(), fill=1.0)
+    for b in range(16):  # every child carries its source's extra feature
+        for c in x4[b][mask[b]]:
+            same = (y[b][m[b]][:, 1:3] == c[1:3]).all(-1)
+            assert (y[b][m[b]][same, 3] == c[3]).all()

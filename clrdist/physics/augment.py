@@ -470,6 +470,7 @@ def build_view(specs: Sequence[Any], strength: float = 1.0) -> View:
         return _run_steps(steps, strength, x, mask, generator, reps)
 
     view.steps = steps  # type: ignore[attr-defined]
+    view.strength = strength  # type: ignore[attr-defined]
     view.repeated = repeated  # type: ignore[attr-defined]
     return view
 
@@ -486,8 +487,10 @@ def apply_views(views: Sequence[View], x: torch.Tensor, mask: torch.Tensor,
     i = 0
     while i < len(views):
         j = i + 1
-        key = getattr(views[i], "steps", None)
-        while j < len(views) and key is not None and getattr(views[j], "steps", None) == key:
+        def key(v):
+            return getattr(v, "steps", None), getattr(v, "strength", None)
+
+        while j < len(views) and key(views[i])[0] is not None and key(views[j]) == key(views[i]):
             j += 1
         k = j - i
         if k == 1:
