@@ -65,8 +65,8 @@ def planar(x: torch.Tensor) -> torch.Tensor:
 # copy of the batch, S = x.permute(2, 1, 0): (F, P, B), so that every feature of every slot is a
 # contiguous row of B jets. Per-jet constants (angles, centroids, shifts) broadcast along those
 # rows, and reductions over a jet's slots (centroid, peak-to-peak) are sums / maxima of rows,
-# which vectorise; the mask is carried as 0/1 in x's dtype (multiplying by it is cheaper than
-# torch.where). A view converts once in and once out and chains the steps on the copy; a single
+# which vectorise; the mask is carried as 0/1 numbers (multiplying by it is much cheaper than
+# torch.where on a boolean mask). A view converts once in and once out and chains the steps on the copy; a single
 # augmentation call does the same for one step, so a view equals its steps called in turn.
 
 @functools.lru_cache(maxsize=64)
@@ -188,10 +188,11 @@ def _collinear_split(st: _Jets, gen: torch.Generator | None, strength: float = 1
     ns, ks = n[rows], k[rows]
     b = rows.shape[0]
     # k distinct random real constituents: the k largest of uniform keys, real slots raised by 2.
-    # Jets that split have n < fill * P real slots, so keys are drawn for those slots only.
+    # Jets that split have n < fill * P real slots, so keys are drawn for those slots only (in
+    # float32 or wider, so that half-precision batches do not get ties).
     Wk = min(int(fill * P), P)
     j = _slots(P, n.device, n.dtype).T  # (1, P)
-    keys = _rand((b, Wk), S, gen).add_((ns[:, None] - j[:, :Wk]).clamp_(0, 1), alpha=2)
+    keys = _rand((b, Wk), n, gen).add_((ns[:, None] - j[:, :Wk]).clamp_(0, 1), alpha=2)
     src = keys.topk(kmax, dim=1).indices.mul_(B).add_(rows[:, None])  # (b, kmax) flat slot index
     r = _rand((b, kmax), S, gen)
     active = (ks[:, None] - j[:, :kmax]).clamp_(0, 1)  # 1 for the first k_b splits of a jet
