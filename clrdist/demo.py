@@ -34,11 +34,13 @@ def demo_config(out: Path, *, epochs: int, workers: int, tracking_uri: str):
 
 
 def raw_baseline(train: dict, test: dict, n_particles: int, seed: int):
-    """The same linear classifier test on flattened, pT-ordered raw constituents."""
+    """The same linear classifier test on the raw constituents: flattened, pT-ordered, centred
+    on the jet (absolute eta, phi would only add noise), pT / 600 GeV."""
+    from clrdist.eval.baselines import raw_features
     from clrdist.eval.lct import linear_classifier_test
 
     def flat(d):
-        return d["particles"][:, :n_particles].reshape(len(d["label"]), -1)
+        return raw_features(d["particles"], d["mask"], n_max=n_particles)
 
     return linear_classifier_test(flat(train), train["label"], flat(test), test["label"], seed=seed)
 
