@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -122,10 +121,6 @@ def log_eval(uri: str, run_id: str, results: Mapping[str, Any], step: int | None
             plt.close(fig)
         for tname, rows in (getattr(res, "tables", None) or {}).items():
             c.log_dict(run_id, {"rows": rows}, f"eval/{name}/{tname}.json")
-
-
-def log_artifact(uri: str, run_id: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-    client(uri).log_artifact(run_id, str(path), artifact_path)
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:

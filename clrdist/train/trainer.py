@@ -10,7 +10,6 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from clrdist import tracking
 from clrdist.config import ConfigError, RunConfig
@@ -173,8 +172,3 @@ def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = Non
                         sorted(which))
     tracking.end_run(uri, run_id, "FINISHED")
     return TrainResult(run_id=run_id, checkpoint_path=ckpt_path, tracking_uri=uri, metrics=metrics)
-
-
-def config_summary(cfg: RunConfig) -> dict[str, Any]:
-    return {"name": cfg.name, "workers": cfg.scaling.num_workers, "engine": cfg.scaling.engine,
-            "batch_per_worker": cfg.data.batch_size, "epochs": cfg.optim.epochs}
