@@ -155,15 +155,15 @@ def test_killed_worker_is_replaced_and_the_run_resumes(ray_cluster, toy_splits, 
 
 
 def test_demo_command_end_to_end(ray_cluster, tmp_path, capsys):
-    """`clrdist demo` at tiny size: jets, splits, training, LCT, raw baseline, summary."""
-    import json
-
-    rc = main(["demo", "--data", "toy", "--jets-per-class", "800", "--epochs", "1",
+    """`clrdist demo` on toy jets (6000 per class, 3 epochs): the representation's LCT AUC is at
+    least 0.8 and clearly above the same linear classifier on the raw constituents."""
+    rc = main(["demo", "--data", "toy", "--jets-per-class", "6000", "--epochs", "3",
                "--out", str(tmp_path / "demo"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
     assert rc == 0
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["data"] == "toy"
-    assert 0.5 < summary["lct_auc"] <= 1 and 0.5 < summary["raw_lct_auc"] <= 1
+    assert summary["lct_auc"] >= 0.8  # measured here: 0.872
+    assert summary["lct_auc"] > summary["raw_lct_auc"] + 0.05  # raw measured here: 0.729
     run = tracking.get_run(summary["tracking_uri"], summary["run_id"])
     assert run["metrics"]["baseline_raw_lct_auc"] == pytest.approx(summary["raw_lct_auc"])
     assert run["metrics"]["lct_auc"] == pytest.approx(summary["lct_auc"])
