@@ -33,7 +33,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from clrdist.evaluate import EVALUATIONS, evaluate_run
+    from clrdist.config import EVALUATIONS
+    from clrdist.evaluate import evaluate_run
     from clrdist.tracking import resolve_uri
 
     which = {n for n in EVALUATIONS if getattr(args, n)}

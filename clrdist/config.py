@@ -127,6 +127,10 @@ class TrackingConfig(_Section):
     log_every: int = Field(10, gt=0)  # log step metrics every this many optimiser steps
 
 
+# Downstream evaluations a run can ask for (flags of EvalConfig, keys of EvalConfig.options).
+EVALUATIONS = ("lct", "baselines", "cwola", "bumphunt", "nplm", "anomaly")
+
+
 class EvalConfig(_Section):
     lct: bool = True  # linear classifier test after training
     lct_max_samples: int | None = Field(None, gt=0)  # cap the samples used per evaluation store
@@ -141,10 +145,9 @@ class EvalConfig(_Section):
 
     @model_validator(mode="after")
     def _known_evaluations(self) -> EvalConfig:
-        known = ("lct", "baselines", "cwola", "bumphunt", "nplm", "anomaly")
-        unknown = sorted(set(self.options) - set(known))
+        unknown = sorted(set(self.options) - set(EVALUATIONS))
         if unknown:
-            raise ValueError(f"options: unknown evaluation(s) {unknown}; known: {list(known)}")
+            raise ValueError(f"options: unknown evaluation(s) {unknown}; known: {list(EVALUATIONS)}")
         return self
 
 

@@ -12,10 +12,8 @@ from typing import Any
 import torch
 
 from clrdist import tracking
-from clrdist.config import ConfigError, RunConfig
+from clrdist.config import EVALUATIONS, ConfigError, RunConfig
 from clrdist.data.store import SampleStore, StoreError, open_store
-
-EVALUATIONS = ("lct", "baselines", "cwola", "bumphunt", "nplm", "anomaly")
 
 
 def _sources(store: SampleStore) -> set[str]:
@@ -27,7 +25,7 @@ def _sources(store: SampleStore) -> set[str]:
     return {"generated:" + ":".join(str(prov.get(k)) for k in keys)}
 
 
-def check_held_out(train_store: str, *eval_stores: str) -> None:
+def check_held_out(train_store: str | SampleStore, *eval_stores: str | SampleStore) -> None:
     """Refuse evaluation stores that may share samples with each other or with training.
 
     Splits of one parent are checked sample by sample from their recorded indices; otherwise
@@ -35,7 +33,8 @@ def check_held_out(train_store: str, *eval_stores: str) -> None:
     """
     from clrdist.data.split import check_disjoint
 
-    stores = [open_store(p) for p in (train_store, *eval_stores)]
+    stores = [s if isinstance(s, SampleStore) else open_store(s)
+              for s in (train_store, *eval_stores)]
     splits = [s.attrs.get("provenance", {}).get("split") for s in stores]
     if all(splits) and len({r["parent_content_sha256"] for r in splits}) == 1:
         check_disjoint(*stores)
@@ -62,11 +61,11 @@ def evaluate_checkpoint(checkpoint_path: str, which: set[str], *, cfg: RunConfig
     cfg = cfg or trained_cfg
     if not (cfg.data.eval_train_store and cfg.data.eval_test_store):
         raise ConfigError("data.eval_train_store / data.eval_test_store: both are needed to evaluate")
-    check_held_out(cfg.data.train_store, cfg.data.eval_train_store, cfg.data.eval_test_store)
+    store, test_store = open_store(cfg.data.eval_train_store), open_store(cfg.data.eval_test_store)
+    check_held_out(cfg.data.train_store, store, test_store)
     limit = cfg.eval.lct_max_samples
-    train_data = open_store(cfg.data.eval_train_store).read_all(max_samples=limit)
-    test_data = open_store(cfg.data.eval_test_store).read_all(max_samples=limit)
-    store = open_store(cfg.data.eval_train_store)
+    train_data = store.read_all(max_samples=limit)
+    test_data = test_store.read_all(max_samples=limit)
     encode = make_encoder(model, trained_cfg)
     opts: dict[str, Any] = {"seed": cfg.seed, "feature_names": store.feature_names,
                             "kind": store.kind,

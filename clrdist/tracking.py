@@ -11,6 +11,7 @@ are kept beside the database in ``mlartifacts/``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -57,9 +58,13 @@ def artifact_root(uri: str) -> str | None:
 
 
 def client(uri: str) -> MlflowClient:
-    uri = resolve_uri(uri)
-    mlflow.set_tracking_uri(uri)
-    return MlflowClient(tracking_uri=uri)
+    """One client per tracking URI and process (rank 0 logs every few steps: no rebuild)."""
+    return _client(resolve_uri(uri))
+
+
+@functools.lru_cache(maxsize=16)
+def _client(resolved_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=resolved_uri)
 
 
 def _experiment_id(c: MlflowClient, uri: str, name: str) -> str:

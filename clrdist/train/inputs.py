@@ -8,16 +8,14 @@ soft-smearing width is Lambda_soft / pT), and then with pT divided by ``data.pt_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from clrdist.config import RunConfig
-from clrdist.physics.augment import apply_views
+from clrdist.physics.augment import View, apply_views
 from clrdist.physics.frame import scale_pt, to_model_frame
-
-View = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _frame(particles: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor, cfg: RunConfig,
@@ -49,5 +47,5 @@ def view_inputs(particles: np.ndarray | torch.Tensor, mask: np.ndarray | torch.T
     """
     x, m = _frame(particles, mask, cfg, device)
     viewed = apply_views(views, x, m, generator)
-    xs = torch.cat([scale_pt(xv, cfg.data.pt_scale) for xv, _ in viewed])
+    xs = scale_pt(torch.cat([xv for xv, _ in viewed]), cfg.data.pt_scale)
     return xs, torch.cat([mv for _, mv in viewed])

@@ -159,7 +159,8 @@ def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = Non
                if isinstance(v, (int, float))}
 
     if evaluate:
-        from clrdist.evaluate import EVALUATIONS, evaluate_checkpoint
+        from clrdist.config import EVALUATIONS
+        from clrdist.evaluate import evaluate_checkpoint
 
         which = {name for name in EVALUATIONS if getattr(cfg.eval, name)}
         if which and cfg.data.eval_train_store and cfg.data.eval_test_store:
