@@ -58,6 +58,9 @@ class AugmentConfig(_Section):
     )
     anomaly_view: list[AugmentSpec] | None = None  # third view for AnomalyCLR-type losses
     strength: float = Field(1.0, ge=0)  # scales every augmentation's size (for sweeps)
+    # JetCLR steps on CPU: "auto" = the fused C kernel where it builds, else torch ops; "kernel"
+    # requires the kernel (checked before Ray starts); "torch" = torch ops (docs/core.md)
+    backend: Literal["auto", "torch", "kernel"] = "auto"
 
 
 class ModelConfig(_Section):

@@ -8,8 +8,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clrdist.config import AugmentSpec
-from clrdist.physics.augment import AUGMENTATIONS, build_view
+from clrdist.physics.augment import AUGMENTATIONS, build_view, set_backend
 from clrdist.physics.frame import centroid, to_model_frame
+
+
+@pytest.fixture(autouse=True, params=["kernel", "torch"])
+def backend(request):
+    """Every property test runs on both backends of the JetCLR steps: the fused C kernel (CPU
+    float32 batches) and torch ops."""
+    previous = set_backend(request.param)
+    yield request.param
+    set_backend(previous)
 
 JET_AUGS = ["rotate", "translate", "smear_soft", "collinear_split", "drop", "pt_reweight",
             "subjet_shift", "feature_mask"]

@@ -16,12 +16,16 @@ list of ``AugmentSpec`` into one callable.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
+import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from clrdist.physics import kernel
 from clrdist.physics.frame import centroid
 
 Augmentation = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -212,11 +216,10 @@ def _collinear_split(st: _Jets, gen: torch.Generator | None, strength: float = 1
 
 # ---- the JetCLR augmentations ------------------------------------------------------------------
 
-def _on_batch(step: Callable[..., None], x: torch.Tensor, mask: torch.Tensor,
-              generator: torch.Generator | None, **params) -> tuple[torch.Tensor, torch.Tensor]:
-    st = _Jets(x, mask)
-    step(st, generator, **params)
-    return st.batch()
+def _on_batch(fn: Augmentation, x: torch.Tensor, mask: torch.Tensor,
+              generator: torch.Generator | None, strength: float, **params) -> tuple[torch.Tensor, torch.Tensor]:
+    """One JetCLR augmentation called alone: the code path of a one-step view."""
+    return _run_steps([(fn, params)], strength, x, mask, generator)
 
 
 @register("rotate")
@@ -227,7 +230,7 @@ def rotate(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | Non
     Angle ~ U(-pi s, pi s) with s = strength (s = 1: uniform over the circle, i.e. U(0, 2 pi)).
     Conserves pT, the centroid and all pairwise distances.
     """
-    return _on_batch(_rotate, x, mask, generator, strength=strength)
+    return _on_batch(rotate, x, mask, generator, strength)
 
 
 @register("translate")
@@ -236,7 +239,7 @@ def translate(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | 
     """Shift eta and phi of each jet by U(-w r, w r), w = width * strength, r = the peak-to-peak
     range of that coordinate over the jet's real constituents (padding excluded).
     """
-    return _on_batch(_translate, x, mask, generator, strength=strength, width=width)
+    return _on_batch(translate, x, mask, generator, strength, width=width)
 
 
 @register("smear_soft")
@@ -246,7 +249,7 @@ def smear_soft(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator |
     """Soft smearing: eta' ~ N(eta, L / pT), phi' ~ N(phi, L / pT), L = lambda_soft * strength
     (GeV, default 0.1), pT clipped below at ``pt_clip_min`` GeV. pT is unchanged.
     """
-    return _on_batch(_smear_soft, x, mask, generator, strength=strength,
+    return _on_batch(smear_soft, x, mask, generator, strength,
                      lambda_soft=lambda_soft, pt_clip_min=pt_clip_min)
 
 
@@ -260,7 +263,7 @@ def collinear_split(x: torch.Tensor, mask: torch.Tensor, generator: torch.Genera
     splits (so slots fill up to max(n, fill * P)), limited by n and by the empty slots; strength
     scales k. Conserves the 4-momentum sum, the centroid and the (eta, phi) occupancy.
     """
-    return _on_batch(_collinear_split, x, mask, generator, strength=strength, fill=fill)
+    return _on_batch(collinear_split, x, mask, generator, strength, fill=fill)
 
 
 def _collinear_split_batch(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None,
@@ -416,17 +419,94 @@ def get_augmentation(name: str) -> Augmentation:
         raise KeyError(f"unknown augmentation {name!r}; known: {', '.join(sorted(AUGMENTATIONS))}") from None
 
 
+# ---- backends: the fused CPU kernel or torch ops ----------------------------------------------
+
+BACKENDS = ("auto", "torch", "kernel")
+_backend = os.environ.get("CLRDIST_AUGMENT_BACKEND", "auto")
+_warned_unavailable = False
+
+
+def set_backend(name: str) -> str:
+    """Process-wide default backend of the JetCLR augmentations; returns the previous one.
+
+    "kernel": the fused C kernel (clrdist.physics.kernel) for CPU float32 batches, an error if it
+    cannot be built; "torch": torch ops always; "auto" (default, or $CLRDIST_AUGMENT_BACKEND):
+    the kernel where it applies and builds, torch otherwise (with one warning if it does not
+    build). GPU and other-dtype batches always take the torch path. The two backends draw
+    different random numbers from the same generator; the distributions are the same.
+    """
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"augmentation backend {name!r}: expected one of {', '.join(BACKENDS)}")
+    previous, _backend = _backend, name
+    return previous
+
+
+def _use_kernel(x: torch.Tensor, mask: torch.Tensor, backend: str | None) -> bool:
+    global _warned_unavailable
+    backend = backend or _backend
+    if backend not in BACKENDS:
+        raise ValueError(f"augmentation backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend == "torch" or not kernel.supports(x, mask):
+        return False
+    if backend == "kernel":
+        kernel.require()
+        return True
+    try:
+        kernel.require()
+    except kernel.KernelUnavailable as e:
+        if not _warned_unavailable:
+            _warned_unavailable = True
+            warnings.warn(f"{e}\nclrdist: using the (slower) torch augmentations", RuntimeWarning,
+                          stacklevel=3)
+        return False
+    return True
+
+
+@functools.cache
+def _defaults(fn: Augmentation) -> dict[str, Any]:
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _kernel_step(fn: Augmentation, params: dict[str, Any]) -> tuple[str, tuple[float, ...]]:
+    """(kernel op name, its parameters in the kernel's order, defaults filled in)."""
+    name = fn.__name__
+    names = kernel.OPS[name][1]
+    for k in params:
+        if k not in names:
+            raise TypeError(f"{name}() got an unexpected keyword argument {k!r}")
+    defaults = _defaults(fn)
+    return name, tuple(float(params.get(k, defaults[k])) for k in names)
+
+
 def _run_steps(steps: Sequence[tuple[Augmentation, dict[str, Any]]], strength: float,
                x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None,
-               reps: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply steps in order to the batch repeated ``reps`` times. Consecutive slot-major steps
-    share one working copy; the others run on the (B, P, F) batch, feature-planar on the CPU."""
+               reps: int = 1, backend: str | None = None,
+               programs: dict[tuple[int, int], kernel.Program] | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply steps in order to the batch repeated ``reps`` times. Consecutive JetCLR steps run as
+    one fused kernel call (CPU float32; ``programs`` caches their kernel programs by step range)
+    or share one slot-major working copy (torch); the others run on the (B, P, F) batch,
+    feature-planar on the CPU."""
     st: _Jets | None = None
     i = 0
     while i < len(steps):
         fn, params = steps[i]
         fast = _SLOT_MAJOR.get(fn)
         if fast is not None:
+            if st is None and _use_kernel(x, mask, backend):
+                j = i
+                while j < len(steps) and steps[j][0] in _SLOT_MAJOR:
+                    j += 1
+                prog = programs.get((i, j)) if programs is not None else None
+                if prog is None:
+                    prog = kernel.Program([_kernel_step(f, p) for f, p in steps[i:j]])
+                    if programs is not None:
+                        programs[(i, j)] = prog
+                x, mask = kernel.run(prog, strength, x, mask, generator, reps)
+                reps, i = 1, j
+                continue
             if st is None:
                 st, reps = _Jets(x, mask, reps), 1
             fast(st, generator, strength=strength, **params)
@@ -451,27 +531,42 @@ def _run_steps(steps: Sequence[tuple[Augmentation, dict[str, Any]]], strength: f
     return x.contiguous(), mask
 
 
-def build_view(specs: Sequence[Any], strength: float = 1.0) -> View:
+def build_view(specs: Sequence[Any], strength: float = 1.0, backend: str | None = None) -> View:
     """Ordered list of specs (objects with ``.name`` and ``.params``, e.g. config.AugmentSpec,
     or dicts with those keys) -> callable(x, mask, generator) -> (x, mask).
 
     Unknown names fail here, at build time, with a KeyError listing the known names. The view
-    gives exactly what calling its augmentations in turn with the same generator gives.
+    gives exactly what calling its augmentations in turn with the same generator gives (on the
+    same backend). ``backend`` ("auto", "torch", "kernel"; None: the process default, see
+    ``set_backend``) picks how the JetCLR steps run.
     """
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"augmentation backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     steps: list[tuple[Augmentation, dict[str, Any]]] = []
     for spec in specs:
         name = spec["name"] if isinstance(spec, dict) else spec.name
         params = (spec.get("params") or {}) if isinstance(spec, dict) else dict(spec.params or {})
-        steps.append((get_augmentation(name), dict(params)))
+        fn = get_augmentation(name)
+        if "strength" in params:
+            raise TypeError(f"augmentation {name!r}: 'strength' is set for all augmentations at once "
+                            "(augment.strength), not per augmentation")
+        try:  # unknown or missing parameters fail here too, not at the first batch
+            inspect.signature(fn).bind(None, None, None, **params)
+        except TypeError as e:
+            raise TypeError(f"augmentation {name!r}: {e}") from None
+        steps.append((fn, dict(params)))
+
+    programs: dict[tuple[int, int], kernel.Program] = {}
 
     def view(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None):
-        return _run_steps(steps, strength, x, mask, generator)
+        return _run_steps(steps, strength, x, mask, generator, backend=backend, programs=programs)
 
     def repeated(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None, reps: int):
-        return _run_steps(steps, strength, x, mask, generator, reps)
+        return _run_steps(steps, strength, x, mask, generator, reps, backend, programs)
 
     view.steps = steps  # type: ignore[attr-defined]
     view.strength = strength  # type: ignore[attr-defined]
+    view.backend = backend  # type: ignore[attr-defined]
     view.repeated = repeated  # type: ignore[attr-defined]
     return view
 
@@ -489,7 +584,7 @@ def apply_views(views: Sequence[View], x: torch.Tensor, mask: torch.Tensor,
     while i < len(views):
         j = i + 1
         def key(v):
-            return getattr(v, "steps", None), getattr(v, "strength", None)
+            return getattr(v, "steps", None), getattr(v, "strength", None), getattr(v, "backend", None)
 
         while j < len(views) and key(views[i])[0] is not None and key(views[j]) == key(views[i]):
             j += 1
@@ -502,7 +597,8 @@ def apply_views(views: Sequence[View], x: torch.Tensor, mask: torch.Tensor,
                 xs, ms = rep(x, mask, generator, k)
             else:
                 xs, ms = views[i](x.repeat(k, *([1] * (x.dim() - 1))), mask.repeat(k, 1), generator)
-            out.extend(zip(xs.chunk(k), ms.chunk(k), strict=True))
+            out.extend(zip(xs.view(k, *x.shape).unbind(0), ms.view(k, *mask.shape).unbind(0),
+                           strict=True))
         i = j
     return out
 

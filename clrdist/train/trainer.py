@@ -72,9 +72,23 @@ def check_components(cfg: RunConfig) -> None:
         raise ConfigError(f"loss.name: {e.args[0]}") from None
     for i, view in enumerate(cfg.augment.views):
         try:
-            build_view(view, cfg.augment.strength)
+            build_view(view, cfg.augment.strength, cfg.augment.backend)
         except KeyError as e:
             raise ConfigError(f"augment.views.{i}: {e.args[0]}") from None
+        except TypeError as e:
+            raise ConfigError(f"augment.views.{i}: {e}") from None
+    if cfg.augment.anomaly_view:
+        try:
+            build_view(cfg.augment.anomaly_view, cfg.augment.strength, cfg.augment.backend)
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"augment.anomaly_view: {e.args[0] if isinstance(e, KeyError) else e}") from None
+    if cfg.augment.backend == "kernel":
+        from clrdist.physics import kernel
+
+        try:
+            kernel.require()
+        except kernel.KernelUnavailable as e:
+            raise ConfigError(f"augment.backend: {e}") from None
     if len(cfg.augment.views) != 2:
         raise ConfigError(f"augment.views: contrastive losses take 2 views, got {len(cfg.augment.views)}")
     if getattr(loss, "needs_anomaly_view", False) and not cfg.augment.anomaly_view:
