@@ -28,8 +28,10 @@ from bench import reference_jetclr as ref
 from clrdist.config import AugmentSpec, LossConfig, ModelConfig
 from clrdist.losses import build_loss
 from clrdist.models import build_model
+from clrdist.physics import kernel
 from clrdist.physics.augment import apply_views, build_view
 from clrdist.physics.frame import scale_pt, to_model_frame
+from clrdist.runtime import tune_malloc
 
 PT_SCALE = 600.0
 
@@ -180,8 +182,11 @@ def main(argv=None) -> dict:
                    help="device peak (e.g. 989 for H100 bf16 dense) to report model FLOP utilisation")
     p.add_argument("--batch-sweep", default="",
                    help="comma-separated batch sizes: also time the augmentation alone at each")
+    p.add_argument("--no-tune-malloc", action="store_true",
+                   help="leave glibc's malloc thresholds alone (clrdist.runtime; training workers set them)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     a = p.parse_args(argv)
+    malloc_tuned = False if a.no_tune_malloc else tune_malloc()  # both sides: one process
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
@@ -224,7 +229,8 @@ def main(argv=None) -> dict:
         "batch": a.batch, "constituents": a.constituents, "model_dim": a.model_dim,
         "ff_dim": a.ff_dim, "layers": a.layers, "heads": a.heads, "device": str(device),
         "bf16": a.bf16_used, "buckets": a.buckets, "fill": a.fill,
-        "threads": torch.get_num_threads(), "repeats": a.repeats,
+        "threads": torch.get_num_threads(), "repeats": a.repeats, "malloc_tuned": malloc_tuned,
+        "aug_backend": "kernel" if (device.type == "cpu" and kernel.available()) else "torch",
         "torch": torch.__version__,
     }
     if a.batch_sweep:

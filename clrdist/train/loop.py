@@ -21,6 +21,7 @@ from clrdist.data.stream import ShardedStream
 from clrdist.losses import build_loss
 from clrdist.models import build_model
 from clrdist.physics.augment import build_view
+from clrdist.runtime import tune_malloc
 from clrdist.train import checkpoint
 from clrdist.train.engine import build_engine
 from clrdist.train.inputs import view_inputs
@@ -53,6 +54,7 @@ def validate(engine, cfg, val, device) -> dict[str, float]:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = config_from_dict(config["run_config"], source="train_loop_config")
+    tune_malloc()  # steady per-step allocations (clrdist.runtime)
     uri, run_id = config["tracking_uri"], config["mlflow_run_id"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -70,9 +72,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     engine = build_engine(build_model(cfg.model), cfg, total_steps)
     loss_fn = build_loss(cfg.loss)
-    views = [build_view(v, cfg.augment.strength) for v in cfg.augment.views]
+    views = [build_view(v, cfg.augment.strength, cfg.augment.backend) for v in cfg.augment.views]
     if cfg.augment.anomaly_view:
-        views.append(build_view(cfg.augment.anomaly_view, cfg.augment.strength))
+        views.append(build_view(cfg.augment.anomaly_view, cfg.augment.strength, cfg.augment.backend))
     gen = torch.Generator(device=device)
 
     # -- resume from the last checkpoint, if Ray Train restarted us ------------------------------
