@@ -29,7 +29,7 @@ from clrdist.config import AugmentSpec, LossConfig, ModelConfig
 from clrdist.losses import build_loss
 from clrdist.models import build_model
 from clrdist.physics import kernel
-from clrdist.physics.augment import apply_views, build_view
+from clrdist.physics.augment import apply_views, build_view, get_backend
 from clrdist.physics.frame import scale_pt, to_model_frame
 from clrdist.runtime import tune_malloc
 
@@ -230,7 +230,8 @@ def main(argv=None) -> dict:
         "ff_dim": a.ff_dim, "layers": a.layers, "heads": a.heads, "device": str(device),
         "bf16": a.bf16_used, "buckets": a.buckets, "fill": a.fill,
         "threads": torch.get_num_threads(), "repeats": a.repeats, "malloc_tuned": malloc_tuned,
-        "aug_backend": "kernel" if (device.type == "cpu" and kernel.available()) else "torch",
+        "aug_backend": ("kernel" if device.type == "cpu" and get_backend() != "torch"
+                        and kernel.available() else "torch"),
         "torch": torch.__version__,
     }
     if a.batch_sweep:

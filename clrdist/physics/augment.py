@@ -442,6 +442,11 @@ def set_backend(name: str) -> str:
     return previous
 
 
+def get_backend() -> str:
+    """The process-wide default backend (see ``set_backend``)."""
+    return _backend
+
+
 def _use_kernel(x: torch.Tensor, mask: torch.Tensor, backend: str | None) -> bool:
     global _warned_unavailable
     backend = backend or _backend
