@@ -10,7 +10,10 @@ that never modifies its inputs, keeps padding at zero / False (inputs must be ze
 ``generator`` (same seed -> same output) and has no Python loop over jets. ``strength`` scales
 the size of every augmentation (for sweeps); 1 gives the published defaults (REFERENCE.md).
 They are registered by name in ``AUGMENTATIONS``; ``build_view`` turns the config's ordered
-list of ``AugmentSpec`` into one callable.
+list of ``AugmentSpec`` into one callable. On CPU float32 batches the JetCLR steps (rotate,
+translate, smear_soft, collinear_split) run in the fused C kernel of ``clrdist.physics.kernel``
+unless the backend is "torch" (``set_backend``, ``augment.backend``); same distributions, other
+random numbers.
 """
 
 from __future__ import annotations
