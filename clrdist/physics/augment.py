@@ -425,7 +425,15 @@ def get_augmentation(name: str) -> Augmentation:
 # ---- backends: the fused CPU kernel or torch ops ----------------------------------------------
 
 BACKENDS = ("auto", "torch", "kernel")
-_backend = os.environ.get("CLRDIST_AUGMENT_BACKEND", "auto")
+
+
+def _checked(name: str, source: str = "augmentation backend") -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"{source} {name!r}: expected one of {', '.join(BACKENDS)}")
+    return name
+
+
+_backend = _checked(os.environ.get("CLRDIST_AUGMENT_BACKEND", "auto"), "$CLRDIST_AUGMENT_BACKEND")
 _warned_unavailable = False
 
 
@@ -439,9 +447,7 @@ def set_backend(name: str) -> str:
     different random numbers from the same generator; the distributions are the same.
     """
     global _backend
-    if name not in BACKENDS:
-        raise ValueError(f"augmentation backend {name!r}: expected one of {', '.join(BACKENDS)}")
-    previous, _backend = _backend, name
+    previous, _backend = _backend, _checked(name)
     return previous
 
 
@@ -452,17 +458,14 @@ def get_backend() -> str:
 
 def _use_kernel(x: torch.Tensor, mask: torch.Tensor, backend: str | None) -> bool:
     global _warned_unavailable
-    backend = backend or _backend
-    if backend not in BACKENDS:
-        raise ValueError(f"augmentation backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    backend = backend or _backend  # validated by set_backend / build_view
     if backend == "torch" or not kernel.supports(x, mask):
         return False
-    if backend == "kernel":
-        kernel.require()
-        return True
     try:
         kernel.require()
     except kernel.KernelUnavailable as e:
+        if backend == "kernel":
+            raise
         if not _warned_unavailable:
             _warned_unavailable = True
             warnings.warn(f"{e}\nclrdist: using the (slower) torch augmentations", RuntimeWarning,
@@ -548,8 +551,8 @@ def build_view(specs: Sequence[Any], strength: float = 1.0, backend: str | None 
     same backend). ``backend`` ("auto", "torch", "kernel"; None: the process default, see
     ``set_backend``) picks how the JetCLR steps run.
     """
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"augmentation backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend is not None:
+        _checked(backend)
     steps: list[tuple[Augmentation, dict[str, Any]]] = []
     for spec in specs:
         name = spec["name"] if isinstance(spec, dict) else spec.name
