@@ -34,6 +34,7 @@ class DataConfig(_Section):
     train_store: str = "data/toy_train.zarr"  # Zarr store the contrastive training reads
     eval_train_store: str | None = None  # labelled store to fit downstream classifiers on
     eval_test_store: str | None = None  # labelled store, disjoint from the above, to score on
+    val_store: str | None = None  # labelled validation store (eval.every_epochs, Tune), never the test store
     batch_size: int = Field(128, gt=0)  # per-worker batch; the global batch is this x num_workers
     n_particles: int = Field(50, gt=0)  # constituents per sample fed to the model (hardest first)
     shuffle_buffer: int = Field(8192, ge=0)  # samples mixed across chunks; 0 = chunk order only
@@ -142,7 +143,7 @@ class EvalConfig(_Section):
     bumphunt: bool = False  # CWoLa bump hunt in m_jj (dijet stores)
     nplm: bool = False  # NPLM test after training
     anomaly: bool = False  # label-free anomaly scores after training
-    every_epochs: int | None = Field(None, gt=0)  # also evaluate during training on eval stores
+    every_epochs: int | None = Field(None, gt=0)  # quick LCT during training: fit eval_train, score val_store
     # per-evaluation keyword arguments (docs/eval.md), e.g. {nplm: {n_toys_null: 200, M: 500}}
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -166,6 +167,18 @@ class RunConfig(_Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _validation_is_not_test(self) -> RunConfig:
+        d = self.data
+        if self.eval.every_epochs and not (d.val_store and d.eval_train_store):
+            raise ValueError(
+                "eval.every_epochs needs data.val_store and data.eval_train_store (validation "
+                "never reads eval_test_store; make a val split with `clrdist data split`)")
+        if d.val_store and d.val_store in (d.eval_test_store, d.eval_train_store):
+            raise ValueError(f"data.val_store: {d.val_store} is also an evaluation store; "
+                             "validation must be apart from eval_train_store and eval_test_store")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-serialisable dict (stored in checkpoints, stores and MLflow)."""

@@ -7,6 +7,7 @@ for an MLflow run id and logs the results into that run (what ``clrdist eval RUN
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,36 +17,75 @@ from clrdist.config import EVALUATIONS, ConfigError, RunConfig
 from clrdist.data.store import SampleStore, StoreError, open_store
 
 
-def _sources(store: SampleStore) -> set[str]:
-    """What a store's samples were made from, as comparable identifiers."""
+def _units(store: SampleStore) -> set[tuple]:
+    """What a store's samples were made from, as comparable identifiers: two stores that share
+    no identifier cannot share a sample (splits of one parent are compared by index instead).
+
+    Generated stores: one identifier per shard, (process, settings hash, Pythia seed): shards
+    equal in all three make the same events whatever the store, selection or detector. Converted
+    public files: their content hashes. Anything else (toy stores, generated stores from before
+    per-shard provenance): the generator and its master seed."""
     prov = store.attrs.get("provenance", {})
-    if prov.get("sources"):  # converted public files: their content hashes
-        return {f"sha256:{src['sha256']}" for src in prov["sources"]}
-    keys = ("source", "generator", "processes", "seed")  # generated or toy: generator + seed
-    return {"generated:" + ":".join(str(prov.get(k)) for k in keys)}
+    if prov.get("shards"):
+        return {("shard", s["process"], s["settings_sha256"], int(s["pythia_seed"]))
+                for s in prov["shards"]}
+    if prov.get("sources"):
+        return {("sha256", src["sha256"]) for src in prov["sources"]}
+    return {("seed", str(prov.get("generator") or prov.get("source")), str(prov.get("seed")))}
+
+
+def _describe(unit: tuple) -> str:
+    if unit[0] == "shard":
+        return f"{unit[1]} shard with Pythia seed {unit[3]} and the same settings"
+    if unit[0] == "sha256":
+        return f"source file sha256:{unit[1][:16]}..."
+    return f"generator {unit[1]} with seed {unit[2]}"
 
 
 def check_held_out(train_store: str | SampleStore, *eval_stores: str | SampleStore) -> None:
-    """Refuse evaluation stores that may share samples with each other or with training.
+    """Refuse stores that may share samples, pairwise over training and evaluation stores.
 
-    Splits of one parent are checked sample by sample from their recorded indices; otherwise
-    the stores must come from different sources (different files, or generator seeds).
+    Splits of one parent (``clrdist data split``) are checked sample by sample from their
+    recorded indices, whatever the other stores are. Any other pair must be made from
+    different shards / files / seeds (:func:`_units`): e.g. a training store generated with
+    ``qcd --seed 0`` and evaluation splits of ``qcd top --seed 7`` pass, while ``qcd --seed 0``
+    against ``top qcd --seed 0`` (the same QCD shards) is refused.
     """
     from clrdist.data.split import check_disjoint
 
     stores = [s if isinstance(s, SampleStore) else open_store(s)
               for s in (train_store, *eval_stores)]
-    splits = [s.attrs.get("provenance", {}).get("split") for s in stores]
-    if all(splits) and len({r["parent_content_sha256"] for r in splits}) == 1:
-        check_disjoint(*stores)
-        return
+    parents = [(s.attrs.get("provenance", {}).get("split") or {}).get("parent_content_sha256")
+               for s in stores]
+    for parent in {p for p in parents if p}:
+        group = [s for s, p in zip(stores, parents, strict=True) if p == parent]
+        if len(group) > 1:
+            check_disjoint(*group)
     for i, a in enumerate(stores):
-        for b in stores[i + 1:]:
-            common = _sources(a) & _sources(b)
+        for j in range(i + 1, len(stores)):
+            b = stores[j]
+            if parents[i] and parents[i] == parents[j]:
+                continue  # checked by index above
+            common = _units(a) & _units(b)
             if common:
                 raise StoreError(
-                    f"{b.path}: cannot prove it is disjoint from {a.path} (same source "
-                    f"{sorted(common)[0]}); make held-out stores with `clrdist data split`")
+                    f"{b.path}: cannot prove it is disjoint from {a.path} (same source: "
+                    f"{_describe(min(common))}); make held-out stores with `clrdist data split`")
+
+
+def check_final_stores(cfg: RunConfig) -> tuple[SampleStore, SampleStore]:
+    """The (eval_train, eval_test) stores of the final evaluation, after refusing a test store
+    that is, or may share samples with, the validation store (Tune selected on it), the
+    training store or eval_train."""
+    d = cfg.data
+    if not (d.eval_train_store and d.eval_test_store):
+        raise ConfigError("data.eval_train_store / data.eval_test_store: both are needed to evaluate")
+    if d.val_store and Path(d.val_store).resolve() == Path(d.eval_test_store).resolve():
+        raise ConfigError(f"data.eval_test_store: {d.eval_test_store} is the validation store "
+                          "(data.val_store); the final numbers need a test store apart from it")
+    store, test_store = open_store(d.eval_train_store), open_store(d.eval_test_store)
+    check_held_out(d.train_store, store, test_store, *([d.val_store] if d.val_store else []))
+    return store, test_store
 
 
 def evaluate_checkpoint(checkpoint_path: str, which: set[str], *, cfg: RunConfig | None = None,
@@ -59,10 +99,7 @@ def evaluate_checkpoint(checkpoint_path: str, which: set[str], *, cfg: RunConfig
         raise ConfigError(f"eval: unknown evaluation(s) {sorted(unknown)}; known: {list(EVALUATIONS)}")
     model, trained_cfg = load_model(checkpoint_path)
     cfg = cfg or trained_cfg
-    if not (cfg.data.eval_train_store and cfg.data.eval_test_store):
-        raise ConfigError("data.eval_train_store / data.eval_test_store: both are needed to evaluate")
-    store, test_store = open_store(cfg.data.eval_train_store), open_store(cfg.data.eval_test_store)
-    check_held_out(cfg.data.train_store, store, test_store)
+    store, test_store = check_final_stores(cfg)  # the test pair only, never the validation store
     limit = cfg.eval.lct_max_samples
     train_data = store.read_all(max_samples=limit)
     test_data = test_store.read_all(max_samples=limit)

@@ -20,11 +20,11 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def toy_splits(tmp_path_factory):
-    """1200 top + 1200 QCD toy jets split 60/20/20 into train / eval_train / eval_test."""
+    """1200 top + 1200 QCD toy jets split 50/10/20/20 into train / val / eval_train / eval_test."""
     from clrdist.data.split import split_store
     from clrdist.data.toy import write_toy_store
 
     d = tmp_path_factory.mktemp("stores")
     write_toy_store(d / "toy.zarr", n_per_class=1200, seed=3)
-    split_store(d / "toy.zarr", {"train": 0.6, "eval_train": 0.2, "eval_test": 0.2}, out_dir=d, seed=3)
+    split_store(d / "toy.zarr", {"train": 0.5, "val": 0.1, "eval_train": 0.2, "eval_test": 0.2}, out_dir=d, seed=3)
     return d

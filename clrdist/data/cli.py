@@ -10,7 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-SPLIT_NAMES = {1: ["train"], 2: ["train", "test"], 3: ["train", "val", "test"]}
+SPLIT_NAMES = {1: ["train"], 2: ["train", "test"], 3: ["train", "val", "test"],
+               4: ["train", "val", "eval_train", "eval_test"]}
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -135,7 +136,8 @@ def register(subparsers) -> None:
     s.add_argument("store")
     s.add_argument("--fractions", default="0.8,0.1,0.1", help="comma-separated, sum <= 1")
     s.add_argument("--names", default=None,
-                   help="comma-separated split names (default train,val,test for three)")
+                   help="comma-separated split names (default train,val,test for three, "
+                        "train,val,eval_train,eval_test for four)")
     s.add_argument("--out-dir", default=None, help="where <store>_<name>.zarr go (default: beside)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")

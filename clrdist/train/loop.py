@@ -33,12 +33,14 @@ def augment_seed(seed: int, rank: int, step: int) -> int:
 
 
 def load_validation(cfg) -> tuple[dict, dict] | None:
-    """The labelled evaluation stores, read once (capped at eval.lct_max_samples)."""
-    if not (cfg.data.eval_train_store and cfg.data.eval_test_store):
+    """(fit set, validation set): the linear classifier is fitted on data.eval_train_store and
+    scored on data.val_store, read once (capped at eval.lct_max_samples). The test store is
+    never read here: it is what the final numbers come from (Tune must not select on it)."""
+    if not (cfg.data.eval_train_store and cfg.data.val_store):
         return None
     limit = cfg.eval.lct_max_samples
     return (open_store(cfg.data.eval_train_store).read_all(max_samples=limit),
-            open_store(cfg.data.eval_test_store).read_all(max_samples=limit))
+            open_store(cfg.data.val_store).read_all(max_samples=limit))
 
 
 def validate(engine, cfg, val, device) -> dict[str, float]:

@@ -46,7 +46,7 @@ def preflight(cfg: RunConfig) -> None:
     if cfg.data.n_particles > store.n_particles:
         raise ConfigError(f"data.n_particles: {cfg.data.n_particles} exceeds the "
                           f"{store.n_particles} particle slots of {cfg.data.train_store}")
-    for key in ("eval_train_store", "eval_test_store"):
+    for key in ("eval_train_store", "eval_test_store", "val_store"):
         path = getattr(cfg.data, key)
         if path is not None:
             _open(path, f"data.{key}")
@@ -131,7 +131,7 @@ def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = Non
     # Workers do not share the driver's working directory: make every path absolute.
     cfg = cfg.model_copy(deep=True)
     cfg.data.train_store = str(Path(cfg.data.train_store).resolve())
-    for key in ("eval_train_store", "eval_test_store"):
+    for key in ("eval_train_store", "eval_test_store", "val_store"):
         if getattr(cfg.data, key):
             setattr(cfg.data, key, str(Path(getattr(cfg.data, key)).resolve()))
     cfg.checkpoint.storage_path = str(Path(cfg.checkpoint.storage_path).resolve())
