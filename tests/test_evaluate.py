@@ -91,3 +91,66 @@ def test_cli_split_makes_train_val_eval_train_eval_test(toy, tmp_path, capsys):
     cfg = load_config(None, [f"data.{'train_store' if n == 'train' else n + '_store'}={p}"
                              for n, p in paths.items()] + ["eval.every_epochs=1"])
     check_final_stores(cfg)
+
+
+# ---- generated stores: shards that can share events are refused (issue 11, item 1) ----------
+
+def _gen_plan(procs, seed, n=4, shard=2, **kw):
+    from clrdist.data.generate import _plan
+
+    args = dict(jet=None, n_particles=10, detector=None, resonance_masses=(3500, 500, 100),
+                r_inv=0.75, svj_mass=2000, ecm=13000, mpi=False, shard_size=shard,
+                pythia_settings=(), match_truth=True)
+    return _plan(procs, n, seed=seed, **{**args, **kw})
+
+
+def _fake_generated(path, procs, seed, **kw):
+    """A tiny store with the provenance `clrdist data generate` writes (no Pythia run)."""
+    from clrdist.data.generate import shard_records
+    from clrdist.data.store import StoreWriter
+
+    plan = _gen_plan(procs, seed, **kw)
+    n = sum(s.n for s in plan.shards)
+    prov = {"generator": "clrdist.data.generate", "processes": list(procs), "seed": seed,
+            "shards": shard_records(plan.shards)}
+    rng = np.random.default_rng(seed)
+    with StoreWriter(path, kind="jet", particle_features=["pt", "eta", "phi"],
+                     feature_names=["jet_pt"], label_names={0: "qcd", 1: "top"}, n_particles=4,
+                     chunk_size=4, provenance=prov) as w:
+        w.append(rng.random((n, 4, 3), dtype=np.float32), np.ones((n, 4), bool),
+                 np.array([plan.labels[s.process] for s in plan.shards for _ in range(s.n)], np.int8),
+                 rng.random((n, 1), dtype=np.float32))
+    return path
+
+
+def test_shard_seeds_depend_on_process_name_not_position():
+    def qcd_seeds(procs, seed=0):
+        return [(s.seed, s.detector_seed) for s in _gen_plan(procs, seed).shards if s.process == "qcd"]
+
+    assert qcd_seeds(["qcd"]) == qcd_seeds(["top", "qcd"]) == qcd_seeds(["svj", "qcd"])
+    assert set(qcd_seeds(["qcd"], seed=7)).isdisjoint(qcd_seeds(["qcd"]))
+
+
+def test_stores_that_can_share_a_shard_are_refused_and_others_pass(tmp_path):
+    from clrdist.data.generate import SVJ_JET
+
+    train = _fake_generated(tmp_path / "qcd0.zarr", ["qcd"], 0)
+    # same process, settings and seed in another command: the same QCD events -> refused
+    both = _fake_generated(tmp_path / "topqcd0.zarr", ["top", "qcd"], 0)
+    with pytest.raises(StoreError, match="same source: qcd shard with Pythia seed"):
+        check_held_out(train, both)
+    svj = _fake_generated(tmp_path / "qcdsvj0.zarr", ["qcd", "svj"], 0, jet=SVJ_JET)
+    same_jet = _fake_generated(tmp_path / "qcd0_svjjet.zarr", ["qcd"], 0, jet=SVJ_JET, n=2)
+    with pytest.raises(StoreError, match="cannot prove it is disjoint"):
+        check_held_out(same_jet, svj)  # a smaller store of the same shard stream: refused too
+    # other settings (the svj store's pT-hat window) or another seed: no shard in common -> pass
+    check_held_out(train, svj)
+    labelled = _fake_generated(tmp_path / "qcdtop7.zarr", ["qcd", "top"], 7, n=8)
+    split_store(labelled, {"eval_train": 0.5, "eval_test": 0.5}, out_dir=tmp_path, seed=0)
+    # DarkCLR layout: train on a background store, evaluate on splits of a labelled one
+    check_held_out(train, tmp_path / "eval_train.zarr", tmp_path / "eval_test.zarr")
+    # ... still checked by index: a split reused is refused whatever the training store
+    with pytest.raises(StoreError, match="shares .* samples"):
+        check_held_out(train, tmp_path / "eval_train.zarr", tmp_path / "eval_train.zarr")
+    with pytest.raises(StoreError, match="cannot prove it is disjoint"):
+        check_held_out(both, tmp_path / "eval_train.zarr", labelled)  # the parent itself

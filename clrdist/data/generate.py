@@ -20,8 +20,10 @@ Jets: anti-kT (FastJet: the fjcore inside Pythia's SlowJet on particles, the fas
 hardest first, up to ``n_particles``. N-subjettiness with exclusive-kT axes (``jets.py``).
 
 Reproducibility: the work is cut into shards of ``shard_size`` accepted jets (events for dijet
-stores); shard k of process j gets its own seed from ``numpy.random.SeedSequence(seed)``, so
-the same seed gives the same store whatever the number of workers. Shards are written in order.
+stores); shard k of process p gets its own seeds from ``SeedSequence([seed, hash(p), k])``
+(:func:`shard_seeds`: not from p's position in the command), so the same seed gives the same
+store whatever the number of workers. Every shard's seeds and settings hash are recorded in the
+provenance (``shards``). Shards are written in order.
 A failed shard fails the whole command and nothing appears at the output path.
 
 This is the only module that imports pythia8mc, and only inside the functions that need it.
@@ -30,6 +32,7 @@ This is the only module that imports pythia8mc, and only inside the functions th
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import time
@@ -568,24 +571,23 @@ def _plan(
             labels[p] = len([q for q in labels if q != "qcd"]) + 1
     plan = _Plan(kind=kind, jet=jet, labels=labels)
     want_invisible = "svj" in procs
-    root = np.random.SeedSequence(seed)
     n_shards = -(-n_jets // shard_size)
-    for proc, proc_ss in zip(procs, root.spawn(len(procs)), strict=True):
+    for proc in procs:
         settings = tuple(
             _process_settings(
                 proc, kind, jet, resonance_masses=resonance_masses, r_inv=r_inv,
                 svj_mass=svj_mass, ecm=ecm, mpi=mpi,
             )
         ) + extra[proc]
-        for k, ss in enumerate(proc_ss.spawn(n_shards)):
-            pythia_seed, det_seed = ss.generate_state(2, dtype=np.uint64)
+        for k in range(n_shards):
+            pythia_seed, det_seed = shard_seeds(seed, proc, k)
             plan.shards.append(
                 ShardSpec(
                     process=proc,
                     kind=kind,
                     n=min(shard_size, n_jets - k * shard_size),
-                    seed=int(pythia_seed % _SEED_MAX) + 1,
-                    detector_seed=int(det_seed),
+                    seed=pythia_seed,
+                    detector_seed=det_seed,
                     jet=jet,
                     n_particles=n_particles,
                     settings=settings,
@@ -595,6 +597,35 @@ def _plan(
                 )
             )
     return plan
+
+
+def shard_seeds(seed: int, process: str, index: int) -> tuple[int, int]:
+    """(Pythia Random:seed, detector seed) of shard ``index`` of ``process``: a function of
+    (master seed, process name, shard index) only, never of the process's position in the
+    command, so `generate qcd --seed 0` and `generate qcd svj --seed 0` give their QCD shards the
+    same seeds (and the held-out check can see that they may share events)."""
+    key = int.from_bytes(hashlib.sha256(process.encode()).digest()[:8], "little")
+    ss = np.random.SeedSequence([int(seed), key, int(index)])
+    pythia_seed, det_seed = ss.generate_state(2, dtype=np.uint64)
+    return int(pythia_seed % _SEED_MAX) + 1, int(det_seed)
+
+
+def settings_sha256(settings: Sequence[str]) -> str:
+    """Content hash of a complete Pythia settings list (without the seed)."""
+    return hashlib.sha256("\n".join(settings).encode()).hexdigest()
+
+
+def shard_records(shards: Sequence[ShardSpec]) -> list[dict]:
+    """The shards for the store's provenance: process, index within the process, size, seeds
+    and settings hash. Shards with the same process, settings and Pythia seed make the same
+    events."""
+    index: dict[str, int] = {}
+    out = []
+    for s in shards:
+        k = index[s.process] = index.get(s.process, -1) + 1
+        out.append({"process": s.process, "index": k, "n": s.n, "pythia_seed": s.seed,
+                    "detector_seed": s.detector_seed, "settings_sha256": settings_sha256(s.settings)})
+    return out
 
 
 def _remote_shard(spec: ShardSpec, counter=None) -> dict:
@@ -681,6 +712,8 @@ def generate_store(
         "ecm": ecm,
         "mpi": mpi,
         "settings": {p: list(next(s.settings for s in plan.shards if s.process == p)) for p in plan.labels},
+        # every shard's seeds and settings hash (clrdist.evaluate.check_held_out compares them)
+        "shards": shard_records(plan.shards),
     }
     if "resonance" in plan.labels:
         provenance["resonance_masses"] = list(resonance_masses)
