@@ -95,7 +95,7 @@ class ModelConfig(_Section):
 class LossConfig(_Section):
     name: str = "nt_xent"  # registered loss (see clrdist.losses.LOSSES)
     temperature: float = Field(0.1, gt=0)  # tau in exp(s/tau)
-    keep_positive: bool = True  # NT-Xent denominator keeps the positive (JetCLR code) or drops it
+    keep_positive: bool | None = None  # denominator keeps the positive; None = the loss's published form
     gather: bool = True  # negatives all-gathered across workers
 
 

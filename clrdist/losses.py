@@ -144,9 +144,13 @@ def supcon(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, *, temperat
 class _Loss(nn.Module):
     needs_anomaly_view = False  # the loop must pass z_anom (third view)
     needs_labels = False  # the loop must pass labels
+    published_keep_positive = True  # the denominator of the loss's paper (keep_positive=None)
 
-    def __init__(self, temperature: float = 0.1, keep_positive: bool = True, gather: bool = True):
+    def __init__(self, temperature: float = 0.1, keep_positive: bool | None = None,
+                 gather: bool = True):
         super().__init__()
+        if keep_positive is None:
+            keep_positive = self.published_keep_positive
         self.temperature, self.keep_positive, self.gather = temperature, keep_positive, gather
 
     def _need_anom(self, z_anom):
@@ -156,7 +160,8 @@ class _Loss(nn.Module):
 
 
 class NTXentLoss(_Loss):
-    """forward(z1, z2, z_anom=None, labels=None) -> {"loss"}."""
+    """forward(z1, z2, z_anom=None, labels=None) -> {"loss"}; by default the SimCLR / public
+    JetCLR denominator that keeps the positive."""
 
     def forward(self, z1, z2, z_anom=None, labels=None) -> dict[str, torch.Tensor]:
         return {"loss": nt_xent(z1, z2, temperature=self.temperature,
@@ -164,9 +169,10 @@ class NTXentLoss(_Loss):
 
 
 class AnomalyCLRLoss(_Loss):
-    """forward(z1, z2, z_anom) -> {"loss", "contrastive", "anomaly"}; set keep_positive: false for
-    the published (decoupled) denominator."""
+    """forward(z1, z2, z_anom) -> {"loss", "contrastive", "anomaly"}; by default the published
+    (decoupled) denominator without the positive; keep_positive: true adds it."""
     needs_anomaly_view = True
+    published_keep_positive = False  # AnomalyCLR (arXiv:2301.04660) eq. 3: positive dropped
 
     def forward(self, z1, z2, z_anom=None, labels=None) -> dict[str, torch.Tensor]:
         return anomalyclr(z1, z2, self._need_anom(z_anom), temperature=self.temperature,
@@ -200,7 +206,9 @@ LOSSES: dict[str, type[_Loss]] = {
 
 
 def build_loss(cfg: LossConfig) -> nn.Module:
-    """LossConfig -> loss module; unknown name -> KeyError listing the known ones."""
+    """LossConfig -> loss module; unknown name -> KeyError listing the known ones.
+    ``keep_positive: null`` (the config default) leaves the denominator to the loss's published
+    form (``published_keep_positive``), never to one global default."""
     try:
         cls = LOSSES[cfg.name]
     except KeyError:

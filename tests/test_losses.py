@@ -129,3 +129,23 @@ def test_low_precision_projections_are_computed_in_float32():
         assert abs(got["loss"].item() - ref["loss"].item()) < 0.05 * abs(ref["loss"].item()) + 0.05
         got["loss"].backward()
         assert zb[0].grad is not None and zb[0].grad.dtype == torch.bfloat16
+
+
+def test_each_loss_defaults_to_its_published_denominator(tmp_path):
+    """A config that leaves keep_positive out gets the loss's paper form: NT-Xent (SimCLR /
+    JetCLR code) keeps the positive, AnomalyCLR drops it; an explicit value still wins."""
+    from clrdist.config import load_config
+
+    (tmp_path / "c.yaml").write_text("loss: {name: anomalyclr, temperature: 0.2}\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    loss = build_loss(cfg.loss)
+    assert loss.keep_positive is False
+    z1, z2, za = views()
+    got = loss(z1, z2, za)["loss"]
+    published = anomalyclr(z1, z2, za, temperature=0.2, keep_positive=False)["loss"]
+    kept = anomalyclr(z1, z2, za, temperature=0.2, keep_positive=True)["loss"]
+    assert got.item() == pytest.approx(published.item(), rel=1e-12)
+    assert abs(got.item() - kept.item()) > 1e-3
+    assert build_loss(LossConfig(name="nt_xent")).keep_positive is True
+    assert build_loss(LossConfig(name="anomalyclr", keep_positive=True)).keep_positive is True
+    assert build_loss(LossConfig(name="nt_xent", keep_positive=False)).keep_positive is False
