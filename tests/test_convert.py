@@ -21,7 +21,7 @@ from clrdist.data.convert import (
     ConvertError,
     convert,
 )
-from clrdist.data.store import open_store
+from clrdist.data.store import open_store, sample_order
 from clrdist.data.toy import toy_dataset, toy_jets
 
 # -- writers of the public layouts ---------------------------------------------------------------
@@ -89,6 +89,17 @@ def toy():
 # -- toptag ---------------------------------------------------------------------------------------
 
 
+def _in_input_order(store):
+    """The store's samples in the order of the input rows (stores are written in the random
+    order sample_order(n, seed), seed in provenance.order)."""
+    order = sample_order(store.n, store.attrs["provenance"]["order"]["seed"])
+    d = store.read_all()
+    out = {k: np.empty_like(v) for k, v in d.items()}
+    for k in d:
+        out[k][order] = d[k]
+    return out
+
+
 def test_toptag_roundtrip_two_files(tmp_path, toy):
     a = write_toptag(tmp_path / "train.h5", toy["particles"][:500], toy["mask"][:500], toy["label"][:500])
     b = write_toptag(tmp_path / "val.h5", toy["particles"][500:], toy["mask"][500:], toy["label"][500:],
@@ -98,7 +109,7 @@ def test_toptag_roundtrip_two_files(tmp_path, toy):
     s = open_store(out)
     assert s.n == 800 and s.kind == "jet" and s.n_particles == 50
     assert s.feature_names == JET_FEATURES and s.label_names == {0: "qcd", 1: "top"}
-    d = s.read_all()
+    d = _in_input_order(s)
     np.testing.assert_allclose(d["particles"], toy["particles"], rtol=2e-5, atol=2e-5)
     np.testing.assert_array_equal(d["mask"], toy["mask"])
     np.testing.assert_array_equal(d["label"], toy["label"])
@@ -115,7 +126,7 @@ def test_toptag_roundtrip_two_files(tmp_path, toy):
 def test_toptag_max_particles_keeps_hardest(tmp_path, toy):
     a = write_toptag(tmp_path / "t.h5", toy["particles"], toy["mask"], toy["label"], shuffle_slots=True)
     s = open_store(convert("toptag", [a], tmp_path / "t.zarr", max_particles=10, progress=False))
-    d = s.read_all()
+    d = _in_input_order(s)
     assert d["particles"].shape == (800, 10, 3)
     np.testing.assert_allclose(d["particles"], toy["particles"][:, :10], rtol=2e-5, atol=2e-5)
     # jet features still use every constituent, not only the 10 kept
@@ -147,7 +158,7 @@ def test_lhco_clustering_hand_checked(tmp_path):
     path = write_lhco(tmp_path / "events_anomalydetection.h5", np.stack([row, other]), key="whatever")
     s = open_store(convert("lhco", [path], tmp_path / "lh.zarr", progress=False))
     assert s.kind == "dijet" and s.n_particles == 100 and s.feature_names == LHCO_FEATURES
-    d = s.read_all()
+    d = _in_input_order(s)
     np.testing.assert_array_equal(d["label"], [1, 0])
     p, m, f = d["particles"][0], d["mask"][0], dict(zip(LHCO_FEATURES, d["features"][0], strict=True))
     np.testing.assert_allclose(p[:3], j1[np.argsort(-j1[:, 0])], rtol=1e-6)
@@ -195,7 +206,7 @@ def test_lhco_toy_dijets_and_black_box(tmp_path):
     _, _, rows_bb = _toy_dijet_rows(50, seed=9, label=False)
     f2 = write_lhco(tmp_path / "events_LHCO2020_BlackBox1.h5", rows_bb, key="bb")
     s = open_store(convert("lhco", [f1, f2], tmp_path / "lh.zarr", progress=False, block_rows=64))
-    d = s.read_all()
+    d = _in_input_order(s)
     assert s.n == 200 and s.label_names == {-1: "unknown", 0: "background", 1: "signal"}
     np.testing.assert_array_equal(d["label"], np.r_[np.arange(150) % 2, np.full(50, -1)])
     f = d["features"]
@@ -215,9 +226,14 @@ def test_adc_layout_labels_features(tmp_path):
     fb = write_adc(tmp_path / "background_for_training.h5", bkg)
     fs = write_adc(tmp_path / "leptoquark_LOWMASS_lepFilter_13TeV_filtered.h5", sig)
     s = open_store(convert("adc2021", [fb, fs], tmp_path / "adc.zarr", progress=False))
-    d = s.read_all()
+    d = _in_input_order(s)
     assert s.kind == "event" and s.n_particles == 19 and s.feature_names == ADC_FEATURES
     np.testing.assert_array_equal(d["label"], np.r_[np.zeros(300), np.full(100, 2)])
+    # one file per process, but the store is in random order: every stretch has both
+    stored = s.read_all()["label"]
+    assert s.attrs["provenance"]["order"]["seed"] == 0
+    assert all(set(stored[a:a + 40].tolist()) == {0, 2} for a in range(0, 400, 40))
+    assert not np.array_equal(stored, d["label"])
     x = np.concatenate([bkg, sig])
     np.testing.assert_allclose(d["particles"], x[..., :3].astype(np.float32))  # slots kept
     np.testing.assert_array_equal(d["mask"], x[..., 0] > 0)
@@ -454,7 +470,7 @@ def test_toptag_fixed_format_also_reads(tmp_path, toy):
     path = tmp_path / "fixed.h5"
     write_toptag(tmp_path / "t.h5", toy["particles"][:40], toy["mask"][:40], toy["label"][:40])
     pd.read_hdf(tmp_path / "t.h5", "table").to_hdf(path, key="table")  # pandas 'fixed' format
-    d = open_store(convert("toptag", [path], tmp_path / "f.zarr", progress=False)).read_all()
+    d = _in_input_order(open_store(convert("toptag", [path], tmp_path / "f.zarr", progress=False)))
     np.testing.assert_allclose(d["particles"], toy["particles"][:40], rtol=2e-5, atol=2e-5)
 
 
@@ -462,7 +478,7 @@ def test_lhco_event_with_one_jet(tmp_path):
     row = np.zeros(3 * 700 + 1)
     row[:6] = [800.0, 0.1, 0.2, 300.0, 0.2, 0.1]
     path = write_lhco(tmp_path / "one.h5", row[None, :])
-    d = open_store(convert("lhco", [path], tmp_path / "one.zarr", progress=False)).read_all()
+    d = _in_input_order(open_store(convert("lhco", [path], tmp_path / "one.zarr", progress=False)))
     f = dict(zip(LHCO_FEATURES, d["features"][0], strict=True))
     assert (f["n_J1"], f["n_J2"]) == (2, 0) and d["mask"][0, 50:].sum() == 0
     assert f["m_jj"] == pytest.approx(f["m_J1"], rel=1e-5) and f["m_J2"] == 0

@@ -87,6 +87,17 @@ def test_store_layout_and_attributes(toptag):
 
 
 @pytest.mark.integration
+def test_store_is_in_random_order(toptag):
+    """Processes are generated one after the other but written in the seeded random order
+    sample_order(n, seed): labels switch about every other sample, not once."""
+    store, data, _ = toptag
+    assert store.attrs["provenance"]["order"]["seed"] == 11
+    switches = int((np.diff(data["label"]) != 0).sum())
+    assert switches > 0.3 * store.n  # 1 for the process-by-process order; ~n / 2 if random
+    assert set(data["label"][:20].tolist()) == {0, 1}
+
+
+@pytest.mark.integration
 def test_constituents_hardest_first_and_consistent_with_jet(toptag):
     store, data, _ = toptag
     p, m = data["particles"], data["mask"]

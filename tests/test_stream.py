@@ -17,7 +17,7 @@ def store(tmp_path_factory):
     """A store whose feature 0 is the sample's storage index, so batches can be traced."""
     out = tmp_path_factory.mktemp("stream") / "s.zarr"
     idx = np.arange(N)
-    particles = np.repeat(idx[:, None, None], 4, axis=1).repeat(3, axis=2).astype(np.float32)
+    particles = np.repeat(idx[:, None, None] + 1, 4, axis=1).repeat(3, axis=2).astype(np.float32)
     with StoreWriter(out, kind="jet", particle_features=["pt", "eta", "phi"],
                      feature_names=["index", "x"], label_names={0: "a", 1: "b"},
                      n_particles=4, chunk_size=CHUNK, shard_chunks=4) as w:
@@ -58,7 +58,7 @@ def test_batches_carry_consistent_arrays(store):
     b = next(iter(ShardedStream(store, batch_size=40, seed=1)))
     assert b["particles"].shape == (40, 4, 3) and b["particles"].dtype == np.float32
     assert b["mask"].dtype == bool and b["label"].dtype == np.int8
-    np.testing.assert_array_equal(b["particles"][:, 0, 0], b["features"][:, 0])
+    np.testing.assert_array_equal(b["particles"][:, 0, 0], b["features"][:, 0] + 1)
     np.testing.assert_array_equal(b["label"], ids(b) % 2)
 
 
@@ -258,7 +258,7 @@ def stores(tmp_path_factory):
         with StoreWriter(path, kind="jet", particle_features=["pt", "eta", "phi"],
                          feature_names=["index"], label_names={0: "a"}, n_particles=2,
                          chunk_size=chunk, shard_chunks=3) as w:
-            w.append(np.repeat(idx[:, None, None], 2, 1).repeat(3, 2).astype(np.float32),
+            w.append(np.repeat(idx[:, None, None] + 1, 2, 1).repeat(3, 2).astype(np.float32),
                      np.ones((n, 2), bool), np.zeros(n, np.int8), idx[:, None].astype(np.float32))
         out[n] = open_store(path)
     return out
@@ -299,3 +299,69 @@ def test_property_coverage_and_exact_resume(stores):
                                       np.sort(s.excluded(epoch)))
 
     check()
+
+
+# -- i.i.d. batches: stores are written in random order ---------------------------------------
+
+def _sorted_by_class(n):
+    """n samples, the first half class 0 and the rest class 1 (as a generator writes them)."""
+    label = (np.arange(n) >= n // 2).astype(np.int8)
+    particles = np.ones((n, 4, 3), np.float32)
+    return particles, np.ones((n, 4), bool), label, np.stack([np.arange(n), label], 1).astype(np.float32)
+
+
+def _write(path, data, **kw):
+    with StoreWriter(path, kind="jet", particle_features=["pt", "eta", "phi"],
+                     feature_names=["index", "label"], label_names={0: "a", 1: "b"}, n_particles=4,
+                     chunk_size=256, shard_chunks=4, **kw) as w:
+        for a in range(0, len(data[2]), 1000):
+            w.append(*(x[a:a + 1000] for x in data))
+    return open_store(path)
+
+
+def _batch_fraction_std(store, batch=64):
+    """Std over one epoch's batches of the class-1 fraction; a small shuffle window, so the
+    mix has to come from the store's order."""
+    s = ShardedStream(store, batch_size=batch, seed=0, shuffle_buffer=256)
+    return float(np.std([b["label"].mean() for b in s]))
+
+
+def test_batches_of_written_toy_and_split_stores_are_binomial(tmp_path):
+    from clrdist.data.split import source_index, split_store
+    from clrdist.data.store import sample_order
+    from clrdist.data.toy import write_toy_store
+
+    n, batch = 8192, 64
+    binomial = np.sqrt(0.25 / batch)  # 0.0625
+    data = _sorted_by_class(n)
+    # control: the class-sorted input written as it comes: batches are one class
+    assert _batch_fraction_std(_write(tmp_path / "sorted.zarr", data)) > 0.3
+    shuffled = _write(tmp_path / "shuffled.zarr", data, shuffle_seed=7)
+    assert shuffled.attrs["provenance"]["order"]["seed"] == 7
+    order = sample_order(n, 7)
+    got = shuffled.read_all()
+    np.testing.assert_array_equal(got["features"][:, 0], order)  # position j holds sample order[j]
+    np.testing.assert_array_equal(got["label"], data[2][order])
+    toy = open_store(write_toy_store(tmp_path / "toy.zarr", n_per_class=n // 2, seed=1))
+    assert toy.attrs["provenance"]["order"]["seed"] == 1
+    outs = split_store(tmp_path / "sorted.zarr", {"train": 0.8, "test": 0.2}, seed=3)
+    train = open_store(outs["train"])
+    assert train.attrs["provenance"]["order"]["seed"] == [3, 0]
+    # the split's index follows the child's (shuffled) order
+    np.testing.assert_array_equal(source_index(train), train.read_all()["features"][:, 0])
+    for store in (shuffled, toy, train):
+        std = _batch_fraction_std(store, batch)
+        assert 0.75 * binomial < std < 1.25 * binomial, (store.path, std, binomial)
+
+
+def test_capped_reads_of_a_sorted_store_hold_both_classes(tmp_path):
+    store = _write(tmp_path / "sorted.zarr", _sorted_by_class(8192))
+    for seed in (0, 1):
+        sub = store.read_all(max_samples=1000, seed=seed)
+        assert len(sub["label"]) == 1000
+        assert 0.45 < sub["label"].mean() < 0.55  # the first 1000 would all be class 0
+        idx = sub["features"][:, 0].astype(np.int64)
+        assert (np.diff(idx) > 0).all()  # distinct, in storage order
+        np.testing.assert_array_equal(sub["label"], (idx >= 4096).astype(np.int8))
+    np.testing.assert_array_equal(store.read_all(max_samples=1000)["features"],
+                                  store.read_all(max_samples=1000, seed=0)["features"])

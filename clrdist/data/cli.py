@@ -20,7 +20,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     out = convert(args.format, args.inputs, args.out, max_particles=args.max_particles,
                   overwrite=args.overwrite, block_rows=args.block_rows,
                   chunk_size=args.chunk_size, shard_chunks=args.shard_chunks,
-                  label=args.label, progress=not args.no_progress)
+                  label=args.label, progress=not args.no_progress, seed=args.seed)
     from clrdist.data.store import open_store
 
     s = open_store(out)
@@ -124,6 +124,8 @@ def register(subparsers) -> None:
     c.add_argument("--label", type=int, default=None,
                    help="process id for every input (adc2021 default: from the file name; "
                         "lhco: for files without a label column)")
+    c.add_argument("--seed", type=int, default=0,
+                   help="seed of the random sample order the store is written in")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.set_defaults(func=_cmd_convert)
 

@@ -21,7 +21,9 @@ Files are read in blocks (memory stays bounded whatever the file size); every bl
 (NaN/inf, negative pT or energy, unknown labels) and any problem is a :class:`ConvertError`
 naming the file and the problem. The store is written under a temporary name, so a failed
 conversion leaves nothing at the output path. Several input files append into one store;
-provenance records each source's name, size and sha256 and the converter version.
+provenance records each source's name, size and sha256 and the converter version. The store's
+samples are in a seeded random order (``seed``, recorded in ``provenance.order``), not the
+files' order.
 """
 
 from __future__ import annotations
@@ -479,10 +481,12 @@ def iter_blocks(src: _Source, block_rows: int) -> Iterator[tuple[int, np.ndarray
 def convert(fmt: str, inputs: list[str | os.PathLike], out: str | os.PathLike, *,
             max_particles: int | None = None, overwrite: bool = False,
             block_rows: int | None = None, chunk_size: int = 4096, shard_chunks: int = 16,
-            label: int | None = None, progress: bool = True) -> Path:
+            label: int | None = None, progress: bool = True, seed: int = 0) -> Path:
     """Convert one or more input files of format ``fmt`` into one store at ``out``.
 
-    ``block_rows`` bounds memory (default: about 64 MB of raw input per block).
+    ``block_rows`` bounds memory (default: about 64 MB of raw input per block). The store is
+    written in the random order ``sample_order(n, seed)`` (class-sorted inputs, e.g. one ADC
+    file per process, give i.i.d. batches); ``provenance.order`` records the seed.
     """
     if fmt not in FORMATS:
         raise ConvertError(f"unknown input format {fmt!r} (known: {', '.join(FORMATS)})")
@@ -508,6 +512,8 @@ def convert(fmt: str, inputs: list[str | os.PathLike], out: str | os.PathLike, *
                 raise ConvertError(f"{path}: no rows")
         provenance = {"source": fmt, "converter": "clrdist.data.convert",
                       "converter_version": CONVERTER_VERSION, "max_particles": p, "sources": []}
+        if fmt == "lhco":  # the LHC Olympics 2020 R&D sample: 13 TeV (the bump hunt reads it)
+            provenance["ecm"] = 13000.0
         for src in sources:
             provenance["sources"].append({"name": src.path.name, "path": str(src.path.resolve()),
                                           "size": src.path.stat().st_size,
@@ -518,7 +524,8 @@ def convert(fmt: str, inputs: list[str | os.PathLike], out: str | os.PathLike, *
                          feature_names=spec.feature_names, label_names=spec.label_names,
                          n_particles=spec.n_slots(p), chunk_size=chunk_size,
                          shard_chunks=shard_chunks, provenance=provenance,
-                         overwrite=overwrite) as writer, _progress(progress) as bar:
+                         overwrite=overwrite, shuffle_seed=seed) as writer, \
+                _progress(progress) as bar:
             task = bar.add_task(f"{fmt} -> {out.name}", total=total)
             for src in sources:
                 rows = block_rows or max(256, _BLOCK_BYTES // max(1, src.row_bytes))

@@ -726,6 +726,7 @@ def generate_store(
         out, kind=plan.kind, particle_features=["pt", "eta", "phi"], feature_names=features,
         label_names={v: k for k, v in plan.labels.items()}, n_particles=p_store,
         chunk_size=chunk_size, provenance=provenance, overwrite=overwrite,
+        shuffle_seed=seed,  # random sample order (not process by process): i.i.d. batches
     ) as writer:
         started_ray = False
         if not ray.is_initialized():

@@ -1,10 +1,15 @@
 """Disjoint random splits of a store (train / val / test), provably disjoint.
 
 Every child store carries, next to the usual arrays, an int64 array ``source_index`` (n,) with
-the parent index of each of its samples (ascending), and in its provenance a ``split`` record:
-the parent's path and content hash (:meth:`SampleStore.content_hash`), the split name, seed,
-fractions and the sha256 of the index array. :func:`check_disjoint` proves that stores were cut
-from the same parent and share no sample.
+the parent index of each of its samples, and in its provenance a ``split`` record: the parent's
+path and content hash (:meth:`SampleStore.content_hash`), the split name, seed, fractions and
+the sha256 of the index array. :func:`check_disjoint` proves that stores were cut from the same
+parent and share no sample.
+
+Children are written in random order (``sample_order`` seeded by ``[seed, split number]``,
+recorded in ``provenance.order``), whatever the parent's order: a class-sorted parent gives
+children whose batches have the class mix of the whole. The parent's shards are checked against
+their checksums before anything is written.
 """
 
 from __future__ import annotations
@@ -16,7 +21,17 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from clrdist.data.store import SampleStore, StoreError, StoreWriter, open_store
+from clrdist.data.store import (
+    ARRAYS,
+    NO_CHECKSUMS,
+    SampleStore,
+    StoreError,
+    StoreWriter,
+    log,
+    open_store,
+    sample_order,
+    verify_store,
+)
 
 INDEX_ARRAY = "source_index"
 
@@ -54,6 +69,8 @@ def split_store(path: str | os.PathLike, fractions: dict[str, float], *,
     Reads the parent chunk by chunk (bounded memory). Returns {name: path}.
     """
     parent = open_store(path)
+    if not verify_store(parent)["checksums"]:  # a damaged parent fails before any writing
+        log.warning("%s: %s", parent.path, NO_CHECKSUMS)
     out_dir = Path(out_dir) if out_dir is not None else parent.path.parent
     names = list(fractions)
     which = split_assignment(parent.n, [fractions[k] for k in names], seed)
@@ -68,6 +85,7 @@ def split_store(path: str | os.PathLike, fractions: dict[str, float], *,
     try:
         for i, name in enumerate(names):
             idx = np.flatnonzero(which == i)
+            order_seed = [int(seed), i]
             record = {
                 "parent": str(parent.path.resolve()),
                 "parent_content_sha256": parent_hash,
@@ -76,7 +94,7 @@ def split_store(path: str | os.PathLike, fractions: dict[str, float], *,
                 "seed": int(seed),
                 "fractions": {k: float(v) for k, v in fractions.items()},
                 "index_array": INDEX_ARRAY,
-                "index_sha256": _index_sha256(idx),
+                "index_sha256": _index_sha256(idx[sample_order(len(idx), order_seed)]),
                 "n": int(len(idx)),
             }
             writers[name] = StoreWriter(
@@ -84,23 +102,19 @@ def split_store(path: str | os.PathLike, fractions: dict[str, float], *,
                 feature_names=parent.feature_names, label_names=parent.label_names,
                 n_particles=parent.n_particles, chunk_size=parent.chunk_size,
                 shard_chunks=max(1, parent.shard_size // parent.chunk_size),
-                provenance={**parent.attrs.get("provenance", {}), "split": record},
-                overwrite=overwrite)
+                provenance={k: v for k, v in parent.attrs.get("provenance", {}).items()
+                            if k != "order"} | {"split": record},
+                overwrite=overwrite, shuffle_seed=order_seed)
+            # the index array lives inside the child store, in the child's order
+            writers[name].attach(INDEX_ARRAY, idx.astype(np.int64))
         for c in range(parent.n_chunks):
             a, b = parent.chunk_bounds(c)
-            data = parent.read(a, b)
+            data = parent.read_chunk(c)
             w = which[a:b]
             for i, name in enumerate(names):
                 sel = w == i
                 if sel.any():
-                    writers[name].append(*(data[k][sel] for k in
-                                           ("particles", "mask", "label", "features")))
-        for i, name in enumerate(names):
-            idx = np.flatnonzero(which == i)
-            # the index array lives inside the child store, written before the rename
-            g = zarr.open_group(str(writers[name].tmp_path), mode="r+")
-            g.create_array(INDEX_ARRAY, data=idx.astype(np.int64),
-                           chunks=(min(len(idx), 1 << 20),))
+                    writers[name].append(*(data[k][sel] for k in ARRAYS))
         for w in writers.values():
             w.close()
     except BaseException:
@@ -111,7 +125,8 @@ def split_store(path: str | os.PathLike, fractions: dict[str, float], *,
 
 
 def source_index(store: SampleStore | str | os.PathLike) -> np.ndarray:
-    """The parent indices of a split store's samples, verified against its recorded hash."""
+    """The parent index of each of a split store's samples (in the store's order), verified
+    against its recorded hash."""
     s = store if isinstance(store, SampleStore) else open_store(store)
     rec = s.attrs.get("provenance", {}).get("split")
     if rec is None:

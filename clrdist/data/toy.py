@@ -197,13 +197,16 @@ def write_toy_store(path: str | os.PathLike, *, n_per_class: int, seed: int, n_p
     from clrdist.data.store import StoreWriter
 
     path = Path(path)
+    block = 50_000  # jets per class per block: bounded memory for big toy stores
     provenance = {"source": "toy", "generator": "clrdist.data.toy", "seed": int(seed),
-                  "n_per_class": int(n_per_class)}
+                  "n_per_class": int(n_per_class),
+                  # random order: each block of both classes is one seeded permutation
+                  "order": {"shuffled": True, "seed": int(seed),
+                            "by": f"clrdist.data.toy.toy_dataset, blocks of {2 * block} jets"}}
     with StoreWriter(path, kind="jet", particle_features=TOY_PARTICLE_FEATURES,
                      feature_names=TOY_FEATURES, label_names=TOY_LABELS, n_particles=n_particles,
                      chunk_size=chunk_size, shard_chunks=shard_chunks, provenance=provenance,
                      overwrite=overwrite) as w:
-        block = 50_000  # bounded memory for big toy stores
         for i, start in enumerate(range(0, n_per_class, block)):
             d = toy_dataset(min(block, n_per_class - start), seed=seed, n_particles=n_particles,
                             block=i)
