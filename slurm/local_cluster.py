@@ -106,7 +106,7 @@ class LocalSlurm:
             "MpiDefault=none", "ReturnToService=2", "SlurmdParameters=config_overrides",
             "KillWait=10", "InactiveLimit=0", "MinJobAge=600", "JobRequeue=1",
         ]
-        for name, port in zip(self.nodes, node_ports):
+        for name, port in zip(self.nodes, node_ports, strict=True):
             lines.append(f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} "
                          f"CPUs={self.cpus} State=UNKNOWN")
         lines.append(f"PartitionName=local Nodes={','.join(self.nodes)} Default=YES "
