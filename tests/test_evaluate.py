@@ -1,5 +1,9 @@
 """Held-out checks before evaluation: provably disjoint stores only."""
 
+import itertools
+import shlex
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -8,6 +12,7 @@ from clrdist.data.split import split_store
 from clrdist.data.store import StoreError, open_store
 from clrdist.data.toy import write_toy_store
 from clrdist.evaluate import check_final_stores, check_held_out
+from clrdist.losses import build_loss
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +159,55 @@ def test_stores_that_can_share_a_shard_are_refused_and_others_pass(tmp_path):
         check_held_out(train, tmp_path / "eval_train.zarr", tmp_path / "eval_train.zarr")
     with pytest.raises(StoreError, match="cannot prove it is disjoint"):
         check_held_out(both, tmp_path / "eval_train.zarr", labelled)  # the parent itself
+
+
+# ---- recipes that match the papers (issue 11, item 4) ----------------------------------------
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _recipe(name):
+    """The store-making commands in a config's header comment, as argv lists."""
+    lines = (CONFIGS / f"{name}.yaml").read_text().splitlines()
+    return [shlex.split(ln.lstrip("# ").strip())[1:] for ln in lines
+            if ln.startswith("#") and ln.lstrip("# ").startswith("clrdist data ")]
+
+
+@pytest.mark.parametrize("name", ["darkclr_svj", "darkclr_svj_cpu"])
+def test_darkclr_recipe_trains_on_background_only(name):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    gens = [a for a in _recipe(name) if a[:2] == ["data", "generate"]]
+    train = [a for a in gens if a[a.index("--out") + 1] == cfg.data.train_store]
+    assert len(train) == 1, "the header says how to make data.train_store"
+    processes = list(itertools.takewhile(lambda a: not a.startswith("-"), train[0][2:]))
+    assert processes == ["qcd"], train[0]  # background and nothing else
+    assert cfg.loss.name == "anomalyclr" and build_loss(cfg.loss).keep_positive is False
+
+
+@pytest.mark.integration
+def test_darkclr_cpu_recipe_runs_and_passes_the_held_out_check(ray_cluster, tmp_path):
+    """The header's commands at 6 jets per process: a QCD-only training store, a labelled
+    svj/QCD store split into eval_train/eval_test; the held-out check accepts them."""
+    from clrdist.cli import main
+
+    for argv in _recipe("darkclr_svj_cpu"):
+        argv = [tmp_path.as_posix() + a[4:] if a.startswith("data/") else a for a in argv]
+        if "--jets" in argv:
+            argv[argv.index("--jets") + 1] = "6"
+            argv += ["--no-progress", "--workers", "2", "--max-particles", "20"]
+        assert main(argv) == 0, argv
+    base = load_config(CONFIGS / "darkclr_svj_cpu.yaml").data
+    cfg = load_config(CONFIGS / "darkclr_svj_cpu.yaml",
+                      [f"data.{k}={tmp_path.as_posix()}{getattr(base, k)[4:]}"
+                       for k in ("train_store", "eval_train_store", "eval_test_store")])
+    train = open_store(cfg.data.train_store)
+    assert train.label_names == {0: "qcd"} and set(train.read_all()["label"]) == {0}
+    store, test = check_final_stores(cfg)
+    assert set(np.r_[store.read_all()["label"], test.read_all()["label"]]) == {0, 1}
+
+
+def test_lhco_like_resonance_defaults_to_13_tev():
+    dijet = _gen_plan(["resonance", "qcd"], 0, ecm=None, jet=None)
+    assert dijet.ecm == 13000.0
+    assert all("Beams:eCM = 13000" in s.settings for s in dijet.shards)
+    assert _gen_plan(["top", "qcd"], 0, ecm=None).ecm == 14000.0  # the top-tagging data's energy

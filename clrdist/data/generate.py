@@ -96,6 +96,12 @@ DEFAULT_JET = {
 SVJ_JET = JetDef(R=0.8, pt_min=150.0, pt_max=300.0, abs_eta_max=2.0)
 
 
+def default_ecm(kind: str) -> float:
+    """sqrt(s) in GeV when none is given: 13 TeV for dijet stores (the LHCO-like resonance and
+    its QCD, as the LHC Olympics R&D sample), 14 TeV for jet stores (the top-tagging data)."""
+    return 13000.0 if kind == "dijet" else 14000.0
+
+
 def default_jet(processes: Sequence[str]) -> JetDef:
     """The jet definition used when none is given: by store kind, SVJ_JET if svj is present."""
     if "svj" in processes:
@@ -507,6 +513,7 @@ def _invisible_features(invisible: np.ndarray, jet_p4: np.ndarray, R: float) -> 
 class _Plan:
     kind: str
     jet: JetDef
+    ecm: float  # GeV
     labels: dict[str, int]
     shards: list[ShardSpec] = field(default_factory=list)
 
@@ -514,7 +521,7 @@ class _Plan:
 def _plan(
     processes: Sequence[str], n_jets: int, *, seed: int, jet: JetDef | None, n_particles: int,
     detector: str | None, resonance_masses: Sequence[float], r_inv: float, svj_mass: float,
-    ecm: float, mpi: bool, shard_size: int, pythia_settings, match_truth: bool,
+    ecm: float | None, mpi: bool, shard_size: int, pythia_settings, match_truth: bool,
 ) -> _Plan:
     procs = list(processes)
     if not procs:
@@ -569,7 +576,8 @@ def _plan(
     for p in procs:
         if p != "qcd":
             labels[p] = len([q for q in labels if q != "qcd"]) + 1
-    plan = _Plan(kind=kind, jet=jet, labels=labels)
+    ecm = default_ecm(kind) if ecm is None else ecm
+    plan = _Plan(kind=kind, jet=jet, labels=labels, ecm=ecm)
     want_invisible = "svj" in procs
     n_shards = -(-n_jets // shard_size)
     for proc in procs:
@@ -660,7 +668,7 @@ def generate_store(
     resonance_masses: Sequence[float] = (3500.0, 500.0, 100.0),
     r_inv: float = 0.75,
     svj_mass: float = 2000.0,
-    ecm: float = 14000.0,
+    ecm: float | None = None,
     mpi: bool = False,
     shard_size: int = 1000,
     pythia_settings: Sequence[str] | Mapping[str, Sequence[str]] = (),
@@ -688,7 +696,8 @@ def generate_store(
     plan = _plan(
         processes, n_jets, seed=seed, jet=jet, n_particles=n_particles, detector=detector,
         resonance_masses=tuple(float(m) for m in resonance_masses), r_inv=float(r_inv),
-        svj_mass=float(svj_mass), ecm=float(ecm), mpi=mpi, shard_size=shard_size,
+        svj_mass=float(svj_mass), ecm=None if ecm is None else float(ecm), mpi=mpi,
+        shard_size=shard_size,
         pythia_settings=pythia_settings, match_truth=match_truth,
     )
     out = Path(out)
@@ -709,7 +718,7 @@ def generate_store(
         "n_particles_per_jet": n_particles,
         "detector": None if detector is None else _detector_dict(detector),
         "match_truth": match_truth,
-        "ecm": ecm,
+        "ecm": plan.ecm,  # GeV; the bump hunt's sqrt(s)
         "mpi": mpi,
         "settings": {p: list(next(s.settings for s in plan.shards if s.process == p)) for p in plan.labels},
         # every shard's seeds and settings hash (clrdist.evaluate.check_held_out compares them)
@@ -872,7 +881,9 @@ def register_cli(subparsers) -> None:
     g.add_argument("--pt-max", type=float, default=None, help="jet pT window high edge, GeV (default 650; svj 300; dijet: none)")
     g.add_argument("--eta-max", type=float, default=None, help="jet |eta| cut (default 2.0; dijet 2.5)")
     g.add_argument("--max-particles", type=int, default=50, metavar="P", help="constituents kept per jet")
-    g.add_argument("--ecm", type=float, default=14000.0, help="centre-of-mass energy, GeV (14000)")
+    g.add_argument("--ecm", type=float, default=None,
+                   help="centre-of-mass energy, GeV (default: jet stores 14000 as the top-tagging "
+                        "data, dijet stores 13000 as LHCO)")
     g.add_argument("--mpi", action="store_true", help="switch on multiparton interactions (off by default)")
     g.add_argument("--pythia", action="append", default=[], metavar="SETTING",
                    help="extra Pythia setting for every process, e.g. 'PartonLevel:ISR = off' (repeatable)")
