@@ -29,13 +29,23 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from clrdist.data.store import describe
+    """Exit status 0, or 1 when samples fail the sanity checks (problems are reported, not
+    raised); a missing / truncated / altered shard is a StoreError (status 2)."""
+    from clrdist.data.store import NO_CHECKSUMS, StoreError, describe, open_store, verify_store
 
-    info = describe(args.store)
+    store = open_store(args.store)
+    verified = None
+    if args.verify:
+        verified = verify_store(store)
+        if not verified["checksums"]:
+            raise StoreError(f"{store.path}: cannot verify: {NO_CHECKSUMS}")
+    info = describe(store)
+    status = 1 if info["problems"]["samples"] else 0
     if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
+        print(json.dumps(info | ({"verified": verified} if verified else {}), indent=2))
+        return status
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -51,7 +61,26 @@ def _cmd_info(args: argparse.Namespace) -> int:
     ratio = info["compression_ratio"]
     t.add_row("on disk", f"{info['bytes_on_disk'] / 1e6:.1f} MB "
               f"(raw {info['bytes_uncompressed'] / 1e6:.1f} MB, ratio {ratio:.2f})")
+    order = info["order"]
+    t.add_row("order", f"random (seed {order.get('seed')})" if order else
+              "[yellow]not recorded: may be sorted by class (rewrite it with clrdist data split)")
+    integ = info["integrity"]
+    if verified:
+        t.add_row("integrity", f"verified: {verified['files_checked']} files, "
+                  f"{verified['bytes_checked'] / 1e6:.1f} MB, sizes and CRC-32C match")
+    elif integ:
+        t.add_row("integrity", f"CRC-32C of {integ['files']} files recorded; every shard read "
+                  "here matched (--verify: all files)")
+    else:
+        t.add_row("integrity", "[yellow]no checksums recorded (warning below)")
+    probs = info["problems"]
+    t.add_row("sanity", "all samples pass (finite, pT >= 0, masks match particles, labels declared)"
+              if not probs["samples"] else f"[red]{probs['samples']} samples fail (below)")
     console.print(t)
+    if not integ:
+        console.print(f"[yellow]warning: {escape(NO_CHECKSUMS)}", soft_wrap=True)
+    for ex in probs["examples"]:
+        console.print(f"[red]problem: {escape(ex)}", soft_wrap=True)
     ft = Table(title="features")
     for col in ("name", "min", "mean", "max"):
         ft.add_column(col)
@@ -65,7 +94,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if "split" in prov:
         sp = prov["split"]
         console.print(f"split {sp['name']!r} of {sp['parent']} ({sp['n']} of {sp['parent_n']})")
-    return 0
+    return status
 
 
 def _parse_fractions(text: str) -> list[float]:
@@ -132,6 +161,8 @@ def register(subparsers) -> None:
     i = subparsers.add_parser("info", help="summarise a store")
     i.add_argument("store")
     i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.add_argument("--verify", action="store_true",
+                   help="re-check every data file against its recorded size and CRC-32C")
     i.set_defaults(func=_cmd_info)
 
     s = subparsers.add_parser("split", help="disjoint random splits (indices recorded)")
