@@ -146,6 +146,28 @@ def _writing(path: Path, what: str) -> Iterator[None]:
         raise StoreError(f"{path}: cannot {what}: {reason}{where}") from None
 
 
+def _settle_zarr(timeout: float = 10.0) -> None:
+    """Wait for zarr's in-flight tasks. When one chunk write of a call fails (disk full), zarr
+    raises at once while the call's other chunk writes still run and may create files, e.g.
+    after the temporary store was removed. Best effort: zarr's loop is internal API."""
+    import asyncio
+
+    try:
+        from zarr.core.sync import _get_loop
+
+        loop = _get_loop()
+    except Exception:  # noqa: BLE001 - another zarr version: nothing to wait for here
+        return
+
+    async def wait_all() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(wait_all(), loop).result(timeout + 1)
+
+
 def _proc_start(pid: int) -> str | None:
     """The start time of process ``pid`` (clock ticks since boot, from /proc), None if unknown."""
     try:
@@ -442,6 +464,7 @@ class StoreWriter:
             with contextlib.suppress(OSError):
                 f.close()
         self._staging = {}
+        _settle_zarr()
         with contextlib.suppress(OSError):
             _remove(self.tmp_path)
 
