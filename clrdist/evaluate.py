@@ -92,6 +92,7 @@ def evaluate_checkpoint(checkpoint_path: str, which: set[str], *, cfg: RunConfig
                         options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the evaluations in ``which`` on the eval stores of ``cfg`` (default: the checkpoint's)."""
     from clrdist.eval.runner import run_evaluations
+    from clrdist.models import initial_model
     from clrdist.train.checkpoint import load_model, make_encoder
 
     unknown = set(which) - set(EVALUATIONS)
@@ -104,9 +105,15 @@ def evaluate_checkpoint(checkpoint_path: str, which: set[str], *, cfg: RunConfig
     train_data = store.read_all(max_samples=limit)
     test_data = test_store.read_all(max_samples=limit)
     encode = make_encoder(model, trained_cfg)
+    with torch.random.fork_rng():  # the untrained reference: the same architecture and seed
+        untrained = initial_model(trained_cfg.model, trained_cfg.seed)
     opts: dict[str, Any] = {"seed": cfg.seed, "feature_names": store.feature_names,
-                            "kind": store.kind,
+                            "kind": store.kind, "n_particles": trained_cfg.data.n_particles,
+                            "init_encode": make_encoder(untrained, trained_cfg),
                             "model_factory": lambda: _Representation(trained_cfg)}
+    opts["label_names"] = store.label_names  # per-signal metrics of nae / images / mimic / orca
+    if trained_cfg.loss.name == "orca":  # ORCA's head is its classifier over known + novel classes
+        opts["head"] = lambda rep: _head_probabilities(model, rep)
     for name, kwargs in cfg.eval.options.items():  # per-evaluation keyword arguments
         opts[name] = dict(kwargs)
     opts["baselines"] = {"supervised_prepare": lambda p, m: _prepare(p, m, trained_cfg),
@@ -130,6 +137,12 @@ class _Representation(torch.nn.Module):
         return self.model.represent(x, mask)
 
 
+@torch.no_grad()
+def _head_probabilities(model: torch.nn.Module, rep) -> Any:
+    """softmax of the projection head on representations (n, D) -> (n, K) numpy."""
+    return torch.softmax(model.head(torch.as_tensor(rep, dtype=torch.float32)), 1).numpy()
+
+
 def _prepare(particles, mask, cfg: RunConfig):
     """The run's own input transform, as numpy arrays (for the supervised baseline)."""
     from clrdist.train.inputs import model_inputs
@@ -138,14 +151,25 @@ def _prepare(particles, mask, cfg: RunConfig):
     return x.numpy(), m.numpy()
 
 
-def evaluate_run(uri: str, run_id: str, which: set[str]) -> dict[str, Any]:
-    """Evaluate the checkpoint recorded in an MLflow run and log the results into that run."""
+def evaluate_run(uri: str, run_id: str, which: set[str], *, latest: bool = False) -> dict[str, Any]:
+    """Evaluate the checkpoint recorded in an MLflow run and log the results into that run;
+    ``latest``: the newest checkpoint in the run's directory (an unfinished run's)."""
     from clrdist.config import config_from_dict
+    from clrdist.train.checkpoint import latest_checkpoint
 
     run = tracking.get_run(uri, run_id)
     ckpt = run["tags"].get("clrdist.checkpoint")
-    if not ckpt:
-        raise ConfigError(f"run {run_id}: has no clrdist.checkpoint tag (did training finish?)")
+    if latest or not ckpt:
+        ray_dir = run["tags"].get("clrdist.ray_run_dir")
+        found = latest_checkpoint(ray_dir) if ray_dir else None
+        if not latest:
+            raise ConfigError(f"run {run_id}: no final checkpoint (status {run['status']}); "
+                              + (f"`clrdist eval {run_id} --latest` evaluates its latest one "
+                                 f"(step {found[1]['step']})" if found else "and none on disk"))
+        if found is None:
+            raise ConfigError(f"run {run_id}: no checkpoint under {ray_dir or '(no clrdist.ray_run_dir tag)'}")
+        ckpt = str(found[0])
+        tracking.set_tags(uri, run_id, {"clrdist.evaluated_checkpoint": ckpt})
     cfg = config_from_dict(tracking.download_config(uri, run_id), source=f"run {run_id}")
     results = evaluate_checkpoint(ckpt, which, cfg=cfg)
     tracking.log_eval(uri, run_id, results)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clrdist.config import LossConfig
+from clrdist.diagnostics import collapse_value
 from clrdist.distributed import all_gather_nograd, all_gather_with_grad, get_rank, get_world_size
 
 __all__ = ["nt_xent", "anomalyclr", "anomalyclr_plus", "supcon", "NTXentLoss", "AnomalyCLRLoss",
@@ -166,6 +167,10 @@ class NTXentLoss(_Loss):
     def forward(self, z1, z2, z_anom=None, labels=None) -> dict[str, torch.Tensor]:
         return {"loss": nt_xent(z1, z2, temperature=self.temperature,
                                 keep_positive=self.keep_positive, gather=self.gather)}
+
+    def collapse_value(self, n: int) -> float:
+        """The loss of a fully collapsed projection (all similarities equal), global batch n."""
+        return collapse_value(n, self.keep_positive)
 
 
 class AnomalyCLRLoss(_Loss):

@@ -63,6 +63,24 @@ def test_two_worker_ddp_run_end_to_end(ray_cluster, toy_splits, tmp_path, capsys
     # validation LCT during training, logged against the epoch
     val = tracking.metric_history(result.tracking_uri, result.run_id, "val_lct_auc")
     assert [s for s, _ in val] == [1, 2] and all(0.0 <= v <= 1.0 for _, v in val)
+    # ... next to its references, logged once before the first step, and the learning
+    # diagnostics of the global batch at every logged step
+    for ref in ("val_lct_init_auc", "val_lct_raw_auc"):
+        hist = tracking.metric_history(result.tracking_uri, result.run_id, ref)
+        assert [s for s, _ in hist] == [0] and 0.5 <= hist[0][1] <= 1.0, ref
+    for key in ("train_pos_top1", "train_alignment", "train_uniformity", "train_z_std",
+                "train_z_eff_rank", "train_rep_eff_rank"):
+        hist = tracking.metric_history(result.tracking_uri, result.run_id, key)
+        assert [s for s, _ in hist] == [s for s, _ in history], key
+    top1 = [v for _, v in tracking.metric_history(result.tracking_uri, result.run_id,
+                                                    "train_pos_top1")]
+    assert all(0.0 <= v <= 1.0 for v in top1)
+    assert run["tags"]["clrdist.collapse"] in ("true", "false")
+    # the final LCT next to the untrained encoder and the raw inputs on the same samples
+    assert run["metrics"]["lct_init_n_test"] == run["metrics"]["lct_n_test"]
+    assert 0.5 < run["metrics"]["lct_init_auc"] <= 1.0
+    assert 0.5 < run["metrics"]["lct_raw_auc"] <= 1.0
+    assert run["metrics"]["lct_init_auc"] != run["metrics"]["lct_auc"]
 
     # -- the checkpoint: model, optimiser, both ranks' stream positions, config ------------------
     state, meta = checkpoint.load(result.checkpoint_path)

@@ -63,6 +63,16 @@ def raw_features(particles: np.ndarray, mask: np.ndarray, n_max: int | None = No
     return c.reshape(len(c), -1)
 
 
+def raw_inputs(data: Mapping[str, np.ndarray], kind: str = "jet",
+               n_max: int | None = None) -> np.ndarray:
+    """The raw-input reference of every evaluation, (n, D) float: for jets and dijets the
+    centred, pT-ordered constituents of ``raw_features``; for events (``kind == "event"``) the
+    objects as stored, flattened (their absolute directions and MET carry the physics)."""
+    if kind == "event":
+        return np.asarray(data["particles"], np.float64).reshape(len(data["mask"]), -1)
+    return raw_features(data["particles"], data["mask"], n_max=n_max)
+
+
 DIJET_OBS = ("m_J1", "m_J2", "tau21_J1", "tau21_J2", "tau32_J1", "tau32_J2")  # LHCO baseline
 
 

@@ -19,7 +19,8 @@ from clrdist.eval.metrics import EvalResult, binary_labels, roc_metrics
 Batch = Mapping[str, np.ndarray]
 Encoder = Callable[[dict[str, np.ndarray]], np.ndarray]
 
-KNOWN = ("lct", "baselines", "cwola", "bumphunt", "nplm", "anomaly")
+KNOWN = ("lct", "baselines", "cwola", "bumphunt", "nplm", "anomaly", "nae", "images", "mimic",
+         "orca")
 MJJ_NAMES = ("m_jj", "mjj")  # store feature names recognised as the dijet invariant mass
 
 
@@ -52,7 +53,9 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
     ``feature_names`` (the store's ``attrs["feature_names"]``: jet_mass/tau21/tau32 or the LHCO
     dijet names for baselines, m_jj for the bump hunt), ``kind`` (the store's ``attrs["kind"]``:
     ``jet``, ``dijet``, ``event``; picks the baselines and the raw NPLM inputs), ``model_factory`` (supervised baseline), ``nplm_raw`` (True: also run NPLM
-    on the raw inputs), and per-evaluation keyword dicts ``lct``, ``baselines``, ``cwola``,
+    on the raw inputs), ``init_encode`` (the same architecture untrained: the LCT then also
+    reports ``lct_init_*``), ``n_particles`` (constituents in the raw-input LCT ``lct_raw_*``,
+    which always runs with ``lct``), and per-evaluation keyword dicts ``lct``, ``baselines``, ``cwola``,
     ``bumphunt``, ``nplm``, ``anomaly`` passed to the functions below.
     Returns ``{evaluation name: EvalResult}``; metric names are unique across evaluations.
     """
@@ -73,9 +76,20 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
     if "lct" in which:
         from clrdist.eval.lct import linear_classifier_test
 
-        results["lct"] = linear_classifier_test(rep_tr, y_tr, rep_te, y_te, seed=seed,
-                                                **{"n_boot": int(opts.get("n_boot", 30)),
-                                                   **kw("lct")})
+        lct_kw = {"n_boot": int(opts.get("n_boot", 30)), **kw("lct")}
+        res = linear_classifier_test(rep_tr, y_tr, rep_te, y_te, seed=seed, **lct_kw)
+        # the references on the same samples: the untrained encoder and the raw inputs
+        if (init_encode := opts.get("init_encode")) is not None:
+            res = res.merge(linear_classifier_test(
+                encode_all(init_encode, train_data, batch_size=bs), y_tr,
+                encode_all(init_encode, test_data, batch_size=bs), y_te, seed=seed,
+                prefix="lct_init", **{**lct_kw, "figures": False}))
+        from clrdist.eval.baselines import raw_inputs
+
+        kind, n_max = str(opts.get("kind", "jet")), opts.get("n_particles")
+        results["lct"] = res.merge(linear_classifier_test(
+            raw_inputs(train_data, kind, n_max), y_tr, raw_inputs(test_data, kind, n_max), y_te,
+            seed=seed, prefix="lct_raw", **{**lct_kw, "figures": False}))
     if "baselines" in which:
         from clrdist.eval.baselines import run_baselines
 
@@ -103,14 +117,10 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
 
         res = nplm_evaluation(rep_all, y_all, seed=seed, **kw("nplm"))
         if opts.get("nplm_raw", True):
-            from clrdist.eval.baselines import raw_features
+            from clrdist.eval.baselines import raw_inputs
 
-            def raw_inputs(d):  # jets: centred constituents; events: objects as stored
-                if opts.get("kind", "jet") == "event":
-                    return np.asarray(d["particles"], np.float64).reshape(len(d["label"]), -1)
-                return raw_features(d["particles"], d["mask"])
-
-            raw = np.concatenate([raw_inputs(d) for d in (train_data, test_data)])
+            kind = str(opts.get("kind", "jet"))
+            raw = np.concatenate([raw_inputs(d, kind) for d in (train_data, test_data)])
             res = res.merge(nplm_evaluation(raw, y_all, seed=seed, prefix="nplm_raw",
                                             **kw("nplm")))
         results["nplm"] = res
@@ -119,7 +129,46 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
 
         results["anomaly"] = anomaly_scores(rep_tr, y_tr, rep_te, y_te, seed=seed,
                                             **kw("anomaly"))
+    results.update(_image_and_openworld(which, opts, train_data, test_data, rep_tr, y_tr, rep_te,
+                                        y_te, seed))
     return results
+
+
+def _image_and_openworld(which, opts, train_data, test_data, rep_tr, y_tr, rep_te, y_te, seed
+                         ) -> dict[str, EvalResult]:
+    """nae, images, mimic (jet images need jet stores) and orca (needs ``opts["head"]``)."""
+    kind = str(opts.get("kind", "jet"))
+    names = {int(k): v for k, v in (opts.get("label_names") or {}).items()}
+    kw = lambda name: dict(opts.get(name) or {})  # noqa: E731
+    for name in ("images", "mimic"):
+        if name in which and kind != "jet":
+            raise KeyError(f"{name}: jet images need a jet store; this one is {kind!r}")
+    out: dict[str, EvalResult] = {}
+    if "nae" in which:
+        from clrdist.eval.nae import nae_evaluation
+
+        on = ("rep", "images") if kind == "jet" else ("rep",)
+        out["nae"] = nae_evaluation(rep_tr, y_tr, rep_te, y_te, train_data=train_data,
+                                    test_data=test_data, seed=seed, label_names=names,
+                                    **{"on": on, **kw("nae")})
+    if "images" in which:
+        from clrdist.eval.jetimages import image_ae_scores
+
+        out["images"] = image_ae_scores(train_data, test_data, seed=seed, label_names=names,
+                                        **kw("images"))
+    if "mimic" in which:
+        from clrdist.eval.mimic import mimic_evaluation
+
+        out["mimic"] = mimic_evaluation(train_data, test_data, seed=seed, label_names=names,
+                                        **kw("mimic"))
+    if "orca" in which:
+        from clrdist.eval.openworld import openworld_evaluation
+
+        if opts.get("head") is None:
+            raise KeyError("orca: needs the run's classifier head (a run trained with loss.name: orca)")
+        out["orca"] = openworld_evaluation(opts["head"](rep_te), y_te, label_names=names,
+                                           **kw("orca"))
+    return out
 
 
 def default_hunt_window(mjj: np.ndarray, label: np.ndarray) -> dict[str, Any]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import torch
+
 from clrdist.config import ModelConfig
 from clrdist.models.dense import DenseEncoder
 from clrdist.models.heads import ContrastiveModel, ProjectionHead
 from clrdist.models.transformer import TransformerEncoder
 
 __all__ = ["TransformerEncoder", "DenseEncoder", "ProjectionHead", "ContrastiveModel",
-           "ENCODERS", "build_model"]
+           "ENCODERS", "build_model", "initial_model"]
 
 
 def _transformer(cfg: ModelConfig) -> TransformerEncoder:
@@ -33,6 +35,19 @@ def build_model(cfg: ModelConfig) -> ContrastiveModel:
     except KeyError:
         raise KeyError(f"unknown encoder {cfg.encoder!r}; known: {', '.join(sorted(ENCODERS))}") from None
     encoder = make(cfg)
-    head = ProjectionHead(encoder.out_dim, cfg.head_dims, cfg.output_dim,
-                          batchnorm=cfg.head_batchnorm)
+    if cfg.head == "mlp":
+        head = ProjectionHead(encoder.out_dim, cfg.head_dims, cfg.output_dim,
+                              batchnorm=cfg.head_batchnorm)
+    else:  # prototype heads of DINO and ORCA (clrdist.models.prototypes)
+        from clrdist.models.prototypes import CosineClassifier, DINOHead
+
+        head = {"dino": DINOHead, "cosine": CosineClassifier}[cfg.head](
+            encoder.out_dim, cfg.head_dims, cfg.output_dim)
     return ContrastiveModel(encoder, head)
+
+
+def initial_model(cfg: ModelConfig, seed: int) -> ContrastiveModel:
+    """The model exactly as training starts it (the untrained reference of every evaluation):
+    ``torch.manual_seed(seed)``, then ``build_model``. Reseeds torch's global generator."""
+    torch.manual_seed(seed)
+    return build_model(cfg)

@@ -18,12 +18,13 @@ from clrdist import tracking
 from clrdist.config import config_from_dict
 from clrdist.data.store import open_store
 from clrdist.data.stream import ShardedStream
+from clrdist.diagnostics import global_diagnostics, is_collapsed
 from clrdist.losses import build_loss
-from clrdist.models import build_model
+from clrdist.models import initial_model
 from clrdist.physics.augment import build_view
 from clrdist.runtime import tune_malloc
 from clrdist.train import checkpoint
-from clrdist.train.engine import build_engine
+from clrdist.train.engine import LossGuard, build_engine
 from clrdist.train.inputs import view_inputs
 
 
@@ -54,6 +55,39 @@ def validate(engine, cfg, val, device) -> dict[str, float]:
     return {f"val_{k}": v for k, v in metrics.items()}
 
 
+def validation_references(engine, cfg, val, device) -> dict[str, float]:
+    """The validation LCT of this architecture at initialisation (``val_lct_init_*``; call it
+    before the first step) and of the raw inputs (``val_lct_raw_*``), on the same stores."""
+    from clrdist.eval.baselines import raw_inputs
+    from clrdist.eval.runner import evaluate_during_training
+
+    init = validate(engine, cfg, val, device)
+    (tr, va) = val
+    kind = "event" if cfg.model.frame == "event" else "jet"
+    raw = evaluate_during_training(raw_inputs(tr, kind, cfg.data.n_particles), tr["label"],
+                                   raw_inputs(va, kind, cfg.data.n_particles), va["label"])
+    return ({k.replace("val_lct_", "val_lct_init_"): v for k, v in init.items()}
+            | {f"val_lct_raw_{k.removeprefix('lct_')}": v for k, v in raw.items()})
+
+
+def flag_collapse(loss_fn, mean_loss: float, n_global: int, uri: str, run_id: str, *,
+                  warm: bool) -> None:
+    """Tag the run ``clrdist.collapse`` (and warn) while an epoch after warm-up ends with the loss
+    within 2% of a collapsed projection's, log(2N - 1) for NT-Xent; the tag follows the latest
+    epoch, so a run that recovers is untagged. Losses without a known collapse value: no check."""
+    collapse = getattr(loss_fn, "collapse_value", None)
+    if collapse is None or not warm:
+        return
+    ref = collapse(n_global)
+    flagged = is_collapsed(mean_loss, ref)
+    if flagged:
+        print(f"[clrdist] WARNING: epoch loss {mean_loss:.4f} is within 2% of {ref:.4f}, the loss "
+              f"of a collapsed projection (log(2N - 1), N = {n_global}): the representation is "
+              "not learning (diagnostics: train_pos_top1, train_z_std)", flush=True)
+    tracking.set_tags(uri, run_id, {"clrdist.collapse": "true" if flagged else "false",
+                                    "clrdist.collapse_reference": f"{ref:.4f}"})
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = config_from_dict(config["run_config"], source="train_loop_config")
     tune_malloc()  # steady per-step allocations (clrdist.runtime)
@@ -71,13 +105,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     total_steps = min(cfg.optim.max_steps or 10**12, steps_per_epoch * cfg.optim.epochs)
 
     # -- model, loss, views (identical initial weights on every rank) ----------------------------
-    torch.manual_seed(cfg.seed)
-    engine = build_engine(build_model(cfg.model), cfg, total_steps)
+    engine = build_engine(initial_model(cfg.model, cfg.seed), cfg, total_steps)
     loss_fn = build_loss(cfg.loss)
     views = [build_view(v, cfg.augment.strength, cfg.augment.backend) for v in cfg.augment.views]
     if cfg.augment.anomaly_view:
         views.append(build_view(cfg.augment.anomaly_view, cfg.augment.strength, cfg.augment.backend))
     gen = torch.Generator(device=device)
+    guard = LossGuard(device)  # remembers the first non-finite loss (engine.py)
 
     # -- resume from the last checkpoint, if Ray Train restarted us ------------------------------
     step, epoch, mid_epoch = 0, 0, False
@@ -93,6 +127,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def report(metrics: dict[str, float], *, mid: bool) -> None:
         """Every rank reports (it is a barrier); each writes its stream position, rank 0 the model."""
+        guard.check()  # never a checkpoint after a non-finite loss
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint.save(tmp, state=engine.state_dict() if master else None, step=step,
                             epoch=epoch, cfg=cfg, rank=rank, stream_state=stream.state_dict(),
@@ -101,6 +136,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # -- validation during training (rank 0): a quick LCT every eval.every_epochs epochs -------
     val = load_validation(cfg) if master and cfg.eval.every_epochs else None
+    if val is not None and step == 0:  # before the first step: the references, once
+        tracking.log_metrics(uri, run_id, validation_references(engine, cfg, val, device), step=0)
 
     engine.train()
     t_log, jets_since_log = time.perf_counter(), 0
@@ -116,7 +153,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
             # -- encode and loss: local rows against all-gathered columns ---------------------
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.scaling.bf16):
-                _, z = engine.model(x, mask)
+                rep, z = engine.model(x, mask)
                 zs = z.chunk(len(views))
                 labels = (torch.as_tensor(batch["label"], device=device)
                           if loss_fn.needs_labels else None)
@@ -125,14 +162,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # -- step: DDP averages gradients, which gives the global-batch gradient -----------
             info = engine.step(terms["loss"])
             step += 1
+            guard.update(terms["loss"], step)
+            if step % cfg.tracking.log_every == 0:
+                guard.check()  # every rank: stop at the first log point after a non-finite loss
             epoch_loss += terms["loss"].detach()  # stays on the device: no sync per step
             epoch_batches += 1
             jets_since_log += len(batch["mask"]) * world
 
             # -- log (rank 0) -----------------------------------------------------------------
+            if step % cfg.tracking.log_every == 0:
+                # every rank joins the gather; rank 0 logs (is the loss learning? diagnostics.py)
+                diag = global_diagnostics(zs, rep.chunk(len(views))[0])
             if master and step % cfg.tracking.log_every == 0:
                 now = time.perf_counter()
                 metrics = {f"train_{k}": float(v.detach()) for k, v in terms.items()}
+                metrics.update({f"train_{k}": v for k, v in diag.items()})
                 metrics.update(info, epoch=epoch, jets_per_s=jets_since_log / (now - t_log))
                 tracking.log_metrics(uri, run_id, metrics, step=step)
                 t_log, jets_since_log = now, 0
@@ -150,6 +194,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         epoch_metrics = {"loss": mean_loss, "step": step, "epoch": epoch}
         if master:
             tracking.log_metrics(uri, run_id, {"epoch_loss": mean_loss}, step=step)
+            flag_collapse(loss_fn, mean_loss, cfg.data.batch_size * world, uri, run_id,
+                          warm=step - epoch_batches >= cfg.optim.warmup_steps)
             if val is not None and epoch % cfg.eval.every_epochs == 0:
                 val_metrics = validate(engine, cfg, val, device)
                 tracking.log_metrics(uri, run_id, val_metrics, step=epoch)
