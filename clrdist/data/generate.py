@@ -23,7 +23,9 @@ Reproducibility: the work is cut into shards of ``shard_size`` accepted jets (ev
 stores); shard k of process p gets its own seeds from ``SeedSequence([seed, hash(p), k])``
 (:func:`shard_seeds`: not from p's position in the command), so the same seed gives the same
 store whatever the number of workers. Every shard's seeds and settings hash are recorded in the
-provenance (``shards``). Shards are written in order.
+provenance (``shards``). Shards are handed to the writer in order, and the store holds the
+samples in the random order ``sample_order(n, seed)`` (``provenance.order``), not process by
+process, so batches are i.i.d. in class.
 A failed shard fails the whole command and nothing appears at the output path.
 
 This is the only module that imports pythia8mc, and only inside the functions that need it.
