@@ -31,21 +31,72 @@ def test_bad_sweeps_are_rejected_naming_the_key(tmp_path, space, needle):
     assert needle in str(err.value)
 
 
-@pytest.mark.integration
-def test_two_trial_temperature_sweep(ray_cluster, toy_splits, tmp_path):
+def test_search_kinds_and_trial_counts(tmp_path):
+    spec = load_sweep(write_sweep(tmp_path, "  loss.temperature: {grid: [0.1, 0.5]}\n"
+                                  "  augment.strength: {uniform: [0.5, 1.5]}",
+                                  "num_samples: 3\n"))
+    assert spec.search == "grid" and spec.total_trials() == 6  # 2 grid values x 3 draws
+    spec = load_sweep(write_sweep(tmp_path, "  loss.temperature: {grid: [0.1, 0.5]}",
+                                  "num_samples: 3\nsearch: optuna\n"))
+    assert spec.total_trials() == 3
+    from ray.tune.search.sample import Categorical
+
+    assert isinstance(spec.param_space()["loss.temperature"], Categorical)  # TPE takes choices
+    with pytest.raises(ConfigError, match="search"):
+        load_sweep(write_sweep(tmp_path, "  loss.temperature: {grid: [0.1]}", "search: bayes\n"))
+
+
+def sweep_file(tmp_path, toy_splits, space: str, extra: str) -> str:
     overrides = "\n".join(f"  - {o}" for o in tiny_overrides(toy_splits, tmp_path))
-    path = write_sweep(tmp_path, "  loss.temperature: {grid: [0.1, 0.5]}",
-                       f"overrides:\n{overrides}\n  - optim.epochs=1\n"
-                       f"scheduler: fifo\nstorage_path: {tmp_path / 'tune'}\n")
-    rows = run_sweep(load_sweep(path))
+    return write_sweep(tmp_path, space, f"overrides:\n{overrides}\n  - optim.epochs=1\n"
+                       f"  - eval.lct=false\nstorage_path: {tmp_path / 'tune'}\n{extra}")
+
+
+@pytest.mark.integration
+def test_grid_sweep_is_one_parent_run_with_nested_trials(ray_cluster, toy_splits, tmp_path):
+    path = sweep_file(tmp_path, toy_splits, "  loss.temperature: {grid: [0.1, 0.5]}",
+                      "scheduler: fifo\n")
+    result = run_sweep(load_sweep(path))
+    rows = result.rows
+    assert not result.resumed and not result.interrupted
     assert sorted(r["params"]["loss.temperature"] for r in rows) == [0.1, 0.5]
     for r in rows:
-        assert r["error"] is None
-        assert r["epoch"] == 1 and 0.0 <= r["val_lct_auc"] <= 1.0
-    # every trial is its own MLflow run, tagged with the sweep and its temperature
-    uri = tracking.resolve_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    c = tracking.client(uri)
-    exp = c.get_experiment_by_name("clrdist-demo")
-    runs = c.search_runs([exp.experiment_id], "tags.`clrdist.sweep` = 't'")
-    assert sorted(float(r.data.params["loss.temperature"]) for r in runs) == [0.1, 0.5]
-    assert all(r.info.status == "FINISHED" for r in runs)
+        assert r["error"] is None and r["epoch"] == 1 and 0.0 <= r["val_lct_auc"] <= 1.0
+    uri = result.tracking_uri
+    parent = tracking.get_run(uri, result.parent_run_id)
+    assert parent["status"] == "FINISHED" and parent["tags"]["clrdist.sweep_role"] == "parent"
+    assert parent["params"]["sweep.search"] == "grid"
+    assert parent["params"]["space.loss.temperature"] == '{"grid": [0.1, 0.5]}'
+    best = max(rows, key=lambda r: r["val_lct_auc"])
+    assert parent["metrics"]["best_val_lct_auc"] == pytest.approx(best["val_lct_auc"])
+    assert parent["tags"]["clrdist.best_run_id"] == best["run_id"]
+    assert float(parent["tags"]["best.loss.temperature"]) == best["params"]["loss.temperature"]
+    best_cfg = tracking._load_json_artifact(uri, result.parent_run_id, "best_config.json")
+    assert best_cfg["config"]["loss"]["temperature"] == best["params"]["loss.temperature"]
+    # one nested run per trial: its params, the per-epoch validation metric, the sweep's tags
+    children = tracking.child_runs(uri, result.parent_run_id)
+    assert sorted(c["run_id"] for c in children) == sorted(r["run_id"] for r in rows)
+    for c in children:
+        assert c["status"] == "FINISHED" and c["tags"]["clrdist.sweep"] == "t"
+        assert [s for s, _ in tracking.metric_history(uri, c["run_id"], "val_lct_auc")] == [1]
+    assert sorted(float(c["params"]["loss.temperature"]) for c in children) == [0.1, 0.5]
+
+
+@pytest.mark.integration
+def test_optuna_tpe_with_asha_and_a_concurrency_limit(ray_cluster, toy_splits, tmp_path):
+    path = sweep_file(tmp_path, toy_splits, "  loss.temperature: {loguniform: [0.05, 0.5]}",
+                      "search: optuna\nnum_samples: 3\nmax_concurrent_trials: 1\n"
+                      "scheduler: asha\ngrace_period: 1\n")
+    result = run_sweep(load_sweep(path))
+    assert len(result.rows) == 3 and all(r["error"] is None for r in result.rows)
+    temps = [r["params"]["loss.temperature"] for r in result.rows]
+    assert len(set(temps)) == 3 and all(0.05 <= t <= 0.5 for t in temps)
+    children = tracking.child_runs(result.tracking_uri, result.parent_run_id)
+    assert len(children) == 3 and all(c["status"] == "FINISHED" for c in children)
+    # the limit: one trial at a time, so no two nested runs overlap in time
+    c = tracking.client(result.tracking_uri)
+    spans = sorted((c.get_run(ch["run_id"]).info.start_time, c.get_run(ch["run_id"]).info.end_time)
+                   for ch in children)
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False))
+    assert tracking.get_run(result.tracking_uri, result.parent_run_id)["params"]["sweep.search"] \
+        == "optuna"

@@ -4,15 +4,23 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python tuning/sweep.py tuning/jetclr_temperature.yaml
 
-Prints one JSON line per trial (its parameters and last metrics), best first.
+The sweep is one MLflow parent run with one nested run per trial. Running the same command again
+after the sweep was stopped (SIGUSR1 or SIGTERM: Tune saves its state and stops, exit status 75;
+a killed driver; a requeued SLURM job) resumes it with Tuner.restore: finished trials are kept.
+Prints one JSON line per trial (its parameters, last metrics and MLflow run), best first, then a
+summary line.
 """
 
 import argparse
 import json
+import os
+import signal
 import sys
 
 from clrdist.errors import ClrdistError
 from clrdist.tune import load_sweep, run_sweep
+
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped with its state saved; run again to resume
 
 
 def main(argv=None) -> int:
@@ -20,17 +28,29 @@ def main(argv=None) -> int:
     ap.add_argument("sweep", help="sweep YAML")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override applied to every trial's config (repeatable)")
+    ap.add_argument("--no-resume", action="store_true",
+                    help="start a new sweep even if storage_path/name holds a stopped one")
     args = ap.parse_args(argv)
     try:
         spec = load_sweep(args.sweep, args.set)  # every trial config validated before Ray starts
     except ClrdistError as e:
         print(f"sweep: error: {e}", file=sys.stderr)
         return 2
-    rows = run_sweep(spec)
+    # Tune stops gracefully on SIGUSR1 (SLURM's --signal=B:USR1@N warning); SIGTERM (scancel,
+    # `ray job stop`) is turned into the same request.
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
+    result = run_sweep(spec, resume=not args.no_resume)
     missing = float("-inf") if spec.mode == "max" else float("inf")
-    rows.sort(key=lambda r: r.get(spec.metric, missing), reverse=spec.mode == "max")
+    rows = sorted(result.rows, key=lambda r: r.get(spec.metric, missing),
+                  reverse=spec.mode == "max")
     for row in rows:
         print(json.dumps(row))
+    print(json.dumps({"sweep": spec.name, "parent_run_id": result.parent_run_id,
+                      "tracking_uri": result.tracking_uri, "resumed": result.resumed,
+                      "interrupted": result.interrupted, "trials": len(rows),
+                      "best_trial_id": (result.best or {}).get("trial_id")}))
+    if result.interrupted:
+        return EXIT_INTERRUPTED
     return 0 if all(r["error"] is None for r in rows) else 1
 
 
