@@ -2,10 +2,12 @@
 
     clrdist data {toy,generate,convert,info,split} ...   make, import and inspect sample stores
     clrdist train CONFIG [--set key=value ...]          contrastive training with Ray Train
-    clrdist eval RUN_ID [--lct] [--cwola] [--nplm] [--anomaly] [--json]
+    clrdist train [CONFIG] --resume RUN_ID              continue an interrupted run
+    clrdist eval RUN_ID [--lct] [--cwola] [--nplm] [--anomaly] [--latest] [--json]
     clrdist demo                                         the whole path at small scale
 
 User errors (bad files, configs, stores) print one line ``clrdist: error: ...`` and exit 2.
+A training run stopped by SIGINT / SIGTERM / SIGHUP is marked KILLED and exits 128 + signal.
 """
 
 from __future__ import annotations
@@ -20,14 +22,31 @@ from clrdist import __version__
 from clrdist.errors import ClrdistError
 
 
+def _train_config(args: argparse.Namespace):
+    """The config file with --set; with --resume and no file, the run's stored config."""
+    from clrdist.config import apply_override, config_from_dict, load_config
+
+    if not (args.resume and args.config is None):
+        return load_config(args.config, args.set)  # validated before anything starts
+    from clrdist import tracking
+
+    uri = load_config(None, [o for o in args.set if o.startswith("tracking.uri=")]).tracking.uri
+    uri = tracking.check_uri(uri)
+    tracking.get_run(uri, args.resume)  # a clear error for an unknown run
+    raw = tracking.download_config(uri, args.resume)
+    for override in args.set:
+        apply_override(raw, override)
+    return config_from_dict(raw, source=f"run {args.resume}")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from clrdist.config import load_config
     from clrdist.train.trainer import train
 
-    cfg = load_config(args.config, args.set)  # validated before anything starts
-    result = train(cfg, evaluate=not args.no_eval)
+    cfg = _train_config(args)
+    result = train(cfg, evaluate=not args.no_eval, resume=args.resume)
     summary = {"run_id": result.run_id, "checkpoint": result.checkpoint_path,
-               "tracking_uri": result.tracking_uri, "metrics": result.metrics}
+               "tracking_uri": result.tracking_uri, "resumed": result.resumed,
+               "metrics": result.metrics}
     print(json.dumps(summary, indent=2) if args.json else _format_summary(summary))
     return 0
 
@@ -35,10 +54,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from clrdist.config import EVALUATIONS
     from clrdist.evaluate import evaluate_run
-    from clrdist.tracking import resolve_uri
+    from clrdist.tracking import check_uri
 
     which = {n for n in EVALUATIONS if getattr(args, n)}
-    results = evaluate_run(resolve_uri(args.tracking_uri), args.run_id, which or {"lct"})
+    results = evaluate_run(check_uri(args.tracking_uri), args.run_id, which or {"lct"},
+                           latest=args.latest)
     metrics = {k: v for res in results.values() for k, v in res.metrics.items()}
     print(json.dumps(metrics, indent=2) if args.json else
           "\n".join(f"{k:40s} {v:.4g}" for k, v in sorted(metrics.items())))
@@ -80,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set loss.temperature=0.2 (repeatable)")
     t.add_argument("--no-eval", action="store_true", help="skip the post-training evaluations")
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
+    t.add_argument("--resume", metavar="RUN_ID", default=None,
+                   help="continue this MLflow run from its last checkpoint (CONFIG optional: "
+                        "default the run's own); a KILLED run with the same tracking.run_name "
+                        "is continued without it")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a trained run and log into it")
@@ -90,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("bumphunt", "CWoLa bump hunt in m_jj"), ("nplm", "NPLM test"),
                        ("anomaly", "label-free anomaly scores")):
         e.add_argument(f"--{name}", action="store_true", help=text)
+    e.add_argument("--latest", action="store_true",
+                   help="evaluate the run's latest checkpoint (a run that did not finish)")
     e.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_cmd_eval)
@@ -121,6 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clrdist: interrupted", file=sys.stderr)
         return 130
+    except BaseException as e:
+        from clrdist.train.trainer import RunInterrupted
+
+        if isinstance(e, RunInterrupted):
+            print(f"clrdist: stopped by {e}; the run is KILLED, rerun the same command to resume",
+                  file=sys.stderr)
+            return 128 + e.signum
+        raise
 
 
 if __name__ == "__main__":

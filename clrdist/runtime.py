@@ -1,4 +1,4 @@
-"""Process-level settings for CPU training and benchmarks.
+"""Process-level settings: malloc thresholds for CPU training, and the driver's watchdog.
 
 glibc's malloc serves blocks above a dynamic threshold (128 KiB at start) with mmap and hands them
 back to the kernel when freed, and trims the heap top past another; a training step that allocates
@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import os
+import socket
+import subprocess
 import sys
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
@@ -34,3 +37,131 @@ def tune_malloc() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+# -- the driver's watchdog ----------------------------------------------------------------------
+# SIGKILL cannot be caught, so a killed driver can neither close its MLflow run nor stop the local
+# Ray cluster it started (Ray fate-shares its head processes with the driver, but the dashboard
+# and runtime-env agents survive, ~230 MB). A small child process, started before Ray, holds the
+# read end of a pipe from the driver; when the driver is gone (for any reason) the pipe reports
+# end-of-file and the watchdog kills what is left of that cluster and marks the still-open runs
+# KILLED with the reason. It lives in its own session, so a Ctrl-C in the terminal leaves it be.
+
+_watchdog: subprocess.Popen | None = None
+
+
+def _send(msg: dict) -> None:
+    global _watchdog
+    if _watchdog is None or _watchdog.poll() is not None:
+        _watchdog = subprocess.Popen(
+            [sys.executable, "-c", "import clrdist.runtime as r; r._watch()"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, text=True)
+    try:
+        _watchdog.stdin.write(json.dumps(msg) + "\n")
+        _watchdog.stdin.flush()
+    except (BrokenPipeError, OSError):  # a dead watchdog is restarted on the next message
+        _watchdog = None
+
+
+def watch_run(uri: str, run_id: str) -> None:
+    """If this process dies before :func:`release_run`, the run is marked KILLED."""
+    _send({"op": "run", "uri": uri, "run_id": run_id, "pid": os.getpid(),
+           "host": socket.gethostname()})
+
+
+def release_run(run_id: str) -> None:
+    """The run was closed by this process (FINISHED / FAILED / KILLED)."""
+    if _watchdog is not None:
+        _send({"op": "end", "run_id": run_id})
+
+
+def watch_cluster(head_pids: list[int], session_dir: str | None) -> None:
+    """The local Ray cluster this process started: killed (every process of it) if we die."""
+    _send({"op": "cluster", "pids": [[p, process_start_time(p)] for p in head_pids],
+           "session_dir": session_dir})
+
+
+def child_pids(pid: int | None = None) -> set[int]:
+    """Direct children of ``pid`` (default: this process), from /proc."""
+    pid = os.getpid() if pid is None else pid
+    return {p for p, (ppid, _) in _proc_table().items() if ppid == pid}
+
+
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, start time in clock ticks) for every process we can see (Linux)."""
+    table = {}
+    for d in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    rest = f.read().rsplit(")", 1)[1].split()
+                table[int(d)] = (int(rest[1]), int(rest[19]))
+            except (OSError, IndexError, ValueError):
+                continue
+    return table
+
+
+def process_start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot; None: no such process): with the pid, an
+    identity that survives pid reuse."""
+    entry = _proc_table().get(pid)
+    return entry[1] if entry else None
+
+
+def cluster_processes(heads: list[tuple[int, int | None]], session_dir: str | None) -> set[int]:
+    """Live processes of one local Ray cluster: the head processes (same pid and start time),
+    their descendants, and anything holding a file in the cluster's session directory."""
+    table = _proc_table()
+    found = {p for p, t in heads if p in table and (t is None or table[p][1] == t)}
+    frontier = set(found)
+    while frontier:
+        frontier = {p for p, (pp, _) in table.items() if pp in frontier} - found
+        found |= frontier
+    if session_dir:
+        me = os.getpid()
+        for p in table:
+            if p in found or p == me:
+                continue
+            try:
+                if any(os.readlink(f"/proc/{p}/fd/{fd}").startswith(session_dir)
+                       for fd in os.listdir(f"/proc/{p}/fd")):
+                    found.add(p)
+            except OSError:
+                continue
+    return found
+
+
+def _watch() -> None:
+    """The watchdog process: read the driver's messages until end-of-file, then clean up."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    runs: dict[str, dict] = {}
+    heads: list[tuple[int, int | None]] = []
+    session_dir = None
+    for line in sys.stdin:  # returns at end-of-file: the driver exited or was killed
+        msg = json.loads(line)
+        if msg["op"] == "run":
+            runs[msg["run_id"]] = msg
+        elif msg["op"] == "end":
+            runs.pop(msg["run_id"], None)
+        elif msg["op"] == "cluster":
+            heads += [(p, t) for p, t in msg["pids"]]
+            session_dir = msg["session_dir"] or session_dir
+    if heads:
+        for p in cluster_processes(heads, session_dir):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+    if runs:
+        from clrdist import tracking
+
+        for run_id, msg in runs.items():
+            try:
+                tracking.end_run(msg["uri"], run_id, "KILLED", stage="driver",
+                                 reason=f"driver process {msg['pid']} on {msg['host']} ended "
+                                        "without closing the run (SIGKILL or a crash)")
+            except Exception:  # the store is gone too: nothing left to tell
+                pass

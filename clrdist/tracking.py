@@ -14,7 +14,11 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
+import sqlite3
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,18 @@ class TrackingError(ClrdistError):
     """The tracking store cannot be used (bad URI, unknown run)."""
 
 
+# MLflow's HTTP defaults (7 retries, backoff factor 2, 120 s timeout) turn an unreachable server
+# into minutes of silence; a run logs every few steps and can afford to drop nothing but also
+# needs no 4-minute stalls. Users' own settings win (setdefault); Ray workers started by a local
+# cluster inherit these from the driver.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+# Tracking URI schemes MLflow 3 can log runs to (database dialects may carry a driver: mysql+pymysql)
+_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
 def resolve_uri(uri: str) -> str:
     """Absolute sqlite URI (creating its folder); other URIs unchanged."""
     if uri.startswith("sqlite:///"):
@@ -48,6 +64,66 @@ def resolve_uri(uri: str) -> str:
             "e.g. sqlite:///mlflow.db or http://127.0.0.1:5000"
         )
     return uri
+
+
+def check_uri(uri: str, timeout: float = 5.0) -> str:
+    """Resolve ``uri`` and prove the tracking store answers, within ``timeout`` seconds for servers.
+
+    Raises TrackingError (one line, naming the URI) for an unsupported scheme, a file that is not
+    a database, a database MLflow cannot open, or a server that does not answer.
+    """
+    uri = resolve_uri(uri)
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
+    if scheme not in _SCHEMES:
+        raise TrackingError(f"tracking URI {uri!r}: unsupported scheme {scheme!r}; use sqlite:///PATH "
+                            f"or http://HOST:PORT (MLflow also takes {', '.join(_SCHEMES[3:])})")
+    if scheme in ("http", "https"):
+        _check_server(uri, timeout)
+        return uri
+    if scheme == "sqlite":
+        _check_sqlite_file(uri)
+    try:
+        client(uri).search_experiments(max_results=1)
+    except Exception as e:  # sqlalchemy, driver and MLflow errors alike: report the first line
+        raise TrackingError(f"tracking URI {uri!r}: cannot use the tracking store: "
+                            f"{_first_line(e)}") from None
+    return uri
+
+
+def _first_line(e: BaseException) -> str:
+    text = (getattr(e, "message", None) or str(e) or type(e).__name__).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _check_sqlite_file(uri: str) -> None:
+    path = Path(uri[len("sqlite:///"):])
+    if not path.exists():
+        return  # MLflow creates it
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise TrackingError(f"{path}: not a usable MLflow database ({e}); point tracking.uri at "
+                            "another file or move this one away") from None
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    """GET {uri}/health: any HTTP answer below 500 means a server is there."""
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):  # noqa: S310 (scheme checked above)
+            return
+    except urllib.error.HTTPError as e:
+        if e.code < 500:
+            return
+        reason = f"HTTP {e.code} {e.reason}"
+    except (urllib.error.URLError, OSError) as e:
+        reason = str(getattr(e, "reason", None) or e)
+    raise TrackingError(f"tracking URI {uri!r}: server not reachable within {timeout:g} s "
+                        f"({reason}); start it (mlflow server --host 127.0.0.1) or fix tracking.uri")
 
 
 def artifact_root(uri: str) -> str | None:
@@ -128,8 +204,46 @@ def log_eval(uri: str, run_id: str, results: Mapping[str, Any], step: int | None
             c.log_dict(run_id, {"rows": rows}, f"eval/{name}/{tname}.json")
 
 
-def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    client(uri).set_terminated(run_id, status)
+# Tags a run carries while it is not FINISHED: why it ended and in which stage.
+FAILURE_TAGS = ("clrdist.failure_reason", "clrdist.failure_stage")
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED", *, reason: str | None = None,
+            stage: str | None = None) -> None:
+    """Close a run: FINISHED, or FAILED / KILLED with ``clrdist.failure_reason`` (and the stage:
+    preflight, ray_start, training, evaluation, ...) as tags."""
+    c = client(uri)
+    if reason is not None or stage is not None:
+        tags = {FAILURE_TAGS[0]: (reason or "")[:_MAX_PARAM], FAILURE_TAGS[1]: stage or ""}
+        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    c.set_terminated(run_id, status)
+
+
+def find_run(uri: str, experiment: str, run_name: str) -> dict[str, Any] | None:
+    """The newest run called ``run_name`` in ``experiment`` (as :func:`get_run`, plus ``run_id``)."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    quote = "'" if "'" not in run_name else '"'
+    if quote in run_name:
+        raise TrackingError(f"tracking.run_name {run_name!r}: use either ' or \" in a run name, not both")
+    runs = c.search_runs([exp.experiment_id], f"attributes.run_name = {quote}{run_name}{quote}",
+                         order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    return {"run_id": runs[0].info.run_id, **get_run(uri, runs[0].info.run_id)}
+
+
+def reopen_run(uri: str, run_id: str, tags: Mapping[str, str] | None = None) -> None:
+    """Mark an interrupted run RUNNING again (a resumed training continues it)."""
+    c = client(uri)
+    for key in FAILURE_TAGS:
+        if key in c.get_run(run_id).data.tags:
+            c.delete_tag(run_id, key)
+    if tags:
+        c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    c.update_run(run_id, status="RUNNING")
 
 
 def get_run(uri: str, run_id: str) -> dict[str, Any]:
@@ -160,3 +274,20 @@ def _load_json_artifact(uri: str, run_id: str, name: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         local = c.download_artifacts(run_id, name, tmp)
         return json.loads(Path(local).read_text())
+
+
+def child_runs(uri: str, parent_run_id: str) -> list[dict[str, Any]]:
+    """Runs nested under ``parent_run_id`` (tag mlflow.parentRunId), oldest first, as get_run."""
+    c = client(uri)
+    parent = c.get_run(parent_run_id)
+    runs = c.search_runs([parent.info.experiment_id],
+                         f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                         order_by=["attributes.start_time ASC"], max_results=10_000)
+    return [{"run_id": r.info.run_id, "run_name": r.info.run_name, "params": dict(r.data.params),
+             "tags": dict(r.data.tags), "metrics": dict(r.data.metrics), "status": r.info.status}
+            for r in runs]
+
+
+def log_json(uri: str, run_id: str, obj: Mapping[str, Any], path: str) -> None:
+    """A JSON artifact (e.g. a sweep's best config) at ``path`` in the run's artifacts."""
+    client(uri).log_dict(run_id, dict(obj), path)

@@ -68,6 +68,29 @@ def load(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return state, meta
 
 
+def latest_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """(directory, meta) of the checkpoint with the highest step under a Ray Train run directory
+    (``checkpoint.storage_path``/NAME, the run's ``clrdist.ray_run_dir`` tag), or None. Only
+    complete ones count (state.pt and meta.json written); for runs that did not finish."""
+    best = None
+    root = Path(run_dir)
+    for d in (root.iterdir() if root.is_dir() else ()):
+        if (d / "state.pt").is_file() and (d / "meta.json").is_file():
+            try:
+                meta = json.loads((d / "meta.json").read_text())
+            except (OSError, ValueError):
+                continue
+            key = (int(meta.get("step", -1)), d.stat().st_mtime)
+            if best is None or key > best[0]:
+                best = (key, d, meta)
+    return None if best is None else (best[1], best[2])
+
+
+def load_stream_state(directory: str | Path, rank: int) -> dict[str, Any] | None:
+    p = Path(directory) / f"stream_rank{rank}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
 def load_stream_state(directory: str | Path, rank: int) -> dict[str, Any] | None:
     p = Path(directory) / f"stream_rank{rank}.json"
     return json.loads(p.read_text()) if p.is_file() else None

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from clrdist.config import RunConfig
+from clrdist.errors import ClrdistError
 
 
 def lr_lambda(cfg: RunConfig, total_steps: int):
@@ -132,6 +133,40 @@ class DeepSpeedEngine(Engine):
 
 
 ENGINES = {"ddp": DDPEngine, "deepspeed": DeepSpeedEngine}
+
+
+class NonFiniteLoss(ClrdistError):
+    """The loss became NaN or infinite: training stops; no checkpoint is written after it."""
+
+
+_NONE = 2**62  # "no non-finite step yet" in the rank-wide minimum
+
+
+class LossGuard:
+    """The first step whose loss was not finite, kept on the device (no host sync per step).
+
+    ``check`` (every rank, at the same steps: log points and before every checkpoint) takes the
+    minimum over ranks and raises :class:`NonFiniteLoss` naming that step, so every rank stops
+    together and the last checkpoint written is one from before the loss went non-finite.
+    """
+
+    def __init__(self, device: torch.device):
+        self.first = torch.full((), _NONE, dtype=torch.int64, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        self.first = torch.where(bad, torch.clamp(self.first, max=step), self.first)
+
+    def check(self) -> None:
+        first = self.first.clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
+        step = int(first)
+        if step != _NONE:
+            raise NonFiniteLoss(
+                f"non-finite loss at step {step}: training stopped there and its last checkpoint "
+                "is from before it; check the training store (clrdist data info --verify) or "
+                "lower optim.lr / set optim.grad_clip")
 
 
 def build_engine(model: nn.Module, cfg: RunConfig, total_steps: int) -> Engine:

@@ -1,19 +1,28 @@
-"""Driver side of training: check the config, open the MLflow run, run Ray Train, evaluate.
+"""Driver side of training: check the config, open (or reopen) the MLflow run, run Ray Train,
+evaluate, close the run in a true state.
 
-Everything that can be checked without a cluster (stores exist and are valid, engine available,
-tracking URI usable) is checked before Ray starts, so a bad config costs no cluster resources.
+Everything that can be checked without a cluster (stores valid and sane, evaluation stores
+labelled and held out, engine available, tracking store and RAY_ADDRESS answering) is checked
+before Ray starts, so a bad config costs no cluster resources. Rerunning the same command with
+the same ``tracking.run_name`` after the driver was killed continues that run from its last
+checkpoint (:func:`find_resumable`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clrdist import tracking
+from clrdist import runtime, tracking
 from clrdist.config import ConfigError, RunConfig
 from clrdist.data.store import StoreError, open_store
+from clrdist.errors import ClrdistError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +33,7 @@ class TrainResult:
     checkpoint_path: str
     tracking_uri: str
     metrics: dict[str, float] = field(default_factory=dict)
+    resumed: bool = False  # continued an interrupted MLflow run (and its checkpoints)
 
 
 def _open(path: str, key: str):
@@ -34,8 +44,11 @@ def _open(path: str, key: str):
         raise StoreError(f"{key}: {e}") from None
 
 
-def preflight(cfg: RunConfig) -> None:
-    """Reject what would fail on the cluster anyway, before any resource is started."""
+def preflight(cfg: RunConfig, *, evaluate: bool = True) -> None:
+    """Reject what would fail on the cluster anyway, before any resource is started: the stores
+    (a sample of the training store's shards re-checksummed and its samples sanity-checked), the
+    evaluation stores (labelled, both classes, held out), the components, the engine, the
+    tracking store (answering within seconds) and RAY_ADDRESS (reachable)."""
     store = _open(cfg.data.train_store, "data.train_store")
     need = cfg.data.batch_size * cfg.scaling.num_workers
     if store.n < need:
@@ -46,10 +59,12 @@ def preflight(cfg: RunConfig) -> None:
     if cfg.data.n_particles > store.n_particles:
         raise ConfigError(f"data.n_particles: {cfg.data.n_particles} exceeds the "
                           f"{store.n_particles} particle slots of {cfg.data.train_store}")
+    check_train_sample(store)
     for key in ("eval_train_store", "eval_test_store", "val_store"):
         path = getattr(cfg.data, key)
         if path is not None:
             _open(path, f"data.{key}")
+    check_eval_stores(cfg, evaluate=evaluate)
     check_components(cfg)
     if cfg.scaling.engine == "deepspeed":
         try:
@@ -57,7 +72,77 @@ def preflight(cfg: RunConfig) -> None:
         except ImportError as e:
             raise ConfigError(f"scaling.engine: deepspeed is not importable ({e}); "
                               "install clrdist[deepspeed]") from None
-    tracking.resolve_uri(cfg.tracking.uri)
+    tracking.check_uri(cfg.tracking.uri)
+    check_ray_address()
+
+
+# Pre-training check of the training store: this many random shard files re-checksummed and
+# this many random samples through the sanity checks (finite, pT >= 0, masks, labels); random
+# samples touch up to as many chunks, so a large store costs a few seconds here.
+PREFLIGHT_SHARDS = 4
+PREFLIGHT_SAMPLES = 1024
+
+
+def check_train_sample(store) -> None:
+    """A sample of the training store: shard checksums and physical sanity (clrdist.data.store)."""
+    from clrdist.data.store import check_sample_sanity, verify_store
+
+    try:
+        verify_store(store, sample=PREFLIGHT_SHARDS)
+        check_sample_sanity(store, n=PREFLIGHT_SAMPLES)
+    except StoreError as e:
+        raise StoreError(f"data.train_store: {e}") from None
+
+
+def _check_labels(path: str, key: str) -> None:
+    """A store an LCT fits or scores on: labelled, background (0) and signal (>= 1) present."""
+    import numpy as np
+
+    label = np.asarray(_open(path, key).arrays["label"][:])
+    n_bkg, n_sig = int((label == 0).sum()), int((label > 0).sum())
+    if n_bkg == 0 or n_sig == 0:
+        what = "no labelled samples (all -1)" if n_bkg + n_sig == 0 else \
+            f"only {'signal' if n_sig else 'background'} samples ({n_bkg} label 0, {n_sig} label >= 1)"
+        raise StoreError(f"{key}: {path} has {what}; the evaluations need background (0) "
+                         "and signal (>= 1)")
+
+
+def check_eval_stores(cfg: RunConfig, *, evaluate: bool = True) -> None:
+    """The stores the evaluations will read: labelled with both classes, held out from training
+    and from each other (the same checks the evaluation itself makes, before any training)."""
+    from clrdist.config import EVALUATIONS
+    from clrdist.evaluate import check_final_stores, check_held_out
+
+    d = cfg.data
+    final = evaluate and any(getattr(cfg.eval, n) for n in EVALUATIONS) \
+        and d.eval_train_store and d.eval_test_store
+    during = bool(cfg.eval.every_epochs and d.val_store and d.eval_train_store)
+    keys = ["eval_train_store", "eval_test_store"] if final else []
+    keys += ["eval_train_store", "val_store"] if during else []
+    for key in dict.fromkeys(keys):
+        _check_labels(getattr(d, key), f"data.{key}")
+    if final:
+        check_final_stores(cfg)
+    elif during:
+        check_held_out(d.train_store, d.eval_train_store, d.val_store)
+
+
+def check_ray_address(timeout: float = 5.0) -> None:
+    """RAY_ADDRESS=host:port must accept a connection: ray.init waits minutes on a dead one."""
+    import socket
+
+    addr = os.environ.get("RAY_ADDRESS", "")
+    hostport = addr.split("://", 1)[-1].rstrip("/")
+    if not addr or addr in ("auto", "local") or ":" not in hostport:
+        return
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"RAY_ADDRESS={addr}: no Ray cluster answers within {timeout:g} s ({e}); "
+                          "start one (slurm/ray_cluster.sh, ray start --head) or unset it "
+                          "to start a local cluster") from None
 
 
 def check_components(cfg: RunConfig) -> None:
@@ -89,6 +174,16 @@ def check_components(cfg: RunConfig) -> None:
             kernel.require()
         except kernel.KernelUnavailable as e:
             raise ConfigError(f"augment.backend: {e}") from None
+    for i, view in enumerate(cfg.augment.local_views):
+        try:
+            build_view(view, cfg.augment.strength, cfg.augment.backend)
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"augment.local_views.{i}: {e.args[0] if isinstance(e, KeyError) else e}") from None
+    if cfg.augment.local_views and not getattr(loss, "multi_view", False):
+        raise ConfigError(f"augment.local_views: loss {cfg.loss.name!r} takes no local views (dino does)")
+    if getattr(loss, "n_known", None) is not None and cfg.model.output_dim <= loss.n_known:
+        raise ConfigError(f"model.output_dim: {cfg.model.output_dim} heads leave no novel class "
+                          f"for the {loss.n_known} loss.known_classes")
     if len(cfg.augment.views) != 2:
         raise ConfigError(f"augment.views: contrastive losses take 2 views, got {len(cfg.augment.views)}")
     if getattr(loss, "needs_anomaly_view", False) and not cfg.augment.anomaly_view:
@@ -100,7 +195,11 @@ def check_components(cfg: RunConfig) -> None:
 
 
 def ensure_ray(cfg: RunConfig) -> None:
-    """Connect to the cluster in RAY_ADDRESS, or start a local one big enough for the workers."""
+    """Connect to the cluster in RAY_ADDRESS, or start a local one big enough for the workers.
+
+    A local cluster started here dies with this process even when it is SIGKILLed: the
+    watchdog (:mod:`clrdist.runtime`) kills whatever of it the kernel leaves behind.
+    """
     import ray
 
     if ray.is_initialized():
@@ -109,81 +208,267 @@ def ensure_ray(cfg: RunConfig) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return
     need = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    runtime.watch_cluster([], None)  # the watchdog starts before Ray: it must not be Ray's child
+    before = runtime.child_pids()
     # A laptop may have fewer cores than workers: oversubscribe rather than hang waiting.
     # The dashboard (bound to 127.0.0.1) serves the state API Ray Train's controller polls.
     ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=True,
              dashboard_host="127.0.0.1", log_to_driver=True)
+    try:
+        session_dir = ray._private.worker._global_node.get_session_dir_path()
+    except AttributeError:  # private API moved: the head processes' descendants still go
+        session_dir = None
+    runtime.watch_cluster(sorted(runtime.child_pids() - before), session_dir)
 
 
-def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = None,
-          tags: dict[str, str] | None = None) -> TrainResult:
-    """Train with Ray Train's TorchTrainer; log to MLflow; run the post-training evaluations.
+class RunInterrupted(BaseException):
+    """SIGTERM / SIGHUP reached the driver (a scheduler's stop or preemption, a closed terminal).
+    A BaseException, like KeyboardInterrupt, so that nothing swallows it on the way out."""
 
-    ``callbacks`` go to Ray Train's RunConfig (Tune's ``TuneReportCallback`` in sweeps);
-    ``tags`` are added to the MLflow run.
-    """
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
 
-    from clrdist.train.loop import train_loop_per_worker
 
-    preflight(cfg)
-    # Workers do not share the driver's working directory: make every path absolute.
+class TrainingFailed(ClrdistError):
+    """Training stopped on a user-visible problem (e.g. a non-finite loss); the run is FAILED."""
+
+
+@contextlib.contextmanager
+def _signals_raise():
+    """SIGTERM and SIGHUP raise RunInterrupted in the main thread while training (SIGINT already
+    raises KeyboardInterrupt); elsewhere (a Tune trial's thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise RunInterrupted(signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def resolve_paths(cfg: RunConfig) -> RunConfig:
+    """A copy with every path absolute (workers do not share the driver's working directory)."""
     cfg = cfg.model_copy(deep=True)
     cfg.data.train_store = str(Path(cfg.data.train_store).resolve())
     for key in ("eval_train_store", "eval_test_store", "val_store"):
         if getattr(cfg.data, key):
             setattr(cfg.data, key, str(Path(getattr(cfg.data, key)).resolve()))
     cfg.checkpoint.storage_path = str(Path(cfg.checkpoint.storage_path).resolve())
-    uri = tracking.resolve_uri(cfg.tracking.uri)
-    cfg.tracking.uri = uri
+    cfg.tracking.uri = tracking.resolve_uri(cfg.tracking.uri)
+    return cfg
 
+
+def ray_run_name(cfg: RunConfig, run_id: str) -> str:
+    """Ray Train's RunConfig(name): fixed by the MLflow run, so a resumed run finds its
+    checkpoints (Ray Train restores the checkpoint list of an existing run directory)."""
+    return f"{cfg.name}-{run_id[:8]}"
+
+
+def _driver_tags() -> dict[str, str]:
+    pid = os.getpid()
+    return {"clrdist.driver_host": socket.gethostname(), "clrdist.driver_pid": str(pid),
+            "clrdist.driver_start": str(runtime.process_start_time(pid))}
+
+
+def _driver_alive(tags: dict[str, str]) -> bool | None:
+    """Is the driver recorded in a run's tags still running? None: on another host, unknown."""
+    if tags.get("clrdist.driver_host") != socket.gethostname():
+        return None
+    try:
+        pid = int(tags.get("clrdist.driver_pid", ""))
+    except ValueError:
+        return None
+    return str(runtime.process_start_time(pid)) == tags.get("clrdist.driver_start")
+
+
+def _config_diff(a: dict, b: dict) -> list[str]:
+    from clrdist.config import _flatten
+
+    fa, fb = dict(_flatten(a)), dict(_flatten(b))
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+
+
+def find_resumable(cfg: RunConfig, resume: str | None = None) -> dict | None:
+    """The MLflow run this invocation continues, or None for a new run.
+
+    ``resume`` (``clrdist train --resume RUN_ID``) names it; otherwise the newest run called
+    ``tracking.run_name`` in ``tracking.experiment`` is continued when it is KILLED, or RUNNING
+    with its driver gone (a SIGKILL the watchdog could not report, e.g. a lost node). FINISHED
+    and FAILED runs are not continued by name (a failure would most likely repeat): the same
+    command then starts a new run; ``--resume`` continues a FAILED one. The config (paths
+    resolved) must equal the run's. ``cfg`` must have absolute paths (:func:`resolve_paths`).
+    SLURM requeue builds on this: rerun the same command (same run name) and it continues.
+    """
+    uri = cfg.tracking.uri
+    if resume:
+        run = {"run_id": resume, **tracking.get_run(uri, resume)}
+        if run["status"] == "FINISHED":
+            raise ConfigError(f"--resume {resume}: the run is FINISHED; nothing to resume")
+        what = f"--resume {resume}"
+    elif cfg.tracking.run_name:
+        run = tracking.find_run(uri, cfg.tracking.experiment, cfg.tracking.run_name)
+        if run is None or run["status"] not in ("RUNNING", "KILLED"):
+            return None
+        what = f"tracking.run_name {cfg.tracking.run_name!r} (run {run['run_id']})"
+    else:
+        return None
+    if run["status"] == "RUNNING":
+        alive, t = _driver_alive(run["tags"]), run["tags"]
+        where = f"driver pid {t.get('clrdist.driver_pid')} on {t.get('clrdist.driver_host')}"
+        if alive:
+            raise ConfigError(f"{what}: the run is still RUNNING ({where}); stop it first")
+        if alive is None and not resume:
+            raise ConfigError(f"{what}: the run is RUNNING ({where}, not visible from here); if "
+                              f"that driver is gone, continue with --resume {run['run_id']}")
+    diff = _config_diff(tracking.download_config(uri, run["run_id"]), cfg.to_dict())
+    if diff:
+        raise ConfigError(f"{what}: the run was started with a different config (differs in "
+                          f"{', '.join(diff[:5])}{', ...' if len(diff) > 5 else ''}); use another "
+                          "tracking.run_name for a new run")
+    return run
+
+
+def open_run(cfg: RunConfig, tags: dict[str, str] | None = None,
+             resume: str | None = None) -> tuple[str, bool]:
+    """(MLflow run id, resumed?): the run :func:`find_resumable` names, reopened, or a new one."""
+    uri = cfg.tracking.uri
+    run = find_resumable(cfg, resume)
+    if run is not None:
+        resumes = int(run["tags"].get("clrdist.resumes", "0")) + 1
+        tracking.reopen_run(uri, run["run_id"], {**_driver_tags(), "clrdist.resumes": str(resumes),
+                                                 "clrdist.resumed_from": run["status"]})
+        return run["run_id"], True
     run_id = tracking.start_run(uri, cfg.tracking.experiment, cfg.flat(),
                                 run_name=cfg.tracking.run_name,
                                 tags={"clrdist.config_name": cfg.name,
-                                      "clrdist.engine": cfg.scaling.engine, **(tags or {})},
+                                      "clrdist.engine": cfg.scaling.engine, **_driver_tags(),
+                                      **(tags or {})},
                                 config=cfg.to_dict())
-    ensure_ray(cfg)
+    tracking.set_tags(uri, run_id, {"clrdist.ray_run_dir":
+                                    str(Path(cfg.checkpoint.storage_path) / ray_run_name(cfg, run_id))})
+    return run_id, False
+
+
+def _reason(e: BaseException) -> str:
+    """One line for the clrdist.failure_reason tag: the worker's error when a worker failed."""
+    failures = getattr(e, "worker_failures", None)
+    if failures:
+        rank, err = min(failures.items())
+        cause = getattr(err, "cause", None) or err  # RayTaskError wraps the worker's exception
+        return f"rank {rank}: {type(cause).__name__}: {_first_line(cause)}"
+    if isinstance(e, (RunInterrupted, KeyboardInterrupt)):
+        return f"driver interrupted by {'SIGINT' if isinstance(e, KeyboardInterrupt) else e}"
+    if isinstance(e, SystemExit):
+        return f"driver exited ({e.code}) during the run"
+    return f"{type(e).__name__}: {_first_line(e)}"
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[0].strip() if lines else ""
+
+
+def _user_error(e: BaseException) -> ClrdistError | None:
+    """The ClrdistError a worker raised (e.g. NonFiniteLoss), found through Ray's wrappers."""
+    for err in (getattr(e, "worker_failures", None) or {}).values():
+        cause = getattr(err, "cause", None) or err
+        if isinstance(cause, ClrdistError):
+            return cause
+    return None
+
+
+def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = None,
+          tags: dict[str, str] | None = None, resume: str | None = None) -> TrainResult:
+    """Train with Ray Train's TorchTrainer; log to MLflow; run the post-training evaluations.
+
+    ``callbacks`` go to Ray Train's RunConfig (Tune's ``TuneReportCallback`` in sweeps);
+    ``tags`` are added to the MLflow run; ``resume`` continues that MLflow run (otherwise a
+    KILLED run of the same ``tracking.run_name`` is continued, see :func:`find_resumable`).
+
+    Once the MLflow run is open it always ends in a true state: FINISHED; FAILED with
+    ``clrdist.failure_reason`` and ``clrdist.failure_stage`` (ray_start, training, evaluation)
+    on any error; KILLED on SIGINT / SIGTERM / SIGHUP, and, through the watchdog, on SIGKILL.
+    """
+    preflight(cfg, evaluate=evaluate)
+    cfg = resolve_paths(cfg)
+    uri = cfg.tracking.uri
+    run_id, resumed = open_run(cfg, tags, resume)
+    runtime.watch_run(uri, run_id)
+    stage = "ray_start"
+    try:
+        with _signals_raise():
+            ensure_ray(cfg)
+            stage = "training"
+            result = _fit(cfg, run_id, callbacks)
+            if result.checkpoint is None:
+                raise RuntimeError(f"run {run_id}: training finished without a checkpoint")
+            ckpt_path = result.checkpoint.path
+            tracking.set_tags(uri, run_id, {"clrdist.checkpoint": ckpt_path})
+            metrics = {k: float(v) for k, v in (result.metrics or {}).items()
+                       if isinstance(v, (int, float))}
+            stage = "evaluation"
+            if evaluate:
+                metrics.update(_evaluate(cfg, uri, run_id, ckpt_path))
+    except BaseException as e:
+        killed = isinstance(e, (RunInterrupted, KeyboardInterrupt, SystemExit))
+        try:
+            tracking.end_run(uri, run_id, "KILLED" if killed else "FAILED", reason=_reason(e),
+                             stage=stage)
+            runtime.release_run(run_id)
+        except Exception as te:  # the store failed too: the watchdog marks it when we exit
+            log.error("could not close MLflow run %s: %s", run_id, _first_line(te))
+        if (user := _user_error(e)) is not None:
+            raise TrainingFailed(f"run {run_id}: {user}") from None
+        raise
+    tracking.end_run(uri, run_id, "FINISHED")
+    runtime.release_run(run_id)
+    return TrainResult(run_id=run_id, checkpoint_path=ckpt_path, tracking_uri=uri,
+                       metrics=metrics, resumed=resumed)
+
+
+def _fit(cfg: RunConfig, run_id: str, callbacks: list | None):
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from clrdist.train.loop import train_loop_per_worker
+
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"run_config": cfg.to_dict(), "tracking_uri": uri, "mlflow_run_id": run_id},
+        train_loop_config={"run_config": cfg.to_dict(), "tracking_uri": cfg.tracking.uri,
+                           "mlflow_run_id": run_id},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=f"{cfg.name}-{run_id[:8]}", storage_path=cfg.checkpoint.storage_path,
+            name=ray_run_name(cfg, run_id), storage_path=cfg.checkpoint.storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
             callbacks=list(callbacks or []),
             # Ray Train's per-report INFO lines drown the loop's one line per epoch
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),
     )
-    try:
-        result = trainer.fit()
-    except BaseException:
-        tracking.end_run(uri, run_id, "FAILED")
-        raise
-    if result.checkpoint is None:
-        tracking.end_run(uri, run_id, "FAILED")
-        raise RuntimeError(f"run {run_id}: training finished without a checkpoint")
-    ckpt_path = result.checkpoint.path
-    tracking.set_tags(uri, run_id, {"clrdist.checkpoint": ckpt_path})
-    metrics = {k: float(v) for k, v in (result.metrics or {}).items()
-               if isinstance(v, (int, float))}
+    return trainer.fit()
 
-    if evaluate:
-        from clrdist.config import EVALUATIONS
-        from clrdist.evaluate import evaluate_checkpoint
 
-        which = {name for name in EVALUATIONS if getattr(cfg.eval, name)}
-        if which and cfg.data.eval_train_store and cfg.data.eval_test_store:
-            results = evaluate_checkpoint(ckpt_path, which, cfg=cfg)
-            tracking.log_eval(uri, run_id, results)
-            for res in results.values():
-                metrics.update(res.metrics)
-        elif which:
-            log.warning("eval: data.eval_train_store / eval_test_store not set; skipping %s",
-                        sorted(which))
-    tracking.end_run(uri, run_id, "FINISHED")
-    return TrainResult(run_id=run_id, checkpoint_path=ckpt_path, tracking_uri=uri, metrics=metrics)
+def _evaluate(cfg: RunConfig, uri: str, run_id: str, ckpt_path: str) -> dict[str, float]:
+    """The post-training evaluations ``eval.*`` asks for, logged into the run."""
+    from clrdist.config import EVALUATIONS
+    from clrdist.evaluate import evaluate_checkpoint
+
+    which = {name for name in EVALUATIONS if getattr(cfg.eval, name)}
+    if which and cfg.data.eval_train_store and cfg.data.eval_test_store:
+        results = evaluate_checkpoint(ckpt_path, which, cfg=cfg)
+        tracking.log_eval(uri, run_id, results)
+        return {k: v for res in results.values() for k, v in res.metrics.items()}
+    if which:
+        log.warning("eval: data.eval_train_store / eval_test_store not set; skipping %s",
+                    sorted(which))
+    return {}
