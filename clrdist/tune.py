@@ -23,6 +23,9 @@ is validated before Tune starts.
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,17 +73,41 @@ class Space(BaseModel):
 
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = "sweep"  # Tune experiment name and MLflow tag clrdist.sweep
+    name: str = "sweep"  # Tune experiment name, MLflow parent run name and tag clrdist.sweep
     base_config: str | None = None  # run config each trial starts from (None: built-in defaults)
     overrides: list[str] = Field(default_factory=list)  # applied to every trial
     space: dict[str, Space]  # dotted config key -> search space
     metric: str = "val_lct_auc"  # metric reported by the training loop at epoch ends
     mode: Literal["min", "max"] = "max"
-    num_samples: int = Field(1, gt=0)  # Tune num_samples
+    # grid: every grid value crossed, choice/uniform drawn at random (Tune's variant generator);
+    # random: every key drawn at random (grid lists as choices); optuna: TPE (grid lists as choices)
+    search: Literal["grid", "random", "optuna"] = "grid"
+    seed: int = 0  # random draws and the TPE sampler
+    num_samples: int = Field(1, gt=0)  # grid: repeats of the grid; random / optuna: trials
     scheduler: Literal["asha", "fifo"] = "asha"  # ASHA stops poor trials early (by epoch)
     grace_period: int = Field(1, gt=0)  # epochs before ASHA may stop a trial
     max_concurrent_trials: int = Field(1, gt=0)  # trials at once (each uses num_workers workers)
     storage_path: str = "runs/tune"  # Tune results (shared file system on a cluster)
+
+    def param_space(self) -> dict[str, Any]:
+        from ray import tune
+
+        space = {}
+        for key, s in self.space.items():
+            if s.grid is not None and self.search != "grid":
+                space[key] = tune.choice(s.grid)
+            else:
+                space[key] = s.to_tune()
+        return space
+
+    def total_trials(self) -> int:
+        """Trials the sweep runs when nothing stops it."""
+        if self.search != "grid":
+            return self.num_samples
+        n = self.num_samples
+        for s in self.space.values():
+            n *= len(s.grid) if s.grid is not None else 1
+        return n
 
 
 def load_sweep(path: str | Path, extra_overrides: list[str] | None = None) -> SweepSpec:
@@ -132,42 +159,171 @@ def trial_config(spec: SweepSpec, params: dict[str, Any]):
     return load_config(spec.base_config, overrides)
 
 
-def run_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Run the sweep with Ray Tune; return one row per trial (params, final metrics, MLflow run)."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+@dataclass
+class SweepResult:
+    """What a sweep produced: one row per trial, the MLflow parent run, and how it ended."""
 
-    from clrdist.train.trainer import ensure_ray, train
+    rows: list[dict[str, Any]]
+    parent_run_id: str
+    tracking_uri: str
+    experiment_path: str
+    resumed: bool  # continued a stopped sweep with Tuner.restore
+    interrupted: bool  # stopped by a signal before every trial ended (rerun to resume)
+    best: dict[str, Any] | None = None  # the best row
+
+
+STATE_FILE = "clrdist_sweep.json"  # in the Tune experiment folder: the MLflow parent run
+
+
+def run_sweep(spec: SweepSpec, *, resume: bool = True) -> SweepResult:
+    """Run the sweep with Ray Tune, nested in MLflow; resume it if it was stopped.
+
+    One MLflow parent run per sweep (the spec, its search space, then the best trial and its
+    config); one nested run per trial (tag ``mlflow.parentRunId``) with the trial's params,
+    per-epoch metrics and final evaluations. If ``storage_path/name`` holds a stopped sweep (and
+    ``resume``), ``Tuner.restore`` continues it: finished trials are kept, not repeated, and the
+    same parent run is continued. SIGUSR1 (and SIGTERM, which tuning/sweep.py turns into SIGUSR1)
+    makes Tune save its state and stop; the result then has ``interrupted=True``.
+    """
+    from ray import tune
+
+    from clrdist import tracking
+    from clrdist.train.trainer import ensure_ray
 
     base = trial_config(spec, {})
     ensure_ray(base)
+    uri = tracking.resolve_uri(base.tracking.uri)
+    exp_path = Path(spec.storage_path).resolve() / spec.name
+    state_file = exp_path / STATE_FILE
+    resumed = resume and tune.Tuner.can_restore(str(exp_path))
+    parent = None
+    if resume and state_file.is_file():
+        parent = json.loads(state_file.read_text())["parent_run_id"]
+        tracking.reopen_run(uri, parent)
+    if parent is None:
+        parent = tracking.start_run(
+            uri, base.tracking.experiment, _spec_params(spec), run_name=spec.name,
+            tags={"clrdist.sweep": spec.name, "clrdist.sweep_role": "parent"},
+            config=spec.model_dump(mode="json"))
+        exp_path.mkdir(parents=True, exist_ok=True)
+        tmp = state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"parent_run_id": parent, "tracking_uri": uri}))
+        tmp.replace(state_file)
 
-    def trial(params: dict[str, Any]) -> None:
-        cfg = trial_config(spec, params)
-        cfg.tracking.run_name = f"{spec.name}-" + "-".join(f"{k.split('.')[-1]}={v}"
-                                                         for k, v in params.items())
-        train(cfg, callbacks=[TuneReportCallback()], tags={"clrdist.sweep": spec.name})
-
-    scheduler = (ASHAScheduler(time_attr="epoch", grace_period=spec.grace_period,
-                               max_t=base.optim.epochs)
-                 if spec.scheduler == "asha" else FIFOScheduler())
-    tuner = tune.Tuner(
-        # The trial itself only drives Ray Train; the workers reserve their own resources.
-        tune.with_resources(trial, {"CPU": 0.01}),
-        param_space={k: s.to_tune() for k, s in spec.space.items()},
-        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
-                                    num_samples=spec.num_samples,
-                                    max_concurrent_trials=spec.max_concurrent_trials),
-        run_config=tune.RunConfig(name=spec.name,
-                                  storage_path=str(Path(spec.storage_path).resolve())),
-    )
+    trainable = tune.with_resources(_trial_fn(spec, parent), {"CPU": 0.01})
+    if resumed:
+        tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+    else:
+        tuner = tune.Tuner(
+            # The trial itself only drives Ray Train; the workers reserve their own resources.
+            trainable, param_space=spec.param_space(),
+            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode,
+                                        search_alg=_search_alg(spec),
+                                        scheduler=_scheduler(spec, base.optim.epochs),
+                                        num_samples=spec.num_samples,
+                                        # Optuna's limit is its ConcurrencyLimiter
+                                        max_concurrent_trials=(None if spec.search == "optuna"
+                                                               else spec.max_concurrent_trials)),
+            run_config=tune.RunConfig(name=spec.name, storage_path=str(exp_path.parent)),
+        )
     grid = tuner.fit()
+
+    runs = {r["tags"].get("clrdist.trial_id"): r for r in tracking.child_runs(uri, parent)}
     rows = []
     for r in grid:
-        row = {"params": {k: r.config.get(k) for k in spec.space},
+        row = {"trial_id": r.metrics.get("trial_id") if r.metrics else None,
+               "params": {k: r.config.get(k) for k in spec.space},
                "error": str(r.error) if r.error else None}
         row.update({k: v for k, v in (r.metrics or {}).items()
                     if k in ("loss", "epoch", "step") or k.startswith("val_")})
+        run = runs.get(row["trial_id"])
+        row["run_id"] = run["run_id"] if run else None
         rows.append(row)
-    return rows
+    # A trial ASHA stopped, or one cut short by the interruption, ends as KILLED, not RUNNING.
+    for run in runs.values():
+        if run["status"] == "RUNNING":
+            tracking.end_run(uri, run["run_id"], "KILLED")
+    ended = grid.num_terminated + grid.num_errors
+    interrupted = ended < spec.total_trials()
+    best = _log_best(spec, uri, parent, rows) if rows else None
+    tracking.log_json(uri, parent, {"rows": rows}, "trials.json")
+    tracking.log_metrics(uri, parent, {"trials_finished": float(ended),
+                                       "trials_failed": float(grid.num_errors)})
+    status = "KILLED" if interrupted else ("FAILED" if grid.num_errors else "FINISHED")
+    tracking.end_run(uri, parent, status)
+    return SweepResult(rows=rows, parent_run_id=parent, tracking_uri=uri,
+                       experiment_path=str(exp_path), resumed=resumed, interrupted=interrupted,
+                       best=best)
+
+
+def _spec_params(spec: SweepSpec) -> dict[str, Any]:
+    params = {f"sweep.{k}": v for k, v in spec.model_dump(mode="json").items()
+              if k not in ("space", "overrides")}
+    params["sweep.overrides"] = list(spec.overrides)
+    params.update({f"space.{k}": s.model_dump(exclude_none=True) for k, s in spec.space.items()})
+    return params
+
+
+def _trial_fn(spec: SweepSpec, parent_run_id: str):
+    """The Tune function trainable: one clrdist training run, nested under the parent run."""
+
+    def trial(params: dict[str, Any]) -> None:
+        from ray import tune
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from clrdist.train.trainer import train
+
+        trial_id = tune.get_context().get_trial_id()  # stable across Tuner.restore
+        cfg = trial_config(spec, params)
+        cfg.tracking.run_name = f"{spec.name}-{trial_id}-" + "-".join(
+            f"{k.split('.')[-1]}={_short(v)}" for k, v in params.items())
+        train(cfg, callbacks=[TuneReportCallback()],
+              tags={"clrdist.sweep": spec.name, "clrdist.trial_id": trial_id,
+                    "mlflow.parentRunId": parent_run_id})
+
+    return trial
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _search_alg(spec: SweepSpec):
+    if spec.search == "optuna":
+        from optuna.samplers import TPESampler
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(sampler=TPESampler(seed=spec.seed)),
+                                  max_concurrent=spec.max_concurrent_trials)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=spec.seed)
+
+
+def _scheduler(spec: SweepSpec, epochs: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.scheduler == "asha":
+        return ASHAScheduler(time_attr="epoch", grace_period=spec.grace_period, max_t=epochs)
+    return FIFOScheduler()
+
+
+def _log_best(spec: SweepSpec, uri: str, parent: str, rows: list[dict[str, Any]]):
+    """The best trial's metric, params and full config on the parent run."""
+    from clrdist import tracking
+
+    scored = [r for r in rows if isinstance(r.get(spec.metric), (int, float))
+              and math.isfinite(r[spec.metric])]
+    if not scored:
+        return None
+    best = (max if spec.mode == "max" else min)(scored, key=lambda r: r[spec.metric])
+    tracking.log_metrics(uri, parent, {f"best_{spec.metric}": best[spec.metric]})
+    tracking.set_tags(uri, parent, {"clrdist.best_trial_id": best["trial_id"] or "",
+                                    "clrdist.best_run_id": best["run_id"] or "",
+                                    **{f"best.{k}": v for k, v in best["params"].items()}})
+    tracking.log_json(uri, parent, {"params": best["params"], "metrics": {
+        k: v for k, v in best.items() if k not in ("params", "error")},
+        "config": trial_config(spec, best["params"]).to_dict()}, "best_config.json")
+    return best
