@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
                        ("baselines", "raw, jet-observable, EFP and supervised baselines"),
                        ("cwola", "idealised CWoLa scan (+ bump hunt with m_jj)"),
                        ("bumphunt", "CWoLa bump hunt in m_jj"), ("nplm", "NPLM test"),
-                       ("anomaly", "label-free anomaly scores")):
+                       ("anomaly", "label-free anomaly scores"),
+                       ("nae", "normalised autoencoder (representation; + jet images for jets)"),
+                       ("images", "jet images + convolutional autoencoder"),
+                       ("mimic", "EFP mimickers of the jet-image autoencoder"),
+                       ("orca", "open-world accuracies of an ORCA run's head")):
         e.add_argument(f"--{name}", action="store_true", help=text)
     e.add_argument("--latest", action="store_true",
                    help="evaluate the run's latest checkpoint (a run that did not finish)")

@@ -58,6 +58,8 @@ class AugmentConfig(_Section):
         ]
     )
     anomaly_view: list[AugmentSpec] | None = None  # third view for AnomalyCLR-type losses
+    # student-only views of multi-view losses (DINO's local views: stronger masking or dropping)
+    local_views: list[list[AugmentSpec]] = Field(default_factory=list)
     strength: float = Field(1.0, ge=0)  # scales every augmentation's size (for sweeps)
     # JetCLR steps on CPU: "auto" = the fused C kernel where it builds, else torch ops; "kernel"
     # requires the kernel (checked before Ray starts); "torch" = torch ops (docs/core.md)
@@ -83,6 +85,9 @@ class ModelConfig(_Section):
     dense_input_dim: int = Field(57, gt=0)  # flattened event features (ADC2021: 19 objects x 3)
     frame: Literal["jet", "event"] = "jet"  # jet: centre on pT-weighted centroid; event: absolute
     head_batchnorm: bool = False  # BatchNorm in the projection (expander) head's hidden layers
+    # mlp: projection head; dino: MLP -> L2-normed bottleneck -> output_dim prototypes (DINO);
+    # cosine: 10 x cosine classifier over output_dim = known + novel classes (ORCA)
+    head: Literal["mlp", "dino", "cosine"] = "mlp"
     buckets: int = Field(1, ge=1)  # encode each batch in this many multiplicity groups (exact, faster)
 
     @model_validator(mode="after")
@@ -97,6 +102,13 @@ class LossConfig(_Section):
     temperature: float = Field(0.1, gt=0)  # tau in exp(s/tau)
     keep_positive: bool | None = None  # denominator keeps the positive; None = the loss's published form
     gather: bool = True  # negatives all-gathered across workers
+    # DINO (name: dino); the student temperature is `temperature` (DINO: 0.1)
+    teacher_temperature: float = Field(0.04, gt=0)  # DINO teacher sharpening temperature
+    centre_momentum: float = Field(0.9, ge=0, lt=1)  # DINO centre EMA over global batch means
+    teacher_momentum: float = Field(0.996, ge=0, le=1)  # DINO teacher EMA at step 0 (cosine to 1)
+    # ORCA (name: orca); model.output_dim = len(known_classes) + number of novel classes
+    known_classes: list[int] = Field(default_factory=lambda: [0])  # store labels with known class
+    labelled_fraction: float = Field(0.5, gt=0, le=1)  # ORCA: known-class rows labelled per step
 
 
 class OptimConfig(_Section):
@@ -132,7 +144,8 @@ class TrackingConfig(_Section):
 
 
 # Downstream evaluations a run can ask for (flags of EvalConfig, keys of EvalConfig.options).
-EVALUATIONS = ("lct", "baselines", "cwola", "bumphunt", "nplm", "anomaly")
+EVALUATIONS = ("lct", "baselines", "cwola", "bumphunt", "nplm", "anomaly", "nae", "images",
+               "mimic", "orca")
 
 
 class EvalConfig(_Section):
@@ -143,6 +156,10 @@ class EvalConfig(_Section):
     bumphunt: bool = False  # CWoLa bump hunt in m_jj (dijet stores)
     nplm: bool = False  # NPLM test after training
     anomaly: bool = False  # label-free anomaly scores after training
+    nae: bool = False  # normalised autoencoder on representations (+ jet images for jet stores)
+    images: bool = False  # jet images + convolutional autoencoder anomaly score (jet stores)
+    mimic: bool = False  # EFP mimickers (HLN, PNN) of the jet-image autoencoder (jet stores)
+    orca: bool = False  # open-world accuracies of an ORCA run's classifier head (loss.name: orca)
     every_epochs: int | None = Field(None, gt=0)  # quick LCT during training: fit eval_train, score val_store
     # per-evaluation keyword arguments (docs/eval.md), e.g. {nplm: {n_toys_null: 200, M: 500}}
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -22,6 +22,8 @@ from torch import nn
 from clrdist.config import LossConfig
 from clrdist.diagnostics import collapse_value
 from clrdist.distributed import all_gather_nograd, all_gather_with_grad, get_rank, get_world_size
+from clrdist.losses_dino import DINOLoss
+from clrdist.losses_orca import ORCALoss
 
 __all__ = ["nt_xent", "anomalyclr", "anomalyclr_plus", "supcon", "NTXentLoss", "AnomalyCLRLoss",
            "AnomalyCLRPlusLoss", "SupConLoss", "LOSSES", "build_loss"]
@@ -202,11 +204,13 @@ class SupConLoss(_Loss):
         return {"loss": supcon(z1, z2, labels, temperature=self.temperature, gather=self.gather)}
 
 
-LOSSES: dict[str, type[_Loss]] = {
+LOSSES: dict[str, type[nn.Module]] = {
     "nt_xent": NTXentLoss,
     "anomalyclr": AnomalyCLRLoss,
     "anomalyclr_plus": AnomalyCLRPlusLoss,
     "supcon": SupConLoss,
+    "dino": DINOLoss,  # clrdist/losses_dino.py: teacher, centre (stateful)
+    "orca": ORCALoss,  # clrdist/losses_orca.py: classifier head, adaptive margin
 }
 
 
@@ -218,4 +222,6 @@ def build_loss(cfg: LossConfig) -> nn.Module:
         cls = LOSSES[cfg.name]
     except KeyError:
         raise KeyError(f"unknown loss {cfg.name!r}; known: {', '.join(sorted(LOSSES))}") from None
+    if hasattr(cls, "from_config"):  # losses with their own config fields (DINO, ORCA)
+        return cls.from_config(cfg)
     return cls(temperature=cfg.temperature, keep_positive=cfg.keep_positive, gather=cfg.gather)

@@ -95,7 +95,9 @@ def _worker(rank, port, outdir):
 
 
 def test_two_gloo_processes_match_single_process_global_batch():
-    assert set(n for n, _ in CASES) == set(LOSSES)  # every registered loss is covered
+    # every registered loss is covered (dino, orca: their own 1-vs-2-process tests in
+    # tests/test_dino.py and tests/test_orca.py)
+    assert set(n for n, _ in CASES) == set(LOSSES) - {"dino", "orca"}
     with tempfile.TemporaryDirectory() as d:
         mp.spawn(_worker, args=(_free_port(), d), nprocs=WORLD, join=True)
         results = [torch.load(os.path.join(d, f"rank{r}.pt")) for r in range(WORLD)]

@@ -96,14 +96,31 @@ def load_stream_state(directory: str | Path, rank: int) -> dict[str, Any] | None
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def training_state(engine: Any, loss_fn: torch.nn.Module) -> dict[str, Any]:
+    """The engine's state, plus ``"loss"``: the state of a loss that has one (DINO's teacher,
+    centre and step; ORCA's uncertainty and step)."""
+    state = engine.state_dict()
+    loss_state = loss_fn.state_dict()
+    if loss_state:
+        state["loss"] = loss_state
+    return state
+
+
+def evaluated_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The weights evaluation uses: DINO's teacher when the checkpoint has one, else the model."""
+    teacher = {k.removeprefix("teacher."): v for k, v in state.get("loss", {}).items()
+               if k.startswith("teacher.")}
+    return teacher or state["model"]
+
+
 def load_model(directory: str | Path) -> tuple[torch.nn.Module, RunConfig]:
-    """The trained model (eval mode, CPU) and the config it was trained with."""
+    """The trained model (eval mode, CPU; DINO: the teacher) and the config it was trained with."""
     from clrdist.models import build_model
 
     state, meta = load(directory)
     cfg = config_from_dict(meta["config"], source=f"{directory}/meta.json")
     model = build_model(cfg.model)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(evaluated_weights(state))
     model.eval()
     return model, cfg
 

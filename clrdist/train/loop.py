@@ -107,7 +107,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # -- model, loss, views (identical initial weights on every rank) ----------------------------
     engine = build_engine(initial_model(cfg.model, cfg.seed), cfg, total_steps)
     loss_fn = build_loss(cfg.loss)
-    views = [build_view(v, cfg.augment.strength, cfg.augment.backend) for v in cfg.augment.views]
+    if hasattr(loss_fn, "attach"):  # DINO: the teacher starts as a copy of the student
+        loss_fn.attach(engine.module, total_steps)
+    views = [build_view(v, cfg.augment.strength, cfg.augment.backend)
+             for v in [*cfg.augment.views, *cfg.augment.local_views]]  # local: student only (DINO)
     if cfg.augment.anomaly_view:
         views.append(build_view(cfg.augment.anomaly_view, cfg.augment.strength, cfg.augment.backend))
     gen = torch.Generator(device=device)
@@ -119,6 +122,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with ckpt.as_directory() as d:
             state, meta = checkpoint.load(d)
             engine.load_state_dict(state)
+            if "loss" in state:  # a stateful loss's state (DINO: teacher, centre)
+                loss_fn.load_state_dict(state["loss"])
             step, epoch, mid_epoch = meta["step"], meta["epoch"], meta.get("mid_epoch", False)
             if mid_epoch and (s := checkpoint.load_stream_state(d, rank)) is not None:
                 stream.load_state_dict(s)
@@ -129,7 +134,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         """Every rank reports (it is a barrier); each writes its stream position, rank 0 the model."""
         guard.check()  # never a checkpoint after a non-finite loss
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint.save(tmp, state=engine.state_dict() if master else None, step=step,
+            checkpoint.save(tmp, state=checkpoint.training_state(engine, loss_fn) if master else None, step=step,
                             epoch=epoch, cfg=cfg, rank=rank, stream_state=stream.state_dict(),
                             mid_epoch=mid)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -157,10 +162,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 zs = z.chunk(len(views))
                 labels = (torch.as_tensor(batch["label"], device=device)
                           if loss_fn.needs_labels else None)
-                terms = loss_fn(*zs, labels=labels)
+                extra = ({"inputs": (x, mask), "reps": rep.chunk(len(views))}
+                         if getattr(loss_fn, "needs_inputs", False) else {})  # DINO, ORCA
+                terms = loss_fn(*zs, labels=labels, **extra)
 
             # -- step: DDP averages gradients, which gives the global-batch gradient -----------
             info = engine.step(terms["loss"])
+            if hasattr(loss_fn, "after_step"):  # DINO: teacher <- EMA of the student
+                loss_fn.after_step(engine.module)
             step += 1
             guard.update(terms["loss"], step)
             if step % cfg.tracking.log_every == 0:

@@ -1,0 +1,153 @@
+"""DINO: the cross-entropy against loops, the teacher EMA and its schedule, the centre, and two
+real gloo processes against one process on the global batch (loss, centre, every gradient)."""
+
+import math
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from test_distributed_grad import WORLD, _free_port, _global_batch
+
+from clrdist.config import LossConfig, ModelConfig
+from clrdist.losses import build_loss
+from clrdist.losses_dino import DINOLoss, dino_cross_entropy, teacher_momentum
+from clrdist.models import build_model
+from clrdist.train.checkpoint import evaluated_weights
+
+
+def loop_dino(student, teacher, centre, ts, tt):
+    B, K = student[0].shape
+    total, pairs = 0.0, 0
+    for a in range(len(teacher)):
+        for v in range(len(student)):
+            if v == a:
+                continue
+            ce = 0.0
+            for b in range(B):
+                zt = [math.exp((float(teacher[a][b, k]) - float(centre[k])) / tt) for k in range(K)]
+                zs = [math.exp(float(student[v][b, k]) / ts) for k in range(K)]
+                ce += -sum(zt[k] / sum(zt) * math.log(zs[k] / sum(zs)) for k in range(K))
+            total += ce / B
+            pairs += 1
+    return total / pairs
+
+
+def test_cross_entropy_matches_the_loop_over_view_pairs():
+    g = torch.Generator().manual_seed(0)
+    student = [torch.randn(5, 6, generator=g, dtype=torch.float64) for _ in range(4)]
+    teacher = [torch.randn(5, 6, generator=g, dtype=torch.float64) for _ in range(2)]
+    centre = torch.randn(6, generator=g, dtype=torch.float64) * 0.1
+    got = dino_cross_entropy(student, teacher, centre, student_temperature=0.1,
+                             teacher_temperature=0.04)
+    assert float(got) == pytest.approx(loop_dino(student, teacher, centre, 0.1, 0.04), rel=1e-5)
+
+
+def test_momentum_schedule_and_ema_update():
+    assert teacher_momentum(0, 100, 0.996) == pytest.approx(0.996)
+    assert teacher_momentum(100, 100, 0.996) == pytest.approx(1.0)
+    assert teacher_momentum(50, 100, 0.996) == pytest.approx(0.998)
+    torch.manual_seed(0)
+    student = build_model(ModelConfig(encoder="dense", dense_input_dim=6, dense_dims=[8, 4],
+                                      head="dino", head_dims=[8], output_dim=10))
+    loss = DINOLoss(teacher_momentum=0.9)
+    loss.attach(student, total_steps=4)
+    before = {k: v.clone() for k, v in loss.teacher.state_dict().items()}
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    student.train()
+    student(torch.randn(16, 6))  # BatchNorm running statistics move
+    loss.after_step(student)
+    s_state = student.state_dict()
+    for k, t in loss.teacher.state_dict().items():
+        if k.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(t, s_state[k]), k  # buffers are copied
+        else:
+            torch.testing.assert_close(t, 0.9 * before[k] + 0.1 * s_state[k])
+    assert int(loss.step) == 1 and not any(p.requires_grad for p in loss.teacher.parameters())
+
+
+def test_centre_follows_the_teacher_batch_mean_and_state_round_trips():
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(model_dim=8, ff_dim=8, heads=2, layers=1, head="dino",
+                                    head_dims=[8], output_dim=12, dropout=0.0))
+    loss = build_loss(LossConfig(name="dino", centre_momentum=0.8))
+    loss.attach(model, total_steps=10)
+    x, mask = torch.rand(3 * 4, 5, 3) + 0.1, torch.ones(3 * 4, 5, dtype=torch.bool)
+    _, z = model(x, mask)
+    out = loss(*z.chunk(3), inputs=(x, mask))
+    with torch.no_grad():
+        _, t = loss.teacher(x[:8], mask[:8])
+    torch.testing.assert_close(loss.centre, 0.2 * t.mean(0))  # from zero: (1 - 0.8) mean
+    assert {"loss", "teacher_entropy"} <= set(out) and out["loss"].requires_grad
+    # the checkpoint's loss state: evaluation uses the teacher
+    state = {"model": model.state_dict(), "loss": loss.state_dict()}
+    weights = evaluated_weights(state)
+    assert set(weights) == set(model.state_dict())
+    fresh = DINOLoss()
+    fresh.attach(model, total_steps=10)
+    fresh.load_state_dict(loss.state_dict())
+    torch.testing.assert_close(fresh.centre, loss.centre)
+    with pytest.raises(ValueError, match="attach"):
+        DINOLoss()(z, z, inputs=(x, mask))
+
+
+B_LOCAL = 4
+
+
+def _dino_model():
+    torch.manual_seed(0)
+    cfg = ModelConfig(model_dim=16, ff_dim=32, heads=2, layers=2, head="dino", head_dims=[16],
+                      output_dim=20, dropout=0.0, log_pt_bias=True)
+    return build_model(cfg).double()
+
+
+def _dino_step(model, student_module, x, mask, gather):
+    """3 views (2 global + 1 local) stacked view-major, as the training loop does."""
+    loss = DINOLoss(gather=gather)
+    loss.attach(student_module, total_steps=10)
+    loss.double()
+    V, B = x.shape[0], x.shape[1]
+    xs, ms = x.flatten(0, 1), mask.flatten(0, 1)
+    _, z = model(xs, ms)
+    out = loss(*z.view(V, B, -1).unbind(0), inputs=(xs, ms))
+    out["loss"].backward()
+    return out["loss"].detach(), loss.centre.clone()
+
+
+def _worker(rank, port, outdir):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD)
+    try:
+        x, mask, _ = _global_batch()
+        sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+        ref = _dino_model()
+        ref_loss, ref_centre = _dino_step(ref, ref, x, mask, gather=False)
+        ddp = torch.nn.parallel.DistributedDataParallel(_dino_model())
+        loss, centre = _dino_step(ddp, ddp.module, x[:, sl], mask[:, sl], gather=True)
+        dist.all_reduce(loss)
+        grad_diff = max((p.grad - q.grad).abs().max().item()
+                        for p, q in zip(ddp.module.parameters(), ref.parameters(), strict=True))
+        torch.save({"loss_diff": abs(loss.item() / WORLD - ref_loss.item()),
+                    "centre_diff": (centre - ref_centre).abs().max().item(),
+                    "centre_scale": ref_centre.abs().max().item(), "grad_diff": grad_diff,
+                    "grad_scale": max(q.grad.abs().max().item() for q in ref.parameters())},
+                   os.path.join(outdir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_match_one_process_on_the_global_batch():
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_worker, args=(_free_port(), d), nprocs=WORLD, join=True)
+        results = [torch.load(os.path.join(d, f"rank{r}.pt")) for r in range(WORLD)]
+    for r, v in enumerate(results):
+        assert v["centre_scale"] > 1e-4 and v["grad_scale"] > 1e-6, (r, v)  # not vacuous
+        assert v["centre_diff"] < 1e-12, (r, v)  # all-reduced centre = global-batch centre
+        assert v["loss_diff"] < 1e-10, (r, v)
+        assert v["grad_diff"] < 1e-8, (r, v)
