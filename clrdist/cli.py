@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, RunInterrupted):
             print(f"clrdist: stopped by {e}; the run is KILLED, rerun the same command to resume",
                   file=sys.stderr)
-            return 128 + e.signum
+            return getattr(e, "exit_code", 128 + e.signum)  # Preempted: 75
         raise
 
 

@@ -31,7 +31,7 @@
 #     MLflow binds to the head address (rank 0 and Tune trials may run on any node).
 #   - Teardown stops only this job's Ray processes (the `ray start --block` steps it started).
 # Preemption: the SBATCH line below asks for SIGUSR1 300 s before the time limit; the script
-# forwards USR1 and TERM to the command, which checkpoints and exits with status 75. If the job
+# passes USR1 or TERM on to the command as SIGUSR1, which checkpoints and exits with status 75. If the job
 # was submitted with --requeue, the script then requeues it and the rerun resumes from the
 # checkpoint (clrdist train: same MLflow run; tuning/sweep.py: Tuner.restore).
 # Every path clrdist writes (stores, checkpoint.storage_path, the MLflow database) must be on a
@@ -227,13 +227,18 @@ clrdist: cluster up. From the login node:
 EOF
 if [[ $mlflow == 1 ]]; then echo "  ssh -N -L $mlflow_port:127.0.0.1:$mlflow_port $head_node &   # then: open http://127.0.0.1:$mlflow_port"; fi
 
-# -- preemption: USR1 (time-limit warning) and TERM go to the command --------------------------
+# -- preemption: USR1 (time-limit warning) or TERM asks the command to checkpoint and stop ------
+# The first signal reaches the command as SIGUSR1 (clrdist train: checkpoint at the next logging
+# step, exit 75; tuning/sweep.py: Tune saves its state, exit 75); a second TERM passes through.
 forwarded=
 # shellcheck disable=SC2317  # called from the traps below
 forward() {
+    [[ -n $cmd_pid ]] || exit 0  # keep-alive mode: just stop
+    local sig=USR1
+    if [[ -n $forwarded && $1 == TERM ]]; then sig=TERM; fi
     forwarded=$1
-    say "received SIG$1; asking the command to checkpoint and stop"
-    if [[ -n $cmd_pid ]]; then kill -s "$1" "$cmd_pid" 2>/dev/null || true; else exit 0; fi
+    say "received SIG$1; sending SIG$sig to the command"
+    kill -s "$sig" "$cmd_pid" 2>/dev/null || true
 }
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM

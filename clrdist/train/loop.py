@@ -23,7 +23,7 @@ from clrdist.losses import build_loss
 from clrdist.models import initial_model
 from clrdist.physics.augment import build_view
 from clrdist.runtime import tune_malloc
-from clrdist.train import checkpoint
+from clrdist.train import checkpoint, preempt
 from clrdist.train.engine import LossGuard, build_engine
 from clrdist.train.inputs import view_inputs
 
@@ -92,6 +92,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = config_from_dict(config["run_config"], source="train_loop_config")
     tune_malloc()  # steady per-step allocations (clrdist.runtime)
     uri, run_id = config["tracking_uri"], config["mlflow_run_id"]
+    stop_file = config.get("stop_file")  # the driver's stop request on preemption (preempt.py)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     master = rank == 0
@@ -194,6 +195,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 \
                     and step < total_steps:
                 report({"loss": float(terms["loss"].detach()), "step": step, "epoch": epoch}, mid=True)
+
+            # -- preemption: at logging steps the ranks agree on a stop request (preempt.py) ---
+            if stop_file and step % cfg.tracking.log_every == 0 and step < total_steps \
+                    and preempt.agree(preempt.requested(stop_file), device):
+                report({"loss": float(terms["loss"].detach()), "step": step, "epoch": epoch,
+                        "preempted": 1.0}, mid=True)
+                if master:
+                    print(f"[clrdist] stop requested: checkpoint at step {step}, stopping", flush=True)
+                return
             if step >= total_steps:
                 break
 

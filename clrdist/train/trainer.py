@@ -23,6 +23,7 @@ from clrdist import runtime, tracking
 from clrdist.config import ConfigError, RunConfig
 from clrdist.data.store import StoreError, open_store
 from clrdist.errors import ClrdistError
+from clrdist.train import preempt
 
 log = logging.getLogger(__name__)
 
@@ -234,10 +235,22 @@ class TrainingFailed(ClrdistError):
     """Training stopped on a user-visible problem (e.g. a non-finite loss); the run is FAILED."""
 
 
+class Preempted(RunInterrupted):
+    """SIGUSR1 (SLURM's warning signal, forwarded by slurm/ray_cluster.sh) made the workers write
+    a checkpoint and stop (clrdist.train.preempt); the run is KILLED and resumes when rerun."""
+
+    exit_code = preempt.EXIT_PREEMPTED
+
+    def __init__(self, step: int):
+        super().__init__(signal.SIGUSR1)
+        self.args = (f"SIGUSR1 (preempted: checkpoint at step {step})",)
+
+
 @contextlib.contextmanager
-def _signals_raise():
+def _signals_raise(stop_file: str | None = None):
     """SIGTERM and SIGHUP raise RunInterrupted in the main thread while training (SIGINT already
-    raises KeyboardInterrupt); elsewhere (a Tune trial's thread) nothing changes."""
+    raises KeyboardInterrupt); SIGUSR1 files a stop request (``stop_file``) that makes the workers
+    checkpoint and stop (clrdist.train.preempt). Elsewhere (a Tune trial's thread) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -245,7 +258,13 @@ def _signals_raise():
     def handler(signum, frame):
         raise RunInterrupted(signum)
 
+    def request_stop(signum, frame):
+        preempt.request(stop_file, "SIGUSR1")
+        log.warning("SIGUSR1: asking the workers to checkpoint and stop at their next logging step")
+
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    if stop_file:
+        old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, request_stop)
     try:
         yield
     finally:
@@ -403,10 +422,14 @@ def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = Non
     runtime.watch_run(uri, run_id)
     stage = "ray_start"
     try:
-        with _signals_raise():
+        stop_file = preempt.request_path(Path(cfg.checkpoint.storage_path) / ray_run_name(cfg, run_id))
+        preempt.clear(stop_file)  # a resumed run must not stop on its predecessor's request
+        with _signals_raise(stop_file):
             ensure_ray(cfg)
             stage = "training"
-            result = _fit(cfg, run_id, callbacks)
+            result = _fit(cfg, run_id, callbacks, stop_file)
+            if (result.metrics or {}).get("preempted"):
+                raise Preempted(int(result.metrics["step"]))
             if result.checkpoint is None:
                 raise RuntimeError(f"run {run_id}: training finished without a checkpoint")
             ckpt_path = result.checkpoint.path
@@ -433,7 +456,7 @@ def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = Non
                        metrics=metrics, resumed=resumed)
 
 
-def _fit(cfg: RunConfig, run_id: str, callbacks: list | None):
+def _fit(cfg: RunConfig, run_id: str, callbacks: list | None, stop_file: str | None = None):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -442,7 +465,7 @@ def _fit(cfg: RunConfig, run_id: str, callbacks: list | None):
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run_config": cfg.to_dict(), "tracking_uri": cfg.tracking.uri,
-                           "mlflow_run_id": run_id},
+                           "mlflow_run_id": run_id, "stop_file": stop_file},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
