@@ -52,7 +52,12 @@ _SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databric
 
 
 def resolve_uri(uri: str) -> str:
-    """Absolute sqlite URI (creating its folder); other URIs unchanged."""
+    """Absolute sqlite URI (creating its folder); other URIs unchanged.
+
+    ``$MLFLOW_TRACKING_URI``, when set, replaces ``uri``: a cluster job's tracking server
+    (``slurm/ray_cluster.sh --mlflow`` exports it) takes every run of the job.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or uri
     if uri.startswith("sqlite:///"):
         raw = uri[len("sqlite:///"):]
         path = Path(raw) if raw.startswith("/") else Path.cwd() / raw
