@@ -210,7 +210,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = True) -> SweepResult:
         tmp.write_text(json.dumps({"parent_run_id": parent, "tracking_uri": uri}))
         tmp.replace(state_file)
 
-    trainable = tune.with_resources(_trial_fn(spec, parent), {"CPU": 0.01})
+    trainable = tune.with_resources(_trial_fn(spec, parent, uri), {"CPU": 0.01})
     if resumed:
         tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
@@ -265,8 +265,9 @@ def _spec_params(spec: SweepSpec) -> dict[str, Any]:
     return params
 
 
-def _trial_fn(spec: SweepSpec, parent_run_id: str):
-    """The Tune function trainable: one clrdist training run, nested under the parent run."""
+def _trial_fn(spec: SweepSpec, parent_run_id: str, uri: str):
+    """The Tune function trainable: one clrdist training run, nested under the parent run (in
+    the parent's tracking store: a trial's process may not see the driver's environment)."""
 
     def trial(params: dict[str, Any]) -> None:
         from ray import tune
@@ -276,6 +277,7 @@ def _trial_fn(spec: SweepSpec, parent_run_id: str):
 
         trial_id = tune.get_context().get_trial_id()  # stable across Tuner.restore
         cfg = trial_config(spec, params)
+        cfg.tracking.uri = uri
         cfg.tracking.run_name = f"{spec.name}-{trial_id}-" + "-".join(
             f"{k.split('.')[-1]}={_short(v)}" for k, v in params.items())
         train(cfg, callbacks=[TuneReportCallback()],

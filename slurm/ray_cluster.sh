@@ -173,6 +173,25 @@ wait_until() {  # wait_until WHAT TIMEOUT COMMAND...: poll COMMAND every 2 s
     done
 }
 
+# -- MLflow first: one server on the head, the only writer of its store; every Ray process ------
+# (started below, so Tune trials and `ray job submit` drivers too) inherits MLFLOW_TRACKING_URI
+if [[ $mlflow == 1 ]]; then
+    mlflow_host=${CLRDIST_MLFLOW_HOST:-}
+    if [[ -z $mlflow_host ]]; then
+        if [[ ${#nodes[@]} -gt 1 ]]; then mlflow_host=$head_ip; else mlflow_host=127.0.0.1; fi
+    fi
+    store=${CLRDIST_MLFLOW_STORE:-sqlite:///$PWD/mlflow.db}
+    artifacts=${CLRDIST_MLFLOW_ARTIFACTS:-$PWD/mlartifacts}
+    mlflow server --host "$mlflow_host" --port "$mlflow_port" --workers 1 \
+        --backend-store-uri "$store" --artifacts-destination "$artifacts" \
+        --allowed-hosts "$mlflow_host:$mlflow_port,127.0.0.1:$mlflow_port,localhost:$mlflow_port" &
+    mlflow_pid=$!
+    export MLFLOW_TRACKING_URI=http://$mlflow_host:$mlflow_port
+    wait_until "the MLflow server at $MLFLOW_TRACKING_URI" 120 \
+        python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/health", timeout=5)' "$MLFLOW_TRACKING_URI"
+    say "MLflow tracking server $MLFLOW_TRACKING_URI (store $store)"
+fi
+
 # -- head, then the other nodes ----------------------------------------------------------------
 say "Ray head on $head_node ($address), ${#nodes[@]} node(s), $cpus CPUs and $gpus GPUs each, ports $base-$max_worker_port"
 start_node "$head_node" --head --node-ip-address="$head_ip" --port="$gcs_port" \
@@ -191,24 +210,6 @@ wait_until "$min_nodes of ${#nodes[@]} nodes joining $address" "$join_timeout" \
 say "$min_nodes node(s) joined"
 
 export RAY_ADDRESS=$address
-
-# -- MLflow: one server on the head is the only writer of the store ----------------------------
-if [[ $mlflow == 1 ]]; then
-    mlflow_host=${CLRDIST_MLFLOW_HOST:-}
-    if [[ -z $mlflow_host ]]; then
-        if [[ ${#nodes[@]} -gt 1 ]]; then mlflow_host=$head_ip; else mlflow_host=127.0.0.1; fi
-    fi
-    store=${CLRDIST_MLFLOW_STORE:-sqlite:///$PWD/mlflow.db}
-    artifacts=${CLRDIST_MLFLOW_ARTIFACTS:-$PWD/mlartifacts}
-    mlflow server --host "$mlflow_host" --port "$mlflow_port" --workers 1 \
-        --backend-store-uri "$store" --artifacts-destination "$artifacts" \
-        --allowed-hosts "$mlflow_host:$mlflow_port,127.0.0.1:$mlflow_port,localhost:$mlflow_port" &
-    mlflow_pid=$!
-    export MLFLOW_TRACKING_URI=http://$mlflow_host:$mlflow_port
-    wait_until "the MLflow server at $MLFLOW_TRACKING_URI" 120 \
-        python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/health", timeout=5)' "$MLFLOW_TRACKING_URI"
-    say "MLflow tracking server $MLFLOW_TRACKING_URI (store $store)"
-fi
 
 {
     echo "RAY_ADDRESS=$address"
