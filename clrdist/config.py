@@ -25,6 +25,11 @@ class ConfigError(ClrdistError, ValueError):
     """A configuration that cannot be used; the message names the dotted key and the problem."""
 
 
+# model.input_features -> the model input columns it makes from (pT, eta, phi); the store's extra
+# particle features follow them (clrdist.physics.frame.input_features)
+INPUT_FEATURES = {"pt": 3, "log": 6}
+
+
 class _Section(BaseModel):
     # Unknown keys fail (typos must never silently become defaults); assignments are validated.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -58,6 +63,9 @@ class AugmentConfig(_Section):
         ]
     )
     anomaly_view: list[AugmentSpec] | None = None  # third view for AnomalyCLR-type losses
+    # particle slots the views work on (room for collinear splits); each view then keeps its
+    # hardest data.n_particles. None: data.n_particles (no room in jets that fill every slot)
+    slots: int | None = Field(None, gt=0)
     # student-only views of multi-view losses (DINO's local views: stronger masking or dropping)
     local_views: list[list[AugmentSpec]] = Field(default_factory=list)
     strength: float = Field(1.0, ge=0)  # scales every augmentation's size (for sweeps)
@@ -68,7 +76,10 @@ class AugmentConfig(_Section):
 
 class ModelConfig(_Section):
     encoder: Literal["transformer", "dense"] = "transformer"  # set encoder or 57-feature MLP
-    input_dim: int = Field(3, gt=0)  # particle features per constituent (pT, eta, phi)
+    input_dim: int = Field(3, gt=0)  # model input width: 3 for input_features pt, 6 for log (+ extras)
+    # per-particle inputs: pt = [pT/data.pt_scale, d_eta, d_phi] (JetCLR); log = [z, ln z, ln pT,
+    # d_eta, d_phi, Delta R] scaled to order one (Particle Transformer); physics/frame.py
+    input_features: Literal["pt", "log"] = "pt"
     model_dim: int = Field(64, gt=0)  # transformer width (JetCLR: 1000, DarkCLR: 128)
     ff_dim: int = Field(128, gt=0)  # feed-forward width
     heads: int = Field(4, gt=0)  # attention heads; must divide model_dim
@@ -184,6 +195,20 @@ class RunConfig(_Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _inputs_fit(self) -> RunConfig:
+        slots, n = self.augment.slots, self.data.n_particles
+        if slots is not None and slots < n:
+            raise ValueError(f"augment.slots ({slots}) must be at least data.n_particles ({n}): "
+                             "views are cut back to the hardest data.n_particles")
+        m = self.model
+        width = INPUT_FEATURES[m.input_features]
+        if m.encoder == "transformer" and m.input_dim < width:
+            raise ValueError(f"model.input_dim ({m.input_dim}) is narrower than the {width} columns "
+                             f"of model.input_features {m.input_features!r} (plus any extra "
+                             "particle features of the store)")
+        return self
 
     @model_validator(mode="after")
     def _validation_is_not_test(self) -> RunConfig:

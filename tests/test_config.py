@@ -82,3 +82,14 @@ def test_save_load_round_trip(tmp_path):
     cfg = load_config(None, ["loss.temperature=0.3", "model.output_dim=8"])
     save_config(cfg, tmp_path / "r.yaml")
     assert load_config(tmp_path / "r.yaml") == cfg
+
+
+def test_augment_slots_and_input_width_are_checked():
+    from clrdist.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="augment.slots .30. must be at least data.n_particles"):
+        load_config(None, ["data.n_particles=50", "augment.slots=30"])
+    with pytest.raises(ConfigError, match="model.input_dim .3. is narrower than the 6 columns"):
+        load_config(None, ["model.input_features=log"])
+    cfg = load_config(None, ["model.input_features=log", "model.input_dim=6", "augment.slots=100"])
+    assert cfg.augment.slots == 100

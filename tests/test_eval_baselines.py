@@ -84,12 +84,19 @@ class TinyDeepSet(torch.nn.Module):
         return (self.phi(x * 10) * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
 
-def test_supervised_baseline_learns():
+def test_supervised_baseline_learns_and_stops_when_converged():
     tr, te = mixed(300, seed=20), mixed(200, seed=30)
+    # 30% of the training labels flipped: the held-out loss bottoms out, then overfits
+    flip = np.random.default_rng(0).random(len(tr["label"])) < 0.3
+    tr["label"] = np.where(flip, 1 - tr["label"], tr["label"]).astype(np.int8)
     rep = np.zeros((600, 2))
     res = run_baselines(tr, te, which=["supervised"], model_factory=TinyDeepSet,
-                        supervised_epochs=15, rep_train=rep, rep_test=np.zeros((400, 2)))
-    assert res.metrics["baseline_supervised_auc"] > 0.8
+                        supervised_max_epochs=1000, rep_train=rep, rep_test=np.zeros((400, 2)))
+    m = res.metrics
+    assert m["baseline_supervised_auc"] > 0.8
+    # stopped `patience` (8) epochs after the best held-out loss, long before the cap
+    assert m["baseline_supervised_epochs"] == m["baseline_supervised_best_epoch"] + 8
+    assert m["baseline_supervised_epochs"] < 1000
     with pytest.raises(KeyError, match="known"):
         run_baselines(tr, te, which=["nope"])
 

@@ -39,7 +39,7 @@ def test_bad_config_is_rejected_before_ray_starts(toy_splits, tmp_path, capsys):
 # Small sizes for the downstream evaluations `clrdist eval` runs on the tiny stores.
 SMALL_EVALS = ("eval.options={nplm: {n_ref: 300, n_data: 100, n_sig: 30, n_toys_null: 12, "
                "n_toys_sig: 6, M: 50}, anomaly: {ae_epochs: 5}, cwola: {n_repeats: 1}, "
-               "baselines: {efp_max_samples: 100, supervised_epochs: 1}}")
+               "baselines: {efp_max_samples: 100, supervised_max_epochs: 1}}")
 
 
 def test_two_worker_ddp_run_end_to_end(ray_cluster, toy_splits, tmp_path, capsys):

@@ -12,7 +12,8 @@ the disjoint test set; metrics use :func:`clrdist.eval.metrics.roc_metrics` with
 - ``efp``: energy flow polynomials of degree <= 5 (energyflow, hadronic measure, beta = 1, on
   (pT, eta, phi)), log-scaled, linear classifier (linear in EFPs is the published use);
 - ``supervised``: an encoder of the same size built by ``model_factory`` trained with a linear
-  head on the labels (BCE), scored on the test set.
+  head on the labels (BCE) until a held-out fifth of the training samples stops improving (early
+  stopping, best epoch kept), scored on the test set: the ceiling for the same architecture.
 
 Samples are dicts of ``SampleStore.read_all()``: ``particles (n, P, 3) float32 [pT GeV, eta,
 phi]``, ``mask (n, P) bool``, ``label (n,) int8``, ``features (n, K) float32``.
@@ -117,14 +118,21 @@ def _trees(xtr, ytr, xte, seed):
 
 
 def supervised_scores(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, np.ndarray],
-                      model_factory: Callable[[], object], *, seed: int = 0, epochs: int = 3,
-                      batch_size: int = 256, lr: float = 1e-3,
-                      prepare: Callable | None = None) -> np.ndarray:
+                      model_factory: Callable[[], object], *, seed: int = 0,
+                      max_epochs: int = 100, patience: int = 8, val_fraction: float = 0.2,
+                      batch_size: int = 128, lr: float = 1e-3,
+                      prepare: Callable | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """Train ``model_factory()`` (a torch module ``(x (B,P,F), mask (B,P)) -> (B, D)``) plus a
-    linear head on the labels with BCE; return test scores (n_test,) for labelled test samples.
+    linear head on the labels with BCE until it has converged; return test scores (n_test,) for
+    labelled test samples and ``{"epochs", "best_epoch", "val_loss"}``.
 
+    Convergence: a seeded ``val_fraction`` of the training samples is held out; training (Adam,
+    ``lr``) stops when the held-out BCE has not improved for ``patience`` epochs (or after
+    ``max_epochs``), and the weights of the best epoch score the test set.
     ``prepare(particles, mask) -> (x, mask)`` numpy arrays is the input transform (default:
     centred eta/phi and pT / 600 GeV, the JetCLR frame)."""
+    import copy
+
     import torch
 
     prepare = prepare or _sorted_inputs
@@ -134,36 +142,52 @@ def supervised_scores(train_data: Mapping[str, np.ndarray], test_data: Mapping[s
     xte, mte = prepare(test_data["particles"][keep_te], test_data["mask"][keep_te])
     if mtr.shape != xtr.shape[:2]:
         raise ValueError("prepare must return x (B, P, F) and mask (B, P)")
+    order = np.random.default_rng(seed).permutation(len(ytr))
+    n_val = max(1, int(round(val_fraction * len(ytr))))
+    val, fit = order[:n_val], order[n_val:]
+    if len(fit) == 0:
+        raise ValueError(f"supervised baseline: {len(ytr)} labelled samples leave none to train "
+                         f"on after holding out val_fraction {val_fraction}")
     torch.manual_seed(seed)
     encoder = model_factory()
+    t = lambda a, dt=torch.float32: torch.as_tensor(a, dtype=dt)  # noqa: E731
+    x_t, m_t, y_t = t(xtr), t(mtr, torch.bool), t(ytr)
     with torch.no_grad():
-        d = encoder(torch.as_tensor(xtr[:2], dtype=torch.float32),
-                    torch.as_tensor(mtr[:2], dtype=torch.bool)).shape[-1]
+        d = encoder(x_t[:2], m_t[:2]).shape[-1]
     head = torch.nn.Linear(d, 1)
-    params = list(encoder.parameters()) + list(head.parameters())
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(list(encoder.parameters()) + list(head.parameters()), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    x_t = torch.as_tensor(xtr, dtype=torch.float32)
-    m_t = torch.as_tensor(mtr, dtype=torch.bool)
-    y_t = torch.as_tensor(ytr, dtype=torch.float32)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+
+    def score(x, m) -> torch.Tensor:
+        encoder.eval()
+        with torch.no_grad():
+            out = torch.cat([head(encoder(x[s:s + 1024], m[s:s + 1024])).squeeze(-1)
+                             for s in range(0, len(x), 1024)])
+        encoder.train()
+        return out
+
+    fit_t, val_t = torch.as_tensor(fit), torch.as_tensor(val)
+    best, best_epoch, best_state, epoch = float("inf"), 0, None, 0
     encoder.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x_t), generator=gen)
+    for epoch in range(1, max_epochs + 1):
+        perm = fit_t[torch.randperm(len(fit_t), generator=gen)]
         for s in range(0, len(perm), batch_size):
             idx = perm[s:s + batch_size]
-            logit = head(encoder(x_t[idx], m_t[idx])).squeeze(-1)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, y_t[idx])
+            loss = bce(head(encoder(x_t[idx], m_t[idx])).squeeze(-1), y_t[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
-    encoder.eval()
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(xte), 1024):
-            xb = torch.as_tensor(xte[s:s + 1024], dtype=torch.float32)
-            mb = torch.as_tensor(mte[s:s + 1024], dtype=torch.bool)
-            out.append(head(encoder(xb, mb)).squeeze(-1).numpy())
-    return np.concatenate(out)
+        val_loss = float(bce(score(x_t[val_t], m_t[val_t]), y_t[val_t]))
+        if val_loss < best:
+            best, best_epoch = val_loss, epoch
+            best_state = copy.deepcopy((encoder.state_dict(), head.state_dict()))
+        elif epoch - best_epoch >= patience:
+            break
+    encoder.load_state_dict(best_state[0])
+    head.load_state_dict(best_state[1])
+    scores = score(t(xte), t(mte, torch.bool)).numpy()
+    return scores, {"epochs": float(epoch), "best_epoch": float(best_epoch), "val_loss": best}
 
 
 def _sorted_inputs(p, m):
@@ -180,7 +204,7 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
                   rep_train: np.ndarray | None = None, rep_test: np.ndarray | None = None,
                   which: Sequence[str] | None = None, kind: str = "jet",
                   efp_max_samples: int = 2000,
-                  supervised_epochs: int = 3, supervised_prepare: Callable | None = None,
+                  supervised_max_epochs: int = 100, supervised_prepare: Callable | None = None,
                   eps_s: tuple[float, ...] = DEFAULT_EPS_S,
                   figures: bool = True) -> EvalResult:
     """Fit each baseline on ``train_data``, score ``test_data``; metrics ``baseline_<name>_*``.
@@ -235,9 +259,11 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
         elif name == "supervised":
             if model_factory is None:
                 raise ValueError("baseline 'supervised' needs a model_factory")
-            s = supervised_scores(tr, te, model_factory, seed=seed, epochs=supervised_epochs,
-                                  prepare=supervised_prepare)
+            s, info = supervised_scores(tr, te, model_factory, seed=seed,
+                                        max_epochs=supervised_max_epochs,
+                                        prepare=supervised_prepare)
             record("supervised", s, yte, "supervised encoder")
+            metrics.update({f"baseline_supervised_{k}": v for k, v in info.items()})
     figs = {}
     if figures and curves:
         figs = {"baselines_roc.png": roc_figure(curves, "baselines"),

@@ -12,7 +12,10 @@ import math
 
 import torch
 
-__all__ = ["wrap_phi", "centroid", "to_model_frame", "scale_pt"]
+from clrdist.config import INPUT_FEATURES
+
+__all__ = ["wrap_phi", "centroid", "to_model_frame", "scale_pt", "keep_hardest", "input_features",
+           "INPUT_FEATURES"]
 
 
 def wrap_phi(phi: torch.Tensor) -> torch.Tensor:
@@ -66,3 +69,41 @@ def scale_pt(x: torch.Tensor, pt_scale: float) -> torch.Tensor:
     out = x.clone()
     out[..., 0] = x[..., 0] / pt_scale
     return out
+
+
+def keep_hardest(x: torch.Tensor, mask: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The n highest-pT real slots of each row, hardest first (padding last): (B, n, F), (B, n).
+
+    Views made on more slots than the model sees (``augment.slots``) are cut back this way, so
+    collinear splits and smearing decide which soft constituents the model gets.
+    """
+    if x.shape[1] <= n and bool((mask[:, :-1] >= mask[:, 1:]).all()):
+        return x, mask
+    key = torch.where(mask, x[..., 0], torch.full_like(x[..., 0], -1.0))
+    order = key.argsort(dim=1, descending=True, stable=True)[:, :n]
+    return x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1])), mask.gather(1, order)
+
+
+_ANGLE = 5.0  # eta, phi offsets and Delta R in units of 0.2 (a jet of R = 0.8 spans about +-4)
+
+
+def input_features(x: torch.Tensor, mask: torch.Tensor, kind: str, pt_scale: float) -> torch.Tensor:
+    """x: (B, P, F>=3) in the model frame, pT in GeV -> model inputs (B, P, W + F - 3).
+
+    kind "pt" (JetCLR): [pT / pt_scale, d_eta, d_phi]. kind "log" (as Particle Transformer):
+    [z, 0.7 (ln z + 4.7), 0.7 (ln pT/GeV - 1.7), 5 d_eta, 5 d_phi, 5 Delta R] with z = pT / sum pT
+    of the jet, each of order one for R = 0.8 jets. Column 0 is linear in pT in both (pT-weighted
+    pooling and the log-pT attention bias read it). Extra store features follow unchanged;
+    padding is zero.
+    """
+    if kind == "pt":
+        return scale_pt(x, pt_scale)
+    if kind != "log":
+        raise ValueError(f"unknown input features {kind!r}; known: {', '.join(INPUT_FEATURES)}")
+    tiny = torch.finfo(x.dtype).tiny
+    pt, deta, dphi = x[..., 0], x[..., 1], x[..., 2]
+    z = pt / (pt * mask).sum(1, keepdim=True).clamp_min(tiny)
+    cols = [z, 0.7 * (torch.log(z.clamp_min(tiny)) + 4.7), 0.7 * (torch.log(pt.clamp_min(tiny)) - 1.7),
+            _ANGLE * deta, _ANGLE * dphi, _ANGLE * torch.sqrt(deta.square() + dphi.square())]
+    out = torch.cat([torch.stack(cols, -1), x[..., 3:]], -1)
+    return torch.where(mask.unsqueeze(-1), out, torch.zeros((), dtype=out.dtype, device=out.device))

@@ -2,8 +2,10 @@
 
 Stores hold physical quantities (pT in GeV, absolute eta, phi). The model sees jets centred on
 their pT-weighted centroid (``model.frame: jet``), augmented (views need pT in GeV: the
-soft-smearing width is Lambda_soft / pT), and then with pT divided by ``data.pt_scale``. Events
-(``model.frame: event``) are not centred: their absolute directions and MET carry the physics.
+soft-smearing width is Lambda_soft / pT), cut to the hardest ``data.n_particles`` and turned into
+``model.input_features`` (``pt``: pT / ``data.pt_scale``, d_eta, d_phi; ``log``: the
+log-pT features of ``clrdist.physics.frame.input_features``). Events (``model.frame: event``)
+are not centred: their absolute directions and MET carry the physics.
 """
 
 from __future__ import annotations
@@ -15,13 +17,12 @@ import torch
 
 from clrdist.config import RunConfig
 from clrdist.physics.augment import View, apply_views
-from clrdist.physics.frame import scale_pt, to_model_frame
+from clrdist.physics.frame import input_features, keep_hardest, to_model_frame
 
 
 def _frame(particles: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor, cfg: RunConfig,
-           device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The hardest ``data.n_particles`` constituents as tensors, jets centred, pT in GeV."""
-    n = cfg.data.n_particles
+           device: str | torch.device, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hardest ``n`` constituents (stores are pT-ordered) as tensors, jets centred, pT in GeV."""
     x = torch.as_tensor(particles[:, :n], dtype=torch.float32, device=device)
     m = torch.as_tensor(mask[:, :n], dtype=torch.bool, device=device)
     if cfg.model.frame == "jet":
@@ -29,23 +30,31 @@ def _frame(particles: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor
     return x, m
 
 
+def _features(x: torch.Tensor, m: torch.Tensor, cfg: RunConfig) -> torch.Tensor:
+    return input_features(x, m, cfg.model.input_features, cfg.data.pt_scale)
+
+
 def model_inputs(particles: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor,
                  cfg: RunConfig, *, device: str | torch.device = "cpu"
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """particles (B, P, F) pT in GeV, mask (B, P) bool -> un-augmented (x, mask) for the model."""
-    x, m = _frame(particles, mask, cfg, device)
-    return scale_pt(x, cfg.data.pt_scale), m
+    """particles (B, P, F) pT in GeV, mask (B, P) bool -> un-augmented (x, mask) for the model:
+    the hardest ``data.n_particles``, in the model frame, as ``model.input_features``."""
+    x, m = _frame(particles, mask, cfg, device, cfg.data.n_particles)
+    return _features(x, m, cfg), m
 
 
 def view_inputs(particles: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor,
                 cfg: RunConfig, views: Sequence[View], generator: torch.Generator, *,
                 device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Every view of the batch stacked along the batch axis: (V*B, P, F), (V*B, P).
+    """Every view of the batch stacked along the batch axis: (V*B, n, W), (V*B, n).
 
-    Views are made in GeV (before pT scaling) on ``device``; identical consecutive views are
+    Views are made in GeV on ``device``, on the hardest ``augment.slots`` constituents (room for
+    collinear splits; default ``data.n_particles``); then each view keeps its hardest
+    ``data.n_particles`` and becomes ``model.input_features``. Identical consecutive views are
     computed in one call by ``apply_views``.
     """
-    x, m = _frame(particles, mask, cfg, device)
-    viewed = apply_views(views, x, m, generator)
-    xs = scale_pt(torch.cat([xv for xv, _ in viewed]), cfg.data.pt_scale)
-    return xs, torch.cat([mv for _, mv in viewed])
+    n = cfg.data.n_particles
+    x, m = _frame(particles, mask, cfg, device, cfg.augment.slots or n)
+    viewed = [keep_hardest(xv, mv, n) for xv, mv in apply_views(views, x, m, generator)]
+    xs, ms = torch.cat([xv for xv, _ in viewed]), torch.cat([mv for _, mv in viewed])
+    return _features(xs, ms, cfg), ms
