@@ -57,9 +57,10 @@ def preflight(cfg: RunConfig, *, evaluate: bool = True) -> None:
             f"data.train_store: {cfg.data.train_store} has {store.n} samples, fewer than one global "
             f"batch (data.batch_size {cfg.data.batch_size} x scaling.num_workers "
             f"{cfg.scaling.num_workers} = {need})")
-    if cfg.data.n_particles > store.n_particles:
-        raise ConfigError(f"data.n_particles: {cfg.data.n_particles} exceeds the "
-                          f"{store.n_particles} particle slots of {cfg.data.train_store}")
+    for key, want in (("data.n_particles", cfg.data.n_particles), ("augment.slots", cfg.augment.slots)):
+        if want is not None and want > store.n_particles:
+            raise ConfigError(f"{key}: {want} exceeds the {store.n_particles} particle slots of "
+                              f"{cfg.data.train_store}")
     check_train_sample(store)
     for key in ("eval_train_store", "eval_test_store", "val_store"):
         path = getattr(cfg.data, key)
