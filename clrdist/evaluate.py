@@ -118,6 +118,7 @@ def evaluate_checkpoint(checkpoint_path: str, which: set[str], *, cfg: RunConfig
         opts[name] = dict(kwargs)
     opts["baselines"] = {"supervised_prepare": lambda p, m: _prepare(p, m, trained_cfg),
                          **opts.get("baselines", {})}
+    opts["orca"] = {"known": trained_cfg.loss.known_classes, **opts.get("orca", {})}
     opts.update(options or {})
     return run_evaluations(encode, train_data=train_data, test_data=test_data, which=set(which),
                            options=opts)

@@ -33,10 +33,10 @@ from torch import nn
 
 from clrdist.distributed import get_world_size
 
-__all__ = ["dino_cross_entropy", "global_mean", "teacher_momentum", "DINOLoss"]
+__all__ = ["dino_cross_entropy", "global_mean", "teacher_momentum", "at_least_float32", "DINOLoss"]
 
 
-def _f32(t: torch.Tensor) -> torch.Tensor:
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
     """float32 at least (bf16 autocast outputs), float64 kept."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
@@ -46,8 +46,8 @@ def dino_cross_entropy(student: list[torch.Tensor], teacher: list[torch.Tensor],
                        teacher_temperature: float) -> torch.Tensor:
     """student: V tensors (B, K) (global views first), teacher: G tensors (B, K) of the global
     views, centre (K,) -> mean over the G (V - 1) pairs (a, v != a) of the batch-mean H(P_t, P_s)."""
-    t = [F.softmax((_f32(ti) - centre) / teacher_temperature, -1).detach() for ti in teacher]
-    logq = [F.log_softmax(_f32(si) / student_temperature, -1) for si in student]
+    t = [F.softmax((at_least_float32(ti) - centre) / teacher_temperature, -1).detach() for ti in teacher]
+    logq = [F.log_softmax(at_least_float32(si) / student_temperature, -1) for si in student]
     total, n = 0.0, 0
     for a, pa in enumerate(t):
         for v, lq in enumerate(logq):
@@ -61,7 +61,7 @@ def dino_cross_entropy(student: list[torch.Tensor], teacher: list[torch.Tensor],
 @torch.no_grad()
 def global_mean(t: torch.Tensor, gather: bool = True) -> torch.Tensor:
     """Mean over the rows of every rank: t (n, K) with n equal on every rank -> (K,)."""
-    s = _f32(t).sum(0)
+    s = at_least_float32(t).sum(0)
     n = torch.tensor(float(t.shape[0]), dtype=s.dtype, device=t.device)
     if gather and get_world_size() > 1:
         dist.all_reduce(s)
@@ -124,7 +124,7 @@ class DINOLoss(nn.Module):
         B = views[0].shape[0]
         with torch.no_grad():
             _, t = self.teacher(x[:self.n_global * B], mask[:self.n_global * B])
-            t = _f32(t)
+            t = at_least_float32(t)
         if self.centre.numel() == 0:
             self.centre = torch.zeros(t.shape[1], dtype=t.dtype, device=t.device)
         loss = dino_cross_entropy(list(views), list(t.chunk(self.n_global)), self.centre,

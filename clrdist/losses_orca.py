@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clrdist.distributed import all_gather_nograd, all_gather_with_grad, get_rank, get_world_size
+from clrdist.losses_dino import at_least_float32
 
 __all__ = ["orca_partners", "orca_terms", "ORCALoss"]
 
@@ -87,7 +88,7 @@ class ORCALoss(nn.Module):
         self.n_known = len(self.known)
         self.labelled_fraction, self.scale = labelled_fraction, scale
         self.momentum, self.gather, self.seed = uncertainty_momentum, gather, seed
-        self.register_buffer("uncertainty", torch.tensor(float("nan")))
+        self.register_buffer("uncertainty", torch.tensor(float("nan"), dtype=torch.float64))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     @classmethod
@@ -105,8 +106,8 @@ class ORCALoss(nn.Module):
     def forward(self, z1, z2, *more, labels=None, inputs=None, reps=None) -> dict[str, torch.Tensor]:
         if labels is None or reps is None:
             raise ValueError("ORCALoss needs labels and reps (the representations of view 1)")
-        l1, l2 = z1.float(), z2.float()
-        feats = F.normalize(reps[0].detach().float(), dim=-1)
+        l1, l2 = at_least_float32(z1), at_least_float32(z2)
+        feats = F.normalize(at_least_float32(reps[0].detach()), dim=-1)
         hl = self.head_labels(labels.to(l1.device).long())
         world = get_world_size() if self.gather else 1
         if world > 1:
@@ -125,7 +126,7 @@ class ORCALoss(nn.Module):
             conf = F.softmax(l1_g / self.scale, -1).max(1).values
             unl = ~labelled_g
             if unl.any():
-                u = 1.0 - conf[unl].mean()
+                u = 1.0 - conf[unl].double().mean()
                 prev = self.uncertainty
                 self.uncertainty.copy_(torch.where(torch.isnan(prev), u,
                                                    self.momentum * prev + (1 - self.momentum) * u))

@@ -2,14 +2,12 @@
 real gloo processes against one process on the global batch (loss, centre, every gradient)."""
 
 import math
-import os
-import tempfile
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from test_distributed_grad import WORLD, _free_port, _global_batch
+from _gloo import grad_diff, on_ranks
+from test_distributed_grad import WORLD, _global_batch
 
 from clrdist.config import LossConfig, ModelConfig
 from clrdist.losses import build_loss
@@ -118,35 +116,22 @@ def _dino_step(model, student_module, x, mask, gather):
     return out["loss"].detach(), loss.centre.clone()
 
 
-def _worker(rank, port, outdir):
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD)
-    try:
-        x, mask, _ = _global_batch()
-        sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
-        ref = _dino_model()
-        ref_loss, ref_centre = _dino_step(ref, ref, x, mask, gather=False)
-        ddp = torch.nn.parallel.DistributedDataParallel(_dino_model())
-        loss, centre = _dino_step(ddp, ddp.module, x[:, sl], mask[:, sl], gather=True)
-        dist.all_reduce(loss)
-        grad_diff = max((p.grad - q.grad).abs().max().item()
-                        for p, q in zip(ddp.module.parameters(), ref.parameters(), strict=True))
-        torch.save({"loss_diff": abs(loss.item() / WORLD - ref_loss.item()),
-                    "centre_diff": (centre - ref_centre).abs().max().item(),
-                    "centre_scale": ref_centre.abs().max().item(), "grad_diff": grad_diff,
-                    "grad_scale": max(q.grad.abs().max().item() for q in ref.parameters())},
-                   os.path.join(outdir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _ranks(rank):
+    x, mask, _ = _global_batch()
+    sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+    ref = _dino_model()
+    ref_loss, ref_centre = _dino_step(ref, ref, x, mask, gather=False)
+    ddp = torch.nn.parallel.DistributedDataParallel(_dino_model())
+    loss, centre = _dino_step(ddp, ddp.module, x[:, sl], mask[:, sl], gather=True)
+    dist.all_reduce(loss)
+    diff, scale = grad_diff(ddp.module, ref)
+    return {"loss_diff": abs(loss.item() / WORLD - ref_loss.item()),
+            "centre_diff": (centre - ref_centre).abs().max().item(),
+            "centre_scale": ref_centre.abs().max().item(), "grad_diff": diff, "grad_scale": scale}
 
 
 def test_two_processes_match_one_process_on_the_global_batch():
-    with tempfile.TemporaryDirectory() as d:
-        mp.spawn(_worker, args=(_free_port(), d), nprocs=WORLD, join=True)
-        results = [torch.load(os.path.join(d, f"rank{r}.pt")) for r in range(WORLD)]
-    for r, v in enumerate(results):
+    for r, v in enumerate(on_ranks(_ranks)):
         assert v["centre_scale"] > 1e-4 and v["grad_scale"] > 1e-6, (r, v)  # not vacuous
         assert v["centre_diff"] < 1e-12, (r, v)  # all-reduced centre = global-batch centre
         assert v["loss_diff"] < 1e-10, (r, v)

@@ -1,0 +1,142 @@
+"""ORCA: partners and terms against loops, 2 gloo processes against 1, the open-world metrics."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from _gloo import grad_diff, on_ranks
+from test_distributed_grad import WORLD, _global_batch
+
+from clrdist.config import LossConfig, ModelConfig
+from clrdist.eval.openworld import cluster_accuracy, openworld_evaluation
+from clrdist.losses import build_loss
+from clrdist.losses_orca import ORCALoss
+from clrdist.models import build_model
+
+KNOWN = [0, 1]
+
+
+def draws(seed, step, N, frac):
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.rand(N, generator=gen) < frac, torch.rand(N, N, generator=gen)
+
+
+def slow_orca(l1, l2, rep, labels, known, frac, margin_u, scale=10.0, seed=0, step=0):
+    """The loss for one process, sample by sample."""
+    N, C = l1.shape
+    draw, rand = draws(seed, step, N, frac)
+    head = [known.index(int(y)) if int(y) in known else -1 for y in labels]
+    lab = [head[i] >= 0 and bool(draw[i]) for i in range(N)]
+    f = [r / r.norm() for r in rep]
+
+    def softmax(v):
+        e = [math.exp(float(x) / scale) for x in v]
+        return [x / sum(e) for x in e]
+
+    p1, p2 = [softmax(r) for r in l1], [softmax(r) for r in l2]
+    pair, ce, n_lab = 0.0, 0.0, sum(lab)
+    for i in range(N):
+        if lab[i]:
+            cands = [j for j in range(N) if j != i and lab[j] and head[j] == head[i]]
+            j = max(cands, key=lambda c: float(rand[i, c])) if cands else i
+            logits = [float(l1[i, k]) + (scale * margin_u if k == head[i] else 0.0) for k in range(C)]
+            ce += -(logits[head[i]] - math.log(sum(math.exp(x) for x in logits)))
+        else:
+            j = max((c for c in range(N) if c != i), key=lambda c: float(f[i] @ f[c]))
+        pair += -math.log(sum(a * b for a, b in zip(p1[i], p2[j], strict=True)))
+    pbar = [sum(p[k] for p in p1) / N for k in range(C)]
+    entropy = -sum(p * math.log(p) for p in pbar)
+    conf = [max(p) for p in p1]
+    unc = 1 - np.mean([conf[i] for i in range(N) if not lab[i]])
+    return ce / max(n_lab, 1) + pair / N - entropy, unc
+
+
+def test_orca_matches_the_slow_formula():
+    g = torch.Generator().manual_seed(3)
+    N, C = 10, 4
+    l1, l2 = torch.randn(N, C, generator=g, dtype=torch.float64) * 5, torch.randn(N, C, generator=g, dtype=torch.float64) * 5
+    rep = torch.randn(N, 6, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1, 0, 2, 3, 0, 2, 1, 3])
+    loss = ORCALoss(known_classes=KNOWN, labelled_fraction=0.7, gather=False)
+    out = loss(l1, l2, labels=labels, reps=(rep,))
+    want, unc = slow_orca(l1, l2, rep, labels, KNOWN, 0.7, margin_u=min(float(loss.uncertainty), 0.5))
+    assert float(loss.uncertainty) == pytest.approx(unc, rel=1e-9)  # first step: the batch value
+    assert float(out["loss"]) == pytest.approx(want, rel=1e-9)
+    assert float(out["loss"]) == pytest.approx(float(out["ce"] + out["pair"] - out["entropy"]))
+    # the next step draws anew, and the uncertainty is an EMA
+    out2 = loss(l1, l2, labels=labels, reps=(rep,))
+    want2, unc2 = slow_orca(l1, l2, rep, labels, KNOWN, 0.7, margin_u=0.0, step=1)
+    assert float(loss.uncertainty) == pytest.approx(0.9 * unc + 0.1 * unc2, rel=1e-9)
+    want2, _ = slow_orca(l1, l2, rep, labels, KNOWN, 0.7, margin_u=min(float(loss.uncertainty), 0.5), step=1)
+    assert float(out2["loss"]) == pytest.approx(want2, rel=1e-9)
+    with pytest.raises(ValueError, match="labels"):
+        loss(l1, l2, reps=(rep,))
+
+
+B_LOCAL = 4
+
+
+def _orca_model():
+    torch.manual_seed(0)
+    cfg = ModelConfig(model_dim=16, ff_dim=32, heads=2, layers=2, head="cosine", head_dims=[16],
+                      output_dim=4, dropout=0.0, log_pt_bias=True)
+    return build_model(cfg).double()
+
+
+def _orca_step(model, x, mask, labels, gather):
+    loss = build_loss(LossConfig(name="orca", known_classes=KNOWN, labelled_fraction=0.6,
+                                 gather=gather))
+    V = 2  # the two views; the third of the global batch is not used
+    rep, z = model(x[:V].flatten(0, 1), mask[:V].flatten(0, 1))
+    out = loss(*z.chunk(V), labels=labels, reps=rep.chunk(V))
+    out["loss"].backward()
+    return out["loss"].detach(), loss.uncertainty.clone()
+
+
+def _ranks(rank):
+    x, mask, labels = _global_batch()
+    sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+    ref = _orca_model()
+    ref_loss, ref_unc = _orca_step(ref, x, mask, labels, gather=False)
+    ddp = torch.nn.parallel.DistributedDataParallel(_orca_model())
+    loss, unc = _orca_step(ddp, x[:, sl], mask[:, sl], labels[sl], gather=True)
+    dist.all_reduce(loss)
+    diff, scale = grad_diff(ddp.module, ref)
+    return {"loss_diff": abs(loss.item() / WORLD - ref_loss.item()),
+            "unc_diff": abs(float(unc - ref_unc)), "grad_diff": diff, "grad_scale": scale}
+
+
+def test_two_processes_match_one_process_on_the_global_batch():
+    for r, v in enumerate(on_ranks(_ranks)):
+        assert v["grad_scale"] > 1e-6, (r, v)
+        assert v["loss_diff"] < 1e-10 and v["unc_diff"] < 1e-12, (r, v)
+        assert v["grad_diff"] < 1e-8, (r, v)
+
+
+def test_cluster_accuracy_is_the_best_permutation():
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 3, 40), rng.integers(0, 3, 40)
+    best = max(np.mean([perm[q] == t for q, t in zip(p, y, strict=True)])
+               for perm in itertools.permutations(range(3)))
+    assert cluster_accuracy(y, p) == pytest.approx(best)
+    assert cluster_accuracy(y, (y + 1) % 3) == 1.0  # relabelled clusters are perfect
+
+
+def test_openworld_metrics():
+    # heads: 0 = known class 0, 1-2 novel; signals 1 and 2 land on heads 2 and 1
+    label = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2, -1])
+    head = np.array([0, 0, 0, 1, 2, 2, 1, 1, 1, 1, 0])
+    probs = np.full((11, 3), 0.1)
+    probs[np.arange(11), head] = 0.8
+    res = openworld_evaluation(probs, label, known=[0], label_names={1: "sig a", 2: "b"})
+    m = res.metrics
+    assert m["orca_known_acc"] == pytest.approx(3 / 4)
+    assert m["orca_novel_cluster_acc"] == pytest.approx(5 / 6)
+    assert m["orca_all_cluster_acc"] == pytest.approx(8 / 10)
+    assert m["orca_anomaly_auc"] > 0.8 and "orca_anomaly_sig_a_auc" in m and "orca_anomaly_b_auc" in m
+    assert res.tables["orca_confusion"][0] == {"label": 0, "head_0": 3, "head_1": 1, "head_2": 0}
+    with pytest.raises(ValueError, match="no novel"):
+        openworld_evaluation(probs[:, :1], label, known=[0])
