@@ -136,3 +136,40 @@ def test_two_processes_match_one_process_on_the_global_batch():
         assert v["centre_diff"] < 1e-12, (r, v)  # all-reduced centre = global-batch centre
         assert v["loss_diff"] < 1e-10, (r, v)
         assert v["grad_diff"] < 1e-8, (r, v)
+
+
+@pytest.mark.parametrize("name", ["dino_adc2021_dense", "dino_adc2021_transformer", "orca_adc2021"])
+def test_configs_take_one_training_step_as_the_loop_does(name):
+    """The shipped configs, shrunk: views (global + local), attach, loss, backward, after_step."""
+    from pathlib import Path
+
+    from clrdist.config import load_config
+    from clrdist.physics.augment import build_view
+    from clrdist.train.trainer import check_components
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml",
+                      ["model.model_dim=16", "model.ff_dim=16", "model.layers=1"])
+    check_components(cfg)
+    g = torch.Generator().manual_seed(0)
+    B = 8
+    x = torch.rand(B, 19, 3, generator=g) * 50 + 1
+    mask = torch.rand(B, 19, generator=g) < 0.6
+    mask[:, 0] = True
+    x = torch.where(mask[..., None], x, torch.zeros(()))
+    views = [build_view(v) for v in [*cfg.augment.views, *cfg.augment.local_views]]
+    outs = [v(x, mask, g) for v in views]
+    xs = torch.cat([o[0] for o in outs]) / torch.tensor([cfg.data.pt_scale, 1, 1])
+    ms = torch.cat([o[1] for o in outs])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    loss = build_loss(cfg.loss)
+    if hasattr(loss, "attach"):
+        loss.attach(model, total_steps=5)
+    rep, z = model(xs, ms)
+    terms = loss(*z.chunk(len(views)), labels=torch.tensor([0, 0, 0, 1, 2, 0, 3, 4]),
+                 inputs=(xs, ms), reps=rep.chunk(len(views)))
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"]) and len(views) == (4 if "dino" in name else 2)
+    if hasattr(loss, "after_step"):
+        loss.after_step(model)
+        assert int(loss.step) == 1
