@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from clrdist.eval.metrics import EvalResult, Roc, binary_labels, roc_metrics
+from clrdist.eval.metrics import EvalResult, Roc, binary_labels, per_signal_metrics, roc_metrics
 from clrdist.eval.nplm import single_thread_on_cpu
 from clrdist.eval.plots import _figure, roc_figure
 
@@ -100,7 +100,8 @@ def anomaly_scores(rep_train: np.ndarray, y_train: np.ndarray, rep_test: np.ndar
                    y_test: np.ndarray, *, seed: int = 0, methods: Sequence[str] = ("znorm", "ae"),
                    train_on: str = "background", ae_scale: float = 1.0, ae_epochs: int = 100,
                    ae_batch_size: int = 4096, device: str | None = None,
-                   eps_s: tuple[float, ...] = (0.2, 0.3, 0.5), figures: bool = True) -> EvalResult:
+                   eps_s: tuple[float, ...] = (0.2, 0.3, 0.5), figures: bool = True,
+                   label_names: dict[int, str] | None = None) -> EvalResult:
     """Anomaly scores on the test set and their ROC metrics against the test labels.
 
     rep_*: (n, D) representations; y_*: store labels (-1 unknown, 0 background, >= 1 signal).
@@ -131,6 +132,9 @@ def anomaly_scores(rep_train: np.ndarray, y_train: np.ndarray, rep_test: np.ndar
             raise KeyError(f"unknown anomaly score {method!r}; known: ['znorm', 'ae']")
         m, r = roc_metrics(yte, s, f"anomaly_{method}", eps_s=eps_s)
         metrics.update(m)
+        # several signal processes (ADC2021): each one against the background, as the challenge
+        metrics.update(per_signal_metrics(np.asarray(y_test)[keep_te], s, f"anomaly_{method}",
+                                          names=label_names, eps_s=eps_s))
         curves[{"znorm": "|z|", "ae": "autoencoder"}[method]] = r
         scores[method] = s
     figs = {}

@@ -24,6 +24,7 @@ from clrdist.eval.metrics import (
     Roc,
     binary_labels,
     bootstrap_metrics,
+    per_signal_metrics,
     roc_metrics,
 )
 from clrdist.eval.plots import roc_figure, sic_figure
@@ -50,7 +51,8 @@ def linear_classifier_test(rep_train: np.ndarray, y_train: np.ndarray, rep_test:
                            y_test: np.ndarray, *, seed: int = 0, C: float = 1.0,
                            prefix: str = "lct", eps_s: tuple[float, ...] = DEFAULT_EPS_S,
                            eps_b_floor: float = DEFAULT_EPS_B_FLOOR, n_boot: int = 30,
-                           figures: bool = True) -> EvalResult:
+                           figures: bool = True, label_names: dict[int, str] | None = None
+                           ) -> EvalResult:
     """LCT on frozen representations.
 
     rep_train: (n_train, D) float; y_train: (n_train,) store labels (-1 unknown dropped,
@@ -69,6 +71,9 @@ def linear_classifier_test(rep_train: np.ndarray, y_train: np.ndarray, rep_test:
     if n_boot > 0:
         metrics.update(bootstrap_metrics(yte, score, prefix, n_boot=n_boot, seed=seed,
                                          eps_s=eps_s, eps_b_floor=eps_b_floor))
+    # several signal processes (ADC2021): each one against the background too
+    metrics.update(per_signal_metrics(np.asarray(y_test)[keep_te], score, prefix,
+                                      names=label_names, eps_s=eps_s, eps_b_floor=eps_b_floor))
     metrics[f"{prefix}_n_train"] = float(ytr.size)
     metrics[f"{prefix}_n_test"] = float(yte.size)
     figs = {}

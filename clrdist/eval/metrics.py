@@ -158,6 +158,31 @@ def roc_metrics(y: np.ndarray, score: np.ndarray, prefix: str, *,
     return m, r
 
 
+def per_signal_metrics(label: np.ndarray, score: np.ndarray, prefix: str, *,
+                       names: dict[int, str] | None = None,
+                       eps_s: tuple[float, ...] = DEFAULT_EPS_S,
+                       eps_b_floor: float = DEFAULT_EPS_B_FLOOR) -> dict[str, float]:
+    """One ROC summary per signal process, as the ADC2021 challenge reports: background (label
+    0) against each signal label s >= 1 alone, ``{prefix}_<name>_auc``,
+    ``{prefix}_<name>_inv_eps_b_at_<e>``, ... (name from ``names``, e.g. the store's
+    label_names, else ``signal<s>``). Empty when the labels hold fewer than two signal processes
+    (the combined ``{prefix}_*`` metrics already are that one). label: (n,) store labels
+    aligned with score (n,); unknown (-1) samples are ignored."""
+    lab = np.asarray(label).reshape(-1)
+    s_all = np.asarray(score, dtype=np.float64).reshape(-1)
+    signals = sorted(int(s) for s in np.unique(lab[lab > 0]))
+    if len(signals) < 2 or not (lab == 0).any():
+        return {}
+    out: dict[str, float] = {}
+    for s in signals:
+        sel = (lab == 0) | (lab == s)
+        name = re.sub(r"[^A-Za-z0-9_]", "_", str((names or {}).get(s, f"signal{s}")))
+        m, _ = roc_metrics((lab[sel] == s).astype(np.int64), s_all[sel], f"{prefix}_{name}",
+                           eps_s=eps_s, eps_b_floor=eps_b_floor)
+        out.update(m)
+    return out
+
+
 def bootstrap_metrics(y: np.ndarray, score: np.ndarray, prefix: str, *, n_boot: int = 50,
                       seed: int = 0, **kw) -> dict[str, float]:
     """Bootstrap standard deviations of :func:`roc_metrics` over test-set resamples.

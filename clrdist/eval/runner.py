@@ -55,7 +55,9 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
     ``jet``, ``dijet``, ``event``; picks the baselines and the raw NPLM inputs), ``model_factory`` (supervised baseline), ``nplm_raw`` (True: also run NPLM
     on the raw inputs), ``init_encode`` (the same architecture untrained: the LCT then also
     reports ``lct_init_*``), ``n_particles`` (constituents in the raw-input LCT ``lct_raw_*``,
-    which always runs with ``lct``), and per-evaluation keyword dicts ``lct``, ``baselines``, ``cwola``,
+    which always runs with ``lct``), ``label_names`` (the store's {label: name}: with several
+    signal processes, e.g. ADC2021, lct and anomaly also report each one against the background,
+    ``lct_Ato4l_auc``, ``anomaly_ae_leptoquark_inv_eps_b_at_0.3``, ...), and per-evaluation keyword dicts ``lct``, ``baselines``, ``cwola``,
     ``bumphunt``, ``nplm``, ``anomaly`` passed to the functions below.
     Returns ``{evaluation name: EvalResult}``; metric names are unique across evaluations.
     """
@@ -76,7 +78,8 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
     if "lct" in which:
         from clrdist.eval.lct import linear_classifier_test
 
-        lct_kw = {"n_boot": int(opts.get("n_boot", 30)), **kw("lct")}
+        lct_kw = {"n_boot": int(opts.get("n_boot", 30)), "label_names": opts.get("label_names"),
+                  **kw("lct")}
         res = linear_classifier_test(rep_tr, y_tr, rep_te, y_te, seed=seed, **lct_kw)
         # the references on the same samples: the untrained encoder and the raw inputs
         if (init_encode := opts.get("init_encode")) is not None:
@@ -128,7 +131,8 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
         from clrdist.eval.anomaly import anomaly_scores
 
         results["anomaly"] = anomaly_scores(rep_tr, y_tr, rep_te, y_te, seed=seed,
-                                            **kw("anomaly"))
+                                            **{"label_names": opts.get("label_names"),
+                                               **kw("anomaly")})
     results.update(_image_and_openworld(which, opts, train_data, test_data, rep_tr, y_tr, rep_te,
                                         y_te, seed))
     return results
