@@ -94,6 +94,9 @@ class ModelConfig(_Section):
     output_dim: int = Field(32, gt=0)  # loss-space dimension (latent dimension for sweeps)
     dense_dims: list[int] = Field(default_factory=lambda: [96, 64, 48])  # dense encoder widths
     dense_input_dim: int = Field(57, gt=0)  # flattened event features (ADC2021: 19 objects x 3)
+    # dense hidden-layer norm: layer (exact under any worker count), batch (the paper's; synced on
+    # GPU only: on CPU each worker normalises its own rows), none
+    dense_norm: Literal["layer", "batch", "none"] = "layer"
     frame: Literal["jet", "event"] = "jet"  # jet: centre on pT-weighted centroid; event: absolute
     head_batchnorm: bool = False  # BatchNorm in the projection (expander) head's hidden layers
     # mlp: projection head; dino: MLP -> L2-normed bottleneck -> output_dim prototypes (DINO);

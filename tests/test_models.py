@@ -126,8 +126,10 @@ def test_dense_encoder_shapes_and_flattening():
     m.eval()
     flat = torch.where(mask[..., None], x, torch.zeros(())).flatten(1)
     assert torch.allclose(m.represent(x, mask), m.encoder(flat))
-    n_bn = sum(isinstance(mod, torch.nn.BatchNorm1d) for mod in m.encoder.modules())
-    assert n_bn == 3
+    # default LayerNorm (exact under N workers); BatchNorm, the paper's, on request
+    assert sum(isinstance(mod, torch.nn.LayerNorm) for mod in m.encoder.modules()) == 3
+    bn = build_model(cfg.model_copy(update={"dense_norm": "batch"})).encoder
+    assert sum(isinstance(mod, torch.nn.BatchNorm1d) for mod in bn.modules()) == 3
     expander = build_model(cfg.model_copy(update={"head_batchnorm": True})).head
     assert sum(isinstance(mod, torch.nn.BatchNorm1d) for mod in expander.modules()) == 1
 

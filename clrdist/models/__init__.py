@@ -22,7 +22,7 @@ def _transformer(cfg: ModelConfig) -> TransformerEncoder:
 
 
 def _dense(cfg: ModelConfig) -> DenseEncoder:
-    return DenseEncoder(input_dim=cfg.dense_input_dim, dims=cfg.dense_dims)
+    return DenseEncoder(input_dim=cfg.dense_input_dim, dims=cfg.dense_dims, norm=cfg.dense_norm)
 
 
 ENCODERS = {"transformer": _transformer, "dense": _dense}
