@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) -m bench.train_step --model-dim 128 --ff-dim 512 --layers 4 --heads 4 --batch 256 --constituents 50 --json
 	$(PY) -m bench.generate
 	$(PY) -m bench.nplm
+	$(PY) -m bench.scaling
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check clrdist tests bench jobs tuning

@@ -176,10 +176,13 @@ class LocalSlurm:
         kw.setdefault("env", self.env)
         return subprocess.run(args, check=check, capture_output=True, text=True, **kw)
 
-    def job_state(self, job_id: str) -> str:
+    def job_info(self, job_id: str) -> dict[str, str]:
+        """``scontrol show job`` as a dict (JobState, Restarts, Reason, ...)."""
         out = self.run(["scontrol", "show", "job", "-o", job_id], check=False).stdout
-        fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
-        return fields.get("JobState", "UNKNOWN")
+        return dict(f.split("=", 1) for f in out.split() if "=" in f)
+
+    def job_state(self, job_id: str) -> str:
+        return self.job_info(job_id).get("JobState", "UNKNOWN")
 
 
 def main(argv: list[str]) -> int:
