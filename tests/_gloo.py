@@ -1,12 +1,33 @@
 """Run a function on N real gloo processes and collect what each rank returns."""
 
 import os
+import socket
 import tempfile
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_distributed_grad import WORLD, _free_port
+
+# three ranks: W - 1, W / 2 and 1 / W scale errors differ (with two ranks they coincide)
+WORLD, B_LOCAL, P = 3, 4, 10
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def global_batch():
+    """3 views of WORLD * B_LOCAL padded jets (pT, eta, phi) float64, masks, labels in 0..3."""
+    g = torch.Generator().manual_seed(123)
+    N = WORLD * B_LOCAL
+    n = torch.randint(2, P + 1, (3, N), generator=g)
+    mask = torch.arange(P)[None, None] < n[..., None]  # (3 views, N, P)
+    x = torch.stack([torch.rand(3, N, P, generator=g) + 0.05, torch.randn(3, N, P, generator=g) * 0.3,
+                     torch.randn(3, N, P, generator=g) * 0.3], -1).double()
+    x = torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype))
+    return x, mask, torch.randint(0, 4, (N,), generator=g)
 
 
 def _entry(rank, port, outdir, fn):
@@ -23,7 +44,7 @@ def _entry(rank, port, outdir, fn):
 def on_ranks(fn) -> list[dict]:
     """fn(rank) -> dict of plain values, run on WORLD gloo processes; one dict per rank."""
     with tempfile.TemporaryDirectory() as d:
-        mp.spawn(_entry, args=(_free_port(), d, fn), nprocs=WORLD, join=True)
+        mp.spawn(_entry, args=(free_port(), d, fn), nprocs=WORLD, join=True)
         return [torch.load(os.path.join(d, f"rank{r}.pt")) for r in range(WORLD)]
 
 

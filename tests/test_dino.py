@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 import torch.distributed as dist
-from _gloo import grad_diff, on_ranks
-from test_distributed_grad import WORLD, _global_batch
+from _gloo import B_LOCAL, WORLD, global_batch, grad_diff, on_ranks
 
 from clrdist.config import LossConfig, ModelConfig
 from clrdist.losses import build_loss
@@ -93,8 +92,6 @@ def test_centre_follows_the_teacher_batch_mean_and_state_round_trips():
         DINOLoss()(z, z, inputs=(x, mask))
 
 
-B_LOCAL = 4
-
 
 def _dino_model():
     torch.manual_seed(0)
@@ -117,7 +114,7 @@ def _dino_step(model, student_module, x, mask, gather):
 
 
 def _ranks(rank):
-    x, mask, _ = _global_batch()
+    x, mask, _ = global_batch()
     sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
     ref = _dino_model()
     ref_loss, ref_centre = _dino_step(ref, ref, x, mask, gather=False)
@@ -130,7 +127,7 @@ def _ranks(rank):
             "centre_scale": ref_centre.abs().max().item(), "grad_diff": diff, "grad_scale": scale}
 
 
-def test_two_processes_match_one_process_on_the_global_batch():
+def test_two_processes_match_one_process_on_theglobal_batch():
     for r, v in enumerate(on_ranks(_ranks)):
         assert v["centre_scale"] > 1e-4 and v["grad_scale"] > 1e-6, (r, v)  # not vacuous
         assert v["centre_diff"] < 1e-12, (r, v)  # all-reduced centre = global-batch centre

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from _gloo import grad_diff, on_ranks
-from test_distributed_grad import WORLD, _global_batch
+from _gloo import B_LOCAL, WORLD, global_batch, grad_diff, on_ranks
 
 from clrdist.config import LossConfig, ModelConfig
 from clrdist.eval.openworld import cluster_accuracy, openworld_evaluation
@@ -76,8 +75,6 @@ def test_orca_matches_the_slow_formula():
         loss(l1, l2, reps=(rep,))
 
 
-B_LOCAL = 4
-
 
 def _orca_model():
     torch.manual_seed(0)
@@ -97,7 +94,7 @@ def _orca_step(model, x, mask, labels, gather):
 
 
 def _ranks(rank):
-    x, mask, labels = _global_batch()
+    x, mask, labels = global_batch()
     sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
     ref = _orca_model()
     ref_loss, ref_unc = _orca_step(ref, x, mask, labels, gather=False)
@@ -109,7 +106,7 @@ def _ranks(rank):
             "unc_diff": abs(float(unc - ref_unc)), "grad_diff": diff, "grad_scale": scale}
 
 
-def test_two_processes_match_one_process_on_the_global_batch():
+def test_two_processes_match_one_process_on_theglobal_batch():
     for r, v in enumerate(on_ranks(_ranks)):
         assert v["grad_scale"] > 1e-6, (r, v)
         assert v["loss_diff"] < 1e-10 and v["unc_diff"] < 1e-12, (r, v)

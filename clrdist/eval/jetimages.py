@@ -18,14 +18,13 @@ signal label ``images_ae_<signal>_*`` when the store holds several signals.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from clrdist.eval.metrics import EvalResult, roc_metrics
+from clrdist.eval.metrics import EvalResult, per_signal_metrics, roc_metrics
 from clrdist.eval.nplm import single_thread_on_cpu
 
 IMAGE_SIZE = 40  # pixels per side (Heimel et al., Bradshaw et al.)
@@ -138,28 +137,18 @@ def score_autoencoder(net: nn.Module, x: np.ndarray, batch_size: int = 4096) -> 
                            for s in range(0, len(xt), batch_size)]).astype(np.float64)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", str(name))
-
-
 def signal_metrics(label: np.ndarray, score: np.ndarray, prefix: str,
                    label_names: Mapping[int, str] | None = None,
                    eps_s: tuple[float, ...] = (0.2, 0.3, 0.5)) -> dict[str, float]:
     """ROC metrics of ``score`` for all signals (label >= 1) against background (label 0) as
     ``{prefix}_*`` and, when there are several signal labels, for each one against background as
-    ``{prefix}_<signal name>_*``. Labels < 0 are ignored."""
+    ``{prefix}_<signal name>_*`` (``metrics.per_signal_metrics``). Labels < 0 are ignored."""
     label = np.asarray(label).reshape(-1)
-    score = np.asarray(score, dtype=np.float64).reshape(-1)
     keep = label >= 0
-    out, _ = roc_metrics((label[keep] > 0).astype(int), score[keep], prefix, eps_s=eps_s)
-    signals = sorted(int(s) for s in np.unique(label[label > 0]))
-    if len(signals) > 1:
-        names = dict(label_names or {})
-        for s in signals:
-            sel = (label == 0) | (label == s)
-            m, _ = roc_metrics((label[sel] == s).astype(int), score[sel],
-                               f"{prefix}_{_safe(names.get(s, f'signal{s}'))}", eps_s=eps_s)
-            out.update(m)
+    out, _ = roc_metrics((label[keep] > 0).astype(int), np.asarray(score)[keep], prefix,
+                         eps_s=eps_s)
+    out.update(per_signal_metrics(label, score, prefix, names=dict(label_names or {}),
+                                  eps_s=eps_s))
     return out
 
 
