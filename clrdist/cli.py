@@ -124,13 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_cmd_eval)
 
-    d = sub.add_parser("demo", help="jets -> store -> 2-worker training -> LCT -> MLflow")
+    d = sub.add_parser("demo", help="jets -> store -> 2-worker training -> every evaluation, "
+                       "next to the untrained encoder -> MLflow")
     d.add_argument("--out", default="demo_out", help="folder for stores and checkpoints")
     d.add_argument("--data", choices=("auto", "pythia", "toy"), default="auto",
                    help="auto: Pythia 8 jets when pythia8mc is installed, else toy jets")
     d.add_argument("--jets-per-class", type=int, default=None,
-                   help="default: 6000 (Pythia) or 15000 (toy)")
-    d.add_argument("--epochs", type=int, default=4)
+                   help="default: 10000 (Pythia) or 15000 (toy)")
+    d.add_argument("--epochs", type=int, default=None, help="default: configs/demo.yaml's")
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     d.set_defaults(func=_cmd_demo)

@@ -1,8 +1,12 @@
 """``make demo`` / ``clrdist demo``: the whole path of clrdist at small scale, CPU only.
 
-Pythia 8 top/QCD jets (toy jets without pythia8mc, or with --data toy) -> Zarr store -> disjoint train / eval-train / eval-test splits -> 2-worker Ray Train
-(DDP, all-gathered NT-Xent) -> linear classifier test on frozen representations -> MLflow,
-plus the same linear classifier on the raw constituents for comparison.
+Pythia 8 top/QCD jets (toy jets without pythia8mc, or with --data toy) -> Zarr store -> disjoint
+train / val / eval-train / eval-test splits -> 2-worker Ray Train (DDP, all-gathered NT-Xent,
+validation LCT on val) -> after training, on the same eval-train / eval-test samples: the linear
+classifier test of the trained representation, of the same encoder untrained and of the raw
+constituents, jet mass + N-subjettiness, EFPs, a supervised encoder of the same size, the
+idealised CWoLa scan and NPLM -> MLflow, and a summary table that says whether training beat
+the untrained encoder.
 """
 
 from __future__ import annotations
@@ -19,13 +23,11 @@ from clrdist.config import load_config
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
-def demo_config(out: Path, *, epochs: int, workers: int, tracking_uri: str):
+def demo_config(out: Path, *, epochs: int | None, workers: int, tracking_uri: str):
     """configs/demo.yaml when present (a source checkout), else the built-in defaults."""
     overrides = [
-        f"data.train_store={out / 'train.zarr'}",
-        f"data.eval_train_store={out / 'eval_train.zarr'}",
-        f"data.eval_test_store={out / 'eval_test.zarr'}",
-        f"optim.epochs={epochs}",
+        f"data.{name}_store={out / f'{name}.zarr'}" for name in SPLITS
+    ] + [*([f"optim.epochs={epochs}"] if epochs else []),
         f"scaling.num_workers={workers}",
         f"checkpoint.storage_path={out / 'ray'}",
         f"tracking.uri={tracking_uri}",
@@ -33,21 +35,9 @@ def demo_config(out: Path, *, epochs: int, workers: int, tracking_uri: str):
     return load_config(DEMO_CONFIG if DEMO_CONFIG.is_file() else None, overrides)
 
 
-def raw_baseline(train: dict, test: dict, n_particles: int, seed: int):
-    """The same linear classifier test on the raw constituents: flattened, pT-ordered, centred
-    on the jet (absolute eta, phi would only add noise), pT / 600 GeV."""
-    from clrdist.eval.baselines import raw_features
-    from clrdist.eval.lct import linear_classifier_test
-
-    def flat(d):
-        return raw_features(d["particles"], d["mask"], n_max=n_particles)
-
-    return linear_classifier_test(flat(train), train["label"], flat(test), test["label"], seed=seed)
-
-
 # Jets per class by data source: Pythia jets cost ~5 ms of CPU each (docs/generation.md), so the
 # Pythia demo is smaller; both fit `make demo` in 10 minutes on 2 cores including the install.
-DEFAULT_JETS = {"pythia": 6000, "toy": 15000}
+DEFAULT_JETS = {"pythia": 10000, "toy": 15000}
 
 
 def choose_data(data: str) -> tuple[str, str]:
@@ -66,24 +56,62 @@ def choose_data(data: str) -> tuple[str, str]:
     return "toy", "pythia8mc is not installed (pip install 'clrdist[generation]'), so toy jets"
 
 
-def make_jets(source: str, path: Path, n_per_class: int, seed: int, workers: int) -> None:
+def make_jets(source: str, path: Path, n_per_class: int, seed: int, workers: int,
+              slots: int) -> None:
+    """Top and QCD jets with up to ``slots`` constituents each (room for collinear splits)."""
     if source == "pythia":
         from clrdist.data.generate import generate_store
 
         generate_store(["top", "qcd"], n_per_class, path, seed=seed, workers=workers,
-                       overwrite=True)
+                       n_particles=slots, overwrite=True)
     else:
         from clrdist.data.toy import write_toy_store
 
-        write_toy_store(path, n_per_class=n_per_class, seed=seed, overwrite=True)
+        write_toy_store(path, n_per_class=n_per_class, seed=seed, n_particles=slots,
+                        overwrite=True)
 
 
-def run_demo(out_dir: str = "demo_out", n_per_class: int | None = None, epochs: int = 4,
+SPLITS = {"train": 0.6, "val": 0.1, "eval_train": 0.15, "eval_test": 0.15}
+
+# (row label, metric prefix) of the summary table: the representation, then its references on
+# the same eval_train / eval_test samples
+ROWS = (
+    ("contrastive, trained (LCT)", "lct"),
+    ("same encoder, untrained (LCT)", "lct_init"),
+    ("raw constituents (LCT)", "lct_raw"),
+    ("jet mass + N-subjettiness (BDT)", "baseline_jet_obs"),
+    ("EFPs, degree <= 5 (linear)", "baseline_efp"),
+    ("supervised, same encoder", "baseline_supervised"),
+)
+
+
+def summary_table(m: dict[str, float], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("", "AUC", "1/eps_B at eps_S=0.5"):
+        table.add_column(col, justify="left" if not col else "right")
+    def cell(key: str, fmt: str) -> str:
+        v, err = m.get(key), m.get(f"{key}_std")
+        if v is None:
+            return "-"
+        return format(v, fmt) + (f" +- {format(err, fmt)}" if err is not None else "")
+
+    for label, prefix in ROWS:
+        if f"{prefix}_auc" in m:
+            table.add_row(label, cell(f"{prefix}_auc", ".4f"),
+                          cell(f"{prefix}_inv_eps_b_at_0.5", ".1f"))
+    return table
+
+
+def learned(m: dict[str, float]) -> bool:
+    """The trained LCT beats the untrained one with bootstrap errors that do not overlap."""
+    return (m["lct_auc"] - m.get("lct_auc_std", 0.0)
+            > m["lct_init_auc"] + m.get("lct_init_auc_std", 0.0))
+
+
+def run_demo(out_dir: str = "demo_out", n_per_class: int | None = None, epochs: int | None = None,
              workers: int = 2, tracking_uri: str = "sqlite:///mlflow.db", seed: int = 0,
              data: str = "auto") -> dict:
-    from clrdist import tracking
     from clrdist.data.split import split_store
-    from clrdist.data.store import open_store
     from clrdist.train.trainer import ensure_ray, train
 
     console = Console()
@@ -94,51 +122,55 @@ def run_demo(out_dir: str = "demo_out", n_per_class: int | None = None, epochs: 
     n_per_class = n_per_class or DEFAULT_JETS[source]
     jets = out / f"{source}.zarr"
     cfg = demo_config(out, epochs=epochs, workers=workers, tracking_uri=tracking_uri)
+    slots = cfg.augment.slots or cfg.data.n_particles
 
     console.rule("[bold]clrdist demo")
     ensure_ray(cfg)  # one local Ray cluster for generation and training
     console.print(f"1/4 jets: {n_per_class} top + {n_per_class} QCD, {why} -> {jets}")
-    make_jets(source, jets, n_per_class, seed, workers)
-    console.print("2/4 disjoint splits: train 70% / eval-train 15% / eval-test 15%")
-    split_store(jets, {"train": 0.7, "eval_train": 0.15, "eval_test": 0.15},
-                out_dir=out, seed=seed, overwrite=True)
-    console.print(f"3/4 training: {workers} Ray Train workers (DDP, gloo), {epochs} epochs, "
-                  f"global batch {cfg.data.batch_size * workers}, NT-Xent tau={cfg.loss.temperature}")
+    make_jets(source, jets, n_per_class, seed, workers, slots)
+    console.print("2/4 disjoint splits: " + " / ".join(f"{k} {v:.0%}" for k, v in SPLITS.items()))
+    split_store(jets, SPLITS, out_dir=out, seed=seed, overwrite=True)
+    console.print(f"3/4 training: {workers} Ray Train workers (DDP, gloo), {cfg.optim.epochs} "
+                  f"epochs, global batch {cfg.data.batch_size * workers}, NT-Xent "
+                  f"tau={cfg.loss.temperature}; validation LCT every {cfg.eval.every_epochs} epochs")
+    console.print("4/4 evaluation (after training, same samples): LCT of the trained and the "
+                  "untrained encoder and of the raw inputs, jet mass + N-subjettiness, EFPs, a "
+                  "supervised encoder, the CWoLa scan, NPLM")
     result = train(cfg)
-
-    console.print("4/4 baseline: the same linear classifier on the raw constituents")
-    ev_train = open_store(cfg.data.eval_train_store).read_all()
-    ev_test = open_store(cfg.data.eval_test_store).read_all()
-    raw = raw_baseline(ev_train, ev_test, cfg.data.n_particles, seed)
-    raw_metrics = {f"baseline_raw_{k}": v for k, v in raw.metrics.items()}
-    tracking.log_metrics(result.tracking_uri, result.run_id, raw_metrics)
 
     m = result.metrics
     summary = {
         "run_id": result.run_id,
-        "lct_auc": m.get("lct_auc"),
-        "lct_inv_eps_b_at_0.5": m.get("lct_inv_eps_b_at_0.5"),
-        "raw_lct_auc": raw.metrics.get("lct_auc"),
-        "raw_lct_inv_eps_b_at_0.5": raw.metrics.get("lct_inv_eps_b_at_0.5"),
         "data": source,
+        "n_per_class": n_per_class,
+        "learned": learned(m),
+        **{k: v for k, v in sorted(m.items())
+           if k.split("_")[0] in ("lct", "baseline", "cwola", "nplm") and "n_" not in k},
         "store": str(jets),
         "checkpoint": result.checkpoint_path,
         "tracking_uri": result.tracking_uri,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    table = Table(title="clrdist demo", show_header=False)
-    table.add_row("data", f"{source}: {n_per_class} top + {n_per_class} QCD jets")
-    table.add_row("MLflow run id", summary["run_id"])
-    table.add_row("LCT AUC (representation)", f"{summary['lct_auc']:.4f}")
-    table.add_row("LCT 1/eps_B at eps_S=0.5", f"{summary['lct_inv_eps_b_at_0.5']:.1f}")
-    table.add_row("LCT AUC (raw constituents)", f"{summary['raw_lct_auc']:.4f}")
-    table.add_row("raw 1/eps_B at eps_S=0.5", f"{summary['raw_lct_inv_eps_b_at_0.5']:.1f}")
-    table.add_row("stores", str(out))
-    table.add_row("checkpoint", summary["checkpoint"])
-    table.add_row("MLflow database", result.tracking_uri)
-    table.add_row("wall time", f"{summary['seconds']} s")
-    console.print(table)
-    db = result.tracking_uri
-    console.print(f"Browse the run:  mlflow ui --backend-store-uri {db}  (serves on 127.0.0.1:5000)")
+    console.print(summary_table(m, f"clrdist demo: {source}, {n_per_class} top + {n_per_class} "
+                                   "QCD jets (eval_test, bootstrap errors)"))
+    verdict = ("[green]the trained representation beats the untrained encoder[/green]"
+               if summary["learned"] else
+               "[red]the trained representation does NOT beat the untrained encoder[/red]")
+    console.print(f"{verdict}: LCT AUC {m['lct_auc']:.4f} +- {m.get('lct_auc_std', 0):.4f} vs "
+                  f"{m['lct_init_auc']:.4f} +- {m.get('lct_init_auc_std', 0):.4f}")
+    if "cwola_linear_auc_f_0.1" in m:
+        console.print("CWoLa (idealised, linear): AUC "
+                      + ", ".join(f"{m[k]:.3f} at f = {k.rsplit('_', 1)[1]}"
+                                  for k in ("cwola_linear_auc_f_0.01", "cwola_linear_auc_f_0.1",
+                                            "cwola_linear_auc_f_1") if k in m))
+    if "nplm_z_empirical_median" in m or "nplm_z_chi2_median" in m:
+        key = "z_chi2_median" if "nplm_z_chi2_median" in m else "z_empirical_median"
+        console.print(f"NPLM median Z ({key.split('_')[1]}): representation "
+                      f"{m.get('nplm_' + key, float('nan')):.2f}, raw inputs "
+                      f"{m.get('nplm_raw_' + key, float('nan')):.2f}")
+    console.print(f"wall time {summary['seconds']} s; stores in {out}; checkpoint "
+                  f"{summary['checkpoint']}")
+    console.print(f"Browse the run:  mlflow ui --backend-store-uri {result.tracking_uri}  "
+                  "(serves on 127.0.0.1:5000)")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -293,6 +293,11 @@ def child_runs(uri: str, parent_run_id: str) -> list[dict[str, Any]]:
             for r in runs]
 
 
+def log_artifact_file(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    """A local file (a plot, a table) as an artifact of the run, under ``artifact_path``."""
+    client(uri).log_artifact(run_id, str(path), artifact_path)
+
+
 def log_json(uri: str, run_id: str, obj: Mapping[str, Any], path: str) -> None:
     """A JSON artifact (e.g. a sweep's best config) at ``path`` in the run's artifacts."""
     client(uri).log_dict(run_id, dict(obj), path)

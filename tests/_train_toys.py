@@ -14,7 +14,7 @@ def tiny_overrides(stores: Path, tmp: Path) -> list[str]:
         f"data.eval_train_store={stores / 'eval_train.zarr'}",
         f"data.eval_test_store={stores / 'eval_test.zarr'}",
         f"data.val_store={stores / 'val.zarr'}",
-        "data.batch_size=64", "data.shuffle_buffer=512",
+        "data.batch_size=64", "data.shuffle_buffer=512", "augment.slots=null",  # 50-slot toys
         "model.model_dim=32", "model.ff_dim=64", "model.head_dims=[32]", "model.output_dim=16",
         "optim.epochs=2", "optim.warmup_steps=2", "tracking.log_every=2", "eval.every_epochs=1",
         f"checkpoint.storage_path={tmp / 'ray'}",

@@ -84,3 +84,26 @@ def test_cwola_runs_bump_hunt_on_dijet_stores():
     with pytest.raises(KeyError, match="m_jj"):
         run_evaluations(lambda b: b["features"][:, 1:], train_data=tr, test_data=te,
                         which={"bumphunt"}, options={"feature_names": ["x"]})
+
+
+def test_lct_and_anomaly_come_with_the_untrained_and_raw_references():
+    tr, te = mixed(300, seed=7), mixed(300, seed=8)
+
+    def untrained(batch):  # a reference that knows nothing: noise of the same width
+        rng = np.random.default_rng(len(batch["label"]))
+        return rng.normal(size=(len(batch["label"]), 3))
+
+    res = run_evaluations(encode, train_data=tr, test_data=te, which={"lct", "anomaly"},
+                          options={"n_boot": 5, "init_encode": untrained, "n_particles": 10,
+                                   "anomaly": {"methods": ["znorm"], "figures": False}})
+    m = res["lct"].metrics
+    assert m["lct_auc"] > 0.9 and abs(m["lct_init_auc"] - 0.5) < 0.1
+    assert m["lct_init_n_test"] == m["lct_n_test"] == m["lct_raw_n_test"]
+    assert 0.0 <= m["lct_raw_auc"] < m["lct_auc"]
+    assert "lct_init_auc_std" in m and not any(f.startswith("lct_init") for f in res["lct"].figures)
+    a = res["anomaly"].metrics
+    assert "anomaly_znorm_auc" in a and abs(a["anomaly_init_znorm_auc"] - 0.5) < 0.1
+    # without the reference encoder: only the representation and the raw inputs
+    plain = run_evaluations(encode, train_data=tr, test_data=te, which={"lct"},
+                            options={"n_boot": 0}).get("lct").metrics
+    assert "lct_raw_auc" in plain and "lct_init_auc" not in plain

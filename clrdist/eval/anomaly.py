@@ -101,12 +101,15 @@ def anomaly_scores(rep_train: np.ndarray, y_train: np.ndarray, rep_test: np.ndar
                    train_on: str = "background", ae_scale: float = 1.0, ae_epochs: int = 100,
                    ae_batch_size: int = 4096, device: str | None = None,
                    eps_s: tuple[float, ...] = (0.2, 0.3, 0.5), figures: bool = True,
-                   label_names: dict[int, str] | None = None) -> EvalResult:
+                   label_names: dict[int, str] | None = None,
+                   prefix: str = "anomaly") -> EvalResult:
     """Anomaly scores on the test set and their ROC metrics against the test labels.
 
     rep_*: (n, D) representations; y_*: store labels (-1 unknown, 0 background, >= 1 signal).
     The autoencoder trains on ``rep_train`` (background only unless ``train_on="all"``; the
     unknown-label samples count as background-like data when ``train_on="all"``).
+    Metric names are ``<prefix>_znorm_*``, ``<prefix>_ae_*`` (``anomaly_init`` for the untrained
+    encoder's reference).
     """
     keep_te, yte = binary_labels(y_test)
     x_te = np.asarray(rep_test)[keep_te]
@@ -127,13 +130,13 @@ def anomaly_scores(rep_train: np.ndarray, y_train: np.ndarray, rep_test: np.ndar
             ae = AEScorer(scale=ae_scale, epochs=ae_epochs, batch_size=ae_batch_size,
                           seed=seed, device=device).fit(x_tr)
             s = ae.score(x_te)
-            metrics["anomaly_ae_final_loss"] = ae.final_loss
+            metrics[f"{prefix}_ae_final_loss"] = ae.final_loss
         else:
             raise KeyError(f"unknown anomaly score {method!r}; known: ['znorm', 'ae']")
-        m, r = roc_metrics(yte, s, f"anomaly_{method}", eps_s=eps_s)
+        m, r = roc_metrics(yte, s, f"{prefix}_{method}", eps_s=eps_s)
         metrics.update(m)
         # several signal processes (ADC2021): each one against the background, as the challenge
-        metrics.update(per_signal_metrics(np.asarray(y_test)[keep_te], s, f"anomaly_{method}",
+        metrics.update(per_signal_metrics(np.asarray(y_test)[keep_te], s, f"{prefix}_{method}",
                                           names=label_names, eps_s=eps_s))
         curves[{"znorm": "|z|", "ae": "autoencoder"}[method]] = r
         scores[method] = s
