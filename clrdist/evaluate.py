@@ -73,6 +73,17 @@ def check_held_out(train_store: str | SampleStore, *eval_stores: str | SampleSto
                     f"{_describe(min(common))}); make held-out stores with `clrdist data split`")
 
 
+def collision_energy(*stores: SampleStore) -> float | None:
+    """sqrt(s) in GeV recorded by the stores (provenance.ecm), None when none records it;
+    refuses stores that record different energies."""
+    found = {s.path: s.attrs.get("provenance", {}).get("ecm") for s in stores}
+    values = {float(v) for v in found.values() if v is not None}
+    if len(values) > 1:
+        raise StoreError("evaluation stores record different collision energies: "
+                         + ", ".join(f"{p} {v}" for p, v in found.items()))
+    return values.pop() if values else None
+
+
 def check_final_stores(cfg: RunConfig) -> tuple[SampleStore, SampleStore]:
     """The (eval_train, eval_test) stores of the final evaluation, after refusing a test store
     that is, or may share samples with, the validation store (Tune selected on it), the
@@ -111,6 +122,7 @@ def evaluate_checkpoint(checkpoint_path: str, which: set[str], *, cfg: RunConfig
                             "kind": store.kind, "n_particles": trained_cfg.data.n_particles,
                             "init_encode": make_encoder(untrained, trained_cfg),
                             "model_factory": lambda: _Representation(trained_cfg)}
+    opts["ecm"] = collision_energy(store, test_store)  # the bump hunt's sqrt(s)
     opts["label_names"] = store.label_names  # per-signal metrics of nae / images / mimic / orca
     if trained_cfg.loss.name == "orca":  # ORCA's head is its classifier over known + novel classes
         opts["head"] = lambda rep: _head_probabilities(model, rep)

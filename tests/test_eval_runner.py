@@ -74,13 +74,17 @@ def test_cwola_runs_bump_hunt_on_dijet_stores():
     half = len(y) // 2
     tr = {k: v[:half] for k, v in data.items()}
     te = {k: v[half:] for k, v in data.items()}
+    hunt = {"classifier": "linear", "k": 3, "n_bins": 12, "n_toys": 10, "figures": False}
     res = run_evaluations(lambda b: b["features"][:, 1:], train_data=tr, test_data=te,
                           which={"bumphunt"},
-                          options={"feature_names": ["m_jj", "a", "b", "c"],
-                                   "bumphunt": {"classifier": "linear"}})
-    m = res["bumphunt"].metrics
-    assert 3000 < m["bumphunt_sr_lo"] < 3500 < m["bumphunt_sr_hi"] < 4000
-    assert m["bumphunt_max_z"] > 3
+                          options={"feature_names": ["m_jj", "a", "b", "c"], "ecm": 13000.0,
+                                   "bumphunt": hunt})
+    m = res["bumphunt"].metrics  # blind scan at 0.1%, 0.3%, 1% signal (labels only mix)
+    assert m["bumphunt_f_0.01_best_sr_lo"] < 3500 < m["bumphunt_f_0.01_best_sr_hi"]
+    assert m["bumphunt_f_0.01_max_local_z"] > 3 and m["bumphunt_f_0.001_n_sig"] == 20
+    with pytest.raises(KeyError, match="provenance.ecm"):  # sqrt(s) from the store, no constant
+        run_evaluations(lambda b: b["features"][:, 1:], train_data=tr, test_data=te,
+                        which={"bumphunt"}, options={"feature_names": ["m_jj", "a", "b", "c"]})
     with pytest.raises(KeyError, match="m_jj"):
         run_evaluations(lambda b: b["features"][:, 1:], train_data=tr, test_data=te,
                         which={"bumphunt"}, options={"feature_names": ["x"]})

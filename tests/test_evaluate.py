@@ -211,3 +211,22 @@ def test_lhco_like_resonance_defaults_to_13_tev():
     assert dijet.ecm == 13000.0
     assert all("Beams:eCM = 13000" in s.settings for s in dijet.shards)
     assert _gen_plan(["top", "qcd"], 0, ecm=None).ecm == 14000.0  # the top-tagging data's energy
+
+
+def test_bump_hunt_energy_comes_from_the_store_provenance(tmp_path):
+    from clrdist.data.store import StoreWriter
+    from clrdist.evaluate import collision_energy
+
+    def store(name, ecm):
+        with StoreWriter(tmp_path / name, kind="dijet", particle_features=["pt", "eta", "phi"],
+                         feature_names=["m_jj"], label_names={0: "qcd"}, n_particles=2,
+                         chunk_size=4, provenance={} if ecm is None else {"ecm": ecm}) as w:
+            w.append(np.ones((4, 2, 3), np.float32), np.ones((4, 2), bool),
+                     np.zeros(4, np.int8), np.full((4, 1), 3000.0, np.float32))
+        return open_store(tmp_path / name)
+
+    a, b, c = store("a.zarr", 13000.0), store("b.zarr", 13000.0), store("c.zarr", 14000.0)
+    assert collision_energy(a, b) == 13000.0
+    assert collision_energy(store("none.zarr", None)) is None
+    with pytest.raises(StoreError, match="different collision energies"):
+        collision_energy(a, c)

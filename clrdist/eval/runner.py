@@ -46,8 +46,9 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
 
     ``train_data`` fits classifiers (LCT, baselines, anomaly AE); ``test_data`` (disjoint) scores
     them. CWoLa and NPLM draw their own disjoint subsets from the union of both sets.
-    ``"cwola"`` runs the idealised scan and, when the stores carry an m_jj feature, the bump hunt
-    too (``"bumphunt"`` alone runs only the hunt).
+    ``"cwola"`` runs the idealised scan and, when the stores carry an m_jj feature, the blind
+    bump hunt too (``"bumphunt"`` alone runs only the hunt; it needs ``ecm``, the stores'
+    provenance.ecm in GeV, or ``bumphunt: {sqrt_s: ...}``).
 
     options (all optional): ``seed`` (0), ``batch_size`` (1024), ``n_boot`` (30),
     ``feature_names`` (the store's ``attrs["feature_names"]``: jet_mass/tau21/tau32 or the LHCO
@@ -109,12 +110,19 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
         if mjj_col is None:
             raise KeyError(f"bumphunt needs an m_jj feature ({' or '.join(MJJ_NAMES)}); store "
                            f"features are {names}")
-        from clrdist.eval.bumphunt import cwola_hunt
+        from clrdist.eval.bumphunt import hunt_at_fractions
 
         mjj = np.concatenate([train_data["features"][:, mjj_col],
                               test_data["features"][:, mjj_col]]).astype(np.float64)
-        results["bumphunt"] = cwola_hunt(mjj, rep_all, seed=seed,
-                                         **{**default_hunt_window(mjj, y_all), **kw("bumphunt")})
+        hunt = kw("bumphunt")
+        sqrt_s = hunt.pop("sqrt_s", None) or opts.get("ecm")
+        if not sqrt_s:
+            raise KeyError("bumphunt: the store records no collision energy (provenance.ecm); "
+                           "set eval.options.bumphunt.sqrt_s (GeV)")
+        # blind: sliding windows over the whole spectrum at LHCO-like signal fractions; the
+        # labels only make the mixtures, never the signal region
+        results["bumphunt"] = hunt_at_fractions(mjj, rep_all, y_all, sqrt_s=float(sqrt_s),
+                                                seed=seed, **hunt)
     if "nplm" in which:
         from clrdist.eval.nplm import nplm_evaluation
 
@@ -173,21 +181,6 @@ def _image_and_openworld(which, opts, train_data, test_data, rep_tr, y_tr, rep_t
         out["orca"] = openworld_evaluation(opts["head"](rep_te), y_te, label_names=names,
                                            **kw("orca"))
     return out
-
-
-def default_hunt_window(mjj: np.ndarray, label: np.ndarray) -> dict[str, Any]:
-    """Bump-hunt window for a labelled store: SR = the signal's central 60% in m_jj (at least
-    +-5% around its median), fit range = the 1st-99th percentiles of all events. Override with
-    options ``{"bumphunt": {"sr": (lo, hi), "mjj_range": (lo, hi)}}`` for a real hunt."""
-    sig = mjj[np.asarray(label) > 0]
-    lo_all, hi_all = np.quantile(mjj, [0.01, 0.99])
-    if sig.size:
-        med = float(np.median(sig))
-        lo, hi = np.quantile(sig, [0.2, 0.8])
-        lo, hi = min(lo, 0.95 * med), max(hi, 1.05 * med)
-    else:
-        lo, hi = np.quantile(mjj, [0.45, 0.55])
-    return {"sr": (float(lo), float(hi)), "mjj_range": (float(lo_all), float(hi_all))}
 
 
 def evaluate_during_training(rep_train: np.ndarray, y_train: np.ndarray, rep_val: np.ndarray,
