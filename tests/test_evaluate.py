@@ -230,3 +230,21 @@ def test_bump_hunt_energy_comes_from_the_store_provenance(tmp_path):
     assert collision_energy(store("none.zarr", None)) is None
     with pytest.raises(StoreError, match="different collision energies"):
         collision_energy(a, c)
+
+
+def test_a_shard_shared_across_commands_is_the_same_events():
+    """What the check refuses is real: `qcd --seed 0` and `top qcd --seed 0` now give their
+    QCD shard the same Pythia seed and settings, and Pythia makes the same jets from it."""
+    pytest.importorskip("pythia8mc")
+    from clrdist.data.generate import generate_shard
+
+    def qcd_shard(procs, seed):
+        return next(s for s in _gen_plan(procs, seed, n=2, shard=2, ecm=None).shards
+                    if s.process == "qcd")
+
+    a, b = qcd_shard(["qcd"], 0), qcd_shard(["top", "qcd"], 0)
+    assert a == b
+    ja, jb = generate_shard(a), generate_shard(b)
+    np.testing.assert_array_equal(ja["particles"], jb["particles"])
+    other = generate_shard(qcd_shard(["qcd"], 7))
+    assert not np.array_equal(other["features"], ja["features"])
