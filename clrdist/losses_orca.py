@@ -53,12 +53,12 @@ def orca_partners(feats: torch.Tensor, head_label: torch.Tensor, labelled: torch
 
 def orca_terms(l1: torch.Tensor, l2_g: torch.Tensor, l1_g: torch.Tensor, partner: torch.Tensor,
                head_label: torch.Tensor, labelled: torch.Tensor, n_labelled: int, world: int,
-               margin: float, scale: float) -> dict[str, torch.Tensor]:
+               margin: float, scale: float, temperature: float = 1.0) -> dict[str, torch.Tensor]:
     """The three terms for the local rows. l1 (B, C) local logits of view 1; l2_g, l1_g (N, C)
     gathered logits; partner (B,) indices into the global batch; head_label, labelled (B,) local;
-    n_labelled: labelled rows in the global batch."""
-    p1 = F.softmax(l1 / scale, -1)
-    p2 = F.softmax(l2_g / scale, -1)
+    n_labelled: labelled rows in the global batch; p = softmax(cos / temperature), cos = l / scale."""
+    p1 = F.softmax(l1 / (scale * temperature), -1)
+    p2 = F.softmax(l2_g / (scale * temperature), -1)
     pair = -torch.log((p1 * p2[partner]).sum(-1).clamp_min(1e-7)).mean()
     rows = labelled.nonzero().squeeze(1)
     if rows.numel():
@@ -67,7 +67,7 @@ def orca_terms(l1: torch.Tensor, l2_g: torch.Tensor, l1_g: torch.Tensor, partner
         ce = F.cross_entropy(boosted, y, reduction="sum") * world / max(n_labelled, 1)
     else:
         ce = l1.sum() * 0.0
-    pbar = F.softmax(l1_g / scale, -1).mean(0)
+    pbar = F.softmax(l1_g / (scale * temperature), -1).mean(0)
     entropy = -(pbar * pbar.clamp_min(1e-8).log()).sum()
     return {"loss": ce + pair - entropy, "ce": ce, "pair": pair, "entropy": entropy}
 
@@ -82,8 +82,10 @@ class ORCALoss(nn.Module):
     multi_view = False
 
     def __init__(self, known_classes=(0,), labelled_fraction: float = 0.5, scale: float = 10.0,
-                 uncertainty_momentum: float = 0.9, gather: bool = True, seed: int = 0):
+                 temperature: float = 1.0, uncertainty_momentum: float = 0.9, gather: bool = True,
+                 seed: int = 0):
         super().__init__()
+        self.temperature = temperature
         self.known = [int(k) for k in known_classes]
         self.n_known = len(self.known)
         self.labelled_fraction, self.scale = labelled_fraction, scale
@@ -94,7 +96,7 @@ class ORCALoss(nn.Module):
     @classmethod
     def from_config(cls, cfg) -> ORCALoss:
         return cls(known_classes=cfg.known_classes, labelled_fraction=cfg.labelled_fraction,
-                   gather=cfg.gather)
+                   temperature=cfg.temperature, gather=cfg.gather)
 
     def head_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Store labels -> index of the known class (its head), -1 for every other label."""
@@ -123,7 +125,7 @@ class ORCALoss(nn.Module):
         labelled_g = (hl_g >= 0) & draw
         partner = orca_partners(feats_g, hl_g, labelled_g, rand)[off:off + B]
         with torch.no_grad():  # uncertainty of the unlabelled rows -> the margin
-            conf = F.softmax(l1_g / self.scale, -1).max(1).values
+            conf = F.softmax(l1_g / (self.scale * self.temperature), -1).max(1).values
             unl = ~labelled_g
             if unl.any():
                 u = 1.0 - conf[unl].double().mean()
@@ -133,6 +135,6 @@ class ORCALoss(nn.Module):
             margin = float(self.uncertainty.clamp(max=0.5).nan_to_num(0.5))
             self.step += 1
         terms = orca_terms(l1, l2_g, l1_g, partner, hl, labelled_g[off:off + B],
-                           int(labelled_g.sum()), world, margin, self.scale)
+                           int(labelled_g.sum()), world, margin, self.scale, self.temperature)
         terms["margin"] = torch.tensor(margin)
         return terms

@@ -23,7 +23,7 @@ def draws(seed, step, N, frac):
     return torch.rand(N, generator=gen) < frac, torch.rand(N, N, generator=gen)
 
 
-def slow_orca(l1, l2, rep, labels, known, frac, margin_u, scale=10.0, seed=0, step=0):
+def slow_orca(l1, l2, rep, labels, known, frac, margin_u, scale=10.0, seed=0, step=0, tau=1.0):
     """The loss for one process, sample by sample."""
     N, C = l1.shape
     draw, rand = draws(seed, step, N, frac)
@@ -32,7 +32,7 @@ def slow_orca(l1, l2, rep, labels, known, frac, margin_u, scale=10.0, seed=0, st
     f = [r / r.norm() for r in rep]
 
     def softmax(v):
-        e = [math.exp(float(x) / scale) for x in v]
+        e = [math.exp(float(x) / (scale * tau)) for x in v]
         return [x / sum(e) for x in e]
 
     p1, p2 = [softmax(r) for r in l1], [softmax(r) for r in l2]
@@ -53,23 +53,24 @@ def slow_orca(l1, l2, rep, labels, known, frac, margin_u, scale=10.0, seed=0, st
     return ce / max(n_lab, 1) + pair / N - entropy, unc
 
 
-def test_orca_matches_the_slow_formula():
+@pytest.mark.parametrize("tau", [1.0, 0.1])  # 1: ORCA's code (softmax of the raw cosines)
+def test_orca_matches_the_slow_formula(tau):
     g = torch.Generator().manual_seed(3)
     N, C = 10, 4
     l1, l2 = torch.randn(N, C, generator=g, dtype=torch.float64) * 5, torch.randn(N, C, generator=g, dtype=torch.float64) * 5
     rep = torch.randn(N, 6, generator=g, dtype=torch.float64)
     labels = torch.tensor([0, 1, 1, 0, 2, 3, 0, 2, 1, 3])
-    loss = ORCALoss(known_classes=KNOWN, labelled_fraction=0.7, gather=False)
+    loss = ORCALoss(known_classes=KNOWN, labelled_fraction=0.7, temperature=tau, gather=False)
     out = loss(l1, l2, labels=labels, reps=(rep,))
-    want, unc = slow_orca(l1, l2, rep, labels, KNOWN, 0.7, margin_u=min(float(loss.uncertainty), 0.5))
+    want, unc = slow_orca(l1, l2, rep, labels, KNOWN, 0.7, margin_u=min(float(loss.uncertainty), 0.5), tau=tau)
     assert float(loss.uncertainty) == pytest.approx(unc, rel=1e-9)  # first step: the batch value
     assert float(out["loss"]) == pytest.approx(want, rel=1e-9)
     assert float(out["loss"]) == pytest.approx(float(out["ce"] + out["pair"] - out["entropy"]))
     # the next step draws anew, and the uncertainty is an EMA
     out2 = loss(l1, l2, labels=labels, reps=(rep,))
-    want2, unc2 = slow_orca(l1, l2, rep, labels, KNOWN, 0.7, margin_u=0.0, step=1)
+    want2, unc2 = slow_orca(l1, l2, rep, labels, KNOWN, 0.7, margin_u=0.0, step=1, tau=tau)
     assert float(loss.uncertainty) == pytest.approx(0.9 * unc + 0.1 * unc2, rel=1e-9)
-    want2, _ = slow_orca(l1, l2, rep, labels, KNOWN, 0.7, margin_u=min(float(loss.uncertainty), 0.5), step=1)
+    want2, _ = slow_orca(l1, l2, rep, labels, KNOWN, 0.7, margin_u=min(float(loss.uncertainty), 0.5), step=1, tau=tau)
     assert float(out2["loss"]) == pytest.approx(want2, rel=1e-9)
     with pytest.raises(ValueError, match="labels"):
         loss(l1, l2, reps=(rep,))
