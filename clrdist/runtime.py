@@ -113,12 +113,13 @@ def cluster_processes(heads: list[tuple[int, int | None]], session_dir: str | No
     """Live processes of one local Ray cluster: the head processes (same pid and start time),
     their descendants, and anything holding a file in the cluster's session directory."""
     table = _proc_table()
-    found = {p for p, t in heads if p in table and (t is None or table[p][1] == t)}
+    found = {p for p, t in heads if t is not None and table.get(p, (0, None))[1] == t}
     frontier = set(found)
     while frontier:
         frontier = {p for p, (pp, _) in table.items() if pp in frontier} - found
         found |= frontier
     if session_dir:
+        session_dir = session_dir.rstrip("/") + "/"
         me = os.getpid()
         for p in table:
             if p in found or p == me:
