@@ -193,6 +193,9 @@ if [[ $mlflow == 1 ]]; then
 fi
 
 # -- head, then the other nodes ----------------------------------------------------------------
+# Every Ray process inherits RAY_ADDRESS: Ray's own state-API calls then find this job's cluster
+# even where other Ray clusters run on the same node.
+export RAY_ADDRESS=$address
 say "Ray head on $head_node ($address), ${#nodes[@]} node(s), $cpus CPUs and $gpus GPUs each, ports $base-$max_worker_port"
 start_node "$head_node" --head --node-ip-address="$head_ip" --port="$gcs_port" \
     --dashboard-host="$dashboard_host" --dashboard-port="$dashboard_port" \
@@ -209,7 +212,6 @@ wait_until "$min_nodes of ${#nodes[@]} nodes joining $address" "$join_timeout" \
     python -c "$count_nodes" "$address" "$min_nodes"
 say "$min_nodes node(s) joined"
 
-export RAY_ADDRESS=$address
 
 {
     echo "RAY_ADDRESS=$address"
