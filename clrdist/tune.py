@@ -128,6 +128,7 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | None = None) -> Sw
         # relative to the working directory first (ray job submit --working-dir .), else the file
         if not Path(spec.base_config).is_file():
             spec.base_config = str(p.parent / spec.base_config)
+        spec.base_config = str(Path(spec.base_config).resolve())  # trials run in other folders
     for key, space in spec.space.items():
         for value in space.examples():
             trial_config(spec, {key: value})  # raises ConfigError naming the key
@@ -172,6 +173,7 @@ class SweepResult:
     best: dict[str, Any] | None = None  # the best row
 
 
+TRIAL_CPUS = 0.01  # what a trial (it only drives Ray Train) reserves beside its workers
 STATE_FILE = "clrdist_sweep.json"  # in the Tune experiment folder: the MLflow parent run
 
 
@@ -191,7 +193,10 @@ def run_sweep(spec: SweepSpec, *, resume: bool = True) -> SweepResult:
     from clrdist.train.trainer import ensure_ray
 
     base = trial_config(spec, {})
-    ensure_ray(base)
+    # each running trial holds TRIAL_CPUS beside its workers: without room for both, the first
+    # trial's workers never start on a machine with exactly num_workers cores
+    per_trial = base.scaling.num_workers * base.scaling.cpus_per_worker + TRIAL_CPUS
+    ensure_ray(base, min_cpus=spec.max_concurrent_trials * per_trial)
     uri = tracking.resolve_uri(base.tracking.uri)
     exp_path = Path(spec.storage_path).resolve() / spec.name
     state_file = exp_path / STATE_FILE
@@ -210,7 +215,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = True) -> SweepResult:
         tmp.write_text(json.dumps({"parent_run_id": parent, "tracking_uri": uri}))
         tmp.replace(state_file)
 
-    trainable = tune.with_resources(_trial_fn(spec, parent, uri), {"CPU": 0.01})
+    trainable = tune.with_resources(_trial_fn(spec, parent, uri), {"CPU": TRIAL_CPUS})
     if resumed:
         tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
@@ -269,14 +274,16 @@ def _trial_fn(spec: SweepSpec, parent_run_id: str, uri: str):
     """The Tune function trainable: one clrdist training run, nested under the parent run (in
     the parent's tracking store: a trial's process may not see the driver's environment)."""
 
+    workdir = Path.cwd()  # the sweep's relative paths mean what they mean where it was started
+
     def trial(params: dict[str, Any]) -> None:
         from ray import tune
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        from clrdist.train.trainer import train
+        from clrdist.train.trainer import resolve_paths, train
 
         trial_id = tune.get_context().get_trial_id()  # stable across Tuner.restore
-        cfg = trial_config(spec, params)
+        cfg = resolve_paths(trial_config(spec, params), base=workdir)  # Tune runs trials elsewhere
         cfg.tracking.uri = uri
         cfg.tracking.run_name = f"{spec.name}-{trial_id}-" + "-".join(
             f"{k.split('.')[-1]}={_short(v)}" for k, v in params.items())
@@ -301,7 +308,9 @@ def _search_alg(spec: SweepSpec):
                                   max_concurrent=spec.max_concurrent_trials)
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=spec.seed)
+    # the limit must be given here: TuneConfig(max_concurrent_trials) does not reach a generator
+    # passed in explicitly (measured: all 10 trials of a grid ran at once)
+    return BasicVariantGenerator(random_state=spec.seed, max_concurrent=spec.max_concurrent_trials)
 
 
 def _scheduler(spec: SweepSpec, epochs: int):

@@ -54,8 +54,8 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
     ``feature_names`` (the store's ``attrs["feature_names"]``: jet_mass/tau21/tau32 or the LHCO
     dijet names for baselines, m_jj for the bump hunt), ``kind`` (the store's ``attrs["kind"]``:
     ``jet``, ``dijet``, ``event``; picks the baselines and the raw NPLM inputs), ``model_factory`` (supervised baseline), ``nplm_raw`` (True: also run NPLM
-    on the raw inputs), ``init_encode`` (the same architecture untrained: the LCT then also
-    reports ``lct_init_*``), ``n_particles`` (constituents in the raw-input LCT ``lct_raw_*``,
+    on the raw inputs), ``init_encode`` (the same architecture untrained: the LCT and the
+    anomaly scores then also report ``lct_init_*``, ``anomaly_init_*``), ``n_particles`` (constituents in the raw-input LCT ``lct_raw_*``,
     which always runs with ``lct``), ``label_names`` (the store's {label: name}: with several
     signal processes, e.g. ADC2021, lct and anomaly also report each one against the background,
     ``lct_Ato4l_auc``, ``anomaly_ae_leptoquark_inv_eps_b_at_0.3``, ...), and per-evaluation keyword dicts ``lct``, ``baselines``, ``cwola``,
@@ -74,6 +74,11 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
     y_tr, y_te = np.asarray(train_data["label"]), np.asarray(test_data["label"])
     rep_all, y_all = np.concatenate([rep_tr, rep_te]), np.concatenate([y_tr, y_te])
     kw = lambda name: dict(opts.get(name) or {})  # noqa: E731
+    # the untrained reference (same architecture and seed), for the LCT and the anomaly scores
+    init_tr = init_te = None
+    if (init_encode := opts.get("init_encode")) is not None and which & {"lct", "anomaly"}:
+        init_tr = encode_all(init_encode, train_data, batch_size=bs)
+        init_te = encode_all(init_encode, test_data, batch_size=bs)
     results: dict[str, EvalResult] = {}
 
     if "lct" in which:
@@ -83,11 +88,9 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
                   **kw("lct")}
         res = linear_classifier_test(rep_tr, y_tr, rep_te, y_te, seed=seed, **lct_kw)
         # the references on the same samples: the untrained encoder and the raw inputs
-        if (init_encode := opts.get("init_encode")) is not None:
-            res = res.merge(linear_classifier_test(
-                encode_all(init_encode, train_data, batch_size=bs), y_tr,
-                encode_all(init_encode, test_data, batch_size=bs), y_te, seed=seed,
-                prefix="lct_init", **{**lct_kw, "figures": False}))
+        if init_tr is not None:
+            res = res.merge(linear_classifier_test(init_tr, y_tr, init_te, y_te, seed=seed,
+                                                   prefix="lct_init", **{**lct_kw, "figures": False}))
         from clrdist.eval.baselines import raw_inputs
 
         kind, n_max = str(opts.get("kind", "jet")), opts.get("n_particles")
@@ -138,9 +141,13 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
     if "anomaly" in which:
         from clrdist.eval.anomaly import anomaly_scores
 
-        results["anomaly"] = anomaly_scores(rep_tr, y_tr, rep_te, y_te, seed=seed,
-                                            **{"label_names": opts.get("label_names"),
-                                               **kw("anomaly")})
+        anomaly_kw = {"label_names": opts.get("label_names"), **kw("anomaly")}
+        res = anomaly_scores(rep_tr, y_tr, rep_te, y_te, seed=seed, **anomaly_kw)
+        if init_tr is not None:
+            res = res.merge(anomaly_scores(init_tr, y_tr, init_te, y_te, seed=seed,
+                                           prefix="anomaly_init",
+                                           **{**anomaly_kw, "figures": False}))
+        results["anomaly"] = res
     results.update(_image_and_openworld(which, opts, train_data, test_data, rep_tr, y_tr, rep_te,
                                         y_te, seed))
     return results
