@@ -196,8 +196,9 @@ def check_components(cfg: RunConfig) -> None:
         raise ConfigError(f"model: {e}") from None
 
 
-def ensure_ray(cfg: RunConfig) -> None:
-    """Connect to the cluster in RAY_ADDRESS, or start a local one big enough for the workers.
+def ensure_ray(cfg: RunConfig, min_cpus: float = 0.0) -> None:
+    """Connect to the cluster in RAY_ADDRESS, or start a local one big enough for the workers
+    (and for ``min_cpus`` logical CPUs: a sweep's trials need room beside their workers).
 
     A local cluster started here dies with this process even when it is SIGKILLed: the
     watchdog (:mod:`clrdist.runtime`) kills whatever of it the kernel leaves behind.
@@ -209,7 +210,7 @@ def ensure_ray(cfg: RunConfig) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return
-    need = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    need = max(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker, min_cpus)
     runtime.watch_cluster([], None)  # the watchdog starts before Ray: it must not be Ray's child
     before = runtime.child_pids()
     # A laptop may have fewer cores than workers: oversubscribe rather than hang waiting.
@@ -273,14 +274,17 @@ def _signals_raise(stop_file: str | None = None):
             signal.signal(sig, h)
 
 
-def resolve_paths(cfg: RunConfig) -> RunConfig:
-    """A copy with every path absolute (workers do not share the driver's working directory)."""
+def resolve_paths(cfg: RunConfig, base: str | Path | None = None) -> RunConfig:
+    """A copy with every path absolute (workers do not share the driver's working directory);
+    relative paths are taken from ``base`` (default: the working directory)."""
     cfg = cfg.model_copy(deep=True)
-    cfg.data.train_store = str(Path(cfg.data.train_store).resolve())
+    root = Path(base) if base is not None else Path.cwd()
+    absolute = lambda p: str((root / p).resolve())  # noqa: E731 (an absolute p stays itself)
+    cfg.data.train_store = absolute(cfg.data.train_store)
     for key in ("eval_train_store", "eval_test_store", "val_store"):
         if getattr(cfg.data, key):
-            setattr(cfg.data, key, str(Path(getattr(cfg.data, key)).resolve()))
-    cfg.checkpoint.storage_path = str(Path(cfg.checkpoint.storage_path).resolve())
+            setattr(cfg.data, key, absolute(getattr(cfg.data, key)))
+    cfg.checkpoint.storage_path = absolute(cfg.checkpoint.storage_path)
     cfg.tracking.uri = tracking.resolve_uri(cfg.tracking.uri)
     return cfg
 
