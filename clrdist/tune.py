@@ -148,9 +148,11 @@ def check_metric(spec: SweepSpec, cfg, path: Path) -> None:
         raise ConfigError(f"{path}: metric: {spec.metric!r} is not reported by training (each "
                           f"epoch reports {', '.join(EPOCH_METRICS)} and, with eval.every_epochs, "
                           "val_lct_auc, val_lct_max_sic, ...)")
-    if not cfg.eval.every_epochs:
+    if cfg.eval.every_epochs != 1:
+        # Tune wants the metric in every epoch's report (a missing one fails the trial)
         raise ConfigError(f"{path}: metric: {spec.metric!r} is reported only during validation; "
-                          "set eval.every_epochs (and data.val_store) in the base config or overrides")
+                          "set eval.every_epochs: 1 (and data.val_store) in the base config or "
+                          "overrides")
 
 
 def trial_config(spec: SweepSpec, params: dict[str, Any]):

@@ -130,7 +130,7 @@ def test_nan_particles_in_the_training_store_are_found_before_training(toy_split
     assert not ray.is_initialized()
 
 
-@pytest.mark.parametrize("every_epochs, ok", [(None, False), (1, True)])
+@pytest.mark.parametrize("every_epochs, ok", [(None, False), (2, False), (1, True)])  # Tune: every epoch
 def test_sweep_metric_must_be_reported_by_the_configured_evaluation(toy_splits, tmp_path,
                                                                     every_epochs, ok):
     sweep = tmp_path / "sweep.yaml"

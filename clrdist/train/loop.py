@@ -142,8 +142,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # -- validation during training (rank 0): a quick LCT every eval.every_epochs epochs -------
     val = load_validation(cfg) if master and cfg.eval.every_epochs else None
+    last_val: dict[str, float] = {}  # the latest val_* metrics, in every report (Ray Tune)
     if val is not None and step == 0:  # before the first step: the references, once
-        tracking.log_metrics(uri, run_id, validation_references(engine, cfg, val, device), step=0)
+        refs = validation_references(engine, cfg, val, device)
+        tracking.log_metrics(uri, run_id, refs, step=0)
+        last_val = {k.replace("val_lct_init_", "val_lct_"): v for k, v in refs.items()
+                    if k.startswith("val_lct_init_")}  # at step 0 the model is the untrained one
 
     engine.train()
     t_log, jets_since_log = time.perf_counter(), 0
@@ -194,7 +198,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # -- checkpoint inside the epoch when asked ----------------------------------------
             if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 \
                     and step < total_steps:
-                report({"loss": float(terms["loss"].detach()), "step": step, "epoch": epoch}, mid=True)
+                report({"loss": float(terms["loss"].detach()), "step": step, "epoch": epoch,
+                        **last_val}, mid=True)
 
             # -- preemption: at logging steps the ranks agree on a stop request (preempt.py) ---
             if stop_file and step % cfg.tracking.log_every == 0 and step < total_steps \
@@ -219,6 +224,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 val_metrics = validate(engine, cfg, val, device)
                 tracking.log_metrics(uri, run_id, val_metrics, step=epoch)
                 epoch_metrics.update(val_metrics)  # Ray Tune schedulers read rank 0's metrics
+                last_val = val_metrics
                 engine.train()
             print(f"[clrdist] epoch {epoch}/{cfg.optim.epochs} step {step} loss {mean_loss:.4f}"
                   + "".join(f" {k} {v:.4f}" for k, v in epoch_metrics.items() if k.startswith("val_")),
