@@ -186,7 +186,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = True) -> SweepResult:
     config); one nested run per trial (tag ``mlflow.parentRunId``) with the trial's params,
     per-epoch metrics and final evaluations. If ``storage_path/name`` holds a stopped sweep (and
     ``resume``), ``Tuner.restore`` continues it: finished trials are kept, not repeated, and the
-    same parent run is continued. SIGUSR1 (and SIGTERM, which tuning/sweep.py turns into SIGUSR1)
+    same parent run is continued. SIGUSR1 (and SIGTERM, turned into SIGUSR1 here)
     makes Tune save its state and stop; the result then has ``interrupted=True``.
     """
     from ray import tune
@@ -199,6 +199,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = True) -> SweepResult:
     # trial's workers never start on a machine with exactly num_workers cores
     per_trial = base.scaling.num_workers * base.scaling.cpus_per_worker + TRIAL_CPUS
     ensure_ray(base, min_cpus=spec.max_concurrent_trials * per_trial)
+    _sigterm_stops_tune()
     uri = tracking.resolve_uri(base.tracking.uri)
     exp_path = Path(spec.storage_path).resolve() / spec.name
     state_file = exp_path / STATE_FILE
@@ -262,6 +263,17 @@ def run_sweep(spec: SweepSpec, *, resume: bool = True) -> SweepResult:
     return SweepResult(rows=rows, parent_run_id=parent, tracking_uri=uri,
                        experiment_path=str(exp_path), resumed=resumed, interrupted=interrupted,
                        best=best)
+
+
+def _sigterm_stops_tune() -> None:
+    """SIGTERM (scancel, ``ray job stop``) asks Tune for the graceful stop its SIGUSR1 handler
+    makes: state saved, exit 75. Installed after ray.init, whose handler would kill the process."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
 
 
 def _spec_params(spec: SweepSpec) -> dict[str, Any]:

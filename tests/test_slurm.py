@@ -63,6 +63,19 @@ def sbatch(slurm, tmp: Path, args: list[str], command: list[str], env=None, **kw
     return slurm.run(cmd, env={**(env or job_env(tmp)), "SLURM_CONF": str(slurm.conf)}, **kw)
 
 
+@pytest.fixture
+def cancel_jobs(slurm):
+    """Jobs a test submitted are cancelled when it ends, passed or not (the next test needs
+    the nodes)."""
+    jobs: list[str] = []
+    yield jobs
+    for job in jobs:
+        slurm.run(["scancel", job], check=False)
+    for job in jobs:
+        wait_for(f"job {job} gone", lambda job=job: ended(slurm, job) or
+                 slurm.job_state(job) == "UNKNOWN", 120)
+
+
 def job_log(tmp: Path, job: str) -> str:
     p = tmp / f"job-{job}.log"
     return p.read_text() if p.exists() else ""
@@ -154,9 +167,10 @@ def sweep_spec(toy_splits, tmp: Path, name: str, temps: list[float]) -> Path:
     return path
 
 
-def test_keep_alive_cluster_takes_ray_job_submit_with_its_token(slurm, toy_splits, tmp_path):
+def test_keep_alive_cluster_takes_ray_job_submit_with_its_token(slurm, toy_splits, tmp_path, cancel_jobs):
     r = sbatch(slurm, tmp_path, ["--parsable", "--nodes=2", "--cpus-per-task=2"], ["--mlflow"])
     job = r.stdout.strip().split(";")[0]
+    cancel_jobs.append(job)
     job_dir = tmp_path / "ray" / job
     wait_for("cluster ready", lambda: (job_dir / "ready").exists(), 300, tmp_path, job)
     info = dict(line.split("=", 1) for line in (job_dir / "cluster.env").read_text().split())
@@ -206,13 +220,14 @@ def test_keep_alive_cluster_takes_ray_job_submit_with_its_token(slurm, toy_split
 
 # (3) preemption ----------------------------------------------------------------------------------
 def test_preempted_training_checkpoints_requeues_and_finishes_in_the_same_run(
-        slurm, toy_splits, tmp_path):
+        slurm, toy_splits, tmp_path, cancel_jobs):
     from clrdist.data.store import open_store
 
     r = sbatch(slurm, tmp_path, ["--parsable", "--requeue", "--nodes=2", "--cpus-per-task=1"],
                train_command(toy_splits, tmp_path, "optim.epochs=3", "data.batch_size=32",
                              "tracking.run_name=preempt-a"))
     job = r.stdout.strip().split(";")[0]
+    cancel_jobs.append(job)
     uri = tracking.resolve_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     def logged_steps() -> list[int]:
@@ -250,11 +265,12 @@ def test_preempted_training_checkpoints_requeues_and_finishes_in_the_same_run(
     assert wait_for("no Ray process left", lambda: not ray_processes(job), 60)
 
 
-def test_preempted_sweep_resumes_without_repeating_finished_trials(slurm, toy_splits, tmp_path):
+def test_preempted_sweep_resumes_without_repeating_finished_trials(slurm, toy_splits, tmp_path, cancel_jobs):
     spec = sweep_spec(toy_splits, tmp_path, "preempt-sweep", [0.1, 0.2, 0.5])
     r = sbatch(slurm, tmp_path, ["--parsable", "--requeue", "--nodes=2", "--cpus-per-task=2"],
                ["--", "python", str(REPO / "tuning" / "sweep.py"), str(spec)])
     job = r.stdout.strip().split(";")[0]
+    cancel_jobs.append(job)
     state_file = tmp_path / "tune" / "preempt-sweep" / "clrdist_sweep.json"
     wait_for("sweep started", state_file.exists, 400, tmp_path, job)
     state = json.loads(state_file.read_text())

@@ -13,8 +13,6 @@ summary line.
 
 import argparse
 import json
-import os
-import signal
 import sys
 
 from clrdist.errors import ClrdistError
@@ -36,9 +34,8 @@ def main(argv=None) -> int:
     except ClrdistError as e:
         print(f"sweep: error: {e}", file=sys.stderr)
         return 2
-    # Tune stops gracefully on SIGUSR1 (SLURM's --signal=B:USR1@N warning); SIGTERM (scancel,
-    # `ray job stop`) is turned into the same request.
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
+    # Tune stops gracefully on SIGUSR1 (SLURM's --signal=B:USR1@N warning); run_sweep turns
+    # SIGTERM (scancel, `ray job stop`) into the same request.
     result = run_sweep(spec, resume=not args.no_resume)
     missing = float("-inf") if spec.mode == "max" else float("inf")
     rows = sorted(result.rows, key=lambda r: r.get(spec.metric, missing),
