@@ -9,6 +9,7 @@ from clrdist.config import load_config
 from clrdist.losses import LOSSES, build_loss
 from clrdist.models import build_model
 from clrdist.physics.augment import build_view
+from clrdist.train.inputs import view_inputs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MINE = ["jetclr_toptag", "anomalyclr_adc2021", "darkclr_svj"]
@@ -38,10 +39,9 @@ def test_cpu_variant_runs_one_step(name):
     views = [build_view(v) for v in cfg.augment.views]
     if cfg.augment.anomaly_view:
         views.append(build_view(cfg.augment.anomaly_view))
-    outs = [v(x, mask, g) for v in views]
+    xs, ms = view_inputs(x, mask, cfg, views, g)  # the run's own input transform
     model = build_model(cfg.model)
-    _, z = model(torch.cat([o[0] for o in outs]) / torch.tensor([cfg.data.pt_scale, 1, 1]),
-                 torch.cat([o[1] for o in outs]))
+    _, z = model(xs, ms)
     terms = build_loss(cfg.loss)(*z.chunk(len(views)), labels=torch.zeros(B, dtype=torch.long))
     terms["loss"].backward()
     assert torch.isfinite(terms["loss"])

@@ -199,7 +199,8 @@ def test_darkclr_cpu_recipe_runs_and_passes_the_held_out_check(ray_cluster, tmp_
     base = load_config(CONFIGS / "darkclr_svj_cpu.yaml").data
     cfg = load_config(CONFIGS / "darkclr_svj_cpu.yaml",
                       [f"data.{k}={tmp_path.as_posix()}{getattr(base, k)[4:]}"
-                       for k in ("train_store", "eval_train_store", "eval_test_store")])
+                       for k in ("train_store", "val_store", "eval_train_store",
+                                 "eval_test_store")])
     train = open_store(cfg.data.train_store)
     assert train.label_names == {0: "qcd"} and set(train.read_all()["label"]) == {0}
     store, test = check_final_stores(cfg)
