@@ -16,6 +16,7 @@ AUC (the same for both: same weights, same samples), the wall time and jets seen
 first exceeds ``target`` (default: the untrained AUC + 0.01), and the ratios ours / reference.
 
     python -m bench.learning --stores demo_out [--budget 120] [--eval-every 15] [--target 0.95]
+    python -m bench.learning --stores data/ablation --prefix jets_
 
 ``--stores`` is a folder with ``train``, ``val`` and ``eval_train`` stores (what ``clrdist
 demo`` or ``clrdist data split`` leave); without it a toy store is made in a temporary folder.
@@ -124,6 +125,7 @@ def toy_stores(folder: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stores", default=None, help="folder with train/val/eval_train .zarr")
+    ap.add_argument("--prefix", default="", help="store names' prefix (data split: STORE_)")
     ap.add_argument("--budget", type=float, default=120.0, help="training seconds per recipe")
     ap.add_argument("--eval-every", type=float, default=15.0, help="training seconds per slice")
     ap.add_argument("--target", type=float, default=None,
@@ -137,10 +139,11 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.stores) if args.stores else toy_stores(Path(tmp))
-        train = open_store(folder / "train.zarr").read_all()
-        fit = open_store(folder / "eval_train.zarr").read_all(max_samples=args.max_eval)
-        val = open_store(folder / "val.zarr").read_all(max_samples=args.max_eval)
-        slots = open_store(folder / "train.zarr").n_particles
+        path = lambda name: folder / f"{args.prefix if args.stores else ''}{name}.zarr"  # noqa: E731
+        train = open_store(path("train")).read_all()
+        fit = open_store(path("eval_train")).read_all(max_samples=args.max_eval)
+        val = open_store(path("val")).read_all(max_samples=args.max_eval)
+        slots = open_store(path("train")).n_particles
         ours_cfg = load_config(DEMO, [] if slots >= 100 else ["augment.slots=null"])
         recipes = [Recipe("ours", ours_cfg, train, args.seed),
                    Recipe("reference", load_config(DEMO, REFERENCE), train, args.seed)]
