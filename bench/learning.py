@@ -112,6 +112,16 @@ def first_reaching(curve, target: float) -> tuple[float | None, int | None]:
     return None, None
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def toy_stores(folder: Path) -> Path:
     from clrdist.data.split import split_store
     from clrdist.data.toy import write_toy_store
@@ -154,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 r.run(min(args.eval_every, args.budget - r.seconds))
                 r.validate(fit, val)
 
-    out: dict = {"bench": "learning", "cpu": platform.processor() or platform.machine(),
+    out: dict = {"bench": "learning", "cpu": cpu_model(),
                  "torch_threads": args.threads, "budget_s": args.budget,
                  "stores": str(args.stores or "toy (temporary)"), "n_train": len(train["mask"]),
                  "target_val_auc": round(target, 4)}
