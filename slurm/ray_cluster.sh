@@ -200,14 +200,15 @@ say "Ray head on $head_node ($address), ${#nodes[@]} node(s), $cpus CPUs and $gp
 start_node "$head_node" --head --node-ip-address="$head_ip" --port="$gcs_port" \
     --dashboard-host="$dashboard_host" --dashboard-port="$dashboard_port" \
     --ray-client-server-port="$client_port"
-wait_until "the Ray head at $address" "$join_timeout" ray health-check --address "$address"
+count_nodes='import sys, ray
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+sys.exit(0 if sum(n["Alive"] for n in ray.nodes()) >= int(sys.argv[2]) else 1)'
+# the head's node must be registered (not just its GCS up) before others can join
+wait_until "the Ray head at $address" "$join_timeout" python -c "$count_nodes" "$address" 1
 for node in "${workers[@]}"; do
     start_node "$node" --address="$address"
 done
 
-count_nodes='import sys, ray
-ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
-sys.exit(0 if sum(n["Alive"] for n in ray.nodes()) >= int(sys.argv[2]) else 1)'
 wait_until "$min_nodes of ${#nodes[@]} nodes joining $address" "$join_timeout" \
     python -c "$count_nodes" "$address" "$min_nodes"
 say "$min_nodes node(s) joined"

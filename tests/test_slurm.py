@@ -94,11 +94,16 @@ def ray_processes(job: str) -> list[int]:
     return pids
 
 
-def wait_for(what: str, ready, timeout: float, tmp: Path | None = None, job: str | None = None):
+def wait_for(what: str, ready, timeout: float, tmp: Path | None = None, job: str | None = None,
+             slurm=None):
+    """Poll ``ready`` until it returns something true; fail after ``timeout`` seconds, or at
+    once when ``job`` (given with ``slurm``) has ended without it."""
     deadline = time.monotonic() + timeout
     while not (value := ready()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout:.0f} s\n{job_log(tmp, job) if job else ''}")
+        gone = slurm is not None and ended(slurm, job)
+        if gone or time.monotonic() > deadline:
+            why = f"job ended {gone}" if gone else f"not after {timeout:.0f} s"
+            raise AssertionError(f"{what}: {why}\n{job_log(tmp, job) if job else ''}")
         time.sleep(1)
     return value
 
@@ -172,7 +177,7 @@ def test_keep_alive_cluster_takes_ray_job_submit_with_its_token(slurm, toy_split
     job = r.stdout.strip().split(";")[0]
     cancel_jobs.append(job)
     job_dir = tmp_path / "ray" / job
-    wait_for("cluster ready", lambda: (job_dir / "ready").exists(), 300, tmp_path, job)
+    wait_for("cluster ready", lambda: (job_dir / "ready").exists(), 300, tmp_path, job, slurm)
     info = dict(line.split("=", 1) for line in (job_dir / "cluster.env").read_text().split())
     url = info["RAY_DASHBOARD_ADDRESS"]
     assert url.startswith("http://127.0.0.1:")  # dashboard and job server on loopback
@@ -239,7 +244,7 @@ def test_preempted_training_checkpoints_requeues_and_finishes_in_the_same_run(
         except Exception:
             return []
 
-    wait_for("training logging", lambda: len(logged_steps()) >= 2, 400, tmp_path, job)
+    wait_for("training logging", lambda: len(logged_steps()) >= 2, 900, tmp_path, job, slurm)
     slurm.run(["scancel", "--signal=USR1", "--batch", job])  # SLURM's warning signal
     wait_for("requeued and restarted", lambda: requeued_and_released(slurm, job), 300, tmp_path, job)
     assert wait_for("job ended", lambda: ended(slurm, job), 600, tmp_path, job) == "COMPLETED", \
@@ -272,14 +277,14 @@ def test_preempted_sweep_resumes_without_repeating_finished_trials(slurm, toy_sp
     job = r.stdout.strip().split(";")[0]
     cancel_jobs.append(job)
     state_file = tmp_path / "tune" / "preempt-sweep" / "clrdist_sweep.json"
-    wait_for("sweep started", state_file.exists, 400, tmp_path, job)
+    wait_for("sweep started", state_file.exists, 900, tmp_path, job, slurm)
     state = json.loads(state_file.read_text())
     uri, parent = state["tracking_uri"], state["parent_run_id"]
 
     def finished():
         return [c for c in tracking.child_runs(uri, parent) if c["status"] == "FINISHED"]
 
-    first = wait_for("a finished trial", finished, 600, tmp_path, job)[0]
+    first = wait_for("a finished trial", finished, 900, tmp_path, job, slurm)[0]
     first_end = tracking.client(uri).get_run(first["run_id"]).info.end_time
     slurm.run(["scancel", "--signal=USR1", "--batch", job])
     wait_for("requeued and restarted", lambda: requeued_and_released(slurm, job), 300, tmp_path, job)
