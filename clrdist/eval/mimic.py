@@ -189,7 +189,7 @@ def mimic_evaluation(train_data: Mapping[str, np.ndarray], test_data: Mapping[st
                      images: Mapping | None = None) -> EvalResult:
     """Jet-image AE on the training background, then HLN / PNN mimickers grown on EFPs.
 
-    The AE's test scores are split in halves: the first grows the mimickers, the second reports
+    The test jets are split in random halves: the first grows the mimickers, the second reports
     ``mimic_<kind>_ado`` (with the AE), ``mimic_<kind>_*`` ROC metrics per signal,
     ``mimic_<kind>_n_efps``; ``mimic_ae_*`` the AE on the same half. Tables
     ``mimic_<kind>_efps`` (the selected EFPs in order, with the stage's ADO / AUC on the
@@ -206,7 +206,8 @@ def mimic_evaluation(train_data: Mapping[str, np.ndarray], test_data: Mapping[st
     cand = cand[:, keep]
     base = np.log(jet_mass_pt(p, te["mask"]) + 1e-3)
     n = len(ae_score)
-    half = np.arange(n) < n // 2
+    half = np.zeros(n, bool)  # a random half grows the mimickers (stores may be sorted by label)
+    half[np.random.default_rng(seed).permutation(n)[: n // 2]] = True
     label = np.asarray(te["label"])
     y_a = (label[half] > 0).astype(int)
     has_truth = bool((label >= 0).all()) and len(np.unique(y_a)) == 2
