@@ -1,0 +1,61 @@
+"""SLURM's warning signal without SLURM: SIGUSR1 to the driver makes the workers checkpoint and
+stop, the run ends KILLED (preempted), and rerunning the same config finishes it in the same
+MLflow run with every step (tests/test_slurm.py does the same through sbatch and a requeue)."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from _train_toys import tiny_config
+
+from clrdist import tracking
+from clrdist.data.store import open_store
+from clrdist.train import checkpoint
+from clrdist.train.trainer import Preempted, train
+
+pytestmark = pytest.mark.integration
+
+
+def test_sigusr1_checkpoints_and_the_rerun_finishes_the_same_run(ray_cluster, toy_splits, tmp_path):
+    cfg = tiny_config(toy_splits, tmp_path, "optim.epochs=3", "data.batch_size=32",
+                      "tracking.run_name=preempt-local", "eval.lct=false",
+                      "eval.every_epochs=null")
+    uri = tracking.resolve_uri(cfg.tracking.uri)
+
+    def steps() -> list[int]:
+        try:
+            run = tracking.find_run(uri, cfg.tracking.experiment, "preempt-local")
+            return [s for s, _ in tracking.metric_history(uri, run["run_id"], "train_loss")] \
+                if run else []
+        except Exception:  # the database is being created by the run
+            return []
+
+    def warn_after_two_logs():  # what slurm/ray_cluster.sh does on SLURM's USR1
+        deadline = time.monotonic() + 300
+        while len(steps()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    threading.Thread(target=warn_after_two_logs, daemon=True).start()
+    with pytest.raises(Preempted) as stop:
+        train(cfg, evaluate=False)
+    assert stop.value.exit_code == 75
+    run = tracking.find_run(uri, cfg.tracking.experiment, "preempt-local")
+    assert run["status"] == "KILLED" and "preempted" in run["tags"]["clrdist.failure_reason"]
+    stopped_at = int(str(stop.value).split("step ")[1].rstrip(")"))
+    total = 3 * (open_store(toy_splits / "train.zarr").n // (32 * 2))
+    assert 2 <= stopped_at < total and stopped_at % 2 == 0  # at a logging step, mid-training
+
+    result = train(cfg, evaluate=False)  # the same command again
+    assert result.resumed and result.run_id == run["run_id"]
+    final = tracking.get_run(uri, result.run_id)
+    assert final["status"] == "FINISHED" and "clrdist.failure_reason" not in final["tags"]
+    _, meta = checkpoint.load(result.checkpoint_path)
+    assert meta["step"] == total and meta["epoch"] == 3
+    assert sorted(set(steps())) == list(range(2, total + 1, 2))  # every logging step, no gap
+    # the steps after the checkpoint were trained once: none logged before the stop reappears
+    # twice except the ones the stopped attempt had logged past its checkpoint (none: it
+    # checkpointed at the step it stopped)
+    assert len(steps()) == len(set(steps()))
