@@ -215,13 +215,15 @@ def ensure_ray(cfg: RunConfig, min_cpus: float = 0.0) -> None:
     before = runtime.child_pids()
     # A laptop may have fewer cores than workers: oversubscribe rather than hang waiting.
     # The dashboard (bound to 127.0.0.1) serves the state API Ray Train's controller polls.
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=True,
-             dashboard_host="127.0.0.1", log_to_driver=True)
     try:
-        session_dir = ray._private.worker._global_node.get_session_dir_path()
-    except AttributeError:  # private API moved: the head processes' descendants still go
-        session_dir = None
-    runtime.watch_cluster(sorted(runtime.child_pids() - before), session_dir)
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=True,
+                 dashboard_host="127.0.0.1", log_to_driver=True)
+    finally:  # a half-started cluster is cleaned up too
+        try:
+            session_dir = ray._private.worker._global_node.get_session_dir_path()
+        except AttributeError:  # not started, or the private API moved: the heads still go
+            session_dir = None
+        runtime.watch_cluster(sorted(runtime.child_pids() - before), session_dir)
 
 
 class RunInterrupted(BaseException):
@@ -389,9 +391,21 @@ def _reason(e: BaseException) -> str:
         return f"rank {rank}: {type(cause).__name__}: {_first_line(cause)}"
     if isinstance(e, (RunInterrupted, KeyboardInterrupt)):
         return f"driver interrupted by {'SIGINT' if isinstance(e, KeyboardInterrupt) else e}"
-    if isinstance(e, SystemExit):
-        return f"driver exited ({e.code}) during the run"
+    if isinstance(e, SystemExit):  # Ray's own SIGTERM handler exits with the signal number
+        return ("driver interrupted by SIGTERM" if e.code == signal.SIGTERM
+                else f"driver exited ({e.code}) during the run")
     return f"{type(e).__name__}: {_first_line(e)}"
+
+
+def _interruption(e: BaseException) -> BaseException | None:
+    """The RunInterrupted / KeyboardInterrupt in ``e``'s chain of causes and contexts, if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (RunInterrupted, KeyboardInterrupt)):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _first_line(e: BaseException) -> str:
@@ -429,9 +443,9 @@ def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = Non
     try:
         stop_file = preempt.request_path(Path(cfg.checkpoint.storage_path) / ray_run_name(cfg, run_id))
         preempt.clear(stop_file)  # a resumed run must not stop on its predecessor's request
+        ensure_ray(cfg)  # ray.init sets its own SIGTERM handler (sys.exit): ours go on after it
+        stage = "training"
         with _signals_raise(stop_file):
-            ensure_ray(cfg)
-            stage = "training"
             result = _fit(cfg, run_id, callbacks, stop_file)
             if (result.metrics or {}).get("preempted"):
                 raise Preempted(int(result.metrics["step"]))
@@ -444,7 +458,10 @@ def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = Non
             stage = "evaluation"
             if evaluate:
                 metrics.update(_evaluate(cfg, uri, run_id, ckpt_path))
-    except BaseException as e:
+    except BaseException as raised:
+        # A signal handler that fires inside Ray's C code surfaces as a SystemError (or other)
+        # with our RunInterrupted / KeyboardInterrupt as its context: the signal is what happened.
+        e = _interruption(raised) or raised
         killed = isinstance(e, (RunInterrupted, KeyboardInterrupt, SystemExit))
         try:
             tracking.end_run(uri, run_id, "KILLED" if killed else "FAILED", reason=_reason(e),
@@ -454,6 +471,12 @@ def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = Non
             log.error("could not close MLflow run %s: %s", run_id, _first_line(te))
         if (user := _user_error(e)) is not None:
             raise TrainingFailed(f"run {run_id}: {user}") from None
+        if stage == "ray_start" and isinstance(e, Exception):
+            log.debug("Ray did not start", exc_info=True)
+            raise TrainingFailed(f"run {run_id}: Ray did not start: {_reason(e)} (the run is "
+                                 "FAILED; -v shows the traceback)") from None
+        if e is not raised:
+            raise e from None
         raise
     tracking.end_run(uri, run_id, "FINISHED")
     runtime.release_run(run_id)

@@ -1,0 +1,171 @@
+"""Real driver processes, really killed: `clrdist train` in a subprocess with its own local Ray
+cluster; SIGKILL / SIGTERM it mid-training; check the MLflow run's state, that no process of
+that cluster outlives it, and that rerunning the same command continues the same run.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from _train_toys import CONFIGS, tiny_overrides
+
+from clrdist import tracking
+from clrdist.cli import main
+from clrdist.data.store import open_store
+from clrdist.train import checkpoint
+
+pytestmark = pytest.mark.integration
+
+CONFIG = CONFIGS / "demo.yaml"
+
+
+def driver_argv(stores, tmp, *more):
+    sets = [*tiny_overrides(stores, tmp), "eval.every_epochs=null", "eval.lct=false", *more]
+    return [sys.executable, "-m", "clrdist.cli", "train", str(CONFIG), "--json",
+            *[a for o in sets for a in ("--set", o)]]
+
+
+def driver_with_a_checkpoint(argv, tmp):
+    """A `clrdist train` process that Ray Train has registered a checkpoint of, and the
+    processes below it (its Ray cluster), once it has."""
+    with open(tmp / "driver.log", "ab") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
+    wait_for(lambda: checkpoint_registered(tmp) or proc.poll() is not None, 600,
+             "a registered checkpoint")
+    assert proc.poll() is None, f"the driver ended ({proc.returncode}) too early: " \
+        + (tmp / "driver.log").read_text()[-2000:]
+    return proc, descendants(proc.pid)
+
+
+def descendants(pid: int) -> set[tuple[int, int]]:
+    """(pid, start time) of every process below ``pid``, read from /proc."""
+    table = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                rest = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+                table[int(d)] = (int(rest[1]), int(rest[19]))
+            except (OSError, IndexError):
+                pass
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, (pp, _) in table.items() if pp in frontier} - {p for p, _ in found}
+        found |= {(p, table[p][1]) for p in frontier}
+    return found
+
+
+def alive(procs: set[tuple[int, int]]) -> set[int]:
+    out = set()
+    for pid, start in procs:
+        try:
+            rest = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            if int(rest[19]) == start and rest[0] != "Z":
+                out.add(pid)
+        except OSError:
+            pass
+    return out
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (value := predicate()):
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def json_summary(stdout: str) -> dict:
+    """The --json summary among Ray's forwarded worker lines: from a line "{" to a line "}"."""
+    lines = stdout.splitlines()
+    start = lines.index("{")
+    return json.loads("\n".join(lines[start:lines.index("}", start) + 1]))
+
+
+def checkpoint_registered(tmp):
+    """Ray Train writes this once it has registered a checkpoint of the run."""
+    return list((tmp / "ray").glob("*/checkpoint_manager_snapshot.json"))
+
+
+def the_run(uri):
+    c = tracking.client(uri)
+    runs = c.search_runs([e.experiment_id for e in c.search_experiments()])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0].info.run_id
+
+
+def test_killed_driver_is_marked_killed_leaves_no_ray_process_and_the_same_command_resumes(
+        toy_splits, tmp_path):
+    argv = driver_argv(toy_splits, tmp_path, "optim.epochs=3", "checkpoint.every_steps=2",
+                       "tracking.run_name=resume-me")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc, cluster = driver_with_a_checkpoint(argv, tmp_path)
+    assert len(cluster) >= 5  # gcs, raylet, dashboard, agents, workers, the watchdog ...
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    # -- the watchdog marks the run KILLED and no process of that cluster survives ---------------
+    run_id = the_run(uri)
+    wait_for(lambda: tracking.get_run(uri, run_id)["status"] == "KILLED", 120, "status KILLED")
+    run = tracking.get_run(uri, run_id)
+    assert "SIGKILL" in run["tags"]["clrdist.failure_reason"]
+    wait_for(lambda: not alive(cluster), 60, f"processes {sorted(alive(cluster))} to end")
+
+    # -- eval refuses the unfinished run unless asked for its latest checkpoint --------------------
+    ckpt, meta = checkpoint.latest_checkpoint(run["tags"]["clrdist.ray_run_dir"])
+    killed_at = meta["step"]
+    assert main(["eval", run_id, "--tracking-uri", uri]) == 2
+    assert main(["eval", run_id, "--latest", "--tracking-uri", uri, "--json"]) == 0
+    after = tracking.get_run(uri, run_id)
+    assert 0.5 < after["metrics"]["lct_auc"] <= 1.0
+    assert after["tags"]["clrdist.evaluated_checkpoint"] == str(ckpt)
+
+    # -- the same command continues the same run from its last checkpoint, to the full length ------
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json_summary(again.stdout)
+    assert summary["run_id"] == run_id and summary["resumed"] is True
+    assert f"resumed from step {killed_at}" in again.stdout + again.stderr
+    run = tracking.get_run(uri, run_id)
+    assert run["status"] == "FINISHED" and run["tags"]["clrdist.resumes"] == "1"
+    assert "clrdist.failure_reason" not in run["tags"]
+    total = 3 * (open_store(toy_splits / "train.zarr").n // 128)
+    state, meta = checkpoint.load(summary["checkpoint"])
+    assert meta["step"] == total and meta["epoch"] == 3
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    steps = {s for s, _ in tracking.metric_history(uri, run_id, "train_loss")}
+    assert max(steps) == total - total % 2 and steps >= set(range(killed_at + 2, total, 2))
+
+
+def test_sigterm_marks_the_run_killed_with_the_reason(toy_splits, tmp_path):
+    # long enough that the signal lands mid-training however slowly Ray registers checkpoints
+    argv = driver_argv(toy_splits, tmp_path, "optim.epochs=8", "checkpoint.every_steps=2")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc, cluster = driver_with_a_checkpoint(argv, tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    run = tracking.get_run(uri, the_run(uri))
+    assert run["status"] == "KILLED"
+    assert run["tags"]["clrdist.failure_reason"] == "driver interrupted by SIGTERM"
+    assert run["tags"]["clrdist.failure_stage"] == "training"
+    wait_for(lambda: not alive(cluster), 60, f"processes {sorted(alive(cluster))} to end")
+    assert "the run is KILLED" in (tmp_path / "driver.log").read_text()
+
+
+def test_ray_start_failure_marks_the_run_failed(toy_splits, tmp_path):
+    (tmp_path / "not_a_dir").write_text("")
+    argv = driver_argv(toy_splits, tmp_path)
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "RAY_TMPDIR": str(tmp_path / "not_a_dir")})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "Ray did not start: NotADirectoryError" in r.stderr
+    run = tracking.get_run(f"sqlite:///{tmp_path / 'mlflow.db'}",
+                           the_run(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    assert run["status"] == "FAILED"
+    assert run["tags"]["clrdist.failure_stage"] == "ray_start"
+    assert run["tags"]["clrdist.failure_reason"].startswith("NotADirectoryError")
