@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -109,6 +110,16 @@ def process_start_time(pid: int) -> int | None:
     return entry[1] if entry else None
 
 
+def _running(pid: int, start: int) -> bool:
+    """``pid`` is still the process that started at ``start`` and has not exited (zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return int(rest[19]) == start and rest[0] not in ("Z", "X")
+
+
 def cluster_processes(heads: list[tuple[int, int | None]], session_dir: str | None) -> set[int]:
     """Live processes of one local Ray cluster: the head processes (same pid and start time),
     their descendants, and anything holding a file in the cluster's session directory."""
@@ -138,6 +149,8 @@ def _watch() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    driver = os.getppid()
+    driver_start = process_start_time(driver)
     runs: dict[str, dict] = {}
     heads: list[tuple[int, int | None]] = []
     session_dir = None
@@ -150,8 +163,11 @@ def _watch() -> None:
         elif msg["op"] == "cluster":
             heads += [(p, t) for p, t in msg["pids"]]
             session_dir = msg["session_dir"] or session_dir
+    # The pipe closes while the interpreter shuts down, before the process is gone: wait for it
+    while driver_start is not None and _running(driver, driver_start):
+        time.sleep(0.2)
     if heads:
-        for p in cluster_processes(heads, session_dir):
+        for p in cluster_processes(heads, session_dir) - {driver, os.getpid()}:
             try:
                 os.kill(p, signal.SIGKILL)
             except OSError:

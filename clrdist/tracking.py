@@ -116,15 +116,16 @@ def _check_sqlite_file(uri: str) -> None:
 
 
 def _check_server(uri: str, timeout: float) -> None:
-    """GET {uri}/health: any HTTP answer below 500 means a server is there."""
+    """GET {uri}/health: an MLflow server answers 200 (401 / 403: there, behind authentication)."""
     url = uri.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=timeout):  # noqa: S310 (scheme checked above)
             return
     except urllib.error.HTTPError as e:
-        if e.code < 500:
+        if e.code in (401, 403):
             return
-        reason = f"HTTP {e.code} {e.reason}"
+        raise TrackingError(f"tracking URI {uri!r}: does not answer like an MLflow server "
+                            f"(HTTP {e.code} {e.reason} for {url}); fix tracking.uri") from None
     except (urllib.error.URLError, OSError) as e:
         reason = str(getattr(e, "reason", None) or e)
     raise TrackingError(f"tracking URI {uri!r}: server not reachable within {timeout:g} s "

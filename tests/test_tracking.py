@@ -58,3 +58,48 @@ def test_file_stores_are_refused_with_a_clear_error(bad):
 def test_unknown_run_is_a_clear_error(uri):
     with pytest.raises(tracking.TrackingError, match="run 'nope' not found"):
         tracking.get_run(uri, "nope")
+
+
+def test_failed_runs_carry_the_reason_and_a_reopened_run_drops_it(uri):
+    first = tracking.start_run(uri, "states", {}, run_name="same")
+    tracking.end_run(uri, first, "FINISHED")
+    newest = tracking.start_run(uri, "states", {}, run_name="same")
+    tracking.end_run(uri, newest, "KILLED", reason="driver interrupted by SIGTERM", stage="training")
+    run = tracking.get_run(uri, newest)
+    assert run["status"] == "KILLED"
+    assert run["tags"]["clrdist.failure_reason"] == "driver interrupted by SIGTERM"
+    assert run["tags"]["clrdist.failure_stage"] == "training"
+    assert tracking.find_run(uri, "states", "same")["run_id"] == newest  # the newest of that name
+    assert tracking.find_run(uri, "states", "other") is None
+    assert tracking.find_run(uri, "no-such-experiment", "same") is None
+    tracking.reopen_run(uri, newest, {"clrdist.resumes": "1"})
+    run = tracking.get_run(uri, newest)
+    assert run["status"] == "RUNNING" and run["tags"]["clrdist.resumes"] == "1"
+    assert not set(tracking.FAILURE_TAGS) & set(run["tags"])
+
+
+@pytest.mark.parametrize("health, ok", [(200, True), (401, True), (404, False), (503, False)])
+def test_servers_are_checked_on_their_health_endpoint(health, ok):
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(health if self.path == "/health" else 500)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        if ok:
+            assert tracking.check_uri(uri) == uri
+        else:
+            with pytest.raises(tracking.TrackingError, match=f"HTTP {health}"):
+                tracking.check_uri(uri)
+    finally:
+        server.shutdown()
+        server.server_close()
