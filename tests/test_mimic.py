@@ -48,6 +48,7 @@ def test_mimic_evaluation_reports_selected_efps_ado_and_aucs():
         rows = res.tables[f"mimic_{kind}_efps"]
         assert rows[0]["n_efps"] == 0 and len(rows) == m[f"mimic_{kind}_n_efps"] + 1
         assert all(r["efp"] in efp_names(2) for r in rows[1:])
+        assert all(r["efp"] != "efp_n1_d0_k0" for r in rows[1:])  # the constant EFP is no candidate
     assert 0.0 <= m["mimic_ae_auc"] <= 1.0
 
 
