@@ -91,11 +91,6 @@ def load_stream_state(directory: str | Path, rank: int) -> dict[str, Any] | None
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def load_stream_state(directory: str | Path, rank: int) -> dict[str, Any] | None:
-    p = Path(directory) / f"stream_rank{rank}.json"
-    return json.loads(p.read_text()) if p.is_file() else None
-
-
 def training_state(engine: Any, loss_fn: torch.nn.Module) -> dict[str, Any]:
     """The engine's state, plus ``"loss"``: the state of a loss that has one (DINO's teacher,
     centre and step; ORCA's uncertainty and step)."""
