@@ -196,13 +196,22 @@ def test_keep_alive_cluster_takes_ray_job_submit_with_its_token(slurm, toy_split
     # with it, a sweep submitted from outside the allocation runs on the cluster
     spec = sweep_spec(toy_splits, tmp_path, "via-job", [0.1, 0.5])
     env = {**client, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": info["RAY_AUTH_TOKEN_PATH"]}
-    sub = subprocess.run([f"{sys.prefix}/bin/ray", "job", "submit", "--address", url,
+    ray = f"{sys.prefix}/bin/ray"
+    sub = subprocess.run([ray, "job", "submit", "--address", url, "--no-wait",
                           "--submission-id", f"sweep-{job}", "--working-dir", str(REPO), "--",
                           "python", "tuning/sweep.py", str(spec)],
-                         env=env, capture_output=True, text=True, timeout=600)
-    status = subprocess.run([f"{sys.prefix}/bin/ray", "job", "status", "--address", url,
-                             f"sweep-{job}"], env=env, capture_output=True, text=True, timeout=120)
-    assert "SUCCEEDED" in status.stdout, sub.stdout[-3000:] + sub.stderr[-3000:]
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert sub.returncode == 0, sub.stdout[-3000:] + sub.stderr[-3000:]
+
+    def job_done() -> str | None:
+        out = subprocess.run([ray, "job", "status", "--address", url, f"sweep-{job}"], env=env,
+                             capture_output=True, text=True, timeout=120).stdout
+        return next((s for s in ("SUCCEEDED", "FAILED", "STOPPED") if s in out), None)
+
+    if wait_for("the sweep job", job_done, 1500, tmp_path, job, slurm) != "SUCCEEDED":
+        logs = subprocess.run([ray, "job", "logs", "--address", url, f"sweep-{job}"], env=env,
+                              capture_output=True, text=True, timeout=120).stdout
+        raise AssertionError(f"sweep job did not succeed:\n{logs[-4000:]}")
     state = json.loads((tmp_path / "tune" / "via-job" / "clrdist_sweep.json").read_text())
     uri = state["tracking_uri"]
     assert uri == info["MLFLOW_TRACKING_URI"]  # the server took the runs, not the spec's sqlite
