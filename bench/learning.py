@@ -5,7 +5,7 @@ initial weights on the same store, taking turns in short slices (a machine share
 jobs slows both alike):
 
 - ``ours``: ``configs/demo.yaml`` as it is (log-pT input features, views on ``augment.slots``
-  with rotation, soft smearing and collinear splitting);
+  with soft smearing and collinear splitting);
 - ``reference``: the same encoder with JetCLR's public recipe (pT / 600 GeV inputs, the
   four augmentations with translations, collinear splits only into free model slots).
 
