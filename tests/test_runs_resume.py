@@ -30,13 +30,15 @@ def driver_argv(stores, tmp, *more):
             *[a for o in sets for a in ("--set", o)]]
 
 
-def driver_with_a_checkpoint(argv, tmp):
-    """A `clrdist train` process that Ray Train has registered a checkpoint of, and the
-    processes below it (its Ray cluster), once it has."""
+def driver_with_a_checkpoint(argv, tmp, registered=True):
+    """A `clrdist train` process with a checkpoint (``registered``: one Ray Train has registered,
+    which a resumed run restores; under load the controller registers them late), and the
+    processes below it (its Ray cluster)."""
     with open(tmp / "driver.log", "ab") as log:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
-    wait_for(lambda: checkpoint_registered(tmp) or proc.poll() is not None, 600,
-             "a registered checkpoint")
+    written = checkpoint_registered if registered else \
+        (lambda tmp: list((tmp / "ray").glob("*/checkpoint_*/meta.json")))
+    wait_for(lambda: written(tmp) or proc.poll() is not None, 600, "a checkpoint")
     assert proc.poll() is None, f"the driver ended ({proc.returncode}) too early: " \
         + (tmp / "driver.log").read_text()[-2000:]
     return proc, descendants(proc.pid)
@@ -143,10 +145,9 @@ def test_killed_driver_is_marked_killed_leaves_no_ray_process_and_the_same_comma
 
 
 def test_sigterm_marks_the_run_killed_with_the_reason(toy_splits, tmp_path):
-    # long enough that the signal lands mid-training however slowly Ray registers checkpoints
-    argv = driver_argv(toy_splits, tmp_path, "optim.epochs=8", "checkpoint.every_steps=2")
+    argv = driver_argv(toy_splits, tmp_path, "optim.epochs=4", "checkpoint.every_steps=2")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc, cluster = driver_with_a_checkpoint(argv, tmp_path)
+    proc, cluster = driver_with_a_checkpoint(argv, tmp_path, registered=False)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     run = tracking.get_run(uri, the_run(uri))

@@ -250,6 +250,9 @@ class Preempted(RunInterrupted):
         self.args = (f"SIGUSR1 (preempted: checkpoint at step {step})",)
 
 
+_signals_received: list[int] = []  # SIGTERM / SIGHUP seen by _signals_raise's handler
+
+
 @contextlib.contextmanager
 def _signals_raise(stop_file: str | None = None):
     """SIGTERM and SIGHUP raise RunInterrupted in the main thread while training (SIGINT already
@@ -260,7 +263,10 @@ def _signals_raise(stop_file: str | None = None):
         return
 
     def handler(signum, frame):
-        raise RunInterrupted(signum)
+        # Ray's blocking calls (ray.get in fit) turn only KeyboardInterrupt / SystemExit raised
+        # by a handler into an interruption; anything else is lost there. train() turns it back.
+        _signals_received.append(signum)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
     def request_stop(signum, frame):
         preempt.request(stop_file, "SIGUSR1")
@@ -440,6 +446,7 @@ def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = Non
     run_id, resumed = open_run(cfg, tags, resume)
     runtime.watch_run(uri, run_id)
     stage = "ray_start"
+    _signals_received.clear()
     try:
         stop_file = preempt.request_path(Path(cfg.checkpoint.storage_path) / ray_run_name(cfg, run_id))
         preempt.clear(stop_file)  # a resumed run must not stop on its predecessor's request
@@ -462,6 +469,8 @@ def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = Non
         # A signal handler that fires inside Ray's C code surfaces as a SystemError (or other)
         # with our RunInterrupted / KeyboardInterrupt as its context: the signal is what happened.
         e = _interruption(raised) or raised
+        if isinstance(e, KeyboardInterrupt) and _signals_received:
+            e = RunInterrupted(_signals_received[-1])
         killed = isinstance(e, (RunInterrupted, KeyboardInterrupt, SystemExit))
         try:
             tracking.end_run(uri, run_id, "KILLED" if killed else "FAILED", reason=_reason(e),
