@@ -235,6 +235,8 @@ def test_other_losses_train_through_ray(ray_cluster, toy_splits, tmp_path, loss,
 def test_loss_needing_an_anomaly_view_is_rejected_up_front(toy_splits, tmp_path, capsys):
     rc = main(["train", str(CONFIG), "--set", f"data.train_store={toy_splits / 'train.zarr'}",
                "--set", "data.eval_train_store=null", "--set", "data.eval_test_store=null",
+               "--set", "data.val_store=null", "--set", "eval.every_epochs=null",
+               "--set", "augment.slots=null",
                "--set", "loss.name=anomalyclr", "--set", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"])
     assert rc == 2
     assert "augment.anomaly_view: loss 'anomalyclr' needs an anomaly view" in capsys.readouterr().err
