@@ -331,7 +331,9 @@ def _scheduler(spec: SweepSpec, epochs: int):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if spec.scheduler == "asha":
-        return ASHAScheduler(time_attr="epoch", grace_period=spec.grace_period, max_t=epochs)
+        # max_t one past the last epoch: ASHA stops trials at its rungs only; a trial that
+        # survives them ends on its own (evaluated, its MLflow run FINISHED), not cut at max_t
+        return ASHAScheduler(time_attr="epoch", grace_period=spec.grace_period, max_t=epochs + 1)
     return FIFOScheduler()
 
 
