@@ -92,7 +92,9 @@ def test_optuna_tpe_with_asha_and_a_concurrency_limit(ray_cluster, toy_splits, t
     temps = [r["params"]["loss.temperature"] for r in result.rows]
     assert len(set(temps)) == 3 and all(0.05 <= t <= 0.5 for t in temps)
     children = tracking.child_runs(result.tracking_uri, result.parent_run_id)
-    assert len(children) == 3 and all(c["status"] == "FINISHED" for c in children)
+    # ASHA may stop a trial at its epoch-1 rung (KILLED); the first one always goes on
+    assert len(children) == 3 and children[0]["status"] == "FINISHED"
+    assert all(c["status"] in ("FINISHED", "KILLED") for c in children)
     # the limit: one trial at a time, so no two nested runs overlap in time
     c = tracking.client(result.tracking_uri)
     spans = sorted((c.get_run(ch["run_id"]).info.start_time, c.get_run(ch["run_id"]).info.end_time)
