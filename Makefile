@@ -12,7 +12,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.clrdist-installed
 TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
 
-.PHONY: demo test test-fast bench lint venv clean
+.PHONY: demo test test-slurm test-fast bench lint venv clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The real two-node SLURM tests (installs slurm-wlm + munge with apt as root; minutes per test).
+test-slurm: $(STAMP)
+	CLRDIST_SLURM_TESTS=1 $(PY) -m pytest -q tests/test_slurm.py
 
 # Unit tests only (skips the real Ray / MLflow / DeepSpeed integration tests).
 test-fast: $(STAMP)
