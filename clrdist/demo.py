@@ -169,6 +169,7 @@ def run_demo(out_dir: str = "demo_out", n_per_class: int | None = None, epochs: 
         console.print(f"NPLM median Z ({key.split('_')[1]}): representation "
                       f"{m.get('nplm_' + key, float('nan')):.2f}, raw inputs "
                       f"{m.get('nplm_raw_' + key, float('nan')):.2f}")
+    console.print(f"MLflow run {result.run_id}")
     console.print(f"wall time {summary['seconds']} s; stores in {out}; checkpoint "
                   f"{summary['checkpoint']}")
     console.print(f"Browse the run:  mlflow ui --backend-store-uri {result.tracking_uri}  "

@@ -127,7 +127,7 @@ def test_deepspeed_engine_trains_with_gloo(ray_cluster, toy_splits, tmp_path, ze
     losses = [v for _, v in tracking.metric_history(result.tracking_uri, result.run_id, "train_loss")]
     assert len(losses) >= 2 and all(np.isfinite(losses))
     model, _ = checkpoint.load_model(result.checkpoint_path)  # full model state on rank 0
-    x = torch.randn(4, 50, 3).abs()
+    x = torch.randn(4, 50, cfg.model.input_dim).abs()  # the config's input features
     mask = torch.ones(4, 50, dtype=torch.bool)
     rep = model.represent(x, mask)
     assert rep.shape == (4, cfg.model.model_dim) and torch.isfinite(rep).all()
