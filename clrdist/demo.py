@@ -112,8 +112,9 @@ def learned(m: dict[str, float]) -> bool:
 def run_demo(out_dir: str = "demo_out", n_per_class: int | None = None, epochs: int | None = None,
              workers: int = 2, tracking_uri: str = "sqlite:///mlflow.db", seed: int = 0,
              data: str = "auto") -> dict:
+    from clrdist.cluster import ensure_ray
     from clrdist.data.split import split_store
-    from clrdist.train.trainer import ensure_ray, train
+    from clrdist.train.trainer import train
 
     console = Console()
     out = Path(out_dir).resolve()
@@ -126,7 +127,7 @@ def run_demo(out_dir: str = "demo_out", n_per_class: int | None = None, epochs: 
     slots = cfg.augment.slots or cfg.data.n_particles
 
     console.rule("[bold]clrdist demo")
-    ensure_ray(cfg)  # one local Ray cluster for generation and training
+    ensure_ray(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)  # one local Ray cluster for generation and training
     console.print(f"1/4 jets: {n_per_class} top + {n_per_class} QCD, {why} -> {jets}")
     make_jets(source, jets, n_per_class, seed, workers, slots)
     console.print("2/4 disjoint splits: " + " / ".join(f"{k} {v:.0%}" for k, v in SPLITS.items()))

@@ -192,13 +192,14 @@ def run_sweep(spec: SweepSpec, *, resume: bool = True) -> SweepResult:
     from ray import tune
 
     from clrdist import tracking
-    from clrdist.train.trainer import ensure_ray
+    from clrdist.cluster import ensure_ray
 
     base = trial_config(spec, {})
     # each running trial holds TRIAL_CPUS beside its workers: without room for both, the first
     # trial's workers never start on a machine with exactly num_workers cores
     per_trial = base.scaling.num_workers * base.scaling.cpus_per_worker + TRIAL_CPUS
-    ensure_ray(base, min_cpus=spec.max_concurrent_trials * per_trial)
+    ensure_ray(max(base.scaling.num_workers * base.scaling.cpus_per_worker,
+                   spec.max_concurrent_trials * per_trial))
     _sigterm_stops_tune()
     uri = tracking.resolve_uri(base.tracking.uri)
     exp_path = Path(spec.storage_path).resolve() / spec.name

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -693,6 +692,7 @@ def generate_store(
     """
     import ray  # noqa: PLC0415
 
+    from clrdist.cluster import ensure_ray  # noqa: PLC0415
     from clrdist.data.store import StoreWriter  # noqa: PLC0415
 
     plan = _plan(
@@ -739,14 +739,9 @@ def generate_store(
         chunk_size=chunk_size, provenance=provenance, overwrite=overwrite,
         shuffle_seed=seed,  # random sample order (not process by process): i.i.d. batches
     ) as writer:
-        started_ray = False
-        if not ray.is_initialized():
-            # RAY_ADDRESS (set by `ray job submit` and on a cluster) connects to that cluster;
-            # otherwise a local instance with `workers` CPUs
-            local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": workers}
-            ray.init(include_dashboard=False if local else None, log_to_driver=False,
-                     configure_logging=False, **local)
-            started_ray = True
+        # RAY_ADDRESS (set by `ray job submit` and on a cluster) joins that cluster; otherwise
+        # a local one with at least `workers` CPUs
+        started_ray = ensure_ray(workers, log_to_driver=False)
         try:
             window = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
             task = ray.remote(num_cpus=1, max_retries=0)(_remote_shard)

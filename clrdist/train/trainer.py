@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clrdist import runtime, tracking
+from clrdist.cluster import ClusterError, check_ray_address, ensure_ray
 from clrdist.config import ConfigError, RunConfig
 from clrdist.data.store import StoreError, open_store
 from clrdist.errors import ClrdistError
@@ -75,7 +76,10 @@ def preflight(cfg: RunConfig, *, evaluate: bool = True) -> None:
             raise ConfigError(f"scaling.engine: deepspeed is not importable ({e}); "
                               "install clrdist[deepspeed]") from None
     tracking.check_uri(cfg.tracking.uri)
-    check_ray_address()
+    try:
+        check_ray_address()
+    except ClusterError as e:
+        raise ConfigError(str(e)) from None
 
 
 # Pre-training check of the training store: this many random shard files re-checksummed and
@@ -129,24 +133,6 @@ def check_eval_stores(cfg: RunConfig, *, evaluate: bool = True) -> None:
         check_held_out(d.train_store, d.eval_train_store, d.val_store)
 
 
-def check_ray_address(timeout: float = 5.0) -> None:
-    """RAY_ADDRESS=host:port must accept a connection: ray.init waits minutes on a dead one."""
-    import socket
-
-    addr = os.environ.get("RAY_ADDRESS", "")
-    hostport = addr.split("://", 1)[-1].rstrip("/")
-    if not addr or addr in ("auto", "local") or ":" not in hostport:
-        return
-    host, _, port = hostport.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"RAY_ADDRESS={addr}: no Ray cluster answers within {timeout:g} s ({e}); "
-                          "start one (slurm/ray_cluster.sh, ray start --head) or unset it "
-                          "to start a local cluster") from None
-
-
 def check_components(cfg: RunConfig) -> None:
     """Every registered name resolves and the views fit the loss (cheap: builds on CPU)."""
     from clrdist.losses import build_loss
@@ -194,36 +180,6 @@ def check_components(cfg: RunConfig) -> None:
         build_model(cfg.model)
     except (ValueError, KeyError) as e:
         raise ConfigError(f"model: {e}") from None
-
-
-def ensure_ray(cfg: RunConfig, min_cpus: float = 0.0) -> None:
-    """Connect to the cluster in RAY_ADDRESS, or start a local one big enough for the workers
-    (and for ``min_cpus`` logical CPUs: a sweep's trials need room beside their workers).
-
-    A local cluster started here dies with this process even when it is SIGKILLed: the
-    watchdog (:mod:`clrdist.runtime`) kills whatever of it the kernel leaves behind.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-        return
-    need = max(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker, min_cpus)
-    runtime.watch_cluster([], None)  # the watchdog starts before Ray: it must not be Ray's child
-    before = runtime.child_pids()
-    # A laptop may have fewer cores than workers: oversubscribe rather than hang waiting.
-    # The dashboard (bound to 127.0.0.1) serves the state API Ray Train's controller polls.
-    try:
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=True,
-                 dashboard_host="127.0.0.1", log_to_driver=True)
-    finally:  # a half-started cluster is cleaned up too
-        try:
-            session_dir = ray._private.worker._global_node.get_session_dir_path()
-        except AttributeError:  # not started, or the private API moved: the heads still go
-            session_dir = None
-        runtime.watch_cluster(sorted(runtime.child_pids() - before), session_dir)
 
 
 class RunInterrupted(BaseException):
@@ -450,7 +406,7 @@ def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = Non
     try:
         stop_file = preempt.request_path(Path(cfg.checkpoint.storage_path) / ray_run_name(cfg, run_id))
         preempt.clear(stop_file)  # a resumed run must not stop on its predecessor's request
-        ensure_ray(cfg)  # ray.init sets its own SIGTERM handler (sys.exit): ours go on after it
+        ensure_ray(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)  # ray.init sets its own SIGTERM handler (sys.exit): ours go on after it
         stage = "training"
         with _signals_raise(stop_file):
             result = _fit(cfg, run_id, callbacks, stop_file)
