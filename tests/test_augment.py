@@ -483,3 +483,48 @@ def test_extra_features_are_carried():
         for c in x4[b][mask[b]]:
             same = (y[b][m[b]][:, 1:3] == c[1:3]).all(-1)
             assert (y[b][m[b]][same, 3] == c[3]).all()
+
+
+# ---- the registry and the View type ------------------------------------------------------------
+
+def test_physics_modules_import_no_circle():
+    """The modules of clrdist.physics import each other without a cycle: the augmentation modules
+    share clrdist.physics.registry and never import each other's private helpers."""
+    import ast
+    from pathlib import Path
+
+    import clrdist.physics
+
+    root = Path(clrdist.physics.__file__).parent
+    graph = {}
+    for path in root.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "clrdist.physics":
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("clrdist.physics."):
+                deps.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[2] for a in node.names if a.name.startswith("clrdist.physics.")}
+        graph[path.stem] = deps & {p.stem for p in root.glob("*.py")}
+
+    def reaches(start, goal, seen=()):
+        return any(d == goal or (d not in seen and reaches(d, goal, (*seen, d))) for d in graph[start])
+
+    assert not [m for m in graph if reaches(m, m)], graph
+    assert graph["augment_event"] == {"frame", "registry"}
+
+
+def test_build_view_gives_a_view_that_says_what_it_does():
+    from clrdist.physics.augment import View, rotate, translate
+
+    specs = [AugmentSpec(name="rotate"), AugmentSpec(name="translate", params={"width": 0.5})]
+    view = build_view(specs, strength=0.5, backend="torch")
+    assert isinstance(view, View)
+    assert view.steps == ((rotate, {}), (translate, {"width": 0.5}))
+    assert (view.strength, view.backend) == (0.5, "torch")
+    assert view.key == build_view(specs, strength=0.5, backend="torch").key
+    assert view.key != build_view(specs, strength=1.0, backend="torch").key
+    assert "rotate, translate" in repr(view)
+    # the event augmentations are registered as soon as clrdist.physics.augment is imported
+    assert {"event_smear", "event_rotate"} <= set(AUGMENTATIONS)

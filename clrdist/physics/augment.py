@@ -9,8 +9,9 @@ that never modifies its inputs, keeps padding at zero / False (inputs must be ze
 ``to_model_frame`` and every augmentation leave them), draws all randomness from
 ``generator`` (same seed -> same output) and has no Python loop over jets. ``strength`` scales
 the size of every augmentation (for sweeps); 1 gives the published defaults (REFERENCE.md).
-They are registered by name in ``AUGMENTATIONS``; ``build_view`` turns the config's ordered
-list of ``AugmentSpec`` into one callable. On CPU float32 batches the JetCLR steps (rotate,
+They are registered by name in ``AUGMENTATIONS`` (``clrdist.physics.registry``; the event
+augmentations of ``augment_event`` too, imported here); ``build_view`` turns the config's ordered
+list of ``AugmentSpec`` into one ``View``, ``apply_views`` applies several to one batch. On CPU float32 batches the JetCLR steps (rotate,
 translate, smear_soft, collinear_split) run in the fused C kernel of ``clrdist.physics.kernel``
 unless the backend is "torch" (``set_backend``, ``augment.backend``); same distributions, other
 random numbers.
@@ -28,36 +29,25 @@ from typing import Any
 
 import torch
 
-from clrdist.physics import kernel
+# augment_event: importing it registers the event augmentations, so every name build_view may
+# look up is known once this module is imported.
+from clrdist.physics import augment_event, kernel  # noqa: F401
 from clrdist.physics.frame import centroid
+from clrdist.physics.registry import (
+    AUGMENTATIONS,
+    Augmentation,
+    get_augmentation,
+    rand,
+    randn,
+    register,
+    zero_padding,
+)
 
-Augmentation = Callable[..., tuple[torch.Tensor, torch.Tensor]]
-View = Callable[[torch.Tensor, torch.Tensor, torch.Generator | None], tuple[torch.Tensor, torch.Tensor]]
+__all__ = ["AUGMENTATIONS", "Augmentation", "register", "get_augmentation", "rotate", "translate",
+           "smear_soft", "collinear_split", "drop", "pt_reweight", "subjet_shift", "feature_mask",
+           "planar", "BACKENDS", "set_backend", "get_backend", "View", "build_view", "apply_views"]
 
-AUGMENTATIONS: dict[str, Augmentation] = {}
-
-
-def register(name: str) -> Callable[[Augmentation], Augmentation]:
-    def deco(fn: Augmentation) -> Augmentation:
-        if name in AUGMENTATIONS:
-            raise ValueError(f"augmentation {name!r} registered twice")
-        AUGMENTATIONS[name] = fn
-        return fn
-    return deco
-
-
-# ---- random helpers (all draws through the generator, on x's device) -------------------------
-
-def _rand(shape, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    return torch.rand(shape, generator=gen, device=x.device, dtype=x.dtype)
-
-
-def _randn(shape, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(shape, generator=gen, device=x.device, dtype=x.dtype)
-
-
-def _zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+Step = tuple[Augmentation, dict[str, Any]]  # an augmentation and its parameters
 
 
 def planar(x: torch.Tensor) -> torch.Tensor:
@@ -135,7 +125,7 @@ class _Jets:
 def _rotate(st: _Jets, gen: torch.Generator | None, strength: float = 1.0) -> None:
     S, m, W = st.S, st.m, st.W
     pt, C = S[0, :W], S[1:3, :W]  # (W, B), (2, W, B)
-    angle = _rand(S.shape[2], S, gen).sub_(0.5).mul_(2 * math.pi * strength)
+    angle = rand(S.shape[2], S, gen).sub_(0.5).mul_(2 * math.pi * strength)
     c, s = torch.cos(angle), torch.sin(angle)
     # (eta, phi) -> R (eta, phi) + (1 - R) centroid on real slots: rows of R are A = (c, s)
     # (the eta coefficients of eta', phi') and Bc = (-s, c) (the phi coefficients)
@@ -151,7 +141,7 @@ def _smear_soft(st: _Jets, gen: torch.Generator | None, strength: float = 1.0,
                 lambda_soft: float = 0.1, pt_clip_min: float = 0.1) -> None:
     S, m, W = st.S, st.m, st.W
     inv = torch.div(m, S[0, :W].clamp_min(pt_clip_min))  # 1 / max(pT, clip), 0 on padding
-    noise = _randn((2, W, S.shape[2]), S, gen)
+    noise = randn((2, W, S.shape[2]), S, gen)
     S[1:3, :W].addcmul_(noise, inv, value=lambda_soft * strength)
 
 
@@ -165,7 +155,7 @@ def _translate(st: _Jets, gen: torch.Generator | None, strength: float = 1.0,
     big = torch.finfo(S.dtype).max / 4
     pad = 1 - m
     ptp = torch.add(C, pad, alpha=-big).amax(1).sub_(torch.add(C, pad, alpha=big).amin(1)).clamp_min_(0)
-    shift = _rand((2, S.shape[2]), S, gen).sub_(0.5).mul_(ptp).mul_(2 * width * strength)
+    shift = rand((2, S.shape[2]), S, gen).sub_(0.5).mul_(ptp).mul_(2 * width * strength)
     C.addcmul_(m, shift[:, None])
 
 
@@ -199,9 +189,9 @@ def _collinear_split(st: _Jets, gen: torch.Generator | None, strength: float = 1
     # float32 or wider, so that half-precision batches do not get ties).
     Wk = min(int(fill * P), P)
     j = _slots(P, n.device, n.dtype).T  # (1, P)
-    keys = _rand((b, Wk), n, gen).add_((ns[:, None] - j[:, :Wk]).clamp_(0, 1), alpha=2)
+    keys = rand((b, Wk), n, gen).add_((ns[:, None] - j[:, :Wk]).clamp_(0, 1), alpha=2)
     src = keys.topk(kmax, dim=1).indices.mul_(B).add_(rows[:, None])  # (b, kmax) flat slot index
-    r = _rand((b, kmax), S, gen)
+    r = rand((b, kmax), S, gen)
     active = (ks[:, None] - j[:, :kmax]).clamp_(0, 1)  # 1 for the first k_b splits of a jet
     flat = S.view(F, P * B)
     # child j: the source's features with (1 - r) of its pT, all zero for inactive j
@@ -282,9 +272,9 @@ def _collinear_split_batch(x: torch.Tensor, mask: torch.Tensor, generator: torch
     xs, ms, ks = x[rows], mask[rows], k[rows]
     b, F = xs.shape[0], xs.shape[-1]
     # k distinct random real constituents: the k largest of uniform keys (padding keyed -1; k <= n)
-    keys = torch.where(ms, _rand((b, P), x, generator), torch.full((), -1.0, dtype=x.dtype, device=x.device))
+    keys = torch.where(ms, rand((b, P), x, generator), torch.full((), -1.0, dtype=x.dtype, device=x.device))
     src = keys.topk(kmax, dim=1).indices  # (b, kmax)
-    r = _rand((b, kmax), x, generator)
+    r = rand((b, kmax), x, generator)
     active = torch.arange(kmax, device=x.device)[None, :] < ks[:, None]
     # the source keeps r pT ...
     factor = torch.ones_like(keys).scatter(1, src, torch.where(active, r, torch.ones_like(r)))
@@ -316,7 +306,7 @@ def _recentre(x: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torc
     """Shift eta, phi so the pT-weighted centroid is ``target`` (B, 2)."""
     out = x.clone()
     out[..., 1:3] = x[..., 1:3] + (target - centroid(x, mask))[:, None, :]
-    return _zero_padding(out, mask)
+    return zero_padding(out, mask)
 
 
 def _compact(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -338,14 +328,14 @@ def drop(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None 
     prob = min(max(p * strength, 0.0), 1.0)
     lead = torch.where(mask, x[..., 0], torch.full_like(x[..., 0], -1.0)).argmax(1, keepdim=True)
     is_lead = torch.zeros_like(mask).scatter(1, lead, True)
-    keep = mask & ((_rand((B, P), x, generator) >= prob) | is_lead)
+    keep = mask & ((rand((B, P), x, generator) >= prob) | is_lead)
     pt = x[..., 0]
     out = x.clone()
     if keep_pt:
         before = (pt * mask).sum(1, keepdim=True)
         after = (pt * keep).sum(1, keepdim=True)
         out[..., 0] = pt * (before / after.clamp_min(torch.finfo(x.dtype).tiny))
-    out = _zero_padding(out, keep)
+    out = zero_padding(out, keep)
     if recentre:
         out = _recentre(out, keep, centroid(x, mask))
     return _compact(out, keep)
@@ -360,7 +350,7 @@ def pt_reweight(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator 
     Ordering by pT is preserved; with ``recentre`` the centroid is moved back.
     """
     B = x.shape[0]
-    b = 1 + (beta - 1) * strength + (2 * _rand((B, 1), x, generator) - 1) * width * strength
+    b = 1 + (beta - 1) * strength + (2 * rand((B, 1), x, generator) - 1) * width * strength
     pt = x[..., 0]
     logpt = torch.log(pt.clamp_min(torch.finfo(x.dtype).tiny))
     # normalise in log space (stable for large b): w_i = exp(b log pT_i - max)
@@ -370,7 +360,7 @@ def pt_reweight(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator 
     total = (pt * mask).sum(1, keepdim=True)
     out = x.clone()
     out[..., 0] = total * w / w.sum(1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
-    out = _zero_padding(out, mask)
+    out = zero_padding(out, mask)
     if recentre:
         out = _recentre(out, mask, centroid(x, mask))
     return out, mask
@@ -391,12 +381,12 @@ def subjet_shift(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
     seed = torch.multinomial(w, 1, generator=generator)  # (B, 1)
     centre = x[..., 1:3].gather(1, seed.unsqueeze(-1).expand(-1, -1, 2))  # (B, 1, 2)
     inside = mask & ((x[..., 1:3] - centre).square().sum(-1) < radius**2)
-    r = _rand((B, 1), x, generator) * shift * strength
-    a = _rand((B, 1), x, generator) * 2 * math.pi
+    r = rand((B, 1), x, generator) * shift * strength
+    a = rand((B, 1), x, generator) * 2 * math.pi
     d = torch.stack([r * torch.cos(a), r * torch.sin(a)], -1)  # (B, 1, 2)
     out = x.clone()
     out[..., 1:3] = x[..., 1:3] + d * inside.unsqueeze(-1)
-    out = _zero_padding(out, mask)
+    out = zero_padding(out, mask)
     if recentre:
         out = _recentre(out, mask, centroid(x, mask))
     return out, mask
@@ -409,17 +399,8 @@ def feature_mask(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
     p * strength. The mask is unchanged (a masked object is still an object, its values hidden).
     """
     prob = min(max(p * strength, 0.0), 1.0)
-    keep = _rand(x.shape, x, generator) >= prob
+    keep = rand(x.shape, x, generator) >= prob
     return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device)), mask
-
-
-# ---- views -------------------------------------------------------------------------------------
-
-def get_augmentation(name: str) -> Augmentation:
-    try:
-        return AUGMENTATIONS[name]
-    except KeyError:
-        raise KeyError(f"unknown augmentation {name!r}; known: {', '.join(sorted(AUGMENTATIONS))}") from None
 
 
 # ---- backends: the fused CPU kernel or torch ops ----------------------------------------------
@@ -491,7 +472,7 @@ def _kernel_step(fn: Augmentation, params: dict[str, Any]) -> tuple[str, tuple[f
     return name, tuple(float(params.get(k, defaults[k])) for k in names)
 
 
-def _run_steps(steps: Sequence[tuple[Augmentation, dict[str, Any]]], strength: float,
+def _run_steps(steps: Sequence[Step], strength: float,
                x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None,
                reps: int = 1, backend: str | None = None,
                programs: dict[tuple[int, int], kernel.Program] | None = None,
@@ -542,9 +523,48 @@ def _run_steps(steps: Sequence[tuple[Augmentation, dict[str, Any]]], strength: f
     return x.contiguous(), mask
 
 
+class View:
+    """An ordered list of augmentations applied as one: ``view(x, mask, generator) -> (x, mask)``.
+
+    ``steps`` ((augmentation, params) in order), ``strength`` and ``backend`` say what it does;
+    views with the same three are interchangeable, which ``apply_views`` uses to fuse them. Made
+    by ``build_view``, which checks names and parameters.
+    """
+
+    __slots__ = ("steps", "strength", "backend", "_programs")
+
+    def __init__(self, steps: Sequence[Step], strength: float = 1.0, backend: str | None = None):
+        self.steps: tuple[Step, ...] = tuple((fn, dict(params)) for fn, params in steps)
+        self.strength = strength
+        self.backend = backend
+        self._programs: dict[tuple[int, int], kernel.Program] = {}  # fused kernel programs
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Equal keys: the same augmentations, parameters, strength and backend."""
+        return self.steps, self.strength, self.backend
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, P, F) [pT GeV, eta, phi, ...], mask (B, P) bool -> the augmented (x, mask)."""
+        return _run_steps(self.steps, self.strength, x, mask, generator, backend=self.backend,
+                          programs=self._programs)
+
+    def repeated(self, x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None,
+                 reps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The view of the batch repeated ``reps`` times: (reps B, P, F), (reps B, P); every row
+        draws its own randomness."""
+        return _run_steps(self.steps, self.strength, x, mask, generator, reps, self.backend,
+                          self._programs)
+
+    def __repr__(self) -> str:
+        names = ", ".join(fn.__name__ for fn, _ in self.steps)
+        return f"View([{names}], strength={self.strength}, backend={self.backend})"
+
+
 def build_view(specs: Sequence[Any], strength: float = 1.0, backend: str | None = None) -> View:
     """Ordered list of specs (objects with ``.name`` and ``.params``, e.g. config.AugmentSpec,
-    or dicts with those keys) -> callable(x, mask, generator) -> (x, mask).
+    or dicts with those keys) -> a ``View``: callable(x, mask, generator) -> (x, mask).
 
     Unknown names fail here, at build time, with a KeyError listing the known names. The view
     gives exactly what calling its augmentations in turn with the same generator gives (on the
@@ -553,7 +573,7 @@ def build_view(specs: Sequence[Any], strength: float = 1.0, backend: str | None 
     """
     if backend is not None:
         _checked(backend)
-    steps: list[tuple[Augmentation, dict[str, Any]]] = []
+    steps: list[Step] = []
     for spec in specs:
         name = spec["name"] if isinstance(spec, dict) else spec.name
         params = (spec.get("params") or {}) if isinstance(spec, dict) else dict(spec.params or {})
@@ -566,52 +586,33 @@ def build_view(specs: Sequence[Any], strength: float = 1.0, backend: str | None 
         except TypeError as e:
             raise TypeError(f"augmentation {name!r}: {e}") from None
         steps.append((fn, dict(params)))
-
-    programs: dict[tuple[int, int], kernel.Program] = {}
-
-    def view(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None):
-        return _run_steps(steps, strength, x, mask, generator, backend=backend, programs=programs)
-
-    def repeated(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None, reps: int):
-        return _run_steps(steps, strength, x, mask, generator, reps, backend, programs)
-
-    view.steps = steps  # type: ignore[attr-defined]
-    view.strength = strength  # type: ignore[attr-defined]
-    view.backend = backend  # type: ignore[attr-defined]
-    view.repeated = repeated  # type: ignore[attr-defined]
-    return view
+    return View(steps, strength, backend)
 
 
-def apply_views(views: Sequence[View], x: torch.Tensor, mask: torch.Tensor,
-                generator: torch.Generator | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def apply_views(views: Sequence[Callable[..., tuple[torch.Tensor, torch.Tensor]]], x: torch.Tensor,
+                mask: torch.Tensor, generator: torch.Generator | None = None,
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Every view of the same batch: [(x_v, mask_v) for v in views].
 
-    Consecutive views built from identical specs are computed in ONE call on the batch repeated
-    that many times (same distribution: every row draws its own randomness), which halves the
-    per-call overhead of the usual two-identical-views set-up.
+    Consecutive ``View``s with equal keys (same specs, strength, backend) are computed in ONE call
+    on the batch repeated that many times (same distribution: every row draws its own
+    randomness), which halves the per-call overhead of the usual two-identical-views set-up.
+    Other callables ``(x, mask, generator) -> (x, mask)`` are called one by one.
     """
     out: list[tuple[torch.Tensor, torch.Tensor]] = []
     i = 0
     while i < len(views):
         j = i + 1
-        def key(v):
-            return getattr(v, "steps", None), getattr(v, "strength", None), getattr(v, "backend", None)
-
-        while j < len(views) and key(views[i])[0] is not None and key(views[j]) == key(views[i]):
-            j += 1
+        first = views[i]
+        if isinstance(first, View):
+            while j < len(views) and isinstance(views[j], View) and views[j].key == first.key:
+                j += 1
         k = j - i
         if k == 1:
-            out.append(views[i](x, mask, generator))
+            out.append(first(x, mask, generator))
         else:
-            rep = getattr(views[i], "repeated", None)
-            if rep is not None:
-                xs, ms = rep(x, mask, generator, k)
-            else:
-                xs, ms = views[i](x.repeat(k, *([1] * (x.dim() - 1))), mask.repeat(k, 1), generator)
+            xs, ms = first.repeated(x, mask, generator, k)
             out.extend(zip(xs.view(k, *x.shape).unbind(0), ms.view(k, *mask.shape).unbind(0),
                            strict=True))
         i = j
     return out
-
-# Event-level augmentations (ADC2021 layout) register themselves into the same registry.
-from clrdist.physics import augment_event as _augment_event  # noqa: E402,F401

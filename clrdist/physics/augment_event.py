@@ -3,9 +3,10 @@
 An event is (B, 19, 3) [pT GeV, eta, phi] in the detector frame (absolute directions) with a
 (B, 19) bool mask: row 0 MET (eta = 0), rows 1-4 electrons, 5-8 muons, 9-18 jets, zero padded.
 Same signature and rules as the jet augmentations (clrdist.physics.augment), registered in the
-same ``AUGMENTATIONS`` registry. "Recompute MET" means: MET is minus the vector sum of the
-visible objects plus whatever was invisible, so a change of the visible vector sum by Delta is
-compensated by MET -> MET - Delta; then the vector sum over all 19 rows is conserved.
+same ``AUGMENTATIONS`` registry (clrdist.physics.registry). "Recompute MET" means: MET is minus
+the vector sum of the visible objects plus whatever was invisible, so a change of the visible
+vector sum by Delta is compensated by MET -> MET - Delta; then the vector sum over all 19 rows
+is conserved.
 
 Physical augmentations: ``event_rotate``, ``event_smear`` (pT with sigma = sqrt(0.052 pT^2 +
 1.502 pT), eta/phi Gaussian, then acceptance), ``event_acceptance``. Anomaly augmentations:
@@ -19,8 +20,8 @@ import math
 
 import torch
 
-from clrdist.physics.augment import _rand, _randn, _zero_padding, register
 from clrdist.physics.frame import wrap_phi
+from clrdist.physics.registry import rand, randn, register, zero_padding
 
 N_OBJECTS = 19
 MET, ELECTRON, MUON, JET = 0, 1, 2, 3
@@ -62,7 +63,7 @@ def _with_met(x: torch.Tensor, mask: torch.Tensor, met: torch.Tensor):
     out[:, 0, 1] = 0.0
     out[:, 0, 2] = torch.atan2(met[:, 1], met[:, 0])
     m[:, 0] = m[:, 0] | (out[:, 0, 0] > 0)
-    return _zero_padding(out, m), m
+    return zero_padding(out, m), m
 
 
 def _recompute_met(x_old, m_old, x_new, m_new):
@@ -81,10 +82,10 @@ def event_rotate(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
                  strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Global azimuthal rotation of every row (MET included), angle U(-pi s, pi s)."""
     _check(x)
-    angle = (2 * _rand((x.shape[0], 1), x, generator) - 1) * math.pi * strength
+    angle = (2 * rand((x.shape[0], 1), x, generator) - 1) * math.pi * strength
     out = x.clone()
     out[..., 2] = wrap_phi(x[..., 2] + angle)
-    return _zero_padding(out, mask), mask
+    return zero_padding(out, mask), mask
 
 
 @register("event_acceptance")
@@ -94,7 +95,7 @@ def event_acceptance(x: torch.Tensor, mask: torch.Tensor, generator: torch.Gener
     pT <= 0; with ``recompute_met`` their pT goes into MET."""
     _check(x)
     m = _acceptance(x, mask)
-    out = _zero_padding(x, m)
+    out = zero_padding(x, m)
     return _recompute_met(x, mask, out, m) if recompute_met else (out, m)
 
 
@@ -109,7 +110,7 @@ def event_smear(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator 
     """
     _check(x)
     obj = _objects(x)[None, :] & mask
-    noise = _randn(x.shape[:2] + (3,), x, generator)
+    noise = randn(x.shape[:2] + (3,), x, generator)
     out = x.clone()
     if pt:
         p = x[..., 0].clamp_min(0)
@@ -118,7 +119,7 @@ def event_smear(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator 
     out[..., 1] = torch.where(obj, x[..., 1] + strength * eta_sigma * noise[..., 1], x[..., 1])
     out[..., 2] = torch.where(obj, wrap_phi(x[..., 2] + strength * phi_sigma * noise[..., 2]), x[..., 2])
     m = _acceptance(out, mask) if acceptance else mask
-    out = _zero_padding(out, m)
+    out = zero_padding(out, m)
     return _recompute_met(x, mask, out, m) if recompute_met else (out, m)
 
 
@@ -127,7 +128,7 @@ def _empty_slot_of_type(mask: torch.Tensor, want: torch.Tensor, gen, x) -> torch
     -1 where there is none."""
     types = SLOT_TYPE.to(mask.device)
     ok = ~mask & (types[None, :] == want[:, None])
-    keys = torch.where(ok, _rand(mask.shape, x, gen), torch.full(mask.shape, -1.0, device=x.device, dtype=x.dtype))
+    keys = torch.where(ok, rand(mask.shape, x, gen), torch.full(mask.shape, -1.0, device=x.device, dtype=x.dtype))
     idx = keys.argmax(1)
     return torch.where(ok.any(1), idx, torch.full_like(idx, -1))
 
@@ -147,17 +148,17 @@ def event_add_objects(x: torch.Tensor, mask: torch.Tensor, generator: torch.Gene
     rows = torch.arange(B, device=x.device)
     floors, etas = _per_slot(PT_FLOOR, x), _per_slot(ETA_MAX, x)
     for _ in range(int(round(n * strength))):  # a handful of additions, never a loop over events
-        want = 1 + torch.floor(_rand((B,), x, generator) * 3).long().clamp_max(2)
+        want = 1 + torch.floor(rand((B,), x, generator) * 3).long().clamp_max(2)
         slot = _empty_slot_of_type(m, want, generator, x)
         ok = slot >= 0
         s = slot.clamp_min(0)
-        u = _rand((B, 3), x, generator)
+        u = rand((B, 3), x, generator)
         lo = floors[s]
         new = torch.stack([lo + u[:, 0] * (pt_max - lo).clamp_min(0),
                            (2 * u[:, 1] - 1) * etas[s], (2 * u[:, 2] - 1) * math.pi], -1)
         out[rows, s] = torch.where(ok[:, None], new, out[rows, s])
         m[rows, s] = m[rows, s] | ok
-    out = _zero_padding(out, m)
+    out = zero_padding(out, m)
     return _recompute_met(x, mask, out, m) if recompute_met else (out, m)
 
 
@@ -179,7 +180,7 @@ def event_split_objects(x: torch.Tensor, mask: torch.Tensor, generator: torch.Ge
     for _ in range(int(round(n * strength))):
         free = torch.stack([(~m & (types[None] == t)).any(1) for t in (0, 1, 2, 3)], 1)  # (B, 4)
         can = m & (types[None] != MET) & (out[..., 0] >= 2 * floors[None]) & free.gather(1, types[None].expand(B, -1))
-        keys = torch.where(can, _rand((B, N_OBJECTS), x, generator), torch.full((B, N_OBJECTS), -1.0, device=x.device, dtype=x.dtype))
+        keys = torch.where(can, rand((B, N_OBJECTS), x, generator), torch.full((B, N_OBJECTS), -1.0, device=x.device, dtype=x.dtype))
         src = keys.argmax(1)
         ok = can.any(1)
         dst = _empty_slot_of_type(m, types[src], generator, x)
@@ -187,14 +188,14 @@ def event_split_objects(x: torch.Tensor, mask: torch.Tensor, generator: torch.Ge
         d = dst.clamp_min(0)
         p = out[rows, src, 0]
         f = floors[src]
-        u = _rand((B,), x, generator)
+        u = rand((B,), x, generator)
         p1 = f + u * (p - 2 * f)
         child = out[rows, src].clone()
         child[:, 0] = p - p1
         out[rows, src, 0] = torch.where(ok, p1, p)
         out[rows, d] = torch.where(ok[:, None], child, out[rows, d])
         m[rows, d] = m[rows, d] | ok
-    return _zero_padding(out, m), m
+    return zero_padding(out, m), m
 
 
 @register("event_shift_met")
@@ -202,11 +203,11 @@ def event_shift_met(x: torch.Tensor, mask: torch.Tensor, generator: torch.Genera
                     strength: float = 1.0, low: float = 0.5, high: float = 5.0):
     """Anomaly augmentation: MET x U(1 + (low - 1) s, 1 + (high - 1) s) (s = 1: U(0.5, 5))."""
     _check(x)
-    u = _rand((x.shape[0],), x, generator)
+    u = rand((x.shape[0],), x, generator)
     f = 1 + (low - 1) * strength + u * (high - low) * strength
     out = x.clone()
     out[:, 0, 0] = x[:, 0, 0] * f
-    return _zero_padding(out, mask), mask
+    return zero_padding(out, mask), mask
 
 
 @register("event_shift_pt")
@@ -218,12 +219,12 @@ def event_shift_pt(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generat
     _check(x)
     B = x.shape[0]
     can = mask & _objects(x)[None]
-    keys = torch.where(can, _rand((B, N_OBJECTS), x, generator), torch.full((B, N_OBJECTS), -1.0, device=x.device, dtype=x.dtype))
+    keys = torch.where(can, rand((B, N_OBJECTS), x, generator), torch.full((B, N_OBJECTS), -1.0, device=x.device, dtype=x.dtype))
     pick = keys.argmax(1)
-    u = _rand((B,), x, generator)
+    u = rand((B,), x, generator)
     f = torch.where(can.any(1), 1 + (low - 1) * strength + u * (high - low) * strength, torch.ones_like(u))
     out = x.clone()
     rows = torch.arange(B, device=x.device)
     out[rows, pick, 0] = x[rows, pick, 0] * f
-    out = _zero_padding(out, mask)
+    out = zero_padding(out, mask)
     return _recompute_met(x, mask, out, mask) if recompute_met else (out, mask)
