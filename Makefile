@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) -m bench.generate
 	$(PY) -m bench.nplm
 	$(PY) -m bench.scaling
+	$(PY) -m bench.quick_paths
 	$(PY) -m bench.learning $(if $(wildcard demo_out/train.zarr),--stores demo_out,)
 
 lint: $(STAMP)

@@ -1,7 +1,5 @@
 """run_evaluations / evaluate_during_training through a stand-in encoder."""
 
-import time
-
 import numpy as np
 import pytest
 from _eval_toys import mixed
@@ -32,14 +30,13 @@ def test_run_lct_and_baselines_in_batches():
         run_evaluations(encode, train_data=tr, test_data=te, which={"lcd"})
 
 
-def test_evaluate_during_training_is_quick():
+def test_evaluate_during_training_metrics():
+    # its wall-clock time (budget 10 s) is measured by bench/quick_paths.py
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40000, 64)).astype(np.float32)
     y = rng.integers(0, 2, 40000)
     x[y == 1, :4] += 0.5
-    t = time.perf_counter()
     m = evaluate_during_training(x[:20000], y[:20000], x[20000:], y[20000:])
-    assert time.perf_counter() - t < 10
     assert set(m) == {"lct_auc", "lct_max_sic", "lct_fpr_at_tpr_0.5", "lct_inv_eps_b_at_0.5"}
     assert m["lct_auc"] == pytest.approx(0.760, abs=0.02)  # d' = 1: Phi(1/sqrt2)
 
