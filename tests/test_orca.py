@@ -6,8 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-from _gloo import B_LOCAL, WORLD, global_batch, grad_diff, on_ranks
+from _gloo import ddp_vs_one_process, on_ranks
 
 from clrdist.config import LossConfig, ModelConfig
 from clrdist.eval.openworld import cluster_accuracy, openworld_evaluation
@@ -84,7 +83,7 @@ def _orca_model():
     return build_model(cfg).double()
 
 
-def _orca_step(model, x, mask, labels, gather):
+def _orca_step(model, module, x, mask, labels, gather):
     loss = build_loss(LossConfig(name="orca", known_classes=KNOWN, labelled_fraction=0.6,
                                  gather=gather))
     V = 2  # the two views; the third of the global batch is not used
@@ -95,16 +94,8 @@ def _orca_step(model, x, mask, labels, gather):
 
 
 def _ranks(rank):
-    x, mask, labels = global_batch()
-    sl = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
-    ref = _orca_model()
-    ref_loss, ref_unc = _orca_step(ref, x, mask, labels, gather=False)
-    ddp = torch.nn.parallel.DistributedDataParallel(_orca_model())
-    loss, unc = _orca_step(ddp, x[:, sl], mask[:, sl], labels[sl], gather=True)
-    dist.all_reduce(loss)
-    diff, scale = grad_diff(ddp.module, ref)
-    return {"loss_diff": abs(loss.item() / WORLD - ref_loss.item()),
-            "unc_diff": abs(float(unc - ref_unc)), "grad_diff": diff, "grad_scale": scale}
+    res, ref_unc, unc = ddp_vs_one_process(rank, _orca_model, _orca_step)
+    return {**res, "unc_diff": abs(float(unc - ref_unc))}
 
 
 def test_two_processes_match_one_process_on_theglobal_batch():
