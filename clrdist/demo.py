@@ -147,7 +147,8 @@ def run_demo(out_dir: str = "demo_out", n_per_class: int | None = None, epochs: 
         "n_per_class": n_per_class,
         "learned": learned(m),
         **{k: v for k, v in sorted(m.items())
-           if k.split("_")[0] in ("lct", "baseline", "cwola", "nplm") and "n_" not in k},
+           # the physics numbers, not their sample counts (lct_n_train, nplm_n_toys, ...)
+           if k.split("_")[0] in ("lct", "baseline", "cwola", "nplm") and "n" not in k.split("_")},
         "store": str(jets),
         "checkpoint": result.checkpoint_path,
         "tracking_uri": result.tracking_uri,
