@@ -1,0 +1,125 @@
+"""Checkpoint directories (clrdist.train.checkpoint): save / load round trip, the newest complete
+checkpoint of a run, the weights evaluation loads. No Ray: plain files on disk."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import clrdist
+from clrdist.config import RunConfig
+from clrdist.models import build_model
+from clrdist.train import checkpoint
+from clrdist.train.checkpoint import CheckpointError
+
+TINY = {"model": {"model_dim": 16, "ff_dim": 32, "head_dims": [16], "output_dim": 8}}
+
+
+@pytest.fixture
+def cfg():
+    return RunConfig.model_validate(TINY)
+
+
+def trained_state(cfg):
+    """The state a DDP engine saves after two AdamW steps (model, optimiser moments, scheduler)."""
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+    x, mask = torch.rand(4, 10, cfg.model.input_dim), torch.ones(4, 10, dtype=torch.bool)
+    for _ in range(2):
+        opt.zero_grad()
+        model(x, mask)[1].square().mean().backward()
+        opt.step()
+        sched.step()
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "loss": {"center": torch.arange(3.0)}}
+
+
+def assert_same(a, b):
+    """Nested dicts / lists of tensors and plain values are equal, tensors exactly."""
+    assert type(a) is type(b) or (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)))
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for u, v in zip(a, b, strict=True):
+            assert_same(u, v)
+    else:
+        assert a == b
+
+
+def test_save_load_round_trip_with_weights_only(cfg, tmp_path):
+    state = trained_state(cfg)
+    stream = {"epoch": np.int64(1), "order": np.arange(3), "seed": 7, "done": (1, 2)}
+    d = checkpoint.save(tmp_path / "ckpt", state=state, step=12, epoch=1, cfg=cfg, rank=0,
+                        stream_state=stream, mid_epoch=True)
+    loaded, meta = checkpoint.load(d)  # torch.load(weights_only=True)
+    assert_same(loaded, state)
+    assert meta == {"step": 12, "epoch": 1, "mid_epoch": True, "config": cfg.to_dict(),
+                    "clrdist_version": clrdist.__version__}
+    assert RunConfig.model_validate(meta["config"]) == cfg
+    # numpy values in the stream position become plain JSON
+    assert checkpoint.load_stream_state(d, 0) == {"epoch": 1, "order": [0, 1, 2], "seed": 7,
+                                                  "done": [1, 2]}
+    assert checkpoint.load_stream_state(d, 1) is None
+
+
+def test_other_ranks_write_only_their_stream_position(cfg, tmp_path):
+    d = checkpoint.save(tmp_path, state=None, step=3, epoch=0, cfg=cfg, rank=1,
+                        stream_state={"pos": 5})
+    assert sorted(p.name for p in d.iterdir()) == ["stream_rank1.json"]
+    with pytest.raises(CheckpointError, match="not a clrdist checkpoint"):
+        checkpoint.load(d)
+
+
+def test_load_refuses_pickled_objects(cfg, tmp_path):
+    """weights_only=True: a state.pt holding anything but tensors and plain containers fails."""
+    d = checkpoint.save(tmp_path, state={"model": {}}, step=1, epoch=0, cfg=cfg, rank=0,
+                        stream_state=None)
+    torch.save({"model": {}, "hook": pytest.approx(1.0)}, d / "state.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        checkpoint.load(d)
+
+
+def test_latest_checkpoint_is_the_highest_complete_step(cfg, tmp_path):
+    assert checkpoint.latest_checkpoint(tmp_path / "nothing") is None
+    for step in (4, 10, 7):
+        checkpoint.save(tmp_path / f"checkpoint_{step}", state={"model": {}}, step=step, epoch=0,
+                        cfg=cfg, rank=0, stream_state=None)
+    (tmp_path / "checkpoint_12").mkdir()  # being written: no state.pt / meta.json yet
+    (tmp_path / "checkpoint_12" / "meta.json").write_text(json.dumps({"step": 12}))
+    (tmp_path / "checkpoint_13").mkdir()
+    (tmp_path / "checkpoint_13" / "state.pt").write_bytes(b"")
+    (tmp_path / "checkpoint_13" / "meta.json").write_text("{trunc")  # torn write
+    d, meta = checkpoint.latest_checkpoint(tmp_path)
+    assert d.name == "checkpoint_10" and meta["step"] == 10
+
+
+def test_training_state_adds_a_stateful_loss_and_evaluation_prefers_the_teacher(cfg):
+    class Engine:
+        def state_dict(self):
+            return {"model": {"w": torch.ones(2)}}
+
+    plain = checkpoint.training_state(Engine(), torch.nn.MSELoss())
+    assert plain.keys() == {"model"} and checkpoint.evaluated_weights(plain) is plain["model"]
+    loss = torch.nn.Module()
+    loss.teacher = torch.nn.Linear(2, 2)
+    loss.register_buffer("center", torch.zeros(2))
+    state = checkpoint.training_state(Engine(), loss)
+    assert set(state["loss"]) == {"teacher.weight", "teacher.bias", "center"}
+    assert set(checkpoint.evaluated_weights(state)) == {"weight", "bias"}
+
+
+def test_load_model_restores_the_weights_in_eval_mode(cfg, tmp_path):
+    state = trained_state(cfg)
+    d = checkpoint.save(tmp_path, state=state, step=2, epoch=1, cfg=cfg, rank=0, stream_state=None)
+    model, loaded_cfg = checkpoint.load_model(d)
+    assert loaded_cfg == cfg and not model.training
+    assert_same(model.state_dict(), state["model"])
