@@ -1,7 +1,5 @@
 """Synthetic jets: reproducible, physical ranges, separable but not by mass alone."""
 
-import time
-
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -95,11 +93,9 @@ def test_not_separable_by_mass_alone_nor_trivially_linear(jets):
     assert 0.6 < auc_lin < 0.9
 
 
-def test_write_toy_store_fast_and_valid(tmp_path):
-    t0 = time.perf_counter()
+def test_write_toy_store_valid(tmp_path):
+    # its wall-clock time (budget 2 s on an idle core) is measured by bench/quick_paths.py
     out = write_toy_store(tmp_path / "toy.zarr", n_per_class=10_000, seed=1)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 4.0  # < 2 s on an idle core; slack for a shared machine
     s = open_store(out)
     assert s.n == 20_000 and s.attrs["feature_names"] == TOY_FEATURES
     assert s.attrs["provenance"]["seed"] == 1

@@ -147,12 +147,17 @@ def test_killed_worker_is_replaced_and_the_run_resumes(ray_cluster, toy_splits, 
     out: dict = {}
     thread = threading.Thread(target=lambda: out.update(result=train(cfg)), daemon=True)
     thread.start()
-    deadline = time.monotonic() + 240
-    # a checkpoint directory appears before Ray Train registers it; the controller's snapshot
-    # is written once a checkpoint is registered
-    while not list((tmp_path / "ray").glob("*/checkpoint_manager_snapshot.json")) \
-            and time.monotonic() < deadline:
+    # Kill only once Ray Train has registered a checkpoint (what the replaced workers restore):
+    # a checkpoint directory appears before that; the controller's snapshot is written once a
+    # checkpoint is registered. The bound only turns a hang into a failure.
+    def registered():
+        return list((tmp_path / "ray").glob("*/checkpoint_manager_snapshot.json"))
+
+    give_up = time.monotonic() + 900
+    while not registered() and thread.is_alive() and time.monotonic() < give_up:
         time.sleep(0.2)
+    assert registered() and thread.is_alive(), \
+        f"no registered checkpoint while training ran (training ended: {not thread.is_alive()})"
     alive = list_actors(address=ray.get_runtime_context().gcs_address,
                         filters=[("state", "=", "ALIVE")])
     workers = [a for a in alive if a.class_name == "RayTrainWorker"]
