@@ -1,4 +1,4 @@
-"""Throughput of Pythia 8 + FastJet generation (clrdist.data.generate), printed as JSON.
+"""Throughput of Pythia 8 + FastJet generation (clrdist.data.generation), printed as JSON.
 
     python -m bench.generate [--jets 1000] [--ray-jets 1200] [--naive-events 300]
 
@@ -8,10 +8,10 @@ Three measurements in one run (the machine may be shared: the load average is re
    accepted jets; ``overhead_fraction`` is the share of the shard's time (Pythia's init
    excluded) spent outside Pythia's own ``next()``: clustering, selection, reading constituents,
    N-subjettiness, packing. Target < 0.30.
-2. The same overhead for the naive approach of REFERENCE.md (a Python loop over the event's final
-   particles into numpy, FastJet from Python on every event), on the same process settings, so
+2. The same overhead for the naive approach (docs/reference.md: a Python loop over the event's
+   final particles into numpy, FastJet from Python on every event), on the same process settings, so
    the two fractions are comparable.
-3. Ray: the same top sample as 4 shards with 1 and then 2 concurrent tasks on a local 2-CPU Ray
+3. Ray: the same top sample as 4 shards with 1 and then 2 concurrent tasks on a local Ray
    instance (workers warmed up first); ``parallel_efficiency = T1 / (2 T2)``. Target >= 0.8.
 """
 
@@ -31,16 +31,14 @@ import numpy as np
 
 
 def _plan(process: str, n: int, seed: int, shard_size: int | None = None):
-    from clrdist.data.generate import _plan as plan
+    from clrdist.data.generation import GenerationConfig, make_plan
 
-    return plan([process], n, seed=seed, jet=None, n_particles=50, detector=None,
-                resonance_masses=(3500.0, 500.0, 100.0), r_inv=0.75, svj_mass=2000.0,
-                ecm=14000.0, mpi=False, shard_size=shard_size or n, pythia_settings=(),
-                match_truth=True)
+    return make_plan(GenerationConfig(processes=[process], n_jets=n, seed=seed, ecm=14000.0,
+                                      shard_size=shard_size or n))
 
 
 def single_core(process: str, n: int, seed: int) -> dict:
-    from clrdist.data.generate import generate_shard
+    from clrdist.data.generation.events import generate_shard
 
     generate_shard(_plan(process, 10, seed + 1000).shards[0])  # imports, first-call costs
     st = generate_shard(_plan(process, n, seed).shards[0])["stats"]
@@ -62,12 +60,13 @@ def single_core(process: str, n: int, seed: int) -> dict:
 
 
 def naive_overhead(process: str, n_events: int, seed: int) -> dict:
-    """REFERENCE.md's approach: Python loop over final particles, FastJet from Python per event."""
-    from clrdist.data.generate import _make_pythia
+    """The naive approach (docs/reference.md): Python loop over final particles, FastJet from
+    Python per event."""
+    from clrdist.data.generation.events import make_pythia
     from clrdist.data.jets import cluster_antikt
 
     spec = _plan(process, 10, seed).shards[0]
-    pythia = _make_pythia(spec)
+    pythia = make_pythia(spec)
     cluster_antikt(np.array([[1.0, 0.0, 0.0, 1.0]]), 0.8)  # import fastjet outside the timing
     t_next = t_rest = 0.0
     for _ in range(n_events):
@@ -85,9 +84,10 @@ def naive_overhead(process: str, n_events: int, seed: int) -> dict:
 def ray_scaling(n: int, seed: int, repeats: int) -> dict:
     import ray
 
-    from clrdist.data.generate import generate_store
+    from clrdist.cluster import ensure_ray
+    from clrdist.data.generation import generate_store
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    started = ensure_ray(2, log_to_driver=False)  # local: at least 2 CPUs
     try:
         with tempfile.TemporaryDirectory() as tmp:
             def run(workers: int, n_jets: int, tag: str) -> tuple[float, float]:
@@ -107,7 +107,8 @@ def ray_scaling(n: int, seed: int, repeats: int) -> dict:
                     walls[w].append(wall)
                     shares[w].append(share)
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     i1, i2 = int(np.argmin(walls[1])), int(np.argmin(walls[2]))
     t1, t2 = walls[1][i1], walls[2][i2]
     return {

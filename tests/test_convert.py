@@ -13,14 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clrdist.data.convert import (
-    ADC_FEATURES,
-    CONVERTER_VERSION,
-    JET_FEATURES,
-    LHCO_FEATURES,
-    ConvertError,
-    convert,
-)
+from clrdist.data.convert import CONVERTER_VERSION, ConvertError, convert
+from clrdist.data.schema import ADC_FEATURES, JET_FEATURES, LHCO_FEATURES
 from clrdist.data.store import open_store, sample_order
 from clrdist.data.toy import toy_dataset, toy_jets
 

@@ -7,6 +7,11 @@ process. Tolerances are set from the sample statistics (see each test).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import platform
+from importlib.metadata import version
+
 import numpy as np
 import pytest
 
@@ -14,15 +19,16 @@ pytest.importorskip("pythia8mc")
 pytest.importorskip("fastjet")
 ray = pytest.importorskip("ray")
 
-from clrdist.data.generate import (  # noqa: E402
+from clrdist.data.generation import (  # noqa: E402
+    GenerationConfig,
     GenerationError,
-    JetDef,
-    ShardSpec,
-    _plan,
-    generate_shard,
     generate_store,
+    make_plan,
 )
-from clrdist.data.jets import cluster_antikt, pack_constituents  # noqa: E402
+from clrdist.data.generation.events import generate_shard, make_pythia  # noqa: E402
+from clrdist.data.generation.plan import ShardSpec, shard_records  # noqa: E402
+from clrdist.data.jets import JetDef, cluster_antikt, pack_constituents  # noqa: E402
+from clrdist.data.schema import GENERATED_DIJET_FEATURES  # noqa: E402
 from clrdist.data.store import open_store  # noqa: E402
 
 N_JETS = 300  # per process; median mass error ~ 1.25 sigma/sqrt(N) ~ 2 GeV (top), 3 GeV (QCD)
@@ -46,6 +52,17 @@ def toptag(ray_cluster, tmp_path_factory):
                    progress=False, stats=stats)
     store = open_store(out)
     return store, store.read_all(), stats
+
+
+def _plan(procs, n, **fields):
+    return make_plan(GenerationConfig(processes=procs, n_jets=n, **fields))
+
+
+def _sha256(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 def _feature(store, data, name):
@@ -141,11 +158,82 @@ def test_same_seed_same_store_any_worker_count(ray_cluster, tmp_path):
     assert np.bincount(da["label"]).tolist() == [120, 120]
 
 
+# --- the seed contract, pinned ----------------------------------------------------------------
+# Stores on disk are compared with new ones by their shards' seeds and settings hashes
+# (check_held_out), and the same config must keep giving the same samples. These hashes were
+# recorded before generation was split into clrdist.data.generation (issue 14): a change here
+# changes every generated store, it is not a refactoring.
+PLAN_CASES = {  # name -> (processes, n_jets, other GenerationConfig fields)
+    "top_qcd": (["top", "qcd"], 2500, dict(seed=11, shard_size=1000)),
+    "res_qcd": (["resonance", "qcd"], 300, dict(seed=3, shard_size=100, n_particles=20)),
+    "svj_qcd_det": (["svj", "qcd"], 50, dict(seed=2, shard_size=20, detector="simple", r_inv=0.3)),
+    "mpi_extra": (["qcd"], 10, dict(seed=0, shard_size=10, mpi=True, ecm=13000.0,
+                                    pythia_settings=["PartonLevel:ISR = off"])),
+}
+PLAN_SHA256 = {  # sha256 of the JSON of shard_records(plan.shards)
+    "top_qcd": "67be3ba52f6c677f5caf5eae687e8c0759b6f0d41652d9dd3f73571ee312abb7",
+    "res_qcd": "9387c8ba6996f073eccd9a5714550ca56f20b0fd101dd3bb163e4180cc1f83f6",
+    "svj_qcd_det": "da49b11347e4f91681c32aaecace565fff56a80e88c4ab0b72e4e1749e3f40e4",
+    "mpi_extra": "6853583e65ded232aa1a5be060533f760d1ec56b38dfcc4d4a48f65bd98b7f0a",
+}
+SHARD_CASES = {  # one shard each
+    "top": (["top"], 15, dict(seed=5, shard_size=15, n_particles=30)),
+    "res": (["resonance"], 5, dict(seed=5, shard_size=5, n_particles=20)),
+    "svj": (["svj"], 8, dict(seed=5, shard_size=8)),
+    "top_det": (["top"], 8, dict(seed=6, shard_size=8, detector="simple")),
+}
+SHARD_SHA256 = {  # sha256 of particles, mask, features
+    "top": "cf5ce27262ae73bfd495d642435717a5d781bf02ea2a069129907ba8498f4c53",
+    "res": "2d0d8da6fcdca8375303bc6610445dc34e29400c4ea473047cb778dbb74a0719",
+    "svj": "04cfc7613c875b9ef6a290f90ac39c05ea97af35f8066cc85d773c1c9057afc4",
+    "top_det": "efb4234b709409618b9b268cb3ba9fede787fc8724cae3b8522bf07d0977ec52",
+}
+# the toptag fixture's store: particles, mask, label, features in store order
+TOPTAG_SHA256 = "725c3773482f827a7cd16cf16729e6727ccf19cf6410912534b801e79c1002fe"
+# sample hashes hold for the Pythia build and the floating point they were recorded with
+RECORDED_PLATFORM = version("pythia8mc") == "8.317.2" and platform.machine() == "x86_64"
+needs_recorded_platform = pytest.mark.skipif(
+    not RECORDED_PLATFORM, reason="sample hashes recorded with pythia8mc 8.317.2 on x86-64")
+
+
+@pytest.mark.parametrize("name", PLAN_CASES)
+def test_plan_seeds_and_settings_are_pinned(name):
+    procs, n, fields = PLAN_CASES[name]
+    records = shard_records(_plan(procs, n, **fields).shards)
+    assert hashlib.sha256(json.dumps(records).encode()).hexdigest() == PLAN_SHA256[name]
+
+
+@needs_recorded_platform
+@pytest.mark.parametrize("name", SHARD_CASES)
+def test_shard_samples_are_pinned(name):
+    procs, n, fields = SHARD_CASES[name]
+    res = generate_shard(_plan(procs, n, **fields).shards[0])
+    assert _sha256(res["particles"], res["mask"], res["features"]) == SHARD_SHA256[name]
+
+
+@pytest.mark.integration
+@needs_recorded_platform
+def test_store_samples_are_pinned(toptag):
+    _, data, _ = toptag
+    assert _sha256(*(data[k] for k in ("particles", "mask", "label", "features"))) == TOPTAG_SHA256
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(GenerationError, match=r"^n_jets: Input should be greater than 0 \(got 0\)$"):
+        GenerationConfig(processes=["qcd"], n_jets=0)
+    with pytest.raises(GenerationError, match="^n_particle: unknown key$") as e:
+        GenerationConfig(processes=["qcd"], n_jets=1, n_particle=3)
+    assert e.value.problems == [("n_particle", "unknown key")]
+    with pytest.raises(GenerationError) as e:
+        GenerationConfig(processes=["resonance"], n_jets=1, resonance_masses=(500, 400, 200),
+                         detector="delphes", r_inv=2)
+    assert [f for f, _ in e.value.problems] == ["detector", "resonance_masses", "r_inv"]
+    assert "--" not in str(e.value)
+
+
 def test_shard_seeds_distinct_and_derived_from_seed():
     def seeds(seed):
-        plan = _plan(["top", "qcd"], 1000, seed=seed, jet=None, n_particles=50, detector=None,
-                     resonance_masses=(3500, 500, 100), r_inv=0.75, svj_mass=2000, ecm=14000,
-                     mpi=False, shard_size=100, pythia_settings=(), match_truth=True)
+        plan = _plan(["top", "qcd"], 1000, seed=seed, ecm=14000, shard_size=100)
         return [(s.seed, s.detector_seed) for s in plan.shards]
 
     a = seeds(0)
@@ -166,9 +254,7 @@ def test_failed_task_leaves_nothing(ray_cluster, tmp_path):
 
 
 def test_shard_reports_progress_and_is_exact():
-    plan = _plan(["qcd"], 40, seed=8, jet=None, n_particles=10, detector=None,
-                 resonance_masses=(3500, 500, 100), r_inv=0.75, svj_mass=2000, ecm=14000,
-                 mpi=False, shard_size=40, pythia_settings=(), match_truth=True)
+    plan = _plan(["qcd"], 40, seed=8, n_particles=10, ecm=14000, shard_size=40)
     reports: list[int] = []
     res = generate_shard(plan.shards[0], reports.append)
     assert sum(reports) == 40 and len(reports) >= 10
@@ -177,8 +263,7 @@ def test_shard_reports_progress_and_is_exact():
 
 def test_unreachable_selection_fails_with_message():
     spec = _plan(["top"], 5, seed=0, jet=JetDef(0.8, 550, 650, 2.0), n_particles=10,
-                 detector=None, resonance_masses=(3500, 500, 100), r_inv=0.75, svj_mass=2000,
-                 ecm=14000, mpi=False, shard_size=5, pythia_settings=(), match_truth=True).shards[0]
+                 ecm=14000, shard_size=5).shards[0]
     spec = ShardSpec(**{**spec.__dict__, "max_events": 3})
     with pytest.raises(GenerationError, match="too tight"):
         generate_shard(spec)
@@ -203,11 +288,7 @@ def test_bad_process_lists(tmp_path, procs, msg):
 
 
 def _shard(procs, n, **kw):
-    args = dict(seed=3, jet=None, n_particles=50, detector=None,
-                resonance_masses=(3500.0, 500.0, 100.0), r_inv=0.75, svj_mass=2000.0,
-                ecm=14000.0, mpi=False, shard_size=n, pythia_settings=(), match_truth=True)
-    args.update(kw)
-    plan = _plan(procs, n, **args)
+    plan = _plan(procs, n, **{"seed": 3, "ecm": 14000.0, "shard_size": n, **kw})
     return plan, generate_shard(plan.shards[0])
 
 
@@ -218,9 +299,7 @@ def test_resonance_dijet_mjj_peak():
     assert res["particles"].shape == (150, 100, 3)
     # the leading jet's constituents first, then the subleading jet's
     assert res["mask"][:, 0].all() and res["mask"][:, 50].all()
-    from clrdist.data.generate import DIJET_FEATURES
-
-    assert DIJET_FEATURES[:3] == ["m_jj", "m_J1", "m_J2"]
+    assert GENERATED_DIJET_FEATURES[:3] == ["m_jj", "m_J1", "m_J2"]
     mjj = f[:, 0]
     # m_jj peaks just below M (FSR out of the R = 1 cones); the interquartile range is ~5%
     assert abs(np.median(mjj) / 3500.0 - 1) < 0.05, np.median(mjj)
@@ -231,17 +310,13 @@ def test_resonance_dijet_mjj_peak():
 
 
 def test_qcd_follows_the_dijet_kind():
-    from clrdist.data.generate import DIJET_FEATURES
-
-    plan = _plan(["resonance", "qcd"], 60, seed=4, jet=None, n_particles=20, detector=None,
-                 resonance_masses=(3500, 500, 100), r_inv=0.75, svj_mass=2000, ecm=14000,
-                 mpi=False, shard_size=60, pythia_settings=(), match_truth=True)
+    plan = _plan(["resonance", "qcd"], 60, seed=4, n_particles=20, ecm=14000, shard_size=60)
     assert plan.kind == "dijet" and plan.labels == {"qcd": 0, "resonance": 1}
     assert plan.jet == JetDef(R=1.0, pt_min=1200.0, pt_max=float("inf"), abs_eta_max=2.5)
     res = generate_shard(plan.shards[1])
     f = res["features"]
-    assert f.shape == (60, len(DIJET_FEATURES)) and res["particles"].shape == (60, 40, 3)
-    j1_pt, j1_eta, j2_pt, j2_eta = (f[:, DIJET_FEATURES.index(k)]
+    assert f.shape == (60, len(GENERATED_DIJET_FEATURES)) and res["particles"].shape == (60, 40, 3)
+    j1_pt, j1_eta, j2_pt, j2_eta = (f[:, GENERATED_DIJET_FEATURES.index(k)]
                                     for k in ("pt_J1", "eta_J1", "pt_J2", "eta_J2"))
     assert (j1_pt >= 1200).all() and (j2_pt <= j1_pt).all()
     assert (np.abs(j1_eta) < 2.5).all() and (np.abs(j2_eta) < 2.5).all()
@@ -270,12 +345,8 @@ def test_semivisible_jets_missing_pt_follows_r_inv():
 def test_svj_dark_hadrons_invisible_energy_share_is_r_inv(r_inv):
     # generator level: the share of dark-hadron energy that decays to the stable invisible
     # states is r_inv (measured 0.29 / 0.78 on 200 events; ~1000 dark hadrons per 50 events)
-    from clrdist.data.generate import _make_pythia
-
-    plan = _plan(["svj"], 1, seed=7, jet=None, n_particles=50, detector=None,
-                 resonance_masses=(3500, 500, 100), r_inv=r_inv, svj_mass=2000, ecm=14000,
-                 mpi=False, shard_size=1, pythia_settings=(), match_truth=True)
-    pythia = _make_pythia(plan.shards[0])
+    plan = _plan(["svj"], 1, seed=7, r_inv=r_inv, ecm=14000, shard_size=1)
+    pythia = make_pythia(plan.shards[0])
     e_inv = e_all = 0.0
     for _ in range(50):
         assert pythia.next()
@@ -364,16 +435,18 @@ def test_cli_generate_end_to_end(ray_cluster, tmp_path, capsys):
     [
         (["top", "resonance"], "cannot mix jet processes"),
         (["higgs"], "unknown process 'higgs'"),
-        (["svj", "--r-inv", "1.5"], "--r-inv must be in [0, 1]"),
+        (["svj", "--r-inv", "1.5"], "--r-inv: Input should be less than or equal to 1 (got 1.5)"),
+        (["qcd", "--jets", "0"], "--jets: Input should be greater than 0 (got 0)"),
         (["resonance", "--resonance-masses", "500,400,200"], "mX + mY"),
-        (["top", "--pt-min", "700", "--pt-max", "600"], "pt_min < pt_max"),
+        (["top", "--pt-min", "700", "--pt-max", "600"], "--jet-r/--pt-min/--pt-max/--eta-max: jet pT window"),
     ],
 )
 def test_cli_user_errors(tmp_path, capsys, argv, msg):
     from clrdist.cli import main
 
     out = tmp_path / "x.zarr"
-    rc = main(["data", "generate", *argv, "--jets", "10", "--out", str(out), "--no-progress"])
+    rc = main(["data", "generate", *argv, *(["--jets", "10"] * ("--jets" not in argv)), "--out", str(out),
+               "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2
     assert err.startswith("clrdist: error: ") and msg in err and err.count("\n") == 1

@@ -5,8 +5,9 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from clrdist.data.schema import JET_FEATURES
 from clrdist.data.store import open_store
-from clrdist.data.toy import TOY_FEATURES, _jet_features, toy_dataset, toy_jets, write_toy_store
+from clrdist.data.toy import _jet_features, toy_dataset, toy_jets, write_toy_store
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def test_shapes_dtypes_labels(jets):
     assert jets["mask"].shape == (n, 50) and jets["mask"].dtype == bool
     assert jets["label"].dtype == np.int8 and set(np.unique(jets["label"])) == {0, 1}
     assert (jets["label"] == 1).sum() == 4000
-    assert jets["features"].shape == (n, len(TOY_FEATURES))
+    assert jets["features"].shape == (n, len(JET_FEATURES))
 
 
 def test_physical_ranges(jets):
@@ -97,7 +98,7 @@ def test_write_toy_store_valid(tmp_path):
     # its wall-clock time (budget 2 s on an idle core) is measured by bench/quick_paths.py
     out = write_toy_store(tmp_path / "toy.zarr", n_per_class=10_000, seed=1)
     s = open_store(out)
-    assert s.n == 20_000 and s.attrs["feature_names"] == TOY_FEATURES
+    assert s.n == 20_000 and s.attrs["feature_names"] == JET_FEATURES
     assert s.attrs["provenance"]["seed"] == 1
     lab = s.read_all()["label"]
     assert (lab == 1).sum() == 10_000

@@ -1,17 +1,53 @@
-"""``clrdist data convert|info|split|toy``: registered into the ``data`` sub-command.
+"""``clrdist data convert|info|split|toy|generate``: registered into the ``data`` sub-command.
 
 Handlers return an exit status; user errors are raised as ``ClrdistError`` subclasses and
-printed as one line by :func:`clrdist.cli.main`.
+printed as one line by :func:`clrdist.cli.main`. The library names its arguments in errors
+(``n_jets``, ``overwrite=True``); the handlers here name the flags the user typed instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
+
+from clrdist.errors import ClrdistError
 
 SPLIT_NAMES = {1: ["train"], 2: ["train", "test"], 3: ["train", "val", "test"],
                4: ["train", "val", "eval_train", "eval_test"]}
+# library argument -> flag, for the errors of convert / split / toy / generate
+_FLAGS = {"overwrite=True": "--overwrite", "max_particles": "--max-particles",
+          "label=ID": "--label ID"}
+# GenerationConfig field -> flag of `data generate`
+_GENERATE_FLAGS = {"n_jets": "--jets", "seed": "--seed", "jet": "--jet-r/--pt-min/--pt-max/--eta-max",
+                   "n_particles": "--max-particles", "detector": "--detector",
+                   "resonance_masses": "--resonance-masses", "r_inv": "--r-inv",
+                   "svj_mass": "--svj-mass", "ecm": "--ecm", "shard_size": "--shard-size",
+                   "pythia_settings": "--pythia"}
+
+
+def _with_flags(handler):
+    """``handler`` whose ClrdistError messages name flags instead of library arguments."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except ClrdistError as e:
+            from clrdist.data.generation import GenerationError
+
+            if isinstance(e, GenerationError) and e.problems:
+                raise GenerationError(problems=[(_GENERATE_FLAGS.get(f, f), text)
+                                                for f, text in e.problems]) from None
+            msg = str(e)
+            for arg, flag in _FLAGS.items():
+                msg = msg.replace(arg, flag)
+            if msg == str(e):
+                raise
+            raise type(e)(msg) from None
+
+    run.__doc__ = handler.__doc__
+    return run
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -138,8 +174,45 @@ def _cmd_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from clrdist.data.generation import (
+        GenerationConfig,
+        GenerationError,
+        pythia_available,
+        write_generated_store,
+    )
+    from clrdist.data.generation.processes import default_jet
+
+    if not pythia_available():
+        raise GenerationError("pythia8mc is not installed; install the generation extra: "
+                              "pip install 'clrdist[generation]'")
+    overrides = {k: v for k, v in (("R", args.jet_r), ("pt_min", args.pt_min),
+                                   ("pt_max", args.pt_max), ("abs_eta_max", args.eta_max))
+                 if v is not None}
+    config = GenerationConfig(
+        processes=args.processes, n_jets=args.jets, seed=args.seed,
+        jet=asdict(default_jet(args.processes)) | overrides, n_particles=args.max_particles,
+        detector=args.detector, resonance_masses=args.resonance_masses, r_inv=args.r_inv,
+        svj_mass=args.svj_mass, ecm=args.ecm, mpi=args.mpi, shard_size=args.shard_size,
+        pythia_settings=args.pythia)
+    out = write_generated_store(config, args.out, workers=args.workers, overwrite=args.overwrite,
+                                progress=not args.no_progress)
+    print(f"wrote {out}")
+    return 0
+
+
+def _masses(text: str) -> tuple[float, float, float]:
+    try:
+        vals = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected M,mX,mY in GeV, got {text!r}") from None
+    if len(vals) != 3:
+        raise argparse.ArgumentTypeError(f"expected three masses M,mX,mY in GeV, got {text!r}")
+    return vals  # type: ignore[return-value]
+
+
 def register(subparsers) -> None:
-    """Add ``convert``, ``info``, ``split`` and ``toy`` to the ``data`` sub-command."""
+    """Add ``convert``, ``info``, ``split``, ``toy`` and ``generate`` to the ``data`` sub-command."""
     c = subparsers.add_parser("convert", help="public datasets (toptag, lhco, adc2021) -> store")
     c.add_argument("format", choices=["toptag", "lhco", "adc2021"], help="input layout")
     c.add_argument("inputs", nargs="+", help="input .h5 files (appended into one store)")
@@ -156,7 +229,7 @@ def register(subparsers) -> None:
     c.add_argument("--seed", type=int, default=0,
                    help="seed of the random sample order the store is written in")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
-    c.set_defaults(func=_cmd_convert)
+    c.set_defaults(func=_with_flags(_cmd_convert))
 
     i = subparsers.add_parser("info", help="summarise a store")
     i.add_argument("store")
@@ -174,7 +247,7 @@ def register(subparsers) -> None:
     s.add_argument("--out-dir", default=None, help="where <store>_<name>.zarr go (default: beside)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
-    s.set_defaults(func=_cmd_split)
+    s.set_defaults(func=_with_flags(_cmd_split))
 
     t = subparsers.add_parser("toy", help="synthetic top / QCD jets -> store")
     t.add_argument("--n-per-class", type=int, required=True)
@@ -182,4 +255,42 @@ def register(subparsers) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--n-particles", type=int, default=50)
     t.add_argument("--overwrite", action="store_true")
-    t.set_defaults(func=_cmd_toy)
+    t.set_defaults(func=_with_flags(_cmd_toy))
+
+    from clrdist.data.detector import DETECTORS
+    from clrdist.data.generation.processes import PROCESSES
+
+    g = subparsers.add_parser(
+        "generate",
+        help="generate jets / dijet events with Pythia 8 + FastJet (Ray tasks) into a store",
+        description=(
+            "Generate samples with Pythia 8 and FastJet as Ray tasks. Jet processes: top, qcd, "
+            "svj (kind 'jet'); dijet processes: resonance, qcd (kind 'dijet'). "
+            "Needs the 'generation' extra (pythia8mc)."
+        ),
+    )
+    g.add_argument("processes", nargs="+", metavar="PROCESS", help=f"one or more of {', '.join(PROCESSES)}")
+    g.add_argument("--jets", type=int, required=True, metavar="N", help="accepted jets (dijet: events) per process")
+    g.add_argument("--out", required=True, metavar="STORE", help="output store (Zarr directory)")
+    g.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
+    g.add_argument("--workers", type=int, default=None, help="concurrent Ray tasks (default: all CPUs)")
+    g.add_argument("--detector", choices=list(DETECTORS), default=None, help="fast calorimeter simulation")
+    g.add_argument("--r-inv", type=float, default=0.75, help="svj: invisible fraction of dark hadrons")
+    g.add_argument("--svj-mass", type=float, default=2000.0, help="svj: Z' mass in GeV")
+    g.add_argument("--resonance-masses", type=_masses, default=(3500.0, 500.0, 100.0),
+                   metavar="M,mX,mY", help="resonance: W', X, Y masses in GeV (default 3500,500,100)")
+    g.add_argument("--jet-r", type=float, default=None, help="anti-kT radius (default 0.8; dijet 1.0)")
+    g.add_argument("--pt-min", type=float, default=None, help="jet pT window low edge, GeV (default 550; svj 150; dijet: leading jet 1200)")
+    g.add_argument("--pt-max", type=float, default=None, help="jet pT window high edge, GeV (default 650; svj 300; dijet: none)")
+    g.add_argument("--eta-max", type=float, default=None, help="jet |eta| cut (default 2.0; dijet 2.5)")
+    g.add_argument("--max-particles", type=int, default=50, metavar="P", help="constituents kept per jet")
+    g.add_argument("--ecm", type=float, default=None,
+                   help="centre-of-mass energy, GeV (default: jet stores 14000 as the top-tagging "
+                        "data, dijet stores 13000 as LHCO)")
+    g.add_argument("--mpi", action="store_true", help="switch on multiparton interactions (off by default)")
+    g.add_argument("--pythia", action="append", default=[], metavar="SETTING",
+                   help="extra Pythia setting for every process, e.g. 'PartonLevel:ISR = off' (repeatable)")
+    g.add_argument("--shard-size", type=int, default=1000, help="samples per Ray task (part of the seed contract)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.set_defaults(func=_with_flags(_cmd_generate))

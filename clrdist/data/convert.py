@@ -1,6 +1,6 @@
 """Public file formats -> sample store (``clrdist data convert {toptag,lhco,adc2021}``).
 
-Layouts (see REFERENCE.md):
+Layouts (see docs/reference.md):
 
 - ``toptag``: top tagging reference dataset; pandas HDFStore key ``table``; columns E_i, PX_i,
   PY_i, PZ_i (i = 0..199, real where E > 0), truth*, ttv, is_signal_new (1 top, 0 QCD).
@@ -37,7 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
-from clrdist.data.store import StoreWriter, _refuse_existing
+from clrdist.data.schema import (
+    ADC_FEATURES,
+    JET_FEATURES,
+    LHCO_FEATURES,
+    PARTICLE_FEATURES,
+    TOP_QCD_LABELS,
+)
+from clrdist.data.store import StoreWriter, refuse_existing
 from clrdist.errors import ClrdistError
 from clrdist.physics.observables import (
     import_fastjet,
@@ -51,11 +58,6 @@ from clrdist.physics.observables import (
 )
 
 CONVERTER_VERSION = "1.0"
-JET_FEATURES = ["jet_pt", "jet_eta", "jet_phi", "jet_mass", "n_constituents"]
-LHCO_FEATURES = ["m_jj", "m_J1", "m_J2", "tau21_J1", "tau32_J1", "tau21_J2", "tau32_J2",
-                 "pt_J1", "eta_J1", "phi_J1", "pt_J2", "eta_J2", "phi_J2", "n_J1", "n_J2",
-                 "n_particles"]
-ADC_FEATURES = ["met", "met_phi", "n_electrons", "n_muons", "n_jets", "ht"]
 ADC_LABELS = {-1: "unknown", 0: "background", 1: "Ato4l", 2: "leptoquark", 3: "hChToTauNu",
               4: "hToTauTau"}
 _ADC_FILE_LABELS = [("background", 0), ("ato4l", 1), ("leptoquark", 2), ("hchtotaunu", 3),
@@ -410,12 +412,12 @@ def adc_label_from_name(path: Path) -> int | None:
 def _open_adc(path: Path, max_particles: int, label: int | None) -> _Source:
     if max_particles != 19:
         raise ConvertError(f"{path}: ADC2021 events have a fixed layout of 19 objects "
-                           f"(MET, 4 e, 4 mu, 10 jets); --max-particles must be 19")
+                           f"(MET, 4 e, 4 mu, 10 jets); max_particles must be 19")
     lab = label if label is not None else adc_label_from_name(path)
     if lab is None:
         known = ", ".join(k for k, _ in _ADC_FILE_LABELS)
         raise ConvertError(f"{path}: cannot tell the process from the file name (known: {known}); "
-                           f"pass --label")
+                           "pass label=ID")
     if lab not in ADC_LABELS:
         raise ConvertError(f"{path}: label {lab} outside the known set {sorted(ADC_LABELS)}")
     r = _H5Reader(path, "Particles")
@@ -439,11 +441,11 @@ def _open_adc(path: Path, max_particles: int, label: int | None) -> _Source:
 
 
 FORMATS: dict[str, Format] = {
-    "toptag": Format("toptag", "jet", ["pt", "eta", "phi"], JET_FEATURES, {0: "qcd", 1: "top"},
-                     50, _open_toptag),
-    "lhco": Format("lhco", "dijet", ["pt", "eta", "phi"], LHCO_FEATURES,
+    "toptag": Format("toptag", "jet", PARTICLE_FEATURES, JET_FEATURES, TOP_QCD_LABELS, 50,
+                     _open_toptag),
+    "lhco": Format("lhco", "dijet", PARTICLE_FEATURES, LHCO_FEATURES,
                    {-1: "unknown", 0: "background", 1: "signal"}, 50, _open_lhco),
-    "adc2021": Format("adc2021", "event", ["pt", "eta", "phi"], ADC_FEATURES, ADC_LABELS, 19,
+    "adc2021": Format("adc2021", "event", PARTICLE_FEATURES, ADC_FEATURES, ADC_LABELS, 19,
                       _open_adc),
 }
 
@@ -492,10 +494,10 @@ def convert(fmt: str, inputs: list[str | os.PathLike], out: str | os.PathLike, *
         raise ConvertError(f"unknown input format {fmt!r} (known: {', '.join(FORMATS)})")
     spec = FORMATS[fmt]
     out = Path(out)
-    _refuse_existing(out, overwrite)  # before reading anything
+    refuse_existing(out, overwrite)  # before reading anything
     p = spec.default_particles if max_particles is None else int(max_particles)
     if p <= 0:
-        raise ConvertError(f"--max-particles must be positive, got {p}")
+        raise ConvertError(f"max_particles must be positive, got {p}")
     if not inputs:
         raise ConvertError("no input files")
     paths = [Path(x) for x in inputs]

@@ -29,6 +29,7 @@ from clrdist.data.store import (
     StoreWriter,
     log,
     open_store,
+    refuse_existing,
     sample_order,
     verify_store,
 )
@@ -79,8 +80,7 @@ def split_store(path: str | os.PathLike, fractions: dict[str, float], *,
     for name, out in outs.items():
         if out.resolve() == parent.path.resolve():
             raise StoreError(f"{out}: split {name!r} would overwrite its parent store")
-        if out.exists() and not overwrite:
-            raise StoreError(f"{out}: output path already exists (pass overwrite / --overwrite to replace it)")
+        refuse_existing(out, overwrite)
     writers: dict[str, StoreWriter] = {}
     try:
         for i, name in enumerate(names):

@@ -72,9 +72,10 @@ def _compressor() -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle)
 
 
-def _refuse_existing(path: Path, overwrite: bool) -> None:
+def refuse_existing(path: Path, overwrite: bool) -> None:
+    """StoreError when something is at the output ``path`` and ``overwrite`` is False."""
     if (path.exists() or path.is_symlink()) and not overwrite:
-        raise StoreError(f"{path}: output path already exists (pass overwrite / --overwrite to replace it)")
+        raise StoreError(f"{path}: output path already exists (overwrite=True replaces it)")
 
 
 def _remove(path: Path) -> None:
@@ -264,7 +265,7 @@ class StoreWriter:
             raise StoreError(f"{self.path}: n_particles, chunk_size and shard_chunks must be positive")
         if not particle_features or not feature_names:
             raise StoreError(f"{self.path}: particle_features and feature_names must not be empty")
-        _refuse_existing(self.path, overwrite)
+        refuse_existing(self.path, overwrite)
         self.overwrite = overwrite
         self.kind = kind
         self.particle_features = list(particle_features)
@@ -446,7 +447,7 @@ class StoreWriter:
                     }
                 )
                 (self.tmp_path / _OWNER_FILE).unlink()
-                _refuse_existing(self.path, self.overwrite)
+                refuse_existing(self.path, self.overwrite)
                 if self.path.exists() or self.path.is_symlink():
                     _remove(self.path)
                 os.replace(self.tmp_path, self.path)

@@ -22,12 +22,10 @@ from typing import Literal
 
 import numpy as np
 
+from clrdist.data.schema import JET_FEATURES, PARTICLE_FEATURES, TOP_QCD_LABELS
 from clrdist.physics.observables import jet_kinematics, jet_p4, wrap_phi
 
-TOY_FEATURES = ["jet_pt", "jet_eta", "jet_phi", "jet_mass", "n_constituents"]
-TOY_PARTICLE_FEATURES = ["pt", "eta", "phi"]
-TOY_LABELS = {0: "qcd", 1: "top"}
-_KIND_ID = {"qcd": 0, "top": 1}
+_KIND_ID = {name: label for label, name in TOP_QCD_LABELS.items()}  # qcd 0, top 1
 _R = 0.8  # jet radius
 _MAX_RAW = 80  # particles generated per jet before the cone cut and truncation
 
@@ -94,8 +92,8 @@ def _qcd_prongs(rng: np.random.Generator, n: int, pt: np.ndarray, eta: np.ndarra
 
 
 def _jet_features(particles: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """jet_pt, jet_eta, jet_phi, jet_mass (massless constituents, float64 sums), n_constituents;
-    (n, 5) float32."""
+    """``JET_FEATURES``: jet_pt, jet_eta, jet_phi, jet_mass (massless constituents, float64 sums),
+    n_constituents; (n, 5) float32."""
     p4 = jet_p4(particles[..., 0], particles[..., 1], particles[..., 2], mask)
     return np.concatenate([jet_kinematics(p4), mask.sum(1)[:, None]], axis=1).astype(np.float32)
 
@@ -105,7 +103,7 @@ def toy_jets(n: int, kind: Literal["top", "qcd"], *, seed: int, n_particles: int
     """``n`` synthetic jets of one class, reproducible by ``seed``.
 
     Returns particles (n, P, 3) float32 [pT GeV, eta, phi], mask (n, P) bool, label (n,) int8
-    (1 top, 0 QCD), features (n, 5) float32 (``TOY_FEATURES``). ``block`` selects an
+    (1 top, 0 QCD), features (n, 5) float32 (``schema.JET_FEATURES``). ``block`` selects an
     independent random stream for the same seed (large stores are generated block by block).
     """
     if kind not in _KIND_ID:
@@ -203,8 +201,8 @@ def write_toy_store(path: str | os.PathLike, *, n_per_class: int, seed: int, n_p
                   # random order: each block of both classes is one seeded permutation
                   "order": {"shuffled": True, "seed": int(seed),
                             "by": f"clrdist.data.toy.toy_dataset, blocks of {2 * block} jets"}}
-    with StoreWriter(path, kind="jet", particle_features=TOY_PARTICLE_FEATURES,
-                     feature_names=TOY_FEATURES, label_names=TOY_LABELS, n_particles=n_particles,
+    with StoreWriter(path, kind="jet", particle_features=PARTICLE_FEATURES,
+                     feature_names=JET_FEATURES, label_names=TOP_QCD_LABELS, n_particles=n_particles,
                      chunk_size=chunk_size, shard_chunks=shard_chunks, provenance=provenance,
                      overwrite=overwrite) as w:
         for i, start in enumerate(range(0, n_per_class, block)):

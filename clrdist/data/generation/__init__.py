@@ -1,0 +1,43 @@
+"""Pythia 8 + FastJet event generation, fanned out as Ray tasks, written to a sample store.
+
+    clrdist data generate top qcd --jets 100000 --out data/toptag.zarr --seed 1
+
+    from clrdist.data.generation import generate_store
+    generate_store(["top", "qcd"], 100_000, "data/toptag.zarr", seed=1)
+
+One file per concern:
+
+- :mod:`.processes`: the processes (top, qcd, svj, resonance), their Pythia settings and the
+  default jet selection and collision energy;
+- :mod:`.plan`: :class:`GenerationConfig` (the typed request; errors name the field), the plan
+  of shards and their seeds, the provenance;
+- :mod:`.events`: one shard's event loop (Pythia, the two clustering back-ends, selection,
+  features); the only module that imports pythia8mc;
+- :mod:`.fanout`: the shards as Ray tasks, written in order into one store.
+
+Labels: ``qcd`` is 0, the other processes 1, 2, ... in the order given (names in the store's
+``label_names``). Feature names: :mod:`clrdist.data.schema`. docs/generation.md has the physics.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from clrdist.data.generation.fanout import generate_store, write_generated_store
+from clrdist.data.generation.plan import GenerationConfig, GenerationError, make_plan
+from clrdist.data.generation.processes import PROCESSES
+
+__all__ = [
+    "PROCESSES",
+    "GenerationConfig",
+    "GenerationError",
+    "generate_store",
+    "make_plan",
+    "pythia_available",
+    "write_generated_store",
+]
+
+
+def pythia_available() -> bool:
+    """True when pythia8mc (the ``generation`` extra) can be imported (it is not imported here)."""
+    return importlib.util.find_spec("pythia8mc") is not None
