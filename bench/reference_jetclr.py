@@ -48,8 +48,8 @@ def translate_jets(batch: np.ndarray, rng: np.random.Generator, width: float = 1
 
 
 def collinear_fill_jets(batch: np.ndarray, rng: np.random.Generator, fill: float = 0.5) -> np.ndarray:
-    """Split constituents into empty slots until max(n, fill * P) slots are used (REFERENCE.md:
-    fill = 0.5; the public jet_augs.py we read fills every empty slot, fill = 1)."""
+    """Split constituents into empty slots until max(n, fill * P) slots are used
+    (docs/reference.md: fill = 0.5; the public jet_augs.py fills every empty slot, fill = 1)."""
     out = batch.copy()
     n_const = batch.shape[2]
     nzs = [int((batch[i, 0] > 0).sum()) for i in range(len(batch))]

@@ -9,7 +9,7 @@ Each rank's loss is the mean over its 2B anchors; DDP averages parameter gradien
 and the gather's backward sums the column gradients over ranks, so every parameter gradient is
 that of the single-process loss (mean over all 2N anchors) on the concatenated global batch.
 
-Notation (REFERENCE.md): s = cosine similarity, tau = temperature, z_i, z'_i the two views,
+Notation (docs/reference.md): s = cosine similarity, tau = temperature, z_i, z'_i the two views,
 z*_i the anomaly-augmented view.
 """
 

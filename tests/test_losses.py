@@ -50,7 +50,8 @@ def test_nt_xent_matches_loop(keep_positive, tau):
 
 
 def test_decoupled_form_is_reference_formula_for_anchor_i():
-    # REFERENCE.md: L_i = -log(exp(s(z_i,z'_i)/t) / sum_{j!=i}[exp(s(z_i,z_j)/t) + exp(s(z_i,z'_j)/t)])
+    # docs/reference.md:
+    # L_i = -log(exp(s(z_i,z'_i)/t) / sum_{j!=i}[exp(s(z_i,z_j)/t) + exp(s(z_i,z'_j)/t)])
     z1, z2, _ = views(B=4)
     tau = 0.2
     Ls = []

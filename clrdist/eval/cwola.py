@@ -20,7 +20,7 @@ import numpy as np
 from clrdist.eval.metrics import EvalResult, binary_labels, eps_tag, roc_metrics
 from clrdist.eval.plots import scan_figure
 
-# Signal fractions of the published scan (REFERENCE.md).
+# Signal fractions of the published scan (docs/reference.md).
 PUBLISHED_FRACTIONS = (0.0, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 1.0)
 CLASSIFIERS = ("linear", "mlp")
 

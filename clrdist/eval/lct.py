@@ -1,10 +1,10 @@
 """Linear classifier test (LCT): how linearly separable are signal and background in a frozen
 representation?
 
-Procedure (REFERENCE.md): standardise the representation with statistics of the fitting set, fit
-a logistic regression on a labelled set, score a *disjoint* labelled test set, and report AUC,
-1/eps_B at eps_S = 0.5, 0.3, 0.2, max SIC with a statistics floor and FPR at TPR 0.5, with
-bootstrap uncertainties over the test set. Metric names: ``lct_auc``, ``lct_inv_eps_b_at_0.5``,
+Procedure (docs/reference.md): standardise the representation with statistics of the fitting
+set, fit a logistic regression on a labelled set, score a *disjoint* labelled test set, and
+report AUC, 1/eps_B at eps_S = 0.5, 0.3, 0.2, max SIC with a statistics floor and FPR at TPR
+0.5, with bootstrap uncertainties over the test set. Metric names: ``lct_auc``, ``lct_inv_eps_b_at_0.5``,
 ``lct_inv_eps_b_at_0.3``, ``lct_inv_eps_b_at_0.2``, ``lct_max_sic``, ``lct_fpr_at_tpr_0.5``
 (each also with ``_std``), plus ``lct_n_train``, ``lct_n_test``. Figures: ``lct_roc.png``,
 ``lct_sic.png``.

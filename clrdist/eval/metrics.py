@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-# Signal efficiencies at which 1/eps_B is reported (REFERENCE.md: 0.5, 0.3, 0.2).
+# Signal efficiencies at which 1/eps_B is reported (docs/reference.md: 0.5, 0.3, 0.2).
 DEFAULT_EPS_S = (0.5, 0.3, 0.2)
 # Max SIC is taken only over working points with at least this background efficiency and at
 # least MIN_BKG_EVENTS background events selected: beyond that the SIC is statistical noise.

@@ -8,7 +8,7 @@ Every augmentation is a function
 that never modifies its inputs, keeps padding at zero / False (inputs must be zero-padded, as
 ``to_model_frame`` and every augmentation leave them), draws all randomness from
 ``generator`` (same seed -> same output) and has no Python loop over jets. ``strength`` scales
-the size of every augmentation (for sweeps); 1 gives the published defaults (REFERENCE.md).
+the size of every augmentation (for sweeps); 1 gives the published defaults (docs/reference.md).
 They are registered by name in ``AUGMENTATIONS`` (``clrdist.physics.registry``; the event
 augmentations of ``augment_event`` too, imported here); ``build_view`` turns the config's ordered
 list of ``AugmentSpec`` into one ``View``, ``apply_views`` applies several to one batch. On CPU float32 batches the JetCLR steps (rotate,
