@@ -4,8 +4,8 @@ glibc's malloc serves blocks above a dynamic threshold (128 KiB at start) with m
 back to the kernel when freed, and trims the heap top past another; a training step that allocates
 and frees the same few hundred KiB (an augmented batch) can then fault every page of it in again on
 every step. Which side of the threshold a block lands on depends on what the process freed before,
-so the cost comes and goes (measured here: the same augmentation call took 250 or 420 us depending
-on what ran before it). ``tune_malloc`` fixes both thresholds high, as PyTorch's CPU performance
+so the cost of the same call comes and goes with what ran before it (README, Performance).
+``tune_malloc`` fixes both thresholds high, as PyTorch's CPU performance
 guides suggest doing with jemalloc or tcmalloc; memory freed inside the process is reused instead.
 """
 

@@ -212,8 +212,7 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
     ``which`` defaults to every baseline that can run for the store ``kind`` (``jet``,
     ``dijet``: all; ``event``: ``raw``; ``supervised`` only with a ``model_factory``; ``supervised_prepare(particles, mask) -> (x, mask)`` is its input
     transform, default centred jets with pT / 600 GeV).
-    EFPs are slow (energyflow loops over jets in Python: ~100-400 jets/s at 30-50 constituents),
-    so at most ``efp_max_samples`` of each set are used for them (``baseline_efp_n_test``
+    EFPs are slow (energyflow loops over jets in Python), so at most ``efp_max_samples`` of each set are used for them (``baseline_efp_n_test``
     records how many). If ``rep_train``/``rep_test`` are given, the
     representation's linear classifier is drawn on the same ROC/SIC figures
     (``baselines_roc.png``, ``baselines_sic.png``).

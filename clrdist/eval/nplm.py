@@ -328,7 +328,7 @@ def nplm_evaluation(rep: np.ndarray, label: np.ndarray, *, n_ref: int = 5000,
     the metrics record the sizes used): with a reference comparable to the data its own
     fluctuations widen the null t beyond the chi2 (raw Pythia jets at N_R / N_D = 1.9 gave
     KS p = 0.008 with 60 toys; at 5.2, 0.12).
-    ``M`` (kernel centres; 200 keeps 130 toys at the default sizes to ~15 s on 2 CPU cores) and
+    ``M`` (kernel centres; a toy costs ~N_R M^2, README's Performance table has the timings) and
     other ``model_kw`` go to the model (``nplm_t_kernel`` / ``nplm_t_network``).
     """
     if model == "kernel":
@@ -379,9 +379,9 @@ def nplm_evaluation(rep: np.ndarray, label: np.ndarray, *, n_ref: int = 5000,
 
 
 def t_figure(t_null: np.ndarray, t_sig: np.ndarray, dof: float):
-    from clrdist.eval.plots import _figure
+    from clrdist.eval.plots import new_figure
 
-    fig, ax = _figure()
+    fig, ax = new_figure()
     hi = max(np.max(t_null), np.max(t_sig) if len(t_sig) else 0) * 1.05
     bins = np.linspace(0, hi, 40)
     ax.hist(t_null, bins=bins, density=True, alpha=0.5, label=f"reference-only ({len(t_null)})")

@@ -59,9 +59,9 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     The CPU mask compares random bytes (eight per 64-bit draw of the default generator, so
     ``torch.manual_seed`` still governs it) with round(256 p): the drop probability is p rounded
     to a multiple of 1/256 (used only where that is within 5% of p, e.g. 0.1 -> 0.1016) and the
-    survivors are scaled by 1 / (1 - that), so the expectation is kept. About 1.6x faster than
-    ``F.dropout`` (forward + backward) on bf16 activations, which matters because dropout's random
-    numbers are a third of a CPU training step. Elsewhere: ``F.dropout``.
+    survivors are scaled by 1 / (1 - that), so the expectation is kept. Cheaper than
+    ``F.dropout`` (forward + backward) on bf16 activations, where dropout's random numbers are a
+    large part of a CPU training step (README, Performance). Elsewhere: ``F.dropout``.
     """
     if not training or p == 0.0:
         return x

@@ -56,7 +56,7 @@ def _compiler() -> str:
 
 def _flags() -> tuple[str, ...]:
     """FLAGS, plus -march=native on x86-64 (AVX2 / AVX-512 let the compiler vectorise the normals
-    and the per-slot loops: ~2x here). The build is cached per CPU model (see ``_cpu_id``). Without
+    and the per-slot loops). The build is cached per CPU model (see ``_cpu_id``). Without
     FMA contraction or -ffast-math, every instruction set gives the same numbers."""
     if platform.machine() in ("x86_64", "AMD64"):
         return (*FLAGS, "-march=native")
@@ -196,8 +196,8 @@ def run(program: Program, strength: float, x: torch.Tensor, mask: torch.Tensor,
     args = (x.data_ptr(), mask.data_ptr(), B, P, F, out.data_ptr(), out_mask.data_ptr())
     tail = (program.n, program.ops_ptr, program.params_ptr, seeds.data_ptr(), float(strength))
 
-    # one thread: splitting rows over a thread pool lost to torch's OpenMP threads spinning
-    # between ops (measured: slower at B = 1024 with 2 threads). ctypes releases the GIL.
+    # one thread: splitting rows over a thread pool is slower, torch's OpenMP threads spin
+    # between ops. ctypes releases the GIL.
     if lib.clrdist_jet_steps(*args, 0, rows, *tail, _scratch(P)) != 0:
         raise RuntimeError(f"augmentation kernel rejected the steps {program.steps}")
     return out, out_mask
