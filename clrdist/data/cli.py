@@ -256,7 +256,10 @@ def register(subparsers) -> None:
     t.add_argument("--n-particles", type=int, default=50)
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=_with_flags(_cmd_toy))
+    _register_generate(subparsers)
 
+
+def _register_generate(subparsers) -> None:
     from clrdist.data.detector import DETECTORS
     from clrdist.data.generation.processes import PROCESSES
 
