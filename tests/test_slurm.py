@@ -113,19 +113,20 @@ def wait_for(what: str, ready, timeout: float, tmp: Path | None = None, job: str
 
 
 def train_command(toy_splits, tmp: Path, *more: str) -> list[str]:
+    """`-- clrdist train` of the tiny config, training only (the evaluations have their tests)."""
     sets = [*tiny_overrides(toy_splits, tmp), "eval.lct=false", "eval.every_epochs=null", *more]
     return ["--", "clrdist", "train", str(CONFIGS / "demo.yaml"),
-            *[a for s in sets for a in ("--set", s)], "--json"]
+            *[a for s in sets for a in ("--set", s)], "--no-eval", "--json"]
 
 
 def requeued_and_released(slurm, job: str) -> bool:
     """True once the job was requeued (Restarts >= 1) and runs again; a requeued job waits
-    ~2 minutes (BeginTime), so it is let start now."""
+    ~2 minutes (Reason=BeginTime), so it is let start now (scontrol's name for it: StartTime)."""
     info = slurm.job_info(job)
     if int(info.get("Restarts", "0")) < 1:
         return False
     if info.get("JobState") == "PENDING":
-        slurm.run(["scontrol", "update", f"JobId={job}", "BeginTime=now"], check=False)
+        slurm.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)
         return False
     return True
 
