@@ -28,7 +28,7 @@ from clrdist.data.generation import (  # noqa: E402
 from clrdist.data.generation.events import generate_shard, make_pythia  # noqa: E402
 from clrdist.data.generation.plan import ShardSpec, shard_records  # noqa: E402
 from clrdist.data.jets import JetDef, cluster_antikt, pack_constituents  # noqa: E402
-from clrdist.data.schema import GENERATED_DIJET_FEATURES  # noqa: E402
+from clrdist.data.schema import GENERATED_DIJET_FEATURES, generated_features  # noqa: E402
 from clrdist.data.store import open_store  # noqa: E402
 
 N_JETS = 300  # per process; median mass error ~ 1.25 sigma/sqrt(N) ~ 2 GeV (top), 3 GeV (QCD)
@@ -372,6 +372,22 @@ def test_svj_default_window_and_store(ray_cluster, tmp_path):
     assert ((150 <= pt) & (pt <= 300)).all()
     inv = _feature(store, d, "inv_frac")
     assert inv[d["label"] == 1].mean() > inv[d["label"] == 0].mean() + 0.3
+
+
+def test_w_jets_mass_peak_and_two_prongs():
+    plan, res = _shard(["w"], 100)
+    assert plan.labels == {"w": 1} and plan.shards[0].match_truth
+    f = res["features"]
+    names = generated_features("jet")
+    pt, mass = f[:, names.index("jet_pt")], f[:, names.index("jet_mass")]
+    assert ((550 <= pt) & (pt <= 650)).all()
+    # truth-matched W -> q q' jets: the mass peaks at m_W, not at QCD's few tens of GeV
+    assert abs(_peak(mass[(mass > 40) & (mass < 140)]) - 80.4) < 8.0
+    q25, q75 = np.percentile(mass, [25, 75])
+    assert q75 - q25 < 20.0  # a narrow peak (QCD jets in this window spread over ~50 GeV)
+    # two prongs: tau2 / tau1 well below QCD's ~0.7
+    tau21 = f[:, names.index("tau21")]
+    assert np.median(tau21) < 0.5
 
 
 def test_detector_simple_top_mass_still_peaks():

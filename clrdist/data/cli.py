@@ -267,7 +267,7 @@ def _register_generate(subparsers) -> None:
         "generate",
         help="generate jets / dijet events with Pythia 8 + FastJet (Ray tasks) into a store",
         description=(
-            "Generate samples with Pythia 8 and FastJet as Ray tasks. Jet processes: top, qcd, "
+            "Generate samples with Pythia 8 and FastJet as Ray tasks. Jet processes: top, w, qcd, "
             "svj (kind 'jet'); dijet processes: resonance, qcd (kind 'dijet'). "
             "Needs the 'generation' extra (pythia8mc)."
         ),

@@ -128,7 +128,8 @@ def _p4_of(ev, indices) -> np.ndarray:
 def _truth_axes(process: str, proc) -> list[list[tuple[float, float]]]:
     """Per truth object, the (eta, phi) of the directions a matched jet must contain.
 
-    top: [top, b, q, q'] for each top; svj: [dark quark] for each outgoing dark quark.
+    top: [top, b, q, q'] for each top; w: [W, q, q'] for each W; svj: [dark quark] for each
+    outgoing dark quark.
     """
     groups: list[list[tuple[float, float]]] = []
     if process == "top":
@@ -144,6 +145,12 @@ def _truth_axes(process: str, proc) -> list[list[tuple[float, float]]]:
                 elif q.idAbs() != 6:
                     dirs.append((q.eta(), q.phi()))
             groups.append(dirs)
+    elif process == "w":
+        for i in range(proc.size()):
+            w = proc[i]
+            if w.idAbs() == 24 and w.daughterList():
+                groups.append([(w.eta(), w.phi())]
+                              + [(proc[k].eta(), proc[k].phi()) for k in w.daughterList()])
     elif process == "svj":
         for i in range(proc.size()):
             q = proc[i]
@@ -293,7 +300,7 @@ def _dijet_passes(cands: list[tuple[float, float, float]], jet: JetDef) -> bool:
 
 def _selected_jets(cands: list[tuple[float, float, float]], spec: ShardSpec, pythia) -> list[int]:
     """Indices of the candidate jets in the pT window and |eta| cut (and, with truth matching,
-    containing their top's decay products or a dark quark), hardest first."""
+    containing their top's or W's decay products or a dark quark), hardest first."""
     jet = spec.jet
     keep = [j for j, (pt, eta, _) in enumerate(cands)
             if jet.pt_min <= pt <= jet.pt_max and abs(eta) < jet.abs_eta_max]

@@ -55,7 +55,7 @@ class GenerationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    processes: list[str]  # names from PROCESSES: top, qcd, svj (jet stores) or resonance, qcd (dijet)
+    processes: list[str]  # names from PROCESSES: top, w, qcd, svj (jet stores) or resonance, qcd (dijet)
     n_jets: int = Field(gt=0)  # accepted jets per process (dijet stores: accepted events per process)
     seed: int = Field(0, ge=0, lt=2**63)  # master seed: shard k of process p is seeded by (seed, p, k)
     jet: JetDef | None = None  # jet definition and selection; None: default_jet(processes)
@@ -69,7 +69,7 @@ class GenerationConfig(BaseModel):
     shard_size: int = Field(1000, gt=0)  # samples per Ray task: part of the seed contract
     # extra Pythia settings for every process, or a mapping process -> settings
     pythia_settings: list[str] | dict[str, list[str]] = Field(default_factory=list)
-    match_truth: bool = True  # top / svj: keep only jets containing the truth top / dark quark
+    match_truth: bool = True  # top / w / svj: keep only jets containing the truth top / W / dark quark
 
     def __init__(self, **fields: Any) -> None:
         try:
@@ -117,7 +117,7 @@ class GenerationConfig(BaseModel):
 
     @property
     def kind(self) -> str:
-        """The store kind: "jet" (top, qcd, svj) or "dijet" (resonance, qcd)."""
+        """The store kind: "jet" (top, w, qcd, svj) or "dijet" (resonance, qcd)."""
         kinds = set.intersection(*(set(PROCESSES[p]) for p in self.processes))
         return "jet" if "jet" in kinds else "dijet"
 
@@ -202,7 +202,7 @@ def make_plan(config: GenerationConfig) -> Plan:
                     jet=jet,
                     n_particles=config.n_particles,
                     settings=settings,
-                    match_truth=config.match_truth and proc in ("top", "svj"),
+                    match_truth=config.match_truth and proc in ("top", "w", "svj"),
                     want_invisible="svj" in procs,
                     detector=config.detector,
                 )

@@ -3,6 +3,9 @@
 - ``top``: hadronic ttbar (both W -> qq'); with truth matching a jet is kept only when the top
   and its three decay quarks lie within R of the jet axis (fully merged, as in the top-tagging
   reference data).
+- ``w``: W + jet (q qbar -> W g, q g -> W q) with W -> q q' only; with truth matching a jet is
+  kept only when the W and both its decay quarks lie within R of the jet axis (the boosted W
+  signal of the jet-image and mimicker studies).
 - ``qcd``: HardQCD:all with a pT-hat window derived from the jet selection. It follows the kind
   of the other processes: jets next to ``top``/``svj``, dijet events next to ``resonance``.
 - ``resonance``: LHCO-like W' -> X Y with X -> qq', Y -> qq (masses 3500 / 500 / 100 GeV by
@@ -24,6 +27,7 @@ from clrdist.data.jets import JetDef
 # process -> the store kinds it can be written into
 PROCESSES: dict[str, tuple[str, ...]] = {
     "top": ("jet",),
+    "w": ("jet",),
     "qcd": ("jet", "dijet"),
     "svj": ("jet",),
     "resonance": ("dijet",),
@@ -73,6 +77,15 @@ def process_settings(
         s += [
             "Top:gg2ttbar = on",
             "Top:qqbar2ttbar = on",
+            f"PhaseSpace:pTHatMin = {pthat_min:g}",
+            f"PhaseSpace:pTHatMax = {pthat_max:g}" if pthat_max else "PhaseSpace:pTHatMax = -1",
+            "24:onMode = off",
+            "24:onIfAny = 1 2 3 4 5",
+        ]
+    elif process == "w":
+        s += [
+            "WeakBosonAndParton:qqbar2Wg = on",
+            "WeakBosonAndParton:qg2Wq = on",
             f"PhaseSpace:pTHatMin = {pthat_min:g}",
             f"PhaseSpace:pTHatMax = {pthat_max:g}" if pthat_max else "PhaseSpace:pTHatMax = -1",
             "24:onMode = off",
