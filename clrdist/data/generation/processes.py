@@ -73,29 +73,27 @@ def process_settings(
     # the bias negligible (a jet gaining > 10% or losing > 40% of its parton's pT is rare)
     pthat_min = 0.9 * jet.pt_min
     pthat_max = 1.4 * jet.pt_max if math.isfinite(jet.pt_max) else 0.0
+    window = [f"PhaseSpace:pTHatMin = {pthat_min:g}",
+              f"PhaseSpace:pTHatMax = {pthat_max:g}" if pthat_max else "PhaseSpace:pTHatMax = -1"]
+    w_to_quarks = ["24:onMode = off", "24:onIfAny = 1 2 3 4 5"]  # hadronic W decays only
     if process == "top":
         s += [
             "Top:gg2ttbar = on",
             "Top:qqbar2ttbar = on",
-            f"PhaseSpace:pTHatMin = {pthat_min:g}",
-            f"PhaseSpace:pTHatMax = {pthat_max:g}" if pthat_max else "PhaseSpace:pTHatMax = -1",
-            "24:onMode = off",
-            "24:onIfAny = 1 2 3 4 5",
+            *window,
+            *w_to_quarks,
         ]
     elif process == "w":
         s += [
             "WeakBosonAndParton:qqbar2Wg = on",
             "WeakBosonAndParton:qg2Wq = on",
-            f"PhaseSpace:pTHatMin = {pthat_min:g}",
-            f"PhaseSpace:pTHatMax = {pthat_max:g}" if pthat_max else "PhaseSpace:pTHatMax = -1",
-            "24:onMode = off",
-            "24:onIfAny = 1 2 3 4 5",
+            *window,
+            *w_to_quarks,
         ]
     elif process == "qcd":
         s += [
             "HardQCD:all = on",
-            f"PhaseSpace:pTHatMin = {pthat_min:g}",
-            f"PhaseSpace:pTHatMax = {pthat_max:g}" if pthat_max else "PhaseSpace:pTHatMax = -1",
+            *window,
         ]
     elif process == "resonance":
         m_w, m_x, m_y = resonance_masses
