@@ -69,7 +69,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from clrdist.demo import run_demo
 
     run_demo(out_dir=args.out, n_per_class=args.jets_per_class, epochs=args.epochs,
-             workers=args.workers, tracking_uri=args.tracking_uri, data=args.data)
+             workers=args.workers, tracking_uri=args.tracking_uri, data=args.data,
+             verbose=args.verbose)
     return 0
 
 
@@ -83,7 +84,8 @@ def _format_summary(summary: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clrdist", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"clrdist {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging; the demo also keeps Ray's output on the console")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="make, import and inspect sample stores")

@@ -35,8 +35,9 @@ def demo_config(out: Path, *, epochs: int | None, workers: int, tracking_uri: st
     return load_config(DEMO_CONFIG if DEMO_CONFIG.is_file() else None, overrides)
 
 
-# Jets per class by data source: Pythia jets cost ~5 ms of CPU each (docs/generation.md), so the
-# Pythia demo is smaller; both fit `make demo` in 10 minutes on 2 cores including the install.
+# Jets per class by data source: a Pythia jet costs far more CPU than a toy jet (README,
+# Performance: generation), so the Pythia demo is smaller; both fit `make demo` in 10 minutes on
+# 2 cores including the install.
 DEFAULT_JETS = {"pythia": 10000, "toy": 15000}
 
 
@@ -109,9 +110,24 @@ def learned(m: dict[str, float]) -> bool:
             > m["lct_init_auc"] + m.get("lct_init_auc_std", 0.0))
 
 
+LOG_FILE = "demo.log"  # in out_dir: Ray's, MLflow's and FastJet's output
+
+
 def run_demo(out_dir: str = "demo_out", n_per_class: int | None = None, epochs: int | None = None,
              workers: int = 2, tracking_uri: str = "sqlite:///mlflow.db", seed: int = 0,
-             data: str = "auto") -> dict:
+             data: str = "auto", verbose: bool = False) -> dict:
+    """The demo; its console shows clrdist's output, everything else goes to ``out_dir/demo.log``
+    (``verbose``: everything on the console)."""
+    from clrdist.logs import quiet_console
+    from clrdist.train.preempt import without_ray_drain_watcher
+
+    with quiet_console(Path(out_dir) / LOG_FILE, verbose=verbose) as log, \
+            without_ray_drain_watcher():
+        return _run_demo(log, out_dir, n_per_class, epochs, workers, tracking_uri, seed, data)
+
+
+def _run_demo(log, out_dir: str, n_per_class: int | None, epochs: int | None, workers: int,
+              tracking_uri: str, seed: int, data: str) -> dict:
     from clrdist.cluster import ensure_ray
     from clrdist.data.split import split_store
     from clrdist.train.trainer import train
@@ -127,7 +143,11 @@ def run_demo(out_dir: str = "demo_out", n_per_class: int | None = None, epochs: 
     slots = cfg.augment.slots or cfg.data.n_particles
 
     console.rule("[bold]clrdist demo")
+    if log.path:
+        console.print(f"Ray, MLflow and FastJet output goes to {log.path} (clrdist -v demo: "
+                      "to the console)")
     ensure_ray(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)  # one local Ray cluster for generation and training
+    log.follow_ray()  # Ray workers' output: [clrdist] lines here, the rest to the log file
     console.print(f"1/4 jets: {n_per_class} top + {n_per_class} QCD, {why} -> {jets}")
     make_jets(source, jets, n_per_class, seed, workers, slots)
     console.print("2/4 disjoint splits: " + " / ".join(f"{k} {v:.0%}" for k, v in SPLITS.items()))

@@ -6,6 +6,7 @@ Rank-0 side effects (MLflow, the model checkpoint) sit behind the one ``master``
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from typing import Any
@@ -26,6 +27,14 @@ from clrdist.runtime import tune_malloc
 from clrdist.train import checkpoint, preempt
 from clrdist.train.engine import LossGuard, build_engine
 from clrdist.train.inputs import view_inputs
+
+
+def say(message: str) -> None:
+    """One ``[clrdist] ...`` line on this worker's stdout, which Ray streams to the driver (the
+    demo keeps these lines on its console). Not print(): in a Ray Train worker print() also logs
+    the line through the root logger, so it would reach the driver twice."""
+    sys.stdout.write(f"[clrdist] {message}\n")
+    sys.stdout.flush()
 
 
 def augment_seed(seed: int, rank: int, step: int) -> int:
@@ -81,9 +90,9 @@ def flag_collapse(loss_fn, mean_loss: float, n_global: int, uri: str, run_id: st
     ref = collapse(n_global)
     flagged = is_collapsed(mean_loss, ref)
     if flagged:
-        print(f"[clrdist] WARNING: epoch loss {mean_loss:.4f} is within 2% of {ref:.4f}, the loss "
-              f"of a collapsed projection (log(2N - 1), N = {n_global}): the representation is "
-              "not learning (diagnostics: train_pos_top1, train_z_std)", flush=True)
+        say(f"WARNING: epoch loss {mean_loss:.4f} is within 2% of {ref:.4f}, the loss of a "
+            f"collapsed projection (log(2N - 1), N = {n_global}): the representation is not "
+            "learning (diagnostics: train_pos_top1, train_z_std)")
     tracking.set_tags(uri, run_id, {"clrdist.collapse": "true" if flagged else "false",
                                     "clrdist.collapse_reference": f"{ref:.4f}"})
 
@@ -129,7 +138,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if mid_epoch and (s := checkpoint.load_stream_state(d, rank)) is not None:
                 stream.load_state_dict(s)
         if master:
-            print(f"[clrdist] resumed from step {step} (epoch {epoch}) of {ckpt.path}", flush=True)
+            say(f"resumed from step {step} (epoch {epoch}) of {ckpt.path}")
 
     def report(metrics: dict[str, float], *, mid: bool) -> None:
         """Every rank reports (it is a barrier); each writes its stream position, rank 0 the model."""
@@ -207,7 +216,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 report({"loss": float(terms["loss"].detach()), "step": step, "epoch": epoch,
                         "preempted": 1.0}, mid=True)
                 if master:
-                    print(f"[clrdist] stop requested: checkpoint at step {step}, stopping", flush=True)
+                    say(f"stop requested: checkpoint at step {step}, stopping")
                 return
             if step >= total_steps:
                 break
@@ -226,7 +235,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 epoch_metrics.update(val_metrics)  # Ray Tune schedulers read rank 0's metrics
                 last_val = val_metrics
                 engine.train()
-            print(f"[clrdist] epoch {epoch}/{cfg.optim.epochs} step {step} loss {mean_loss:.4f}"
-                  + "".join(f" {k} {v:.4f}" for k, v in epoch_metrics.items() if k.startswith("val_")),
-                  flush=True)
+            say(f"epoch {epoch}/{cfg.optim.epochs} step {step} loss {mean_loss:.4f}"
+                + "".join(f" {k} {v:.4f}" for k, v in epoch_metrics.items()
+                          if k.startswith("val_") and k.endswith("_auc")))
         report(epoch_metrics, mid=False)
