@@ -242,7 +242,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = True) -> SweepResult:
     rows = []
     for r in grid:
         row = {"trial_id": r.metrics.get("trial_id") if r.metrics else None,
-               "params": {k: r.config.get(k) for k in spec.space},
+               # a trial the interruption caught before it started has no config yet
+               "params": {k: (r.config or {}).get(k) for k in spec.space},
                "error": str(r.error) if r.error else None}
         row.update({k: v for k, v in (r.metrics or {}).items()
                     if k in ("loss", "epoch", "step") or k.startswith("val_")})
