@@ -40,14 +40,30 @@ def unavailable() -> str | None:
     return None
 
 
-def install() -> None:
-    """apt-get install slurm-wlm munge if any of their programs is missing."""
+class InstallFailed(RuntimeError):
+    """apt-get could not install slurm-wlm + munge (no network, no such package, a held lock)."""
+
+
+def install(timeout: float = 600) -> None:
+    """apt-get install slurm-wlm munge if any of their programs is missing; InstallFailed (with
+    apt's last words) if that does not work."""
     if all(shutil.which(b) for b in BINARIES):
         return
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
+    lock = ["-o", "DPkg::Lock::Timeout=120"]  # wait for another apt (unattended upgrades) to end
+    for args in (["update", "-qq"],
+                 ["install", "-y", "-qq", "--no-install-recommends", *PACKAGES]):
+        try:
+            r = subprocess.run(["apt-get", *lock, *args], env=env, capture_output=True, text=True,
+                               timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise InstallFailed(f"apt-get {args[0]}: {e}") from None
+        if r.returncode != 0:
+            raise InstallFailed(f"apt-get {args[0]} exited {r.returncode}: "
+                                f"{(r.stderr or r.stdout).strip()[-500:]}")
+    missing = [b for b in BINARIES if not shutil.which(b)]
+    if missing:
+        raise InstallFailed(f"installed {' '.join(PACKAGES)} but {', '.join(missing)} not on PATH")
 
 
 def _free_ports(n: int) -> list[int]:
@@ -194,7 +210,11 @@ def main(argv: list[str]) -> int:
         if (why := unavailable()) is not None:
             print(f"local_cluster: {why}", file=sys.stderr)
             return 2
-        install()
+        try:
+            install()
+        except InstallFailed as e:
+            print(f"local_cluster: {e}", file=sys.stderr)
+            return 2
         cluster = LocalSlurm(root).start()
         pids = " ".join(str(p.pid) for p in cluster._procs)
         (root / "daemons.pid").write_text(pids)

@@ -140,7 +140,8 @@ cleanup() {
     rm -f "$job_dir/ready"
     if [[ -n $cmd_pid ]]; then kill -TERM "$cmd_pid" 2>/dev/null || true; fi
     if [[ -n $mlflow_pid ]]; then step_pids+=("$mlflow_pid"); fi
-    # SIGTERM to srun reaches `ray start --block`, which stops its node's Ray processes
+    # srun answers SIGTERM by killing its step: `ray start --block` and every process of that
+    # node's Ray cluster (SLURM's process tracking), nothing of other jobs
     for pid in "${step_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${step_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     if [[ ${CLRDIST_KEEP_RAY_TMP:-0} != 1 ]]; then
@@ -160,7 +161,7 @@ start_node() {  # start_node NODE ARGS...: `ray start --block` as a job step on 
     step_pids+=("$!")
 }
 
-wait_until() {  # wait_until WHAT TIMEOUT COMMAND...: poll COMMAND every 2 s
+wait_until() {  # wait_until WHAT TIMEOUT COMMAND...: poll COMMAND every second
     local what=$1 timeout=$2
     shift 2
     local deadline=$((SECONDS + timeout))
@@ -169,7 +170,7 @@ wait_until() {  # wait_until WHAT TIMEOUT COMMAND...: poll COMMAND every 2 s
             kill -0 "$pid" 2>/dev/null || die "a Ray node step exited while waiting for $what (see the log above)"
         done
         ((SECONDS < deadline)) || die "$what: not ready after ${timeout}s"
-        sleep 2
+        sleep 1
     done
 }
 
