@@ -42,9 +42,9 @@ from clrdist.data.store import open_store  # noqa: E402
 from clrdist.eval.runner import evaluate_during_training  # noqa: E402
 from clrdist.losses import build_loss  # noqa: E402
 from clrdist.models import initial_model  # noqa: E402
+from clrdist.models.encode import make_encoder  # noqa: E402
 from clrdist.physics.augment import build_view  # noqa: E402
 from clrdist.runtime import tune_malloc  # noqa: E402
-from clrdist.train.checkpoint import make_encoder  # noqa: E402
 from clrdist.train.inputs import view_inputs  # noqa: E402
 
 DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"

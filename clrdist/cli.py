@@ -3,7 +3,7 @@
     clrdist data {toy,generate,convert,info,split} ...   make, import and inspect sample stores
     clrdist train CONFIG [--set key=value ...]          contrastive training with Ray Train
     clrdist train [CONFIG] --resume RUN_ID              continue an interrupted run
-    clrdist eval RUN_ID [--lct] [--cwola] [--nplm] [--anomaly] [--latest] [--json]
+    clrdist eval RUN_ID [--lct] [--cwola] [--nplm] ... [--latest] [--json]
     clrdist demo                                         the whole path at small scale
 
 User errors (bad files, configs, stores) print one line ``clrdist: error: ...`` and exit 2.
@@ -40,10 +40,10 @@ def _train_config(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from clrdist.train.trainer import train
+    from clrdist.pipeline import train_and_evaluate
 
     cfg = _train_config(args)
-    result = train(cfg, evaluate=not args.no_eval, resume=args.resume)
+    result = train_and_evaluate(cfg, evaluate=not args.no_eval, resume=args.resume)
     summary = {"run_id": result.run_id, "checkpoint": result.checkpoint_path,
                "tracking_uri": result.tracking_uri, "resumed": result.resumed,
                "metrics": result.metrics}
@@ -52,12 +52,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from clrdist.config import EVALUATIONS
-    from clrdist.evaluate import evaluate_run
+    from clrdist.eval.registry import EVALUATIONS
+    from clrdist.pipeline import evaluate_run
     from clrdist.tracking import check_uri
 
     which = {n for n in EVALUATIONS if getattr(args, n)}
-    results = evaluate_run(check_uri(args.tracking_uri), args.run_id, which or {"lct"},
+    default = {n for n, ev in EVALUATIONS.items() if ev.default}
+    results = evaluate_run(check_uri(args.tracking_uri), args.run_id, which or default,
                            latest=args.latest)
     metrics = {k: v for res in results.values() for k, v in res.metrics.items()}
     print(json.dumps(metrics, indent=2) if args.json else
@@ -110,16 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a trained run and log into it")
     e.add_argument("run_id")
-    for name, text in (("lct", "linear classifier test (default)"),
-                       ("baselines", "raw, jet-observable, EFP and supervised baselines"),
-                       ("cwola", "idealised CWoLa scan (+ bump hunt with m_jj)"),
-                       ("bumphunt", "CWoLa bump hunt in m_jj"), ("nplm", "NPLM test"),
-                       ("anomaly", "label-free anomaly scores"),
-                       ("nae", "normalised autoencoder (representation; + jet images for jets)"),
-                       ("images", "jet images + convolutional autoencoder"),
-                       ("mimic", "EFP mimickers of the jet-image autoencoder"),
-                       ("orca", "open-world accuracies of an ORCA run's head")):
-        e.add_argument(f"--{name}", action="store_true", help=text)
+    from clrdist.eval.registry import EVALUATIONS
+
+    for name, ev in EVALUATIONS.items():
+        e.add_argument(f"--{name}", action="store_true",
+                       help=ev.help + (" (the default when none is given)" if ev.default else ""))
     e.add_argument("--latest", action="store_true",
                    help="evaluate the run's latest checkpoint (a run that did not finish)")
     e.add_argument("--tracking-uri", default="sqlite:///mlflow.db")

@@ -16,9 +16,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from clrdist.errors import ClrdistError
+from clrdist.eval.registry import EVALUATIONS, check_names, validate_options
 
 
 class ConfigError(ClrdistError, ValueError):
@@ -157,33 +166,34 @@ class TrackingConfig(_Section):
     log_every: int = Field(10, gt=0)  # log step metrics every this many optimiser steps
 
 
-# Downstream evaluations a run can ask for (flags of EvalConfig, keys of EvalConfig.options).
-EVALUATIONS = ("lct", "baselines", "cwola", "bumphunt", "nplm", "anomaly", "nae", "images",
-               "mimic", "orca")
-
-
-class EvalConfig(_Section):
-    lct: bool = True  # linear classifier test after training
+class _EvalSettings(_Section):
     lct_max_samples: int | None = Field(None, gt=0)  # cap the samples used per evaluation store
-    baselines: bool = False  # raw constituents, jet mass + N-subjettiness, EFPs, supervised
-    cwola: bool = False  # idealised CWoLa scan (and the bump hunt when stores have m_jj)
-    bumphunt: bool = False  # CWoLa bump hunt in m_jj (dijet stores)
-    nplm: bool = False  # NPLM test after training
-    anomaly: bool = False  # label-free anomaly scores after training
-    nae: bool = False  # normalised autoencoder on representations (+ jet images for jet stores)
-    images: bool = False  # jet images + convolutional autoencoder anomaly score (jet stores)
-    mimic: bool = False  # EFP mimickers (HLN, PNN) of the jet-image autoencoder (jet stores)
-    orca: bool = False  # open-world accuracies of an ORCA run's classifier head (loss.name: orca)
     every_epochs: int | None = Field(None, gt=0)  # quick LCT during training: fit eval_train, score val_store
-    # per-evaluation keyword arguments (docs/eval.md), e.g. {nplm: {n_toys_null: 200, M: 500}}
+    # per-evaluation keyword arguments, typed by clrdist.eval.registry (docs/eval.md), e.g.
+    # {nplm: {n_toys_null: 200, M: 500}}
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _known_evaluations(self) -> EvalConfig:
-        unknown = sorted(set(self.options) - set(EVALUATIONS))
-        if unknown:
-            raise ValueError(f"options: unknown evaluation(s) {unknown}; known: {list(EVALUATIONS)}")
-        return self
+    @field_validator("options")
+    @classmethod
+    def _typed_options(cls, options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        try:
+            check_names(options)
+        except KeyError as e:
+            raise ValueError(e.args[0]) from None
+        for name, kwargs in options.items():
+            validate_options(name, kwargs)
+        return options
+
+    def requested(self) -> list[str]:
+        """The evaluations switched on, in registry order."""
+        return [name for name in EVALUATIONS if getattr(self, name)]
+
+
+# One switch per evaluation of clrdist.eval.registry.EVALUATIONS (its help is the comment): run
+# it after training, e.g. eval.lct: true (the linear classifier test, the one on by default).
+EvalConfig = create_model(
+    "EvalConfig", __base__=_EvalSettings,
+    **{name: (bool, Field(ev.default, description=ev.help)) for name, ev in EVALUATIONS.items()})
 
 
 class RunConfig(_Section):
@@ -231,14 +241,15 @@ class RunConfig(_Section):
 
     def flat(self) -> dict[str, Any]:
         """Dotted-key view, e.g. {"loss.temperature": 0.1}, for MLflow params."""
-        return dict(_flatten(self.to_dict()))
+        return dict(flatten(self.to_dict()))
 
 
-def _flatten(d: dict[str, Any], prefix: str = ""):
+def flatten(d: dict[str, Any], prefix: str = ""):
+    """(dotted key, value) pairs of a nested dict, e.g. ("loss.temperature", 0.1)."""
     for key, value in d.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            yield from _flatten(value, dotted + ".")
+            yield from flatten(value, dotted + ".")
         else:
             yield dotted, value
 

@@ -130,7 +130,7 @@ def _run_demo(log, out_dir: str, n_per_class: int | None, epochs: int | None, wo
               tracking_uri: str, seed: int, data: str) -> dict:
     from clrdist.cluster import ensure_ray
     from clrdist.data.split import split_store
-    from clrdist.train.trainer import train
+    from clrdist.pipeline import train_and_evaluate
 
     console = Console()
     out = Path(out_dir).resolve()
@@ -158,7 +158,7 @@ def _run_demo(log, out_dir: str, n_per_class: int | None, epochs: int | None, wo
     console.print("4/4 evaluation (after training, same samples): LCT of the trained and the "
                   "untrained encoder and of the raw inputs, jet mass + N-subjettiness, EFPs, a "
                   "supervised encoder, the CWoLa scan, NPLM")
-    result = train(cfg)
+    result = train_and_evaluate(cfg)
 
     m = result.metrics
     summary = {

@@ -15,10 +15,10 @@ A sweep is a YAML file (see ``tuning/``):
     scheduler: asha                       # or fifo
     max_concurrent_trials: 1
 
-Each trial is a full ``clrdist.train.train`` run (Ray Train workers, its own MLflow run tagged
-with the sweep name) driven from a Tune function trainable; Ray Train's ``TuneReportCallback``
-forwards every epoch's metrics to Tune, so ASHA can stop poor trials early. Every trial's config
-is validated before Tune starts.
+Each trial is a full ``clrdist.pipeline.train_and_evaluate`` run (Ray Train workers, its own
+MLflow run tagged with the sweep name, the evaluations after training) driven from a Tune
+function trainable; Ray Train's ``TuneReportCallback`` forwards every epoch's metrics to Tune,
+so ASHA can stop poor trials early. Every trial's config is validated before Tune starts.
 """
 
 from __future__ import annotations
@@ -296,16 +296,17 @@ def _trial_fn(spec: SweepSpec, parent_run_id: str, uri: str):
         from ray import tune
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        from clrdist.train.trainer import resolve_paths, train
+        from clrdist.pipeline import train_and_evaluate
+        from clrdist.train.trainer import resolve_paths
 
         trial_id = tune.get_context().get_trial_id()  # stable across Tuner.restore
         cfg = resolve_paths(trial_config(spec, params), base=workdir)  # Tune runs trials elsewhere
         cfg.tracking.uri = uri
         cfg.tracking.run_name = f"{spec.name}-{trial_id}-" + "-".join(
             f"{k.split('.')[-1]}={_short(v)}" for k, v in params.items())
-        train(cfg, callbacks=[TuneReportCallback()],
-              tags={"clrdist.sweep": spec.name, "clrdist.trial_id": trial_id,
-                    "mlflow.parentRunId": parent_run_id})
+        train_and_evaluate(cfg, callbacks=[TuneReportCallback()],
+                           tags={"clrdist.sweep": spec.name, "clrdist.trial_id": trial_id,
+                                 "mlflow.parentRunId": parent_run_id})
 
     return trial
 

@@ -6,6 +6,7 @@ import torch
 from _train_toys import tiny_config
 
 from clrdist import tracking
+from clrdist.pipeline import train_and_evaluate
 from clrdist.train import checkpoint
 from clrdist.train.trainer import train
 
@@ -34,7 +35,7 @@ def test_orca_trains_and_reports_open_world_metrics(ray_cluster, toy_splits, tmp
     cfg = tiny_config(toy_splits, tmp_path, "loss.name=orca", "model.head=cosine",
                       "model.head_dims=[]", "model.output_dim=2", "optim.epochs=1",
                       "eval.every_epochs=null", "eval.lct=false", "eval.orca=true")
-    result = train(cfg)
+    result = train_and_evaluate(cfg)
     run = tracking.get_run(result.tracking_uri, result.run_id)
     assert run["status"] == "FINISHED"
     m = run["metrics"]

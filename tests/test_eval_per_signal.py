@@ -6,7 +6,7 @@ import pytest
 from clrdist.eval.anomaly import anomaly_scores
 from clrdist.eval.lct import linear_classifier_test
 from clrdist.eval.metrics import auc, per_signal_metrics
-from clrdist.eval.runner import run_evaluations
+from clrdist.eval.runner import Context, run_evaluations
 
 NAMES = {-1: "unknown", 0: "background", 1: "Ato4l", 2: "leptoquark", 3: "hChToTauNu"}
 
@@ -52,6 +52,6 @@ def test_lct_anomaly_and_runner_report_each_signal_process():
         return batch["features"]
 
     res = run_evaluations(encode, train_data=data, test_data=test, which={"lct"},
-                          options={"n_boot": 0, "kind": "event", "label_names": NAMES,
-                                   "lct": {"figures": False}})
+                          context=Context(n_boot=0, kind="event", label_names=NAMES),
+                          options={"lct": {"figures": False}})
     assert res["lct"].metrics["lct_leptoquark_auc"] == pytest.approx(lct["lct_leptoquark_auc"])

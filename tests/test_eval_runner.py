@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from _eval_toys import mixed
 
-from clrdist.eval import EvalResult
 from clrdist.eval.baselines import jet_observables
-from clrdist.eval.runner import evaluate_during_training, run_evaluations
+from clrdist.eval.metrics import EvalResult
+from clrdist.eval.runner import Context, evaluate_during_training, run_evaluations
 
 calls = []
 
@@ -21,8 +21,8 @@ def test_run_lct_and_baselines_in_batches():
     calls.clear()
     tr, te = mixed(150, seed=0), mixed(150, seed=5)
     res = run_evaluations(encode, train_data=tr, test_data=te, which={"lct", "baselines"},
-                          options={"batch_size": 128, "n_boot": 5,
-                                   "baselines": {"which": ["raw"]}})
+                          context=Context(batch_size=128, n_boot=5),
+                          options={"baselines": {"which": ["raw"]}})
     assert calls == [128, 128, 44, 128, 128, 44]
     assert isinstance(res["lct"], EvalResult)
     assert res["lct"].metrics["lct_auc"] > 0.9 > res["baselines"].metrics["baseline_raw_auc"]
@@ -44,7 +44,6 @@ def test_evaluate_during_training_metrics():
 def test_run_every_evaluation_small():
     tr, te = mixed(400, seed=1), mixed(400, seed=2)
     opts = {
-        "n_boot": 0,
         "baselines": {"which": ["raw"]},
         "cwola": {"fractions": (0.0, 0.5), "classifiers": ("linear",), "n_repeats": 1},
         "nplm": {"n_ref": 300, "n_data": 100, "n_sig": 20, "n_toys_null": 10, "n_toys_sig": 3,
@@ -52,7 +51,8 @@ def test_run_every_evaluation_small():
         "anomaly": {"ae_scale": 0.25, "ae_epochs": 3, "ae_batch_size": 256},
     }
     res = run_evaluations(encode, train_data=tr, test_data=te,
-                          which={"lct", "baselines", "cwola", "nplm", "anomaly"}, options=opts)
+                          which={"lct", "baselines", "cwola", "nplm", "anomaly"},
+                          context=Context(n_boot=0), options=opts)
     assert set(res) == {"lct", "baselines", "cwola", "nplm", "anomaly"}
     names = [k for r in res.values() for k in r.metrics]
     assert len(names) == len(set(names))  # unique across evaluations
@@ -74,17 +74,17 @@ def test_cwola_runs_bump_hunt_on_dijet_stores():
     hunt = {"classifier": "linear", "k": 3, "n_bins": 12, "n_toys": 10, "figures": False}
     res = run_evaluations(lambda b: b["features"][:, 1:], train_data=tr, test_data=te,
                           which={"bumphunt"},
-                          options={"feature_names": ["m_jj", "a", "b", "c"], "ecm": 13000.0,
-                                   "bumphunt": hunt})
+                          context=Context(feature_names=["m_jj", "a", "b", "c"], ecm=13000.0),
+                          options={"bumphunt": hunt})
     m = res["bumphunt"].metrics  # blind scan at 0.1%, 0.3%, 1% signal (labels only mix)
     assert m["bumphunt_f_0.01_best_sr_lo"] < 3500 < m["bumphunt_f_0.01_best_sr_hi"]
     assert m["bumphunt_f_0.01_max_local_z"] > 3 and m["bumphunt_f_0.001_n_sig"] == 20
     with pytest.raises(KeyError, match="provenance.ecm"):  # sqrt(s) from the store, no constant
         run_evaluations(lambda b: b["features"][:, 1:], train_data=tr, test_data=te,
-                        which={"bumphunt"}, options={"feature_names": ["m_jj", "a", "b", "c"]})
+                        which={"bumphunt"}, context=Context(feature_names=["m_jj", "a", "b", "c"]))
     with pytest.raises(KeyError, match="m_jj"):
         run_evaluations(lambda b: b["features"][:, 1:], train_data=tr, test_data=te,
-                        which={"bumphunt"}, options={"feature_names": ["x"]})
+                        which={"bumphunt"}, context=Context(feature_names=["x"]))
 
 
 def test_lct_and_anomaly_come_with_the_untrained_and_raw_references():
@@ -95,8 +95,8 @@ def test_lct_and_anomaly_come_with_the_untrained_and_raw_references():
         return rng.normal(size=(len(batch["label"]), 3))
 
     res = run_evaluations(encode, train_data=tr, test_data=te, which={"lct", "anomaly"},
-                          options={"n_boot": 5, "init_encode": untrained, "n_particles": 10,
-                                   "anomaly": {"methods": ["znorm"], "figures": False}})
+                          context=Context(n_boot=5, init_encode=untrained, n_particles=10),
+                          options={"anomaly": {"methods": ["znorm"], "figures": False}})
     m = res["lct"].metrics
     assert m["lct_auc"] > 0.9 and abs(m["lct_init_auc"] - 0.5) < 0.1
     assert m["lct_init_n_test"] == m["lct_n_test"] == m["lct_raw_n_test"]
@@ -106,5 +106,5 @@ def test_lct_and_anomaly_come_with_the_untrained_and_raw_references():
     assert "anomaly_znorm_auc" in a and abs(a["anomaly_init_znorm_auc"] - 0.5) < 0.1
     # without the reference encoder: only the representation and the raw inputs
     plain = run_evaluations(encode, train_data=tr, test_data=te, which={"lct"},
-                            options={"n_boot": 0}).get("lct").metrics
+                            context=Context(n_boot=0)).get("lct").metrics
     assert "lct_raw_auc" in plain and "lct_init_auc" not in plain

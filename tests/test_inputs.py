@@ -4,8 +4,9 @@ import numpy as np
 import torch
 
 from clrdist.config import load_config
+from clrdist.models.encode import model_inputs
 from clrdist.physics.augment import build_view
-from clrdist.train.inputs import model_inputs, view_inputs
+from clrdist.train.inputs import view_inputs
 
 SPLIT = "augment.views=[[{name: collinear_split, params: {fill: 1.0}}], [{name: collinear_split, params: {fill: 1.0}}]]"
 

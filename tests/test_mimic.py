@@ -53,23 +53,24 @@ def test_mimic_evaluation_reports_selected_efps_ado_and_aucs():
 
 
 def test_run_evaluations_dispatches_the_image_and_open_world_evaluations():
-    from clrdist.eval.runner import run_evaluations
+    from clrdist.eval.runner import Context, run_evaluations
 
     tr, te = toy_dataset(60, seed=2), toy_dataset(30, seed=3)
     encode = lambda b: b["features"][:, [0, 3]]  # noqa: E731  (jet pT and mass)
     small = {"images": {"epochs": 1}, "nae": {"ae_epochs": 1, "nae_steps": 1, "batch_size": 16,
                                               "langevin": {"z_steps": 1, "x_steps": 1}},
              "mimic": {"dmax": 2, "images": {"epochs": 1}, "steps": 10, "max_efps": 1},
-             "orca": {"known": [0]}, "head": lambda rep: np.c_[rep[:, :1] * 0 + 0.7, rep[:, :1] * 0 + 0.3],
-             "label_names": {0: "qcd", 1: "top"}}
+             "orca": {"known": [0]}}
+    context = Context(label_names={0: "qcd", 1: "top"},
+                      head=lambda rep: np.c_[rep[:, :1] * 0 + 0.7, rep[:, :1] * 0 + 0.3])
     res = run_evaluations(encode, train_data=tr, test_data=te, which={"nae", "images", "mimic", "orca"},
-                          options=small)
+                          context=context, options=small)
     assert set(res) == {"nae", "images", "mimic", "orca"}
     assert {"nae_rep_auc", "nae_images_auc", "images_ae_auc", "mimic_hln_ado",
             "orca_known_acc"} <= {k for r in res.values() for k in r.metrics}
     assert res["orca"].metrics["orca_known_acc"] == 1.0  # every sample on head 0
     with pytest.raises(KeyError, match="jet store"):
         run_evaluations(encode, train_data=tr, test_data=te, which={"images"},
-                        options={"kind": "event"})
+                        context=Context(kind="event"))
     with pytest.raises(KeyError, match="classifier head"):
         run_evaluations(encode, train_data=tr, test_data=te, which={"orca"})

@@ -1,5 +1,6 @@
 """Failures after the MLflow run is opened leave it FAILED with the reason, never RUNNING:
-a non-finite loss in training (and no checkpoint after it), an error in the evaluation.
+a non-finite loss in training (and no checkpoint after it), an error in the evaluation
+after training (clrdist.pipeline).
 
 Real Ray cluster, real MLflow sqlite store, real stores; signals and Ray start-up failures are in
 test_runs_resume.py (they need a driver process of their own).
@@ -11,8 +12,8 @@ from _train_toys import CONFIGS, tiny_config, tiny_overrides
 
 from clrdist import tracking
 from clrdist.cli import main
+from clrdist.pipeline import train_and_evaluate
 from clrdist.train import checkpoint
-from clrdist.train.trainer import train
 
 pytestmark = pytest.mark.integration
 
@@ -47,14 +48,15 @@ def test_non_finite_loss_stops_training_fails_the_run_and_keeps_the_last_finite_
 
 
 def test_a_failing_evaluation_fails_the_run_with_its_reason(ray_cluster, toy_splits, tmp_path):
+    """The bump hunt on jet stores: no m_jj feature, found only once the evaluation reads them."""
     cfg = tiny_config(toy_splits, tmp_path, "optim.epochs=1", "eval.every_epochs=null",
-                      "eval.options={lct: {no_such_option: 1}}")
-    with pytest.raises(TypeError, match="no_such_option"):
-        train(cfg)
+                      "eval.bumphunt=true")
+    with pytest.raises(KeyError, match="m_jj"):
+        train_and_evaluate(cfg)
     (run,) = runs(cfg.tracking.uri)
     assert run.info.status == "FAILED"
     assert run.data.tags["clrdist.failure_stage"] == "evaluation"
-    assert run.data.tags["clrdist.failure_reason"].startswith("TypeError:")
-    assert "no_such_option" in run.data.tags["clrdist.failure_reason"]
+    assert run.data.tags["clrdist.failure_reason"].startswith("KeyError:")
+    assert "m_jj" in run.data.tags["clrdist.failure_reason"]
     # training itself finished: its checkpoint is recorded and can be evaluated again
     assert checkpoint.load(run.data.tags["clrdist.checkpoint"])[1]["epoch"] == 1

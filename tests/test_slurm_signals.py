@@ -40,7 +40,7 @@ def test_sigusr1_checkpoints_and_the_rerun_finishes_the_same_run(ray_cluster, to
 
     threading.Thread(target=warn_after_two_logs, daemon=True).start()
     with pytest.raises(Preempted) as stop:
-        train(cfg, evaluate=False)
+        train(cfg)
     assert stop.value.exit_code == 75
     run = tracking.find_run(uri, cfg.tracking.experiment, "preempt-local")
     assert run["status"] == "KILLED" and "preempted" in run["tags"]["clrdist.failure_reason"]
@@ -48,7 +48,7 @@ def test_sigusr1_checkpoints_and_the_rerun_finishes_the_same_run(ray_cluster, to
     total = 3 * (open_store(toy_splits / "train.zarr").n // (32 * 2))
     assert 2 <= stopped_at < total and stopped_at % 2 == 0  # at a logging step, mid-training
 
-    result = train(cfg, evaluate=False)  # the same command again
+    result = train(cfg)  # the same command again
     assert result.resumed and result.run_id == run["run_id"]
     final = tracking.get_run(uri, result.run_id)
     assert final["status"] == "FINISHED" and "clrdist.failure_reason" not in final["tags"]

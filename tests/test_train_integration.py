@@ -17,6 +17,7 @@ from clrdist import tracking
 from clrdist.cli import main
 from clrdist.data.store import open_store
 from clrdist.models import build_model
+from clrdist.pipeline import train_and_evaluate
 from clrdist.train import checkpoint
 from clrdist.train.trainer import train
 
@@ -44,7 +45,7 @@ SMALL_EVALS = ("eval.options={nplm: {n_ref: 300, n_data: 100, n_sig: 30, n_toys_
 
 def test_two_worker_ddp_run_end_to_end(ray_cluster, toy_splits, tmp_path, capsys):
     cfg = tiny_config(toy_splits, tmp_path, SMALL_EVALS)
-    result = train(cfg)
+    result = train_and_evaluate(cfg)
 
     # -- the MLflow run: params, per-step metrics, evaluation ----------------------------------
     run = tracking.get_run(result.tracking_uri, result.run_id)
@@ -228,7 +229,7 @@ def test_demo_verdict_needs_errors_apart():
 def test_other_losses_train_through_ray(ray_cluster, toy_splits, tmp_path, loss, extra):
     cfg = tiny_config(toy_splits, tmp_path, f"loss.name={loss}", "optim.epochs=1",
                       "eval.every_epochs=null", "eval.lct=true", *extra)
-    result = train(cfg)
+    result = train_and_evaluate(cfg)
     run = tracking.get_run(result.tracking_uri, result.run_id)
     assert run["status"] == "FINISHED" and run["params"]["loss.name"] == loss
     assert np.isfinite(run["metrics"]["train_loss"])

@@ -1,4 +1,4 @@
-"""Checkpoints: what a run needs to resume exactly, and what evaluation needs to encode.
+"""Checkpoints: what a run needs to resume exactly, and the trained model evaluation loads.
 
 A checkpoint is a directory:
 
@@ -6,13 +6,13 @@ A checkpoint is a directory:
     meta.json           step, epoch, the resolved run config, clrdist version
     stream_rank{r}.json each rank's stream position (Ray Train merges the workers' directories)
 
-Nothing here imports Ray, so ``clrdist eval`` and notebooks can load checkpoints directly.
+Nothing here imports Ray, so ``clrdist eval`` and notebooks can load checkpoints directly;
+``clrdist.models.encode.make_encoder`` turns the loaded model into an encoder of store samples.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,23 +118,3 @@ def load_model(directory: str | Path) -> tuple[torch.nn.Module, RunConfig]:
     model.load_state_dict(evaluated_weights(state))
     model.eval()
     return model, cfg
-
-
-def make_encoder(model: torch.nn.Module, cfg: RunConfig, batch_size: int = 2048,
-                 device: str | torch.device = "cpu") -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    """``encode(samples) -> (n, D)`` representations (not projection-head outputs)."""
-    from clrdist.train.inputs import model_inputs
-
-    model = model.to(device).eval()
-
-    @torch.no_grad()
-    def encode(samples: dict[str, np.ndarray]) -> np.ndarray:
-        out = []
-        n = len(samples["mask"])
-        for i in range(0, n, batch_size):
-            x, mask = model_inputs(samples["particles"][i:i + batch_size],
-                                   samples["mask"][i:i + batch_size], cfg, device=device)
-            out.append(model.represent(x, mask).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-    return encode

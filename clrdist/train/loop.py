@@ -56,7 +56,7 @@ def load_validation(cfg) -> tuple[dict, dict] | None:
 def validate(engine, cfg, val, device) -> dict[str, float]:
     """LCT AUC, max SIC and FPR at TPR 0.5 of the current representation, as val_* metrics."""
     from clrdist.eval.runner import evaluate_during_training
-    from clrdist.train.checkpoint import make_encoder
+    from clrdist.models.encode import make_encoder
 
     encode = make_encoder(engine.module, cfg, device=device)  # sets eval mode
     (tr, te) = val

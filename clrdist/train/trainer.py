@@ -1,5 +1,6 @@
 """Driver side of training: check the config, open (or reopen) the MLflow run, run Ray Train,
-evaluate, close the run in a true state.
+close the run in a true state. Evaluation is not here: ``clrdist.pipeline`` trains through
+:func:`training_run` and :func:`fit`, then evaluates the checkpoint in the same run.
 
 Everything that can be checked without a cluster (stores valid and sane, evaluation stores
 labelled and held out, engine available, tracking store and RAY_ADDRESS answering) is checked
@@ -16,6 +17,7 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from clrdist.cluster import ClusterError, check_ray_address, ensure_ray
 from clrdist.config import ConfigError, RunConfig
 from clrdist.data.store import StoreError, open_store
 from clrdist.errors import ClrdistError
+from clrdist.eval.held_out import check_evaluation_stores
 from clrdist.train import preempt
 
 log = logging.getLogger(__name__)
@@ -46,11 +49,12 @@ def _open(path: str, key: str):
         raise StoreError(f"{key}: {e}") from None
 
 
-def preflight(cfg: RunConfig, *, evaluate: bool = True) -> None:
+def preflight(cfg: RunConfig, *, final_evaluation: bool = False) -> None:
     """Reject what would fail on the cluster anyway, before any resource is started: the stores
     (a sample of the training store's shards re-checksummed and its samples sanity-checked), the
-    evaluation stores (labelled, both classes, held out), the components, the engine, the
-    tracking store (answering within seconds) and RAY_ADDRESS (reachable)."""
+    evaluation stores (labelled, both classes, held out: the validation pair, and with
+    ``final_evaluation`` the pair the evaluations after training read), the components, the
+    engine, the tracking store (answering within seconds) and RAY_ADDRESS (reachable)."""
     store = _open(cfg.data.train_store, "data.train_store")
     need = cfg.data.batch_size * cfg.scaling.num_workers
     if store.n < need:
@@ -63,11 +67,13 @@ def preflight(cfg: RunConfig, *, evaluate: bool = True) -> None:
             raise ConfigError(f"{key}: {want} exceeds the {store.n_particles} particle slots of "
                               f"{cfg.data.train_store}")
     check_train_sample(store)
+    d = cfg.data
     for key in ("eval_train_store", "eval_test_store", "val_store"):
-        path = getattr(cfg.data, key)
+        path = getattr(d, key)
         if path is not None:
             _open(path, f"data.{key}")
-    check_eval_stores(cfg, evaluate=evaluate)
+    final = final_evaluation and cfg.eval.requested() and d.eval_train_store and d.eval_test_store
+    check_evaluation_stores(cfg, final=bool(final))
     check_components(cfg)
     if cfg.scaling.engine == "deepspeed":
         try:
@@ -98,39 +104,6 @@ def check_train_sample(store) -> None:
         check_sample_sanity(store, n=PREFLIGHT_SAMPLES)
     except StoreError as e:
         raise StoreError(f"data.train_store: {e}") from None
-
-
-def _check_labels(path: str, key: str) -> None:
-    """A store an LCT fits or scores on: labelled, background (0) and signal (>= 1) present."""
-    import numpy as np
-
-    label = np.asarray(_open(path, key).arrays["label"][:])
-    n_bkg, n_sig = int((label == 0).sum()), int((label > 0).sum())
-    if n_bkg == 0 or n_sig == 0:
-        what = "no labelled samples (all -1)" if n_bkg + n_sig == 0 else \
-            f"only {'signal' if n_sig else 'background'} samples ({n_bkg} label 0, {n_sig} label >= 1)"
-        raise StoreError(f"{key}: {path} has {what}; the evaluations need background (0) "
-                         "and signal (>= 1)")
-
-
-def check_eval_stores(cfg: RunConfig, *, evaluate: bool = True) -> None:
-    """The stores the evaluations will read: labelled with both classes, held out from training
-    and from each other (the same checks the evaluation itself makes, before any training)."""
-    from clrdist.config import EVALUATIONS
-    from clrdist.evaluate import check_final_stores, check_held_out
-
-    d = cfg.data
-    final = evaluate and any(getattr(cfg.eval, n) for n in EVALUATIONS) \
-        and d.eval_train_store and d.eval_test_store
-    during = bool(cfg.eval.every_epochs and d.val_store and d.eval_train_store)
-    keys = ["eval_train_store", "eval_test_store"] if final else []
-    keys += ["eval_train_store", "val_store"] if during else []
-    for key in dict.fromkeys(keys):
-        _check_labels(getattr(d, key), f"data.{key}")
-    if final:
-        check_final_stores(cfg)
-    elif during:
-        check_held_out(d.train_store, d.eval_train_store, d.val_store)
 
 
 def check_components(cfg: RunConfig) -> None:
@@ -277,9 +250,9 @@ def _driver_alive(tags: dict[str, str]) -> bool | None:
 
 
 def _config_diff(a: dict, b: dict) -> list[str]:
-    from clrdist.config import _flatten
+    from clrdist.config import flatten
 
-    fa, fb = dict(_flatten(a)), dict(_flatten(b))
+    fa, fb = dict(flatten(a)), dict(flatten(b))
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
 
 
@@ -384,43 +357,44 @@ def _user_error(e: BaseException) -> ClrdistError | None:
     return None
 
 
-def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = None,
-          tags: dict[str, str] | None = None, resume: str | None = None) -> TrainResult:
-    """Train with Ray Train's TorchTrainer; log to MLflow; run the post-training evaluations.
+@dataclass
+class TrainingRun:
+    """The MLflow run a training writes into, while :func:`training_run` holds it open."""
 
-    ``callbacks`` go to Ray Train's RunConfig (Tune's ``TuneReportCallback`` in sweeps);
-    ``tags`` are added to the MLflow run; ``resume`` continues that MLflow run (otherwise a
-    KILLED run of the same ``tracking.run_name`` is continued, see :func:`find_resumable`).
+    run_id: str
+    tracking_uri: str
+    resumed: bool  # continued an interrupted MLflow run (and its checkpoints)
+    stop_file: str | None = None  # SIGUSR1's stop request for the workers (clrdist.train.preempt)
+    stage: str = "ray_start"  # clrdist.failure_stage if it fails now: ray_start, training, ...
 
-    Once the MLflow run is open it always ends in a true state: FINISHED; FAILED with
-    ``clrdist.failure_reason`` and ``clrdist.failure_stage`` (ray_start, training, evaluation)
-    on any error; KILLED on SIGINT / SIGTERM / SIGHUP, and, through the watchdog, on SIGKILL.
+
+@contextlib.contextmanager
+def training_run(cfg: RunConfig, tags: dict[str, str] | None = None,
+                 resume: str | None = None) -> Iterator[TrainingRun]:
+    """Open the MLflow run (or reopen the one :func:`find_resumable` names), start or join Ray,
+    and hold the run while the body trains (:func:`fit`) and whatever follows in the same run
+    (the pipeline's evaluation, after it sets ``stage``). ``cfg`` must have absolute paths
+    (:func:`resolve_paths`).
+
+    The run always ends in a true state: FINISHED when the body returns; FAILED with
+    ``clrdist.failure_reason`` and ``clrdist.failure_stage`` (the ``stage`` it failed in) on any
+    error; KILLED on SIGINT / SIGTERM / SIGHUP (raised as :class:`RunInterrupted`), on SIGUSR1's
+    preemption (:class:`Preempted`) and, through the watchdog, on SIGKILL.
     """
-    preflight(cfg, evaluate=evaluate)
-    cfg = resolve_paths(cfg)
     uri = cfg.tracking.uri
     run_id, resumed = open_run(cfg, tags, resume)
     runtime.watch_run(uri, run_id)
-    stage = "ray_start"
+    run = TrainingRun(run_id=run_id, tracking_uri=uri, resumed=resumed)
     _signals_received.clear()
     try:
-        stop_file = preempt.request_path(Path(cfg.checkpoint.storage_path) / ray_run_name(cfg, run_id))
-        preempt.clear(stop_file)  # a resumed run must not stop on its predecessor's request
-        ensure_ray(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)  # ray.init sets its own SIGTERM handler (sys.exit): ours go on after it
-        stage = "training"
-        with _signals_raise(stop_file):
-            result = _fit(cfg, run_id, callbacks, stop_file)
-            if (result.metrics or {}).get("preempted"):
-                raise Preempted(int(result.metrics["step"]))
-            if result.checkpoint is None:
-                raise RuntimeError(f"run {run_id}: training finished without a checkpoint")
-            ckpt_path = result.checkpoint.path
-            tracking.set_tags(uri, run_id, {"clrdist.checkpoint": ckpt_path})
-            metrics = {k: float(v) for k, v in (result.metrics or {}).items()
-                       if isinstance(v, (int, float))}
-            stage = "evaluation"
-            if evaluate:
-                metrics.update(_evaluate(cfg, uri, run_id, ckpt_path))
+        run.stop_file = preempt.request_path(Path(cfg.checkpoint.storage_path)
+                                             / ray_run_name(cfg, run_id))
+        preempt.clear(run.stop_file)  # a resumed run must not stop on its predecessor's request
+        # ray.init sets its own SIGTERM handler (sys.exit): ours go on after it
+        ensure_ray(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
+        run.stage = "training"
+        with _signals_raise(run.stop_file):
+            yield run
     except BaseException as raised:
         # A signal handler that fires inside Ray's C code surfaces as a SystemError (or other)
         # with our RunInterrupted / KeyboardInterrupt as its context: the signal is what happened.
@@ -430,13 +404,13 @@ def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = Non
         killed = isinstance(e, (RunInterrupted, KeyboardInterrupt, SystemExit))
         try:
             tracking.end_run(uri, run_id, "KILLED" if killed else "FAILED", reason=_reason(e),
-                             stage=stage)
+                             stage=run.stage)
             runtime.release_run(run_id)
         except Exception as te:  # the store failed too: the watchdog marks it when we exit
             log.error("could not close MLflow run %s: %s", run_id, _first_line(te))
         if (user := _user_error(e)) is not None:
             raise TrainingFailed(f"run {run_id}: {user}") from None
-        if stage == "ray_start" and isinstance(e, Exception):
+        if run.stage == "ray_start" and isinstance(e, Exception):
             log.debug("Ray did not start", exc_info=True)
             raise TrainingFailed(f"run {run_id}: Ray did not start: {_reason(e)} (the run is "
                                  "FAILED; -v shows the traceback)") from None
@@ -445,11 +419,42 @@ def train(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = Non
         raise
     tracking.end_run(uri, run_id, "FINISHED")
     runtime.release_run(run_id)
-    return TrainResult(run_id=run_id, checkpoint_path=ckpt_path, tracking_uri=uri,
-                       metrics=metrics, resumed=resumed)
 
 
-def _fit(cfg: RunConfig, run_id: str, callbacks: list | None, stop_file: str | None = None):
+def fit(cfg: RunConfig, run: TrainingRun, callbacks: list | None = None) -> TrainResult:
+    """Ray Train's TorchTrainer on ``run`` (inside :func:`training_run`): the final checkpoint
+    recorded in the run (tag ``clrdist.checkpoint``) and the last epoch's metrics."""
+    result = _torch_trainer_fit(cfg, run.run_id, callbacks, run.stop_file)
+    if (result.metrics or {}).get("preempted"):
+        raise Preempted(int(result.metrics["step"]))
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {run.run_id}: training finished without a checkpoint")
+    ckpt_path = result.checkpoint.path
+    tracking.set_tags(run.tracking_uri, run.run_id, {"clrdist.checkpoint": ckpt_path})
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items()
+               if isinstance(v, (int, float))}
+    return TrainResult(run_id=run.run_id, checkpoint_path=ckpt_path,
+                       tracking_uri=run.tracking_uri, metrics=metrics, resumed=run.resumed)
+
+
+def train(cfg: RunConfig, *, callbacks: list | None = None, tags: dict[str, str] | None = None,
+          resume: str | None = None) -> TrainResult:
+    """Train with Ray Train's TorchTrainer, logging to MLflow; no evaluation after training
+    (``clrdist.pipeline.train_and_evaluate`` adds it).
+
+    ``callbacks`` go to Ray Train's RunConfig (Tune's ``TuneReportCallback`` in sweeps);
+    ``tags`` are added to the MLflow run; ``resume`` continues that MLflow run (otherwise a
+    KILLED run of the same ``tracking.run_name`` is continued, see :func:`find_resumable`).
+    The run ends FINISHED, FAILED or KILLED (:func:`training_run`).
+    """
+    preflight(cfg)
+    cfg = resolve_paths(cfg)
+    with training_run(cfg, tags, resume) as run:
+        return fit(cfg, run, callbacks)
+
+
+def _torch_trainer_fit(cfg: RunConfig, run_id: str, callbacks: list | None,
+                       stop_file: str | None = None):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -472,19 +477,3 @@ def _fit(cfg: RunConfig, run_id: str, callbacks: list | None, stop_file: str | N
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),
     )
     return trainer.fit()
-
-
-def _evaluate(cfg: RunConfig, uri: str, run_id: str, ckpt_path: str) -> dict[str, float]:
-    """The post-training evaluations ``eval.*`` asks for, logged into the run."""
-    from clrdist.config import EVALUATIONS
-    from clrdist.evaluate import evaluate_checkpoint
-
-    which = {name for name in EVALUATIONS if getattr(cfg.eval, name)}
-    if which and cfg.data.eval_train_store and cfg.data.eval_test_store:
-        results = evaluate_checkpoint(ckpt_path, which, cfg=cfg)
-        tracking.log_eval(uri, run_id, results)
-        return {k: v for res in results.values() for k, v in res.metrics.items()}
-    if which:
-        log.warning("eval: data.eval_train_store / eval_test_store not set; skipping %s",
-                    sorted(which))
-    return {}

@@ -1,0 +1,71 @@
+"""A trained model on its run's evaluation stores: the post-training evaluation.
+
+``evaluate_trained(model, trained_cfg, which)`` reads the labelled eval_train / eval_test stores
+(after :func:`clrdist.eval.held_out.check_final_stores`), encodes them into representations
+(not projection-head outputs) and runs the evaluations in ``which`` through
+:func:`clrdist.eval.runner.run_evaluations`, next to the same architecture untrained.
+``clrdist.pipeline`` loads the model from a checkpoint and logs the results into the MLflow run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from clrdist.config import RunConfig
+from clrdist.data.store import SampleStore, StoreError
+from clrdist.eval.held_out import check_final_stores
+from clrdist.eval.metrics import EvalResult
+from clrdist.eval.registry import check_names
+from clrdist.eval.runner import Context, run_evaluations
+from clrdist.models import initial_model
+from clrdist.models.encode import Representation, make_encoder, numpy_inputs
+
+
+def collision_energy(*stores: SampleStore) -> float | None:
+    """sqrt(s) in GeV recorded by the stores (provenance.ecm), None when none records it;
+    refuses stores that record different energies."""
+    found = {s.path: s.attrs.get("provenance", {}).get("ecm") for s in stores}
+    values = {float(v) for v in found.values() if v is not None}
+    if len(values) > 1:
+        raise StoreError("evaluation stores record different collision energies: "
+                         + ", ".join(f"{p} {v}" for p, v in found.items()))
+    return values.pop() if values else None
+
+
+def evaluate_trained(model: torch.nn.Module, trained_cfg: RunConfig, which: set[str], *,
+                     cfg: RunConfig | None = None) -> dict[str, EvalResult]:
+    """Run the evaluations in ``which`` on ``model`` (trained with ``trained_cfg``: its input
+    transform, architecture and seed), on the evaluation stores and with the ``eval.options``
+    of ``cfg`` (default: ``trained_cfg``). Returns ``{evaluation name: EvalResult}``."""
+    check_names(which)
+    cfg = cfg or trained_cfg
+    store, test_store = check_final_stores(cfg)  # the test pair only, never the validation store
+    limit = cfg.eval.lct_max_samples
+    train_data = store.read_all(max_samples=limit)
+    test_data = test_store.read_all(max_samples=limit)
+    with torch.random.fork_rng():  # the untrained reference: the same architecture and seed
+        untrained = initial_model(trained_cfg.model, trained_cfg.seed)
+    context = Context(
+        seed=cfg.seed, feature_names=store.feature_names, kind=store.kind,
+        label_names=store.label_names,  # per-signal metrics of lct / anomaly / nae / ...
+        n_particles=trained_cfg.data.n_particles,
+        ecm=collision_energy(store, test_store),  # the bump hunt's sqrt(s)
+        init_encode=make_encoder(untrained, trained_cfg),
+        # the supervised baseline: a fresh encoder of the run's size on the run's inputs
+        model_factory=lambda: Representation(trained_cfg),
+        supervised_prepare=lambda particles, mask: numpy_inputs(particles, mask, trained_cfg),
+        known_classes=trained_cfg.loss.known_classes)
+    if trained_cfg.loss.name == "orca":  # ORCA's head is its classifier over known + novel classes
+        context.head = lambda rep: _head_probabilities(model, rep)
+    return run_evaluations(make_encoder(model, trained_cfg), train_data=train_data,
+                           test_data=test_data, which=set(which), context=context,
+                           options=cfg.eval.options)
+
+
+@torch.no_grad()
+def _head_probabilities(model: torch.nn.Module, rep: np.ndarray) -> Any:
+    """softmax of the projection head on representations (n, D) -> (n, K) numpy."""
+    return torch.softmax(model.head(torch.as_tensor(rep, dtype=torch.float32)), 1).numpy()

@@ -1,0 +1,87 @@
+"""Train, then evaluate the checkpoint, then log: what ``clrdist train``, the demo, sweeps and
+``ray job submit`` jobs run.
+
+``train_and_evaluate(cfg)`` trains (:mod:`clrdist.train.trainer`), runs the evaluations
+``eval.*`` asks for on the final checkpoint (:mod:`clrdist.eval.trained`) and logs them into the
+same MLflow run, which ends FINISHED only after the evaluation (FAILED at stage ``evaluation``
+when it fails). ``evaluate_run(uri, run_id, which)`` evaluates a finished run's checkpoint
+again, and logs into that run (``clrdist eval RUN_ID``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from clrdist import tracking
+from clrdist.config import ConfigError, RunConfig
+from clrdist.train import trainer
+from clrdist.train.trainer import TrainResult
+
+log = logging.getLogger(__name__)
+
+
+def train_and_evaluate(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = None,
+                       tags: dict[str, str] | None = None, resume: str | None = None
+                       ) -> TrainResult:
+    """Train (see :func:`clrdist.train.trainer.train` for ``callbacks``, ``tags``, ``resume``),
+    then, unless ``evaluate`` is False, evaluate the final checkpoint and log the results into
+    the run; the result's metrics are the last epoch's and the evaluations'. Every check,
+    the evaluation stores' included, runs before any cluster starts."""
+    trainer.preflight(cfg, final_evaluation=evaluate)
+    cfg = trainer.resolve_paths(cfg)
+    with trainer.training_run(cfg, tags, resume) as run:
+        result = trainer.fit(cfg, run, callbacks)
+        run.stage = "evaluation"
+        if evaluate:
+            result.metrics.update(_evaluate_into_run(cfg, run.run_id, result.checkpoint_path))
+    return result
+
+
+def _evaluate_into_run(cfg: RunConfig, run_id: str, ckpt_path: str) -> dict[str, float]:
+    """The post-training evaluations ``eval.*`` asks for, logged into the run."""
+    which = set(cfg.eval.requested())
+    if which and cfg.data.eval_train_store and cfg.data.eval_test_store:
+        results = evaluate_checkpoint(ckpt_path, which, cfg=cfg)
+        tracking.log_eval(cfg.tracking.uri, run_id, results)
+        return {k: v for res in results.values() for k, v in res.metrics.items()}
+    if which:
+        log.warning("eval: data.eval_train_store / eval_test_store not set; skipping %s",
+                    sorted(which))
+    return {}
+
+
+def evaluate_checkpoint(checkpoint_path: str, which: set[str], *,
+                        cfg: RunConfig | None = None) -> dict[str, Any]:
+    """Run the evaluations in ``which`` on a checkpoint's model, on the evaluation stores of
+    ``cfg`` (default: the checkpoint's own config)."""
+    from clrdist.eval.trained import evaluate_trained
+    from clrdist.train.checkpoint import load_model
+
+    model, trained_cfg = load_model(checkpoint_path)
+    return evaluate_trained(model, trained_cfg, which, cfg=cfg)
+
+
+def evaluate_run(uri: str, run_id: str, which: set[str], *, latest: bool = False) -> dict[str, Any]:
+    """Evaluate the checkpoint recorded in an MLflow run and log the results into that run;
+    ``latest``: the newest checkpoint in the run's directory (an unfinished run's)."""
+    from clrdist.config import config_from_dict
+    from clrdist.train.checkpoint import latest_checkpoint
+
+    run = tracking.get_run(uri, run_id)
+    ckpt = run["tags"].get("clrdist.checkpoint")
+    if latest or not ckpt:
+        ray_dir = run["tags"].get("clrdist.ray_run_dir")
+        found = latest_checkpoint(ray_dir) if ray_dir else None
+        if not latest:
+            raise ConfigError(f"run {run_id}: no final checkpoint (status {run['status']}); "
+                              + (f"`clrdist eval {run_id} --latest` evaluates its latest one "
+                                 f"(step {found[1]['step']})" if found else "and none on disk"))
+        if found is None:
+            raise ConfigError(f"run {run_id}: no checkpoint under {ray_dir or '(no clrdist.ray_run_dir tag)'}")
+        ckpt = str(found[0])
+        tracking.set_tags(uri, run_id, {"clrdist.evaluated_checkpoint": ckpt})
+    cfg = config_from_dict(tracking.download_config(uri, run_id), source=f"run {run_id}")
+    results = evaluate_checkpoint(ckpt, which, cfg=cfg)
+    tracking.log_eval(uri, run_id, results)
+    return results
