@@ -23,7 +23,7 @@ import torch
 
 from clrdist.eval.metrics import EvalResult, Roc, binary_labels, per_signal_metrics, roc_metrics
 from clrdist.eval.nplm import single_thread_on_cpu
-from clrdist.eval.plots import _figure, roc_figure
+from clrdist.eval.plots import new_figure, roc_figure
 
 AE_WIDTHS = (256, 128, 64, 32, 16)  # AnomalyCLR encoder widths; decoder mirrors them
 AE_BOTTLENECK = 5
@@ -143,7 +143,7 @@ def anomaly_scores(rep_train: np.ndarray, y_train: np.ndarray, rep_test: np.ndar
     figs = {}
     if figures:
         figs["anomaly_roc.png"] = roc_figure(curves, "label-free anomaly scores")
-        fig, axes = _figure(figsize=(5.5 * len(scores), 4.5))
+        fig, axes = new_figure(figsize=(5.5 * len(scores), 4.5))
         fig.clear()
         axs = fig.subplots(1, len(scores), squeeze=False)[0]
         for ax, (name, s) in zip(axs, scores.items(), strict=True):

@@ -424,9 +424,9 @@ def hunt_at_fractions(mjj: np.ndarray, features: np.ndarray, label: np.ndarray, 
 
 
 def _scan_figure(res: ScanResult):
-    from clrdist.eval.plots import _figure
+    from clrdist.eval.plots import new_figure
 
-    fig, ax = _figure()
+    fig, ax = new_figure()
     centres = [float(np.sqrt(res.edges[w.lo] * res.edges[w.hi])) for w in res.windows]
     for ei, eps in enumerate(res.efficiencies):
         ax.plot(centres, res.z[:, ei], "o-", ms=3, label=rf"$\epsilon$ = {eps:g}")
@@ -440,9 +440,9 @@ def _scan_figure(res: ScanResult):
 
 
 def _hunt_figure(edges, hists, sr, sqrt_s):
-    from clrdist.eval.plots import _figure
+    from clrdist.eval.plots import new_figure
 
-    fig, ax = _figure()
+    fig, ax = new_figure()
     centres = np.sqrt(edges[:-1] * edges[1:])
     yc = centres / sqrt_s
     dy = np.diff(edges) / sqrt_s

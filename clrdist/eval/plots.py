@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     _hep = None
 
 
-def _figure(figsize=(6.0, 5.0)) -> tuple[Figure, object]:
+def new_figure(figsize=(6.0, 5.0)) -> tuple[Figure, object]:
     """A Figure and its Axes, in mplhep's ROOT style when mplhep is installed (fonts scaled to
     the figure size; the style's defaults are made for 10 x 10 inch figures)."""
     if _hep is not None:
@@ -38,7 +38,7 @@ def _figure(figsize=(6.0, 5.0)) -> tuple[Figure, object]:
 
 def roc_figure(curves: Mapping[str, Roc], title: str = "") -> Figure:
     """Background rejection 1/eps_B (log) vs signal efficiency eps_S, one line per tagger."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     for name, r in curves.items():
         ok = r.fpr > 0
         ax.plot(r.tpr[ok], 1.0 / r.fpr[ok], label=name)
@@ -59,7 +59,7 @@ def sic_figure(curves: Mapping[str, Roc], title: str = "", *,
                eps_b_floor: float = DEFAULT_EPS_B_FLOOR,
                min_bkg_events: int = MIN_BKG_EVENTS) -> Figure:
     """SIC = eps_S / sqrt(eps_B) vs eps_S, restricted to working points with enough background."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     for name, r in curves.items():
         es, sic = sic_curve(r, eps_b_floor=eps_b_floor, min_bkg_events=min_bkg_events)
         ax.plot(es, sic, label=name)
@@ -79,7 +79,7 @@ def scan_figure(x: Sequence[float], series: Mapping[str, Sequence[float]], *, xl
                 ylabel: str, logx: bool = True, hline: float | None = None,
                 errors: Mapping[str, Sequence[float]] | None = None, title: str = "") -> Figure:
     """Metric vs a scanned quantity (e.g. AUC vs signal fraction f), one line per series."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     x = np.asarray(x, dtype=float)
     for name, y in series.items():
         y = np.asarray(y, dtype=float)
