@@ -92,10 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="make, import and inspect sample stores")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     from clrdist.data import cli as data_cli
-    from clrdist.data import generate
 
-    data_cli.register(data_sub)
-    generate.register_cli(data_sub)
+    data_cli.register(data_sub)  # convert, info, split, toy, generate
 
     t = sub.add_parser("train", help="contrastive training with Ray Train")
     t.add_argument("config", nargs="?", default=None, help="YAML config (default: built-in demo)")

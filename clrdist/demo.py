@@ -43,7 +43,7 @@ DEFAULT_JETS = {"pythia": 10000, "toy": 15000}
 
 def choose_data(data: str) -> tuple[str, str]:
     """("pythia" | "toy", why) for data = "auto" | "pythia" | "toy"."""
-    from clrdist.data.generate import pythia_available
+    from clrdist.data.generation import pythia_available
 
     if data == "toy":
         return "toy", "asked for the toy generator"
@@ -61,7 +61,7 @@ def make_jets(source: str, path: Path, n_per_class: int, seed: int, workers: int
               slots: int) -> None:
     """Top and QCD jets with up to ``slots`` constituents each (room for collinear splits)."""
     if source == "pythia":
-        from clrdist.data.generate import generate_store
+        from clrdist.data.generation import generate_store
 
         generate_store(["top", "qcd"], n_per_class, path, seed=seed, workers=workers,
                        n_particles=slots, overwrite=True)

@@ -101,17 +101,15 @@ def test_cli_split_makes_train_val_eval_train_eval_test(toy, tmp_path, capsys):
 # ---- generated stores: shards that can share events are refused (issue 11, item 1) ----------
 
 def _gen_plan(procs, seed, n=4, shard=2, **kw):
-    from clrdist.data.generate import _plan
+    from clrdist.data.generation import GenerationConfig, make_plan
 
-    args = dict(jet=None, n_particles=10, detector=None, resonance_masses=(3500, 500, 100),
-                r_inv=0.75, svj_mass=2000, ecm=13000, mpi=False, shard_size=shard,
-                pythia_settings=(), match_truth=True)
-    return _plan(procs, n, seed=seed, **{**args, **kw})
+    args = dict(n_particles=10, ecm=13000, shard_size=shard)
+    return make_plan(GenerationConfig(processes=procs, n_jets=n, seed=seed, **{**args, **kw}))
 
 
 def _fake_generated(path, procs, seed, **kw):
     """A tiny store with the provenance `clrdist data generate` writes (no Pythia run)."""
-    from clrdist.data.generate import shard_records
+    from clrdist.data.generation.plan import shard_records
     from clrdist.data.store import StoreWriter
 
     plan = _gen_plan(procs, seed, **kw)
@@ -137,7 +135,7 @@ def test_shard_seeds_depend_on_process_name_not_position():
 
 
 def test_stores_that_can_share_a_shard_are_refused_and_others_pass(tmp_path):
-    from clrdist.data.generate import SVJ_JET
+    from clrdist.data.generation.processes import SVJ_JET
 
     train = _fake_generated(tmp_path / "qcd0.zarr", ["qcd"], 0)
     # same process, settings and seed in another command: the same QCD events -> refused
@@ -237,7 +235,7 @@ def test_a_shard_shared_across_commands_is_the_same_events():
     """What the check refuses is real: `qcd --seed 0` and `top qcd --seed 0` now give their
     QCD shard the same Pythia seed and settings, and Pythia makes the same jets from it."""
     pytest.importorskip("pythia8mc")
-    from clrdist.data.generate import generate_shard
+    from clrdist.data.generation.events import generate_shard
 
     def qcd_shard(procs, seed):
         return next(s for s in _gen_plan(procs, seed, n=2, shard=2, ecm=None).shards
