@@ -311,7 +311,7 @@ def test_bad_missing_file(tmp_path, capsys):
 
 def test_bad_missing_column(tmp_path, capsys, toy):
     bad = write_toptag(tmp_path / "nolabel.h5", toy["particles"][:20], toy["mask"][:20],
-                       toy["label"][:20], edit=lambda df: df.drop(columns="is_signal_new", inplace=True))
+                       toy["label"][:20], edit=lambda df: df.pop("is_signal_new"))
     msg = _run_bad(tmp_path, capsys, "toptag", [bad])
     assert "nolabel.h5: missing columns is_signal_new" in msg
 

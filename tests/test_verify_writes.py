@@ -106,6 +106,7 @@ def test_killed_writer_leftovers_are_removed_by_the_next_write(tmp_path, caplog)
     assert (left / ".staging").is_dir()  # half-written
     killed.send_signal(signal.SIGKILL)
     killed.wait()
+    killed.stdout.close()
     assert left.is_dir()  # SIGKILL: nothing could clean up
     orphan = tmp_path / "s.zarr.tmp-0123456789ab"  # no writer record (older clrdist)
     orphan.mkdir()
@@ -130,4 +131,5 @@ def test_a_running_writers_temporary_store_is_left_alone(tmp_path):
     finally:
         running.kill()
         running.wait()
+        running.stdout.close()
     assert clean_stale_tmp(out) == [live] and not live.exists()  # gone once it is gone
