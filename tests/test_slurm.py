@@ -214,11 +214,15 @@ def test_keep_alive_cluster_takes_ray_job_submit_with_its_token(slurm, toy_split
     assert sub.returncode == 0, sub.stdout[-3000:] + sub.stderr[-3000:]
 
     def job_done() -> str | None:
-        out = subprocess.run([ray, "job", "status", "--address", url, f"sweep-{job}"], env=env,
-                             capture_output=True, text=True, timeout=120).stdout
-        return next((s for s in ("SUCCEEDED", "FAILED", "STOPPED") if s in out), None)
+        # `ray job status` logs its verdict on stderr: "Job 'ID' succeeded" / "failed" / "was
+        # stopped"; a job still going is "Status for job 'ID': RUNNING"
+        r = subprocess.run([ray, "job", "status", "--address", url, f"sweep-{job}"], env=env,
+                           capture_output=True, text=True, timeout=120)
+        end = re.search(rf"Job 'sweep-{job}' (succeeded|failed|was stopped)", r.stdout + r.stderr)
+        return {"succeeded": "SUCCEEDED", "failed": "FAILED", "was stopped": "STOPPED"}[
+            end.group(1)] if end else None
 
-    if wait_for("the sweep job", job_done, 1500, tmp_path, job, slurm) != "SUCCEEDED":
+    if wait_for("the sweep job", job_done, 600, tmp_path, job, slurm) != "SUCCEEDED":
         logs = subprocess.run([ray, "job", "logs", "--address", url, f"sweep-{job}"], env=env,
                               capture_output=True, text=True, timeout=120).stdout
         raise AssertionError(f"sweep job did not succeed:\n{logs[-4000:]}")
@@ -263,7 +267,7 @@ def test_preempted_training_checkpoints_requeues_and_finishes_in_the_same_run(
         except Exception:
             return []
 
-    wait_for("training logging", lambda: len(logged_steps()) >= 2, 900, tmp_path, job, slurm)
+    wait_for("training logging", lambda: len(logged_steps()) >= 2, 300, tmp_path, job, slurm)
     slurm.run(["scancel", "--signal=USR1", "--batch", job])  # SLURM's warning signal
     wait_for("requeued and restarted", lambda: requeued_and_released(slurm, job), 300, tmp_path, job)
     assert wait_for("job ended", lambda: ended(slurm, job), 600, tmp_path, job) == "COMPLETED", \
@@ -290,24 +294,26 @@ def test_preempted_training_checkpoints_requeues_and_finishes_in_the_same_run(
 
 
 def test_preempted_sweep_resumes_without_repeating_finished_trials(slurm, toy_splits, tmp_path, cancel_jobs):
-    spec = sweep_spec(toy_splits, tmp_path, "preempt-sweep", [0.1, 0.2, 0.5])
+    # two trials, one at a time: the first finishes before the warning, the second does not
+    temps = [0.1, 0.5]
+    spec = sweep_spec(toy_splits, tmp_path, "preempt-sweep", temps)
     r = sbatch(slurm, tmp_path, ["--parsable", "--requeue", "--nodes=2", "--cpus-per-task=2"],
                ["--", "python", str(REPO / "tuning" / "sweep.py"), str(spec)])
     job = r.stdout.strip().split(";")[0]
     cancel_jobs.append(job)
     state_file = tmp_path / "tune" / "preempt-sweep" / "clrdist_sweep.json"
-    wait_for("sweep started", state_file.exists, 900, tmp_path, job, slurm)
+    wait_for("sweep started", state_file.exists, 300, tmp_path, job, slurm)
     state = json.loads(state_file.read_text())
     uri, parent = state["tracking_uri"], state["parent_run_id"]
 
     def finished():
         return [c for c in tracking.child_runs(uri, parent) if c["status"] == "FINISHED"]
 
-    first = wait_for("a finished trial", finished, 900, tmp_path, job, slurm)[0]
+    first = wait_for("a finished trial", finished, 600, tmp_path, job, slurm)[0]
     first_end = tracking.client(uri).get_run(first["run_id"]).info.end_time
     slurm.run(["scancel", "--signal=USR1", "--batch", job])
     wait_for("requeued and restarted", lambda: requeued_and_released(slurm, job), 300, tmp_path, job)
-    assert wait_for("job ended", lambda: ended(slurm, job), 900, tmp_path, job) == "COMPLETED", \
+    assert wait_for("job ended", lambda: ended(slurm, job), 600, tmp_path, job) == "COMPLETED", \
         job_log(tmp_path, job)
 
     log = job_log(tmp_path, job)
@@ -316,7 +322,7 @@ def test_preempted_sweep_resumes_without_repeating_finished_trials(slurm, toy_sp
     assert tracking.get_run(uri, parent)["status"] == "FINISHED"
     children = tracking.child_runs(uri, parent)
     by_trial = {c["tags"]["clrdist.trial_id"]: c for c in children}
-    assert len(children) == len(by_trial) == 3  # one run per trial, none repeated
+    assert len(children) == len(by_trial) == len(temps)  # one run per trial, none repeated
     assert all(c["status"] == "FINISHED" for c in children)
     # the trial that had finished was not run again: one epoch's metric, the same end time
     assert len(tracking.metric_history(uri, first["run_id"], "val_lct_auc")) == 1
