@@ -6,8 +6,10 @@ import torch
 from _train_toys import tiny_config
 
 from clrdist import tracking
+from clrdist.models import build_model
 from clrdist.pipeline import train_and_evaluate
 from clrdist.train import checkpoint
+from clrdist.train.loop import load_validation, validate
 from clrdist.train.trainer import train
 
 pytestmark = pytest.mark.integration
@@ -16,7 +18,7 @@ pytestmark = pytest.mark.integration
 def test_dino_trains_and_the_teacher_is_evaluated(ray_cluster, toy_splits, tmp_path):
     cfg = tiny_config(toy_splits, tmp_path, "loss.name=dino", "model.head=dino",
                       "model.output_dim=64", "augment.local_views=[[{name: drop, params: {p: 0.5}}]]",
-                      "optim.epochs=1", "eval.every_epochs=null", "eval.lct=false")
+                      "optim.epochs=1", "eval.every_epochs=1", "eval.lct=false")
     result = train(cfg)
     run = tracking.get_run(result.tracking_uri, result.run_id)
     assert run["status"] == "FINISHED" and run["params"]["loss.name"] == "dino"
@@ -28,6 +30,14 @@ def test_dino_trains_and_the_teacher_is_evaluated(ray_cluster, toy_splits, tmp_p
     for k, v in model.state_dict().items():  # evaluation loads the teacher, not the student
         assert torch.equal(v, teacher[k]), k
     assert any(not torch.equal(teacher[k], state["model"][k]) for k in teacher)
+    # validation during training scores the teacher too: the logged val_lct_auc is the teacher's
+    val, cpu = load_validation(cfg), torch.device("cpu")
+    student = build_model(cfg.model)
+    student.load_state_dict(state["model"])
+    assert run["metrics"]["val_lct_auc"] == pytest.approx(
+        validate(None, cfg, val, cpu, model)["val_lct_auc"], abs=1e-6)
+    assert run["metrics"]["val_lct_auc"] != pytest.approx(
+        validate(None, cfg, val, cpu, student)["val_lct_auc"], abs=1e-6)
 
 
 def test_orca_trains_and_reports_open_world_metrics(ray_cluster, toy_splits, tmp_path):

@@ -53,12 +53,13 @@ def load_validation(cfg) -> tuple[dict, dict] | None:
             open_store(cfg.data.val_store).read_all(max_samples=limit))
 
 
-def validate(engine, cfg, val, device) -> dict[str, float]:
-    """LCT AUC, max SIC and FPR at TPR 0.5 of the current representation, as val_* metrics."""
+def validate(engine, cfg, val, device, model=None) -> dict[str, float]:
+    """LCT AUC, max SIC and FPR at TPR 0.5 of the current representation, as val_* metrics.
+    ``model``: the network evaluation uses when it is not the trained one (DINO's teacher)."""
     from clrdist.eval.runner import evaluate_during_training
     from clrdist.models.encode import make_encoder
 
-    encode = make_encoder(engine.module, cfg, device=device)  # sets eval mode
+    encode = make_encoder(model or engine.module, cfg, device=device)  # sets eval mode
     (tr, te) = val
     metrics = evaluate_during_training(encode(tr), tr["label"], encode(te), te["label"])
     return {f"val_{k}": v for k, v in metrics.items()}
@@ -230,7 +231,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             flag_collapse(loss_fn, mean_loss, cfg.data.batch_size * world, uri, run_id,
                           warm=step - epoch_batches >= cfg.optim.warmup_steps)
             if val is not None and epoch % cfg.eval.every_epochs == 0:
-                val_metrics = validate(engine, cfg, val, device)
+                # what evaluation will use: DINO's teacher, else the trained model
+                val_metrics = validate(engine, cfg, val, device, getattr(loss_fn, "teacher", None))
                 tracking.log_metrics(uri, run_id, val_metrics, step=epoch)
                 epoch_metrics.update(val_metrics)  # Ray Tune schedulers read rank 0's metrics
                 last_val = val_metrics
