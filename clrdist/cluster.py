@@ -14,6 +14,12 @@ import socket
 from clrdist import runtime
 from clrdist.errors import ClrdistError
 
+# Ray Train starts a node-drain watcher actor per worker group (an autoscaler reclaiming a node);
+# it is created restartable with the workers' actor handles as arguments, which Ray core reports
+# as an error every time a worker group starts (ray-project/ray#53727). A local cluster has no
+# drains to watch: it gets none unless the user asks (Ray Train passes the variable to its actors).
+RAY_DRAIN_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
 
 class ClusterError(ClrdistError):
     """RAY_ADDRESS names a cluster that does not answer."""
@@ -51,6 +57,7 @@ def ensure_ray(num_cpus: float = 0.0, *, log_to_driver: bool = True) -> bool:
         check_ray_address()
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver)
         return True
+    os.environ.setdefault(RAY_DRAIN_WATCHER, "0")
     runtime.watch_cluster([], None)  # the watchdog starts before Ray: it must not be Ray's child
     before = runtime.child_pids()
     try:

@@ -119,10 +119,8 @@ def run_demo(out_dir: str = "demo_out", n_per_class: int | None = None, epochs: 
     """The demo; its console shows clrdist's output, everything else goes to ``out_dir/demo.log``
     (``verbose``: everything on the console)."""
     from clrdist.logs import quiet_console
-    from clrdist.train.preempt import without_ray_drain_watcher
 
-    with quiet_console(Path(out_dir) / LOG_FILE, verbose=verbose) as log, \
-            without_ray_drain_watcher():
+    with quiet_console(Path(out_dir) / LOG_FILE, verbose=verbose) as log:
         return _run_demo(log, out_dir, n_per_class, epochs, workers, tracking_uri, seed, data)
 
 

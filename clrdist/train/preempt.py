@@ -10,20 +10,17 @@ KILLED (reason: preempted) and exits with :data:`EXIT_PREEMPTED`; running the sa
 (same ``tracking.run_name``; a requeued job does) resumes from that checkpoint into the same run.
 
 Ray Train has a preemption watcher of its own: an actor per worker group that polls Ray core for
-node drains (an autoscaler reclaiming a node). :func:`without_ray_drain_watcher` turns it off on a
+node drains (an autoscaler reclaiming a node). ``clrdist.cluster.ensure_ray`` turns it off on a
 local cluster, which has no drains to watch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 REQUEST_FILE = "clrdist_stop_request"
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped with a checkpoint; run the same command to resume
-RAY_DRAIN_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # Ray Train passes it on to its actors
 
 
 def request_path(run_dir: str | Path) -> str:
@@ -57,23 +54,3 @@ def agree(local: bool, device) -> bool:
 
     flags = all_gather_nograd(torch.tensor([int(local)], dtype=torch.int32, device=device))
     return bool(flags.any())
-
-
-@contextlib.contextmanager
-def without_ray_drain_watcher() -> Iterator[None]:
-    """Within the block, Ray Train starts no node-drain watcher when the cluster is local (no
-    ``RAY_ADDRESS``) and the user has not set ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER``.
-
-    Ray Train creates the watcher actor restartable (``max_restarts=-1``) with the workers' actor
-    handles as constructor arguments; arguments holding actor handles are stored in the object
-    store, which Ray core reports as an error each time a worker group starts
-    (ray-project/ray#53727). A local cluster has no node drains, so the watcher has nothing to do.
-    """
-    if os.environ.get("RAY_ADDRESS") or RAY_DRAIN_WATCHER in os.environ:
-        yield
-        return
-    os.environ[RAY_DRAIN_WATCHER] = "0"
-    try:
-        yield
-    finally:
-        os.environ.pop(RAY_DRAIN_WATCHER, None)
