@@ -74,3 +74,10 @@ def test_run_evaluations_dispatches_the_image_and_open_world_evaluations():
                         context=Context(kind="event"))
     with pytest.raises(KeyError, match="classifier head"):
         run_evaluations(encode, train_data=tr, test_data=te, which={"orca"})
+
+
+def test_efp_names_are_distinct_and_follow_energyflows_order():
+    names = efp_names(5)
+    assert len(names) == 102 == len(set(names))  # products of graphs share N, d, k: not names
+    assert names[:3] == ["efp_n1_d0_k0", "efp_n2_d1_k0", "efp_n2_d2_k0"]
+    assert sum("_p" in n for n in names) > 0

@@ -54,11 +54,17 @@ def random_pairs(n: int, n_pairs: int, rng: np.random.Generator) -> tuple[np.nda
 
 
 def efp_names(dmax: int) -> list[str]:
-    """One name per EFP of degree <= dmax, in energyflow's order: ``efp_n<N>_d<d>_k<k>``
-    (vertices, edges, index among the graphs with those), e.g. efp_n2_d1_k0 = sum z_i z_j theta_ij."""
+    """One distinct name per EFP of degree <= dmax, in energyflow's order: connected graphs
+    ``efp_n<N>_d<d>_k<k>`` (vertices, edges, energyflow's index among the graphs with those),
+    e.g. efp_n2_d1_k0 = sum z_i z_j theta_ij; products of p connected graphs (which share N, d
+    and k with each other) ``efp_n<N>_d<d>_k<k>_p<p>_i<i>``, i the position in energyflow's
+    EFPSet (``EFPSet.graphs(i)`` draws it)."""
     ef = import_energyflow()
-    specs = ef.EFPSet(f"d<={dmax}", measure="hadr", beta=1, normed=True, coords="ptyphim").specs
-    return [f"efp_n{int(s[0])}_d{int(s[2])}_k{int(s[4])}" for s in specs]
+    efpset = ef.EFPSet(f"d<={dmax}", measure="hadr", beta=1, normed=True, coords="ptyphim")
+    specs, cols = efpset.specs, efpset.cols.tolist()
+    n, d, k, p = (cols.index(c) for c in ("n", "d", "k", "p"))
+    return [f"efp_n{int(s[n])}_d{int(s[d])}_k{int(s[k])}"
+            + (f"_p{int(s[p])}_i{i}" if s[p] > 1 else "") for i, s in enumerate(specs)]
 
 
 def jet_mass_pt(particles: np.ndarray, mask: np.ndarray) -> np.ndarray:
