@@ -268,20 +268,20 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 def apply_override(raw: dict[str, Any], override: str) -> None:
     """Apply one ``a.b.c=value`` override to a nested dict in place (value parsed as YAML)."""
     if "=" not in override:
-        raise ConfigError(f"--set {override!r}: expected section.key=value")
+        raise ConfigError(f"override {override!r}: expected section.key=value")
     key, _, text = override.partition("=")
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise ConfigError(f"--set {override!r}: empty key")
+        raise ConfigError(f"override {override!r}: empty key")
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {key}: cannot parse value {text!r}: {e}") from None
+        raise ConfigError(f"override {key}: cannot parse value {text!r}: {e}") from None
     node = raw
     for i, p in enumerate(parts[:-1]):
         child = node.setdefault(p, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+            raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
         node = child
     node[parts[-1]] = value
 

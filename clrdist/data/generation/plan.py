@@ -4,7 +4,7 @@ The work is cut into shards of ``shard_size`` accepted jets (events for dijet st
 process p gets its own seeds from ``SeedSequence([seed, hash(p), k])`` (:func:`shard_seeds`:
 not from p's position in the command), so the same seed gives the same store whatever the number
 of workers. Every shard's seeds and settings hash are recorded in the provenance
-(:func:`shard_records`), which ``clrdist.evaluate.check_held_out`` compares.
+(:func:`shard_records`), which ``clrdist.eval.held_out.check_held_out`` compares.
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ def provenance(config: GenerationConfig, plan: Plan) -> dict:
         "mpi": config.mpi,
         "settings": {p: list(next(s.settings for s in plan.shards if s.process == p))
                      for p in plan.labels},
-        # every shard's seeds and settings hash (clrdist.evaluate.check_held_out compares them)
+        # every shard's seeds and settings hash (clrdist.eval.held_out.check_held_out compares them)
         "shards": shard_records(plan.shards),
     }
     if "resonance" in plan.labels:
