@@ -153,10 +153,10 @@ def _run_demo(log, out_dir: str, n_per_class: int | None, epochs: int | None, wo
     console.print(f"3/4 training: {workers} Ray Train workers (DDP, gloo), {cfg.optim.epochs} "
                   f"epochs, global batch {cfg.data.batch_size * workers}, NT-Xent "
                   f"tau={cfg.loss.temperature}; validation LCT every {cfg.eval.every_epochs} epochs")
-    console.print("4/4 evaluation (after training, same samples): LCT of the trained and the "
-                  "untrained encoder and of the raw inputs, jet mass + N-subjettiness, EFPs, a "
-                  "supervised encoder, the CWoLa scan, NPLM")
-    result = train_and_evaluate(cfg)
+    result = train_and_evaluate(cfg, on_trained=lambda _: console.print(
+        "4/4 evaluation (after training, same samples): LCT of the trained and the untrained "
+        "encoder and of the raw inputs, jet mass + N-subjettiness, EFPs, a supervised encoder, "
+        "the CWoLa scan, NPLM"))
 
     m = result.metrics
     summary = {

@@ -11,6 +11,7 @@ again, and logs into that run (``clrdist eval RUN_ID``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from clrdist import tracking
@@ -22,17 +23,20 @@ log = logging.getLogger(__name__)
 
 
 def train_and_evaluate(cfg: RunConfig, *, evaluate: bool = True, callbacks: list | None = None,
-                       tags: dict[str, str] | None = None, resume: str | None = None
-                       ) -> TrainResult:
+                       tags: dict[str, str] | None = None, resume: str | None = None,
+                       on_trained: Callable[[TrainResult], None] | None = None) -> TrainResult:
     """Train (see :func:`clrdist.train.trainer.train` for ``callbacks``, ``tags``, ``resume``),
     then, unless ``evaluate`` is False, evaluate the final checkpoint and log the results into
     the run; the result's metrics are the last epoch's and the evaluations'. Every check,
-    the evaluation stores' included, runs before any cluster starts."""
+    the evaluation stores' included, runs before any cluster starts. ``on_trained(result)`` is
+    called between training and evaluation (progress output)."""
     trainer.preflight(cfg, final_evaluation=evaluate)
     cfg = trainer.resolve_paths(cfg)
     with trainer.training_run(cfg, tags, resume) as run:
         result = trainer.fit(cfg, run, callbacks)
         run.stage = "evaluation"
+        if on_trained is not None:
+            on_trained(result)
         if evaluate:
             result.metrics.update(_evaluate_into_run(cfg, run.run_id, result.checkpoint_path))
     return result

@@ -94,6 +94,7 @@ def test_demo_console_is_quiet_and_the_log_has_the_rest(tmp_path):
     assert str(Path(out / "demo.log").resolve()) in console.replace("\n", "")
     assert "epoch 1/2" in console and "epoch 2/2" in console
     assert console.count("epoch 2/2") == 1
+    assert console.index("3/4 training") < console.index("epoch 2/2") < console.index("4/4 evaluation")
     assert "MLflow run" in console
     for chatter in ("FastJet release", "Reporting training result", "Token authentication",
                     "PreemptionWatcher"):
