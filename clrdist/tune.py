@@ -254,7 +254,11 @@ def run_sweep(spec: SweepSpec, *, resume: bool = True) -> SweepResult:
     for run in runs.values():
         if run["status"] == "RUNNING":
             tracking.end_run(uri, run["run_id"], "KILLED")
-    ended = grid.num_terminated + grid.num_errors
+    # A trial ended when it failed, finished or was stopped by the scheduler (both: done in its
+    # last result). Not its status: on a stop signal Tune saves its state, then marks every
+    # trial it did not finish TERMINATED, a pending one included (2 of 2 "ended", exit 0, and a
+    # preempted SLURM job was not requeued).
+    ended = sum(1 for r in grid if r.error is not None or (r.metrics or {}).get("done"))
     interrupted = ended < spec.total_trials()
     best = _log_best(spec, uri, parent, rows) if rows else None
     tracking.log_json(uri, parent, {"rows": rows}, "trials.json")
