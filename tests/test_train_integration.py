@@ -132,6 +132,13 @@ def test_deepspeed_engine_trains_with_gloo(ray_cluster, toy_splits, tmp_path, ze
     mask = torch.ones(4, 50, dtype=torch.bool)
     rep = model.represent(x, mask)
     assert rep.shape == (4, cfg.model.model_dim) and torch.isfinite(rep).all()
+    # ZeRO 1/2: each of the 2 ranks' optimiser shard is in the checkpoint, for a resume
+    shards = [checkpoint.load_rank_state(result.checkpoint_path, r) for r in range(2)]
+    if zero_stage == 0:
+        assert shards == [None, None]
+    else:
+        assert [s["world_size"] for s in shards] == [2, 2]
+        assert all(s["optimizer"]["state"] for s in shards)
 
 
 def test_killed_worker_is_replaced_and_the_run_resumes(ray_cluster, toy_splits, tmp_path):

@@ -44,8 +44,9 @@ def _jsonable(obj: Any) -> Any:
 
 def save(directory: str | Path, *, state: dict[str, Any] | None, step: int, epoch: int,
          cfg: RunConfig, rank: int, stream_state: dict[str, Any] | None,
-         mid_epoch: bool = False) -> Path:
-    """Write this rank's part of a checkpoint (rank 0 writes the model state and meta)."""
+         mid_epoch: bool = False, rank_state: dict[str, Any] | None = None) -> Path:
+    """Write this rank's part of a checkpoint (rank 0 writes the model state and meta; every
+    rank its stream position and ``rank_state``, e.g. a ZeRO optimiser shard)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     if state is not None:
@@ -55,7 +56,15 @@ def save(directory: str | Path, *, state: dict[str, Any] | None, step: int, epoc
         (d / "meta.json").write_text(json.dumps(meta, indent=1))
     if stream_state is not None:
         (d / f"stream_rank{rank}.json").write_text(json.dumps(_jsonable(stream_state)))
+    if rank_state is not None:
+        torch.save(rank_state, d / f"state_rank{rank}.pt")
     return d
+
+
+def load_rank_state(directory: str | Path, rank: int) -> dict[str, Any] | None:
+    """This rank's own part of a checkpoint (``save(rank_state=...)``), or None."""
+    p = Path(directory) / f"state_rank{rank}.pt"
+    return torch.load(p, map_location="cpu", weights_only=True) if p.is_file() else None
 
 
 def load(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -50,6 +50,13 @@ class Engine:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def rank_state(self) -> dict[str, Any] | None:
+        """What this rank alone holds (a partitioned optimiser's shard), or None."""
+        return None
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`rank_state` returned, after :meth:`load_state_dict`."""
+
 
 class DDPEngine(Engine):
     def __init__(self, model: nn.Module, cfg: RunConfig, total_steps: int):
@@ -117,9 +124,9 @@ class DeepSpeedEngine(Engine):
         return {"lr": lr}
 
     def state_dict(self) -> dict[str, Any]:
-        # With ZeRO 1/2 the optimiser state is partitioned over ranks; a rank-0 state dict holds
-        # the full model but only rank 0's optimiser shard. We store the model and scheduler,
-        # and the optimiser only when it is not partitioned.
+        # With ZeRO 1/2 the optimiser state is partitioned over ranks: rank 0's state dict holds
+        # the full model and scheduler, the optimiser only when it is not partitioned; each
+        # rank's shard is its rank_state.
         state = {"model": self.module.state_dict(), "scheduler": self.scheduler.state_dict()}
         if self.model.zero_optimization_stage() == 0:
             state["optimizer"] = self.optimizer.state_dict()
@@ -131,8 +138,48 @@ class DeepSpeedEngine(Engine):
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
 
+    def rank_state(self) -> dict[str, Any] | None:
+        """ZeRO 1/2: this rank's optimiser shard (AdamW's moments of its partition and its fp32
+        master weights), plain tensors only so that it loads with ``weights_only=True``."""
+        if self.model.zero_optimization_stage() == 0:
+            return None
+        from deepspeed.checkpoint.constants import (
+            BASE_OPTIMIZER_STATE,
+            SINGLE_PARTITION_OF_FP32_GROUPS,
+        )
+
+        sd = self.optimizer.state_dict()
+        return {"world_size": self.model.dp_world_size, "optimizer": sd[BASE_OPTIMIZER_STATE],
+                "fp32_partitions": sd[SINGLE_PARTITION_OF_FP32_GROUPS]}
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        """Put a saved shard into this rank's ZeRO optimiser (the same number of ranks only: a
+        shard covers 1 / world of the parameters)."""
+        if self.model.zero_optimization_stage() == 0:
+            return
+        from deepspeed.checkpoint.constants import (
+            BASE_OPTIMIZER_STATE,
+            SINGLE_PARTITION_OF_FP32_GROUPS,
+        )
+
+        world = self.model.dp_world_size
+        if state["world_size"] != world:
+            raise CheckpointMismatch(f"the checkpoint's optimiser is partitioned over "
+                                     f"{state['world_size']} ranks, this run has {world}")
+        # the engine's own state dict supplies DeepSpeed's bookkeeping (version, paddings, loss
+        # scaler); the saved shard replaces the optimiser state and fp32 weights
+        sd = self.optimizer.state_dict()
+        sd[BASE_OPTIMIZER_STATE] = state["optimizer"]
+        sd[SINGLE_PARTITION_OF_FP32_GROUPS] = state["fp32_partitions"]
+        self.optimizer.load_state_dict([sd] * world, load_optimizer_states=True,
+                                       load_from_fp32_weights=True)
+
 
 ENGINES = {"ddp": DDPEngine, "deepspeed": DeepSpeedEngine}
+
+
+class CheckpointMismatch(ClrdistError):
+    """A checkpoint that cannot resume this run as configured."""
 
 
 class NonFiniteLoss(ClrdistError):

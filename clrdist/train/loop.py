@@ -135,6 +135,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             engine.load_state_dict(state)
             if "loss" in state:  # a stateful loss's state (DINO: teacher, centre)
                 loss_fn.load_state_dict(state["loss"])
+            if (own := checkpoint.load_rank_state(d, rank)) is not None:
+                engine.load_rank_state(own)  # ZeRO 1/2: this rank's optimiser shard
             step, epoch, mid_epoch = meta["step"], meta["epoch"], meta.get("mid_epoch", False)
             if mid_epoch and (s := checkpoint.load_stream_state(d, rank)) is not None:
                 stream.load_state_dict(s)
@@ -147,7 +149,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint.save(tmp, state=checkpoint.training_state(engine, loss_fn) if master else None, step=step,
                             epoch=epoch, cfg=cfg, rank=rank, stream_state=stream.state_dict(),
-                            mid_epoch=mid)
+                            mid_epoch=mid, rank_state=engine.rank_state())
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     # -- validation during training (rank 0): a quick LCT every eval.every_epochs epochs -------
