@@ -146,11 +146,11 @@ def main(argv=None) -> int:
     else:
         path = Path(args.store)
     store = open_store(path)
-    if not store._fast.ok:
+    chunks = [store.compressed_chunk(i) for i in range(store.n_chunks)]
+    compressed = [list(c.values()) for c in chunks if c is not None]
+    if not compressed:
         print(f"note: {path} is not in the sharded layout; the stream reads through zarr",
               file=sys.stderr)
-    compressed = [[store._fast.compressed(k, i) for k in store._fast.meta]
-                  for i in range(store.n_chunks)] if store._fast.ok else []
 
     best = {k: 0.0 for k in ("codec", "s0", "s1", "s4")}
     cpu = dict(best)

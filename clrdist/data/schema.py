@@ -26,6 +26,13 @@ LHCO_FEATURES = [*DIJET_FEATURES, "n_particles"]
 GENERATED_DIJET_FEATURES = [*DIJET_FEATURES, "tau1_J1", "tau2_J1", "tau3_J1",
                             "tau1_J2", "tau2_J2", "tau3_J2"]
 
+# the jet-substructure baseline's inputs (clrdist.eval.baselines.jet_observables): jet stores,
+# dijet stores (both leading jets)
+JET_OBSERVABLES = ("jet_mass", "tau21", "tau32")
+DIJET_OBSERVABLES = ("m_J1", "m_J2", "tau21_J1", "tau21_J2", "tau32_J1", "tau32_J2")
+# the dijet invariant mass, as this schema ("m_jj") and as other tools name it
+MJJ_NAMES = ("m_jj", "mjj")
+
 # event stores (ADC2021 converter): MET, its phi, object counts, scalar sum of jet pT
 ADC_FEATURES = ["met", "met_phi", "n_electrons", "n_muons", "n_jets", "ht"]
 

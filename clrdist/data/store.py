@@ -783,6 +783,14 @@ class SampleStore:
             return self._fast.read_chunk(i)
         return self.read(a, b)
 
+    def compressed_chunk(self, i: int) -> dict[str, bytes] | None:
+        """Chunk ``i`` of every array as stored (Blosc-compressed bytes, not decoded), or None
+        when the store is not in the sharded layout (benchmarks of the codec)."""
+        self.chunk_bounds(i)
+        if not self._fast.ok:
+            return None
+        return {k: self._fast.compressed(k, i) for k in self._fast.meta}
+
     def read_chunk_into(self, i: int, dest: dict[str, np.ndarray]) -> int:
         """Decode chunk ``i`` into ``dest`` (arrays of the full chunk shape); returns its rows."""
         a, b = self.chunk_bounds(i)

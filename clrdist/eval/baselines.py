@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from clrdist.data.schema import DIJET_OBSERVABLES, JET_OBSERVABLES
 from clrdist.eval.metrics import DEFAULT_EPS_S, EvalResult, Roc, binary_labels, roc_metrics
 from clrdist.eval.plots import roc_figure, sic_figure
 from clrdist.physics.observables import delta_phi, efps, jet_mass, nsubjettiness, tau_ratios
@@ -74,7 +75,6 @@ def raw_inputs(data: Mapping[str, np.ndarray], kind: str = "jet",
     return raw_features(data["particles"], data["mask"], n_max=n_max)
 
 
-DIJET_OBS = ("m_J1", "m_J2", "tau21_J1", "tau21_J2", "tau32_J1", "tau32_J2")  # LHCO baseline
 
 
 def jet_observables(data: Mapping[str, np.ndarray],
@@ -85,7 +85,7 @@ def jet_observables(data: Mapping[str, np.ndarray],
     N-subjettiness with exclusive-kT axes, R0 = 0.8, as in converted and generated stores)."""
     names = list(feature_names or [])
     f = np.asarray(data["features"]) if "features" in data else None
-    for want in (("jet_mass", "tau21", "tau32"), DIJET_OBS):
+    for want in (JET_OBSERVABLES, DIJET_OBSERVABLES):
         if f is not None and all(w in names for w in want):
             return np.stack([f[:, names.index(w)] for w in want], axis=1).astype(np.float64)
     p, mask = np.asarray(data["particles"], dtype=np.float64), np.asarray(data["mask"], dtype=bool)

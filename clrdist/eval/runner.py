@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from clrdist.data.schema import MJJ_NAMES
 from clrdist.eval.metrics import EvalResult, binary_labels, roc_metrics
 from clrdist.eval.registry import check_names, validate_options
 
 Batch = Mapping[str, np.ndarray]
 Encoder = Callable[[dict[str, np.ndarray]], np.ndarray]
 
-MJJ_NAMES = ("m_jj", "mjj")  # store feature names recognised as the dijet invariant mass
 
 
 @dataclass
