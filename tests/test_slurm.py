@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -123,13 +124,21 @@ def train_command(toy_splits, tmp: Path, *more: str) -> list[str]:
 
 
 def requeued_and_released(slurm, job: str) -> bool:
-    """True once the job was requeued (Restarts >= 1) and runs again; a requeued job waits
-    ~2 minutes (Reason=BeginTime), so it is let start now (scontrol's name for it: StartTime)."""
+    """True once the job was requeued (Restarts >= 1) and runs again. SLURM holds a requeued job
+    ~2 minutes (Reason=BeginTime), so it is let start now (scontrol calls it StartTime), but
+    not in the second of the requeue (SubmitTime): a credential made then counts as revoked and
+    the job fails ("Job credential revoked"); an update to a later time waits for the next
+    scheduling pass."""
     info = slurm.job_info(job)
     if int(info.get("Restarts", "0")) < 1:
         return False
     if info.get("JobState") == "PENDING":
-        slurm.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)
+        try:
+            since = (datetime.now() - datetime.fromisoformat(info.get("SubmitTime", ""))).total_seconds()
+        except ValueError:
+            since = 0
+        if since >= 2:
+            slurm.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)
         return False
     return True
 
