@@ -38,6 +38,7 @@ def _entry(rank, world, port, outdir, fn):
                             world_size=world)
     try:
         torch.save(fn(rank), os.path.join(outdir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears its connections down while another still uses them
     finally:
         dist.destroy_process_group()
 
