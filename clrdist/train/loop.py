@@ -59,7 +59,7 @@ def validate(engine, cfg, val, device, model=None) -> dict[str, float]:
     from clrdist.eval.runner import evaluate_during_training
     from clrdist.models.encode import make_encoder
 
-    encode = make_encoder(model or engine.module, cfg, device=device)  # sets eval mode
+    encode = make_encoder(engine.module if model is None else model, cfg, device=device)  # eval mode
     (tr, te) = val
     metrics = evaluate_during_training(encode(tr), tr["label"], encode(te), te["label"])
     return {f"val_{k}": v for k, v in metrics.items()}
