@@ -41,7 +41,7 @@ def test_a_finished_sweep_becomes_a_table_and_a_plot(tmp_path):
             tracking.log_metrics(uri, run, {
                 "lct_auc": auc, "lct_auc_std": 0.003, "lct_inv_eps_b_at_0.5": 100 * auc - 60,
                 "lct_init_auc": 0.948, "lct_init_inv_eps_b_at_0.5": 24.0, "lct_raw_auc": 0.73,
-                "lct_raw_inv_eps_b_at_0.5": 4.0})
+                "lct_raw_inv_eps_b_at_0.5": 4.0, "val_lct_auc": auc - 0.01})
             tracking.end_run(uri, run)
     failed = tracking.start_run(uri, "abl", {}, tags={"mlflow.parentRunId": parent},
                                 config={"augment": {"views": SETS["none"]}})
@@ -55,7 +55,9 @@ def test_a_finished_sweep_becomes_a_table_and_a_plot(tmp_path):
     state.write_text(json.dumps({"parent_run_id": parent, "tracking_uri": uri}))
 
     out = tmp_path / "table"
-    assert ablation_table.main([str(sweep), "--out", str(out), "--no-supervised"]) == 0
+    results = tmp_path / "results" / "ablation.json"
+    assert ablation_table.main([str(sweep), "--out", str(out), "--results", str(results),
+                                "--no-supervised"]) == 0
     rows = json.loads((out / "ablation.json").read_text())
     assert list(rows)[:3] == ["none", "rotations", "soft+collinear"]  # the published order
     assert rows["soft+collinear"]["n"] == 2
@@ -63,6 +65,12 @@ def test_a_finished_sweep_becomes_a_table_and_a_plot(tmp_path):
     assert rows["soft+collinear"]["auc_err"] == pytest.approx(0.0028284, rel=1e-4)  # std of seeds
     assert rows["untrained encoder"]["n"] == 6
     assert rows["untrained encoder"]["auc"] == pytest.approx(0.948)
+    # the selection column is the validation LCT; the results file carries the command
+    assert rows["soft+collinear"]["val_auc"] == pytest.approx(0.952)
+    res = json.loads(results.read_text())
+    assert {"command", "machine", "date"} <= set(res) and "--no-supervised" in res["command"]
+    flat = {r["name"]: r for r in res["rows"]}
+    assert flat["soft+collinear"]["published_inv"] == 89 and flat["none"]["n"] == 2
     md = (out / "ablation.md").read_text()
     assert "| soft+collinear | 2 | 0.9620 +- 0.0028 |" in md and "| 0.97 | 89 |" in md
     assert (out / "ablation.png").stat().st_size > 10_000

@@ -9,8 +9,12 @@ eps_S = 0.5 with their spread (the standard deviation over seeds; with one seed,
 error). References on the same eval_train / eval_test stores: the same encoder untrained (each
 trial's ``lct_init_*``), jet mass + N-subjettiness (``baseline_jet_obs_*``), the raw inputs
 (``lct_raw_*``) and a supervised encoder of the same size trained here once with early stopping
-(the ceiling). Writes ``ablation.md``, ``ablation.json`` and ``ablation.png`` to ``--out`` and
-logs them to the parent run; prints the Markdown table.
+(the ceiling). Each set's row also carries its final validation LCT (``val_lct_auc``, the
+metric the sweep ranks by): a recipe is chosen on that column, never on the test one.
+Writes ``ablation.md``, ``ablation.json`` and ``ablation.png`` to ``--out``, the rows with the
+command, machine and date to ``--results`` (docs/results/ablation.json, from which
+``python -m bench.tables`` makes the docs table), and logs them to the parent run; prints the
+Markdown table.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from clrdist import tracking
-from clrdist.config import config_from_dict
-from clrdist.errors import ClrdistError
-from clrdist.tune import STATE_FILE, load_sweep
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.results import write_results  # noqa: E402
+from clrdist import tracking  # noqa: E402
+from clrdist.config import config_from_dict  # noqa: E402
+from clrdist.errors import ClrdistError  # noqa: E402
+from clrdist.tune import STATE_FILE, load_sweep  # noqa: E402
 
 # JetCLR (arXiv:2108.04253) Table 2: top tagging, LCT, eps_S = 0.5
 PUBLISHED = {"none": (15, 0.905), "translations": (19, 0.916), "rotations": (21, 0.930),
@@ -70,6 +77,9 @@ def summarise(trials: list[tuple[list, dict]]) -> dict[str, dict]:
 
     for name in sorted(groups, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
         if (r := row(groups[name], "lct")) is not None:
+            vals = [m["val_lct_auc"] for m in groups[name] if "val_lct_auc" in m]
+            if vals:  # the selection column: the last epoch's validation LCT
+                r["val_auc"], r["val_auc_err"] = _mean_err(vals, [np.nan])
             rows[name] = r
     every = [m for ms in groups.values() for m in ms]
     for label, prefix in (("untrained encoder", "lct_init"), ("raw constituents", "lct_raw"),
@@ -107,6 +117,16 @@ def markdown(rows: dict[str, dict]) -> str:
     return "\n".join(out)
 
 
+def results_rows(rows: dict[str, dict]) -> list[dict]:
+    """Flat rows for docs/results/ablation.json, the published values beside each set."""
+    out = []
+    for name, r in rows.items():
+        pub = PUBLISHED.get(name, (None, None))
+        clean = {k: (v if not isinstance(v, float) or np.isfinite(v) else None) for k, v in r.items()}
+        out.append({"name": name, **clean, "published_auc": pub[1], "published_inv": pub[0]})
+    return out
+
+
 def plot(rows: dict[str, dict], path: Path) -> None:
     import matplotlib
 
@@ -138,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep", help="the sweep YAML that ran")
     ap.add_argument("--out", default="docs/ablation", help="folder for ablation.{md,json,png}")
+    ap.add_argument("--results", default="docs/results/ablation.json",
+                    help="the rows with command, machine and date, for bench.tables")
     ap.add_argument("--no-supervised", action="store_true", help="skip the supervised ceiling")
     args = ap.parse_args(argv)
     try:
@@ -164,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "ablation.md").write_text(table + "\n")
     (out / "ablation.json").write_text(json.dumps(rows, indent=2))
     plot(rows, out / "ablation.png")
+    write_results(args.results, {"sweep": args.sweep, "rows": results_rows(rows)},
+                  argv=sys.argv[1:] if argv is None else argv)
     tracking.log_json(uri, parent, rows, "ablation/ablation.json")
     tracking.log_artifact_file(uri, parent, out / "ablation.png", "ablation")
     print(table)

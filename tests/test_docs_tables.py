@@ -1,0 +1,98 @@
+"""bench/tables.py: docs tables generated from docs/results/*.json, and checked against them."""
+
+import json
+
+import pytest
+
+from bench import tables
+
+RESULT = {"command": "python -m bench.x --out docs/results/x.json", "machine": "2-core EPYC",
+          "date": "2026-12-06",
+          "rows": [{"name": "trained", "lct_auc": 0.9612, "err": 0.0031, "n": 4000},
+                   {"name": "untrained", "lct_auc": 0.9474, "err": 0.0037, "n": 4000}],
+          "nested": {"ours": {"auc": 0.95, "lct_inv_eps_b_at_0.5": 40.2},
+                     "reference": {"auc": 0.91, "lct_inv_eps_b_at_0.5": None}}}
+
+
+def docs(tmp_path, body: str) -> tuple:
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "x.json").write_text(json.dumps(RESULT))
+    md = tmp_path / "doc.md"
+    md.write_text(f"Intro.\n\n{body}\n<!-- end table -->\n\nOutro.\n")
+    return md, tmp_path / "results" / "x.json"
+
+
+def test_the_repos_docs_agree_with_their_results_files():
+    """The CI check: every table in README.md and docs/*.md equals what its JSON generates."""
+    assert tables.main(["--check"]) == 0
+
+
+def test_a_table_is_generated_then_a_changed_number_fails_the_check(tmp_path):
+    spec = ("<!-- table: results/x.json\ncolumns:\n  - name\n"
+            "  - LCT AUC: \"{lct_auc:.3f} +- {err:.3f}\"\n  - n\n-->")
+    md, js = docs(tmp_path, spec)
+    assert tables.main([str(md), "--check"]) == 1  # empty table: stale
+    assert tables.main([str(md)]) == 0
+    text = md.read_text()
+    assert "| name | LCT AUC | n |" in text
+    assert "| trained | 0.961 +- 0.003 | 4000 |" in text
+    assert "| untrained | 0.947 +- 0.004 | 4000 |" in text
+    assert "`python -m bench.x --out docs/results/x.json`" in text  # the command beside it
+    assert text.startswith("Intro.") and text.endswith("Outro.\n")
+    assert tables.main([str(md), "--check"]) == 0
+    assert tables.main([str(md)]) == 0 and md.read_text() == text  # idempotent
+
+    # a hand-edited number in the doc fails the check
+    md.write_text(text.replace("0.961", "0.971"))
+    assert tables.main([str(md), "--check"]) == 1
+    md.write_text(text)
+    # ... and so does a new measurement that the doc has not picked up
+    js.write_text(json.dumps({**RESULT, "rows": [{**RESULT["rows"][0], "lct_auc": 0.9551},
+                                                 RESULT["rows"][1]]}))
+    assert tables.main([str(md), "--check"]) == 1
+
+
+def test_a_dict_of_rows_row_selection_and_keys_with_dots(tmp_path):
+    spec = ("<!-- table: results/x.json\nrows: nested\nnames: [reference, ours]\n"
+            "footer: false\ncolumns:\n  - name\n  - auc\n"
+            "  - 1/eps_B: \"{lct_inv_eps_b_at_0.5:.1f}\"\n"
+            "  - opt: \"{auc}[ ({lct_inv_eps_b_at_0.5:.0f})]\"\n-->")
+    md, _ = docs(tmp_path, spec)
+    tables.main([str(md)])
+    text = md.read_text()
+    assert "| reference | 0.91 | - | 0.91 |\n| ours | 0.95 | 40.2 | 0.95 (40) |" in text
+    assert "<sub>" not in text
+
+
+def test_default_columns_are_the_rows_keys(tmp_path):
+    md, _ = docs(tmp_path, "<!-- table: results/x.json -->")
+    tables.main([str(md)])
+    assert "| name | lct_auc | err | n |\n| --- | --- | --- | --- |\n| trained | 0.9612 |" in md.read_text()
+
+
+@pytest.mark.parametrize("body, message", [
+    ("<!-- table: results/nope.json -->", "nope.json does not exist"),
+    ("<!-- table: results/x.json\nrows: missing\n-->", "no key 'missing'"),
+    ("<!-- table: results/x.json\nnames: [supervised]\n-->", "no row named 'supervised'"),
+    ("<!-- table: results/x.json\ncolumns: [[a, b]]\n-->", "a column is a key or"),
+])
+def test_bad_markers_and_files_are_named(tmp_path, capsys, body, message):
+    md, _ = docs(tmp_path, body)
+    before = md.read_text()
+    assert tables.main([str(md)]) == 1
+    assert message in capsys.readouterr().err
+    assert md.read_text() == before  # nothing half-written
+
+
+def test_a_results_file_without_its_command_is_refused(tmp_path, capsys):
+    md, js = docs(tmp_path, "<!-- table: results/x.json -->")
+    js.write_text(json.dumps({k: v for k, v in RESULT.items() if k != "command"}))
+    assert tables.main([str(md), "--check"]) == 1
+    assert "no top-level 'command'" in capsys.readouterr().err
+
+
+def test_an_unterminated_marker_is_an_error(tmp_path, capsys):
+    md = tmp_path / "doc.md"
+    md.write_text("<!-- table: results/x.json -->\n| a |\n")
+    assert tables.main([str(md), "--check"]) == 1
+    assert "without '<!-- end table -->'" in capsys.readouterr().err
