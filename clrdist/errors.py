@@ -8,3 +8,11 @@ exits with status 2. Messages name the file or key and the problem.
 
 class ClrdistError(Exception):
     """Base class for user-facing errors (bad input, bad config, bad store)."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-blank line of an exception's message (MLflow's ``message`` when it has one),
+    for one-line errors and failure tags; the type name when the message is empty."""
+    text = str(getattr(e, "message", None) or e).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__

@@ -89,35 +89,38 @@ def child_pids(pid: int | None = None) -> set[int]:
     return {p for p, (ppid, _) in _proc_table().items() if ppid == pid}
 
 
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time in clock ticks since boot) of ``pid`` from /proc/<pid>/stat
+    (Linux), None if there is no such process or it cannot be read. The one /proc parser: the
+    start time with the pid is an identity that survives pid reuse."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces and ')'
+        return rest[0], int(rest[1]), int(rest[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _proc_table() -> dict[int, tuple[int, int]]:
     """pid -> (parent pid, start time in clock ticks) for every process we can see (Linux)."""
     table = {}
     for d in os.listdir("/proc") if os.path.isdir("/proc") else ():
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    rest = f.read().rsplit(")", 1)[1].split()
-                table[int(d)] = (int(rest[1]), int(rest[19]))
-            except (OSError, IndexError, ValueError):
-                continue
+        if d.isdigit() and (st := proc_stat(int(d))) is not None:
+            table[int(d)] = st[1:]
     return table
 
 
 def process_start_time(pid: int) -> int | None:
     """When ``pid`` started (clock ticks since boot; None: no such process): with the pid, an
     identity that survives pid reuse."""
-    entry = _proc_table().get(pid)
-    return entry[1] if entry else None
+    st = proc_stat(pid)
+    return st[2] if st else None
 
 
 def _running(pid: int, start: int) -> bool:
     """``pid`` is still the process that started at ``start`` and has not exited (zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            rest = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return int(rest[19]) == start and rest[0] not in ("Z", "X")
+    st = proc_stat(pid)
+    return st is not None and st[2] == start and st[0] not in ("Z", "X")
 
 
 def cluster_processes(heads: list[tuple[int, int | None]], session_dir: str | None) -> set[int]:
