@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"clrdist {__version__}")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="debug logging; the demo also keeps Ray's output on the console")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="read stores that have no integrity record (written by an older clrdist "
+                        "or altered): nothing then detects a missing, resized or altered array")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="make, import and inspect sample stores")
@@ -139,6 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from clrdist.data.store import UNVERIFIED_ENV
+
+    before = os.environ.get(UNVERIFIED_ENV)
+    if args.allow_unverified:  # the environment reaches the Ray workers this command starts
+        os.environ[UNVERIFIED_ENV] = "1"
     try:
         return int(args.func(args) or 0)
     except ClrdistError as e:
@@ -156,6 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
             return getattr(e, "exit_code", 128 + e.signum)  # Preempted: 75
         raise
+    finally:
+        if before is None:
+            os.environ.pop(UNVERIFIED_ENV, None)
+        else:
+            os.environ[UNVERIFIED_ENV] = before
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from clrdist import tracking
@@ -74,18 +75,27 @@ def evaluate_run(uri: str, run_id: str, which: set[str], *, latest: bool = False
 
     run = tracking.get_run(uri, run_id)
     ckpt = run["tags"].get("clrdist.checkpoint")
-    if latest or not ckpt:
+    evaluated = None
+    if latest and run["status"] == "FINISHED":
+        # its metrics are the final checkpoint's: an older one must not overwrite them
+        if not ckpt or not Path(ckpt, "meta.json").is_file():
+            raise ConfigError(f"run {run_id}: FINISHED, and its final checkpoint {ckpt or '(none)'} "
+                              "is gone; --latest would overwrite the run's final metrics with an "
+                              "older checkpoint's, so nothing was evaluated")
+    elif latest or not ckpt:
         ray_dir = run["tags"].get("clrdist.ray_run_dir")
-        found = latest_checkpoint(ray_dir) if ray_dir else None
+        found = latest_checkpoint(ray_dir) if ray_dir else None  # complete checkpoints only
         if not latest:
             raise ConfigError(f"run {run_id}: no final checkpoint (status {run['status']}); "
                               + (f"`clrdist eval {run_id} --latest` evaluates its latest one "
                                  f"(step {found[1]['step']})" if found else "and none on disk"))
         if found is None:
-            raise ConfigError(f"run {run_id}: no checkpoint under {ray_dir or '(no clrdist.ray_run_dir tag)'}")
-        ckpt = str(found[0])
-        tracking.set_tags(uri, run_id, {"clrdist.evaluated_checkpoint": ckpt})
+            raise ConfigError(f"run {run_id}: no complete checkpoint under "
+                              f"{ray_dir or '(no clrdist.ray_run_dir tag)'}")
+        ckpt = evaluated = str(found[0])
     cfg = config_from_dict(tracking.download_config(uri, run_id), source=f"run {run_id}")
     results = evaluate_checkpoint(ckpt, which, cfg=cfg)
     tracking.log_eval(uri, run_id, results)
+    if evaluated:  # recorded once its evaluation is logged, not before
+        tracking.set_tags(uri, run_id, {"clrdist.evaluated_checkpoint": evaluated})
     return results

@@ -2,7 +2,6 @@
 checkpoint of a run, the weights evaluation loads. No Ray: plain files on disk."""
 
 import json
-import pickle
 
 import numpy as np
 import pytest
@@ -63,7 +62,9 @@ def test_save_load_round_trip_with_weights_only(cfg, tmp_path):
     loaded, meta = checkpoint.load(d)  # torch.load(weights_only=True)
     assert_same(loaded, state)
     assert meta == {"step": 12, "epoch": 1, "mid_epoch": True, "config": cfg.to_dict(),
-                    "clrdist_version": clrdist.__version__}
+                    "clrdist_version": clrdist.__version__,
+                    "state_pt": {"bytes": (d / "state.pt").stat().st_size,
+                                 "crc32c": checkpoint._file_crc(d / "state.pt")[1]}}
     assert RunConfig.model_validate(meta["config"]) == cfg
     # numpy values in the stream position become plain JSON
     assert checkpoint.load_stream_state(d, 0) == {"epoch": 1, "order": [0, 1, 2], "seed": 7,
@@ -79,13 +80,93 @@ def test_other_ranks_write_only_their_stream_position(cfg, tmp_path):
         checkpoint.load(d)
 
 
-def test_load_refuses_pickled_objects(cfg, tmp_path):
-    """weights_only=True: a state.pt holding anything but tensors and plain containers fails."""
+def _rewrite_state(d, obj):
+    """Replace state.pt and update meta.json's record of it (a deliberate, consistent edit)."""
+    torch.save(obj, d / "state.pt")
+    meta = json.loads((d / "meta.json").read_text())
+    size, crc = checkpoint._file_crc(d / "state.pt")
+    meta["state_pt"] = {"bytes": size, "crc32c": crc}
+    (d / "meta.json").write_text(json.dumps(meta))
+
+
+def test_load_refuses_pickled_objects_in_one_line(cfg, tmp_path):
+    """weights_only=True: a state.pt holding anything but tensors and plain containers fails,
+    and the message does not suggest retrying with weights_only=False."""
     d = checkpoint.save(tmp_path, state={"model": {}}, step=1, epoch=0, cfg=cfg, rank=0,
                         stream_state=None)
-    torch.save({"model": {}, "hook": pytest.approx(1.0)}, d / "state.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    _rewrite_state(d, {"model": {}, "hook": pytest.approx(1.0)})
+    with pytest.raises(CheckpointError) as e:
         checkpoint.load(d)
+    msg = str(e.value)
+    assert msg.startswith(f"{d / 'state.pt'}: holds Python objects") and "\n" not in msg
+    assert "weights_only=False" not in msg and "weights_only" not in msg.split(";")[-1]
+
+
+def _saved(cfg, tmp_path, name="ckpt", step=5):
+    state = {"model": build_model(cfg.model).state_dict()}
+    return checkpoint.save(tmp_path / name, state=state, step=step, epoch=0, cfg=cfg, rank=0,
+                           stream_state={"pos": 1})
+
+
+def test_save_writes_whole_files_only(cfg, tmp_path):
+    """No temporary file is left, and meta.json (written last) records state.pt's size."""
+    d = _saved(cfg, tmp_path)
+    assert sorted(p.name for p in d.iterdir()) == ["meta.json", "state.pt", "stream_rank0.json"]
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["state_pt"]["bytes"] == (d / "state.pt").stat().st_size > 0
+
+
+def test_every_checkpoint_fault_is_one_line_naming_the_file(cfg, tmp_path):
+    """Truncated state.pt (disk full while Ray copied it: was OSError EINVAL, no file named),
+    flipped bytes, garbage meta.json (was JSONDecodeError), a meta.json whose config does not
+    fit the weights (was a size-mismatch traceback), a garbage stream file."""
+    from clrdist.train.checkpoint import load_model
+
+    d = _saved(cfg, tmp_path, "trunc")
+    raw = (d / "state.pt").read_bytes()
+    (d / "state.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match=rf"^{d / 'state.pt'}: \d+ bytes, meta.json records \d+ \(incomplete"):
+        load_model(d)
+    (d / "state.pt").write_bytes(raw[:-8] + b"\xff" * 8)
+    with pytest.raises(CheckpointError, match=rf"^{d / 'state.pt'}: does not match the CRC-32C"):
+        load_model(d)
+
+    d = _saved(cfg, tmp_path, "garbage")
+    (d / "meta.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=rf"^{d / 'meta.json'}: not valid JSON"):
+        load_model(d)
+
+    d = _saved(cfg, tmp_path, "misfit")
+    meta = json.loads((d / "meta.json").read_text())
+    meta["config"]["model"]["model_dim"] = 32
+    meta["config"]["model"]["ff_dim"] = 64
+    (d / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=rf"^{d / 'state.pt'}: the weights do not fit the model config in {d / 'meta.json'}"):
+        load_model(d)
+
+    d = _saved(cfg, tmp_path, "stream")
+    (d / "stream_rank0.json").write_text("[1, 2")
+    with pytest.raises(CheckpointError, match=rf"^{d / 'stream_rank0.json'}: not valid JSON"):
+        checkpoint.load_stream_state(d, 0)
+
+    d = _saved(cfg, tmp_path, "notorch")
+    _rewrite_state(d, {"model": {}})
+    (d / "state.pt").write_bytes(b"x" * (d / "state.pt").stat().st_size)
+    meta = json.loads((d / "meta.json").read_text())
+    meta["state_pt"]["crc32c"] = checkpoint._file_crc(d / "state.pt")[1]
+    (d / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=rf"^{d / 'state.pt'}: unreadable \(truncated or corrupt"):
+        checkpoint.load(d)
+
+
+def test_a_partial_copy_is_never_listed(cfg, tmp_path):
+    """The disk filled while a checkpoint was copied: meta.json whole, state.pt cut. It looked
+    complete and --latest picked it; now only whole checkpoints are listed."""
+    _saved(cfg, tmp_path, "checkpoint_0", step=4)
+    d = _saved(cfg, tmp_path, "checkpoint_1", step=8)
+    (d / "state.pt").write_bytes((d / "state.pt").read_bytes()[:100])
+    found, meta = checkpoint.latest_checkpoint(tmp_path)
+    assert found.name == "checkpoint_0" and meta["step"] == 4
 
 
 def test_latest_checkpoint_is_the_highest_complete_step(cfg, tmp_path):

@@ -124,7 +124,7 @@ def test_nan_particles_in_the_training_store_are_found_before_training(toy_split
     p = arr[:]
     p[::10, 0, 0] = np.nan  # every tenth jet: its leading particle's pT
     arr[:] = p
-    rc = main(train_argv(toy_splits, tmp_path, f"data.train_store={bad}"))
+    rc = main(["--allow-unverified", *train_argv(toy_splits, tmp_path, f"data.train_store={bad}")])
     line = one_line_error(capsys, rc)
     assert line.startswith(f"clrdist: error: data.train_store: {bad}") and "sanity" in line, line
     assert not ray.is_initialized()

@@ -245,7 +245,29 @@ def test_other_layouts_fall_back_to_zarr(tmp_path):
     zarr.open_group(str(out), mode="r+").create_array(
         "label", data=d[2], chunks=(16,), overwrite=True)
     _edit_attrs(out, lambda a: a.pop("integrity"))
-    s = open_store(out)
+    s = open_store(out, allow_unverified=True)
     assert not s._fast.ok
     np.testing.assert_array_equal(s.read_chunk(6)["label"], d[2][96:])
     np.testing.assert_array_equal(s.read_chunk(2)["particles"], d[0][32:48])
+
+
+@pytest.mark.parametrize("bad", [0.7, 257, float("nan"), 1.2, -129])
+def test_labels_are_checked_before_the_cast(tmp_path, bad):
+    """The writer turned labels 0.7, 257, NaN, 1.2 into 0, 1, 0, 1 without an error; now the
+    append is refused naming the sample, and nothing is written."""
+    out = tmp_path / "s.zarr"
+    p, m, lab, f = _data(40)
+    lab = lab.astype(np.float64 if isinstance(bad, float) else np.int64)
+    lab[17] = bad
+    with pytest.raises(StoreError, match=rf"{out}: append: sample 17: label .* is not an integer in -128..127"):
+        with _writer(out) as w:
+            w.append(p, m, lab, f)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_integer_valued_float_labels_are_written(tmp_path):
+    out = tmp_path / "s.zarr"
+    p, m, lab, f = _data(40)
+    with _writer(out) as w:
+        w.append(p, m, lab.astype(np.float32), f)
+    np.testing.assert_array_equal(open_store(out).read_all()["label"], lab)

@@ -10,6 +10,7 @@ import pytest
 
 from clrdist.data.store import (
     ARRAYS,
+    UNVERIFIED_ENV,
     StoreError,
     StoreWriter,
     _shard_key,
@@ -168,29 +169,84 @@ def _drop_integrity(path):
     (path / "zarr.json").write_text(json.dumps(meta))
 
 
-def test_store_without_checksums_opens_with_a_warning(good, capsys, caplog):
-    """Stores written before checksums: readable, but said to be unverifiable."""
+def test_store_without_a_record_is_refused_unless_accepted(good, capsys, caplog, monkeypatch):
+    """A removed 'integrity' attribute turned every check off with a warning only: now the store
+    is refused (one line) unless the user accepts it with --allow-unverified; then it reads,
+    said to be unverifiable, and a split of it carries a record again."""
     _drop_integrity(good)
+    with pytest.raises(StoreError, match=r"no integrity record .*--allow-unverified"):
+        open_store(good)
+    err = _cli_error(capsys, ["data", "info", str(good)])
+    assert f"{good}: no integrity record" in err
     with caplog.at_level(logging.WARNING, logger="clrdist.data.store"):
-        s = open_store(good)
-    assert "no shard checksums recorded" in caplog.text and str(good) in caplog.text
+        s = open_store(good, allow_unverified=True)
+    assert "no integrity record" in caplog.text and str(good) in caplog.text
     assert s.integrity is None and s.n == N
     np.testing.assert_array_equal(s.read_all()["label"], _data()[2])
     assert verify_store(s)["checksums"] is False
-    assert _main(["data", "info", str(good)]) == 0
-    assert "warning: no shard checksums recorded" in capsys.readouterr().out
-    assert "cannot verify: no shard checksums" in _cli_error(capsys, ["data", "info", str(good), "--verify"])
-    # a split of it carries checksums again
+    assert _main(["--allow-unverified", "data", "info", str(good)]) == 0
+    assert "warning: no integrity record" in capsys.readouterr().out
+    assert "cannot verify: no integrity record" in _cli_error(
+        capsys, ["--allow-unverified", "data", "info", str(good), "--verify"])
     from clrdist.data.split import split_store
 
+    monkeypatch.setenv(UNVERIFIED_ENV, "1")
     outs = split_store(good, {"all": 1.0}, out_dir=good.parent / "re")
+    monkeypatch.delenv(UNVERIFIED_ENV)
     assert verify_store(outs["all"])["checksums"] is True
 
 
-def test_truncated_shard_of_an_unverified_store_is_one_line(good):
+@pytest.mark.parametrize("n", [12, 50, 200, 0])
+def test_an_edited_array_length_is_refused(good, capsys, n):
+    """shape[0] edited in an array's zarr.json added zero 'background' samples or hid some, and
+    shape 0 was a ValueError traceback: the record holds every array's shape."""
+    meta = json.loads((good / "label" / "zarr.json").read_text())
+    meta["shape"][0] = n
+    (good / "label" / "zarr.json").write_text(json.dumps(meta))
+    err = _cli_error(capsys, ["data", "info", str(good), "--verify"])
+    assert f"{good}: arrays disagree on the number of samples (particles {N}, label {n})" in err
+    for name in ARRAYS:  # every array, the same way: only the record can tell
+        meta = json.loads((good / name / "zarr.json").read_text())
+        meta["shape"][0] = n
+        (good / name / "zarr.json").write_text(json.dumps(meta))
+    err = _cli_error(capsys, ["data", "info", str(good)])
+    assert (f"{good}: array 'particles' has no samples" if n == 0
+            else f"{good}: array 'particles' has {n} samples, {N} recorded") in err, err
+
+
+def test_a_version_1_record_is_refused(good):
+    """A record without shapes (clrdist before this check) does not cover array lengths."""
+    meta = json.loads((good / "zarr.json").read_text())
+    meta["attributes"]["integrity"].pop("shapes")
+    (good / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="a version-1 integrity record"):
+        open_store(good)
+    assert open_store(good, allow_unverified=True).integrity is None
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("label_names", {"zero": "qcd"}, "attribute 'label_names': entry 'zero'"),
+    ("label_names", {"0": 5}, "attribute 'label_names': entry '0'"),
+    ("label_names", [0, 1], "attribute 'label_names': expected a mapping"),
+    ("particle_features", "pt,eta,phi", "attribute 'particle_features': expected a list"),
+    ("feature_names", [1, 2], "attribute 'feature_names': expected a list"),
+    ("kind", "jets", "attribute 'kind': 'jets' is not one of"),
+    ("provenance", "x", "attribute 'provenance': expected a mapping"),
+])
+def test_store_metadata_is_validated_on_open(good, capsys, key, value, says):
+    """Non-integer label_names keys or a non-list particle_features were TypeError tracebacks."""
+    meta = json.loads((good / "zarr.json").read_text())
+    meta["attributes"][key] = value
+    (good / "zarr.json").write_text(json.dumps(meta))
+    err = _cli_error(capsys, ["data", "info", str(good)])
+    assert f"{good}: {says}" in err, err
+
+
+def test_truncated_shard_of_an_unverified_store_is_one_line(good, monkeypatch):
     """Without a record the reader still refuses a shard too short for its index (this was an
     OverflowError) or whose index points past its end."""
     _drop_integrity(good)
+    monkeypatch.setenv(UNVERIFIED_ENV, "1")
     f = good / "particles" / _shard_key(3, 1)
     raw = f.read_bytes()
     f.write_bytes(raw[:10])

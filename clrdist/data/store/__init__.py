@@ -22,8 +22,10 @@ Order: a writer given ``shuffle_seed`` writes its samples in the random order
 the store, and so any batch of the stream, has the store's class mix up to binomial noise.
 
 Integrity: every array is written with all its chunks (also the all-zero ones) and the group
-attribute ``integrity`` records each shard file's size and CRC-32C. ``open_store`` checks that
-every recorded file exists with its size; the first read of a shard checks its CRC. A missing,
+attribute ``integrity`` records each shard file's size and CRC-32C and each array's shape.
+``open_store`` checks the attributes' types, every array's shape against the record and that
+every recorded file exists with its size; the first read of a shard checks its CRC. A store
+without a record is refused unless the user accepts it (``clrdist --allow-unverified``). A missing,
 truncated or altered shard raises :class:`StoreError` naming the store, the array and the shard,
 never reads as zeros. :func:`verify_store` re-checks all (or a sample of) the shards and
 :func:`check_sample_sanity` checks a random sample of the values (finite, pT >= 0, masks
@@ -42,6 +44,12 @@ from clrdist.data.store.base import (  # noqa: F401 (the package's public names)
     sample_problems,
 )
 from clrdist.data.store.inspect import check_sample_sanity, describe, verify_store  # noqa: F401
-from clrdist.data.store.integrity import NO_CHECKSUMS, _file_records, _shard_key  # noqa: F401
+from clrdist.data.store.integrity import (  # noqa: F401
+    NO_CHECKSUMS,
+    UNVERIFIED_ENV,
+    _file_records,
+    _shard_key,
+    unverified_allowed,
+)
 from clrdist.data.store.reader import SampleStore, open_store  # noqa: F401
 from clrdist.data.store.writer import StoreWriter, clean_stale_tmp, write_store  # noqa: F401

@@ -36,9 +36,27 @@ class _Integrity:
                 raise ValueError(record["algorithm"])
             self.files = {str(name): {str(k): (int(v[0]), int(v[1])) for k, v in files.items()}
                           for name, files in record["files"].items()}
+            # version 1 records (clrdist before 0.x) hold no shapes: an array's length was not
+            # covered (an edited shape[0] read zeros or hid samples); they count as no record
+            self.shapes = ({str(k): tuple(int(d) for d in v) for k, v in record["shapes"].items()}
+                           if "shapes" in record else None)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError):
             raise StoreError(f"{path}: malformed 'integrity' attribute") from None
         self._checked: set[tuple[str, str]] = set()
+
+    def check_shapes(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Every array's shape (its length included) is the recorded one; ``shapes`` {array:
+        shape} as its metadata says."""
+        for name, shape in shapes.items():
+            want = (self.shapes or {}).get(name)
+            if want is None:
+                raise StoreError(f"{self.path}: array {name!r} is not in the store's integrity "
+                                 "record (array added or replaced after writing?)")
+            if tuple(shape) != want:
+                what = (f"{shape[0]} samples, {want[0]} recorded" if shape[1:] == want[1:]
+                        else f"shape {list(shape)}, {list(want)} recorded")
+                raise StoreError(f"{self.path}: array {name!r} has {what} (its "
+                                 f"{name}/zarr.json was altered)")
 
     def _where(self, name: str, key: str) -> str:
         return f"{self.path}: array {name!r}: shard {key}"
@@ -89,6 +107,16 @@ class _Integrity:
         return data
 
 
-NO_CHECKSUMS = ("no shard checksums recorded (written before clrdist recorded them): a missing or "
-                "altered shard cannot be detected; rewrite the store (e.g. clrdist data split "
-                "--fractions 1 --names all) to add them")
+NO_CHECKSUMS = ("no integrity record of its shards and array lengths (written by an older clrdist, "
+                "or the 'integrity' attribute was removed): a missing, altered or resized array "
+                "cannot be detected; rewrite the store (clrdist --allow-unverified data split "
+                "--fractions 1 --names all) to add one")
+UNVERIFIED_ENV = "CLRDIST_ALLOW_UNVERIFIED"  # "1": open stores without a record (warning only)
+
+
+def unverified_allowed() -> bool:
+    """The user accepted stores without an integrity record (``clrdist --allow-unverified``,
+    which sets CLRDIST_ALLOW_UNVERIFIED=1 for this process and the Ray workers it starts)."""
+    import os
+
+    return os.environ.get(UNVERIFIED_ENV, "") == "1"

@@ -9,8 +9,13 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from clrdist.data.store.base import _DTYPES, ARRAYS, SCHEMA_VERSION, StoreError, log
-from clrdist.data.store.integrity import NO_CHECKSUMS, _Integrity, _shard_key
+from clrdist.data.store.base import _DTYPES, ARRAYS, KINDS, SCHEMA_VERSION, StoreError, log
+from clrdist.data.store.integrity import (
+    NO_CHECKSUMS,
+    _Integrity,
+    _shard_key,
+    unverified_allowed,
+)
 from clrdist.data.store.shards import _ShardReader
 from clrdist.errors import first_line
 
@@ -18,7 +23,8 @@ from clrdist.errors import first_line
 class SampleStore:
     """A validated, read-only view of a store (use :func:`open_store`)."""
 
-    def __init__(self, path: Path, group: zarr.Group, arrays: dict[str, zarr.Array], attrs: dict):
+    def __init__(self, path: Path, group: zarr.Group, arrays: dict[str, zarr.Array], attrs: dict,
+                 integrity: _Integrity | None = None):
         self.path = path
         self._group = group
         self.arrays = arrays
@@ -30,8 +36,8 @@ class SampleStore:
         self.chunk_size = int(p.chunks[0])
         self.shard_size = int(p.shards[0]) if p.shards is not None else self.chunk_size
         self.n_chunks = -(-self.n // self.chunk_size)
-        # integrity: None for stores written before checksums (they read, unverified)
-        self.integrity = _Integrity(path, attrs["integrity"]) if "integrity" in attrs else None
+        # integrity: None for a store without a record, opened with --allow-unverified
+        self.integrity = integrity
         if self.integrity is not None:
             self.integrity.check_sizes({k: (a.ndim, -(-a.shape[0] // self._outer(k)))
                                         for k, a in arrays.items()})
@@ -156,8 +162,13 @@ class SampleStore:
                 f"n_particles={self.n_particles}, chunk_size={self.chunk_size})")
 
 
-def open_store(path: str | os.PathLike) -> SampleStore:
-    """Open and validate a store; any problem raises :class:`StoreError` naming the path."""
+def open_store(path: str | os.PathLike, *, allow_unverified: bool | None = None) -> SampleStore:
+    """Open and validate a store; any problem raises :class:`StoreError` naming the path.
+
+    The group attributes are checked (types included) and every array's shape against the
+    integrity record. A store without a record (or with a version-1 record, which does not cover
+    array lengths) is refused unless ``allow_unverified`` (default: ``clrdist
+    --allow-unverified``, i.e. CLRDIST_ALLOW_UNVERIFIED=1); then it opens with a warning."""
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: no such store")
@@ -175,9 +186,7 @@ def open_store(path: str | os.PathLike) -> SampleStore:
     if attrs["schema_version"] != SCHEMA_VERSION:
         raise StoreError(f"{path}: schema version {attrs['schema_version']!r} is not supported "
                          f"(this clrdist reads version {SCHEMA_VERSION})")
-    for key in ("kind", "particle_features", "feature_names", "label_names", "provenance"):
-        if key not in attrs:
-            raise StoreError(f"{path}: missing group attribute {key!r}")
+    check_attrs(path, attrs)
     try:
         group = zarr.open_group(str(path), mode="r", zarr_format=3)
     except Exception as e:  # zarr raises several types for a corrupt group
@@ -203,6 +212,8 @@ def open_store(path: str | os.PathLike) -> SampleStore:
         if arrays[name].ndim != nd:
             raise StoreError(f"{path}: array {name!r} has {arrays[name].ndim} dimensions, expected {nd}")
     n = p.shape[0]
+    if n == 0:
+        raise StoreError(f"{path}: array 'particles' has no samples (shape[0] is 0)")
     for name in ARRAYS:
         if arrays[name].shape[0] != n:
             raise StoreError(f"{path}: arrays disagree on the number of samples "
@@ -218,10 +229,68 @@ def open_store(path: str | os.PathLike) -> SampleStore:
     chunk = {arrays[k].chunks[0] for k in ARRAYS}
     if len(chunk) != 1:
         raise StoreError(f"{path}: arrays use different chunk lengths along the sample axis: {sorted(chunk)}")
-    if "integrity" not in attrs and str(path.resolve()) not in _WARNED_UNVERIFIED:
-        _WARNED_UNVERIFIED.add(str(path.resolve()))
-        log.warning("%s: %s", path, NO_CHECKSUMS)
-    return SampleStore(path, group, arrays, dict(attrs))
+    integrity = _open_integrity(path, group, arrays, attrs, allow_unverified)
+    return SampleStore(path, group, arrays, dict(attrs), integrity)
 
 
 _WARNED_UNVERIFIED: set[str] = set()
+
+
+def _open_integrity(path: Path, group, arrays: dict, attrs: dict,
+                    allow_unverified: bool | None) -> _Integrity | None:
+    """The store's integrity record, every array's shape checked against it; None (with a
+    warning) for a store without a usable record that the user accepted."""
+    integrity = _Integrity(path, attrs["integrity"]) if "integrity" in attrs else None
+    if integrity is None or integrity.shapes is None:
+        allowed = unverified_allowed() if allow_unverified is None else allow_unverified
+        if not allowed:
+            what = "no integrity record" if integrity is None else "a version-1 integrity record"
+            raise StoreError(f"{path}: {what} (array lengths not covered): a resized or altered "
+                             "array cannot be detected; read it anyway with clrdist "
+                             "--allow-unverified, or rewrite it with clrdist --allow-unverified "
+                             "data split STORE --fractions 1 --names all")
+        if str(path.resolve()) not in _WARNED_UNVERIFIED:
+            _WARNED_UNVERIFIED.add(str(path.resolve()))
+            log.warning("%s: %s", path, NO_CHECKSUMS)
+        return None
+    shapes = {k: tuple(a.shape) for k, a in arrays.items()}
+    for name in integrity.files:
+        if name not in shapes:
+            try:
+                shapes[name] = tuple(group[name].shape)
+            except Exception as e:  # noqa: BLE001 - missing or corrupt metadata of an extra array
+                raise StoreError(f"{path}: array {name!r} of the integrity record cannot be "
+                                 f"opened ({type(e).__name__}: {first_line(e)})") from None
+    integrity.check_shapes(shapes)
+    return integrity
+
+
+def _is_str_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) and x for x in v)
+
+
+def check_attrs(path: Path, attrs: dict) -> None:
+    """The group attributes a reader relies on exist with the right types (one line naming the
+    store and the attribute otherwise)."""
+    for key in ("kind", "particle_features", "feature_names", "label_names", "provenance"):
+        if key not in attrs:
+            raise StoreError(f"{path}: missing group attribute {key!r}")
+    if attrs["kind"] not in KINDS:
+        raise StoreError(f"{path}: attribute 'kind': {attrs['kind']!r} is not one of {', '.join(KINDS)}")
+    for key in ("particle_features", "feature_names"):
+        if not _is_str_list(attrs[key]):
+            raise StoreError(f"{path}: attribute {key!r}: expected a list of names, got "
+                             f"{type(attrs[key]).__name__} {str(attrs[key])[:60]}")
+    names = attrs["label_names"]
+    if not isinstance(names, dict) or not names:
+        raise StoreError(f"{path}: attribute 'label_names': expected a mapping label -> name")
+    for k, v in names.items():
+        try:
+            ok = str(int(k)) == str(k).strip() and -128 <= int(k) <= 127 and isinstance(v, str)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise StoreError(f"{path}: attribute 'label_names': entry {k!r}: {v!r} is not "
+                             "integer label (-128..127) -> name")
+    if not isinstance(attrs["provenance"], dict):
+        raise StoreError(f"{path}: attribute 'provenance': expected a mapping")

@@ -238,6 +238,7 @@ class StoreWriter:
                                  f"expected {(n, *rest)}")
         if n == 0:
             return
+        _check_labels(self.path, data["label"], self.n + self._buffered)
         data = {k: np.ascontiguousarray(data[k], dtype=_DTYPES[k]) for k in ARRAYS}
         n_bad, found = sample_problems(data, particle_features=self.particle_features,
                                        label_names=self.label_names,
@@ -332,9 +333,11 @@ class StoreWriter:
                     values = values if order is None else values[order]
                     self._group.create_array(name, data=values,
                                              chunks=(min(self.n, 1 << 20), *values.shape[1:]))
+                names = (*ARRAYS, *self._attached)
                 integrity = {"version": INTEGRITY_VERSION, "algorithm": "crc32c",
-                             "files": {name: _file_records(self.tmp_path / name)
-                                       for name in (*ARRAYS, *self._attached)}}
+                             "files": {name: _file_records(self.tmp_path / name) for name in names},
+                             # lengths too: an edited shape[0] must not add zeros or hide samples
+                             "shapes": {name: list(self._group[name].shape) for name in names}}
                 self._group.attrs.update(
                     {
                         "schema_version": SCHEMA_VERSION,
@@ -382,6 +385,22 @@ class StoreWriter:
             self.close()
         else:
             self.abort()
+
+def _check_labels(path: Path, label: np.ndarray, offset: int) -> None:
+    """Labels must be integers in int8's range before they are cast (0.7, 257 or NaN would
+    silently become 0, 1 or 0)."""
+    if label.dtype == np.bool_ or not np.issubdtype(label.dtype, np.number):
+        raise StoreError(f"{path}: append: label has dtype {label.dtype}, expected integers")
+    if np.issubdtype(label.dtype, np.integer):
+        bad = (label < -128) | (label > 127)
+    else:
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(label) | (label != np.round(label)) | (label < -128) | (label > 127)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise StoreError(f"{path}: append: sample {offset + r}: label {label[r]!r} is not an "
+                         f"integer in -128..127 ({int(bad.sum())} such labels in this append)")
+
 
 def write_store(path: str | os.PathLike, data: dict[str, np.ndarray], **writer_kwargs: Any) -> Path:
     """Write a whole in-memory dataset (keys particles, mask, label, features) as one store."""
