@@ -265,15 +265,18 @@ def _register_generate(subparsers) -> None:
 
     g = subparsers.add_parser(
         "generate",
-        help="generate jets / dijet events with Pythia 8 + FastJet (Ray tasks) into a store",
+        help="generate jets / dijet events / ADC2021-like events with Pythia 8 + FastJet (Ray "
+             "tasks) into a store",
         description=(
             "Generate samples with Pythia 8 and FastJet as Ray tasks. Jet processes: top, w, qcd, "
-            "svj (kind 'jet'); dijet processes: resonance, qcd (kind 'dijet'). "
-            "Needs the 'generation' extra (pythia8mc)."
+            "svj (kind 'jet'); dijet processes: resonance, qcd (kind 'dijet'); ADC2021-like "
+            "events: adc_background, ato4l, leptoquark, htautau, hchtaunu (kind 'event', "
+            "docs/events.md). Needs the 'generation' extra (pythia8mc)."
         ),
     )
     g.add_argument("processes", nargs="+", metavar="PROCESS", help=f"one or more of {', '.join(PROCESSES)}")
-    g.add_argument("--jets", type=int, required=True, metavar="N", help="accepted jets (dijet: events) per process")
+    g.add_argument("--jets", "--events", dest="jets", type=int, required=True, metavar="N",
+                   help="accepted jets (dijet, ADC2021: events) per process")
     g.add_argument("--out", required=True, metavar="STORE", help="output store (Zarr directory)")
     g.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
     g.add_argument("--workers", type=int, default=None, help="concurrent Ray tasks (default: all CPUs)")
@@ -282,7 +285,7 @@ def _register_generate(subparsers) -> None:
     g.add_argument("--svj-mass", type=float, default=2000.0, help="svj: Z' mass in GeV")
     g.add_argument("--resonance-masses", type=_masses, default=(3500.0, 500.0, 100.0),
                    metavar="M,mX,mY", help="resonance: W', X, Y masses in GeV (default 3500,500,100)")
-    g.add_argument("--jet-r", type=float, default=None, help="anti-kT radius (default 0.8; dijet 1.0)")
+    g.add_argument("--jet-r", type=float, default=None, help="anti-kT radius (default 0.8; dijet 1.0; events 0.4)")
     g.add_argument("--pt-min", type=float, default=None, help="jet pT window low edge, GeV (default 550; svj 150; dijet: leading jet 1200)")
     g.add_argument("--pt-max", type=float, default=None, help="jet pT window high edge, GeV (default 650; svj 300; dijet: none)")
     g.add_argument("--eta-max", type=float, default=None, help="jet |eta| cut (default 2.0; dijet 2.5)")

@@ -35,14 +35,19 @@ MJJ_NAMES = ("m_jj", "mjj")
 
 # event stores (ADC2021 converter): MET, its phi, object counts, scalar sum of jet pT
 ADC_FEATURES = ["met", "met_phi", "n_electrons", "n_muons", "n_jets", "ht"]
+# generated event stores add the generator's process id (clrdist.data.generation.processes
+# .ADC_PROCESS_IDS: the background's sub-process, for supervised contrastive learning)
+GENERATED_EVENT_FEATURES = [*ADC_FEATURES, "process_id"]
 
 # label names of top-tagging stores (toy, toptag converter)
 TOP_QCD_LABELS = {0: "qcd", 1: "top"}
 
 
 def generated_features(kind: str, *, invisible: bool = False) -> list[str]:
-    """Feature names of a generated store of ``kind`` "jet" or "dijet"; ``invisible``: jet
+    """Feature names of a generated store of ``kind`` "jet", "dijet" or "event"; ``invisible``: jet
     stores containing semi-visible jets (met, inv_frac appended)."""
     if kind == "dijet":
         return list(GENERATED_DIJET_FEATURES)
+    if kind == "event":
+        return list(GENERATED_EVENT_FEATURES)
     return [*JET_FEATURES, *NSUBJETTINESS_FEATURES, *(SVJ_FEATURES if invisible else [])]

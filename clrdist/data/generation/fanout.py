@@ -52,12 +52,16 @@ def write_generated_store(config: GenerationConfig, out, *, workers: int | None 
 
     plan = make_plan(config)
     out = Path(out)
+    label_names = {v: k for k, v in plan.labels.items()}
+    if plan.kind == "event":  # the converter's label names: one schema for ADC2021 stores
+        from clrdist.data.convert import ADC_LABELS
+
+        label_names = dict(ADC_LABELS)
     # the writer first: an existing output is refused before Ray starts
     with StoreWriter(
         out, kind=plan.kind, particle_features=PARTICLE_FEATURES,
         feature_names=generated_features(plan.kind, invisible="svj" in plan.labels),
-        label_names={v: k for k, v in plan.labels.items()},
-        n_particles=config.n_particles * (2 if plan.kind == "dijet" else 1),
+        label_names=label_names, n_particles=config.n_slots,
         chunk_size=chunk_size, provenance=provenance(config, plan), overwrite=overwrite,
         shuffle_seed=config.seed,  # random sample order (not process by process): i.i.d. batches
     ) as writer:
@@ -95,7 +99,7 @@ def _keep_window_full(ray, task, plan: Plan, writer, window: int, progress: bool
     )
 
     shards = plan.shards
-    unit = "events" if plan.kind == "dijet" else "jets"
+    unit = "jets" if plan.kind == "jet" else "events"
     bar = Progress(
         TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
         TimeElapsedColumn(), TimeRemainingColumn(), disable=not progress, transient=False,
@@ -130,7 +134,8 @@ def _keep_window_full(ray, task, plan: Plan, writer, window: int, progress: bool
                     writer.append(res["particles"], res["mask"], label, res["features"])
                     if stats is not None:
                         stats.setdefault("shards", []).append(
-                            {"process": spec.process, **res["stats"]}
+                            {"process": spec.process, "subprocess": spec.pythia_process,
+                             **res["stats"]}
                         )
                     next_write += 1
     finally:

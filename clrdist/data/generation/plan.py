@@ -19,7 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from clrdist.data.detector import DETECTORS
 from clrdist.data.generation.processes import (
+    ADC_PROCESSES,
     PROCESSES,
+    adc_subprocesses,
     default_ecm,
     default_jet,
     process_settings,
@@ -89,12 +91,11 @@ class GenerationConfig(BaseModel):
         if len(set(procs)) != len(procs):
             raise ValueError(f"process listed twice: {' '.join(procs)}")
         if not set.intersection(*(set(PROCESSES[p]) for p in procs)):
-            jetp = [p for p in procs if PROCESSES[p] == ("jet",)]
-            dij = [p for p in procs if PROCESSES[p] == ("dijet",)]
-            raise ValueError(
-                f"cannot mix jet processes ({', '.join(jetp)}) and dijet-event processes "
-                f"({', '.join(dij)}) in one store; generate them into separate stores"
-            )
+            by_kind = {name: [p for p in procs if PROCESSES[p] == (k,)]
+                       for k, name in (("jet", "jet"), ("dijet", "dijet-event"),
+                                       ("event", "ADC2021 event"))}
+            mixed = " and ".join(f"{k} processes ({', '.join(v)})" for k, v in by_kind.items() if v)
+            raise ValueError(f"cannot mix {mixed} in one store; generate them into separate stores")
         return procs
 
     @field_validator("detector")
@@ -117,9 +118,16 @@ class GenerationConfig(BaseModel):
 
     @property
     def kind(self) -> str:
-        """The store kind: "jet" (top, w, qcd, svj) or "dijet" (resonance, qcd)."""
+        """The store kind: "jet" (top, w, qcd, svj), "dijet" (resonance, qcd) or "event"
+        (the ADC2021 processes)."""
         kinds = set.intersection(*(set(PROCESSES[p]) for p in self.processes))
-        return "jet" if "jet" in kinds else "dijet"
+        return "jet" if "jet" in kinds else ("event" if "event" in kinds else "dijet")
+
+    @property
+    def n_slots(self) -> int:
+        """Particle slots per sample: n_particles per jet (twice for dijet events); event
+        stores have the ADC2021 layout's 19 (MET, 4 e, 4 mu, 10 jets)."""
+        return {"jet": self.n_particles, "dijet": 2 * self.n_particles, "event": 19}[self.kind]
 
 
 def _problem(err: dict) -> tuple[str, str]:
@@ -149,6 +157,12 @@ class ShardSpec:
     want_invisible: bool  # compute met / inv_frac (stores containing svj)
     detector: str | None = None
     max_events: int = 0  # 0: automatic (1000 events per requested jet + 10000)
+    subprocess: str = ""  # event stores: the Pythia process behind ``process`` (adc_w, ...)
+
+    @property
+    def pythia_process(self) -> str:
+        """The process whose Pythia settings and seeds this shard has (its sub-process, if any)."""
+        return self.subprocess or self.process
 
 
 @dataclass
@@ -175,38 +189,43 @@ def make_plan(config: GenerationConfig) -> Plan:
         extra = {p: tuple(config.pythia_settings) for p in procs}
 
     labels: dict[str, int] = {}
+    if kind == "event":  # the ADC2021 converter's labels, whatever the order given
+        labels = {p: ADC_PROCESSES[p] for p in procs}
     if "qcd" in procs:
         labels["qcd"] = 0
     for p in procs:
-        if p != "qcd":
+        if p not in labels:
             labels[p] = len([q for q in labels if q != "qcd"]) + 1
     plan = Plan(kind=kind, jet=jet, labels=labels, ecm=ecm)
-    n_jets, shard_size = config.n_jets, config.shard_size
-    n_shards = -(-n_jets // shard_size)
+    shard_size = config.shard_size
     for proc in procs:
-        settings = tuple(
-            process_settings(
-                proc, kind, jet, resonance_masses=config.resonance_masses, r_inv=config.r_inv,
-                svj_mass=config.svj_mass, ecm=ecm, mpi=config.mpi,
-            )
-        ) + extra[proc]
-        for k in range(n_shards):
-            pythia_seed, det_seed = shard_seeds(config.seed, proc, k)
-            plan.shards.append(
-                ShardSpec(
-                    process=proc,
-                    kind=kind,
-                    n=min(shard_size, n_jets - k * shard_size),
-                    seed=pythia_seed,
-                    detector_seed=det_seed,
-                    jet=jet,
-                    n_particles=config.n_particles,
-                    settings=settings,
-                    match_truth=config.match_truth and proc in ("top", "w", "svj"),
-                    want_invisible="svj" in procs,
-                    detector=config.detector,
+        # event stores: the background is a mix of sub-processes, each with its own shards
+        parts = adc_subprocesses(proc, config.n_jets) if kind == "event" else [(proc, config.n_jets)]
+        for sub, n_sub in parts:
+            settings = tuple(
+                process_settings(
+                    sub, kind, jet, resonance_masses=config.resonance_masses, r_inv=config.r_inv,
+                    svj_mass=config.svj_mass, ecm=ecm, mpi=config.mpi,
                 )
-            )
+            ) + extra[proc]
+            for k in range(-(-n_sub // shard_size)):
+                pythia_seed, det_seed = shard_seeds(config.seed, sub, k)
+                plan.shards.append(
+                    ShardSpec(
+                        process=proc,
+                        kind=kind,
+                        n=min(shard_size, n_sub - k * shard_size),
+                        seed=pythia_seed,
+                        detector_seed=det_seed,
+                        jet=jet,
+                        n_particles=config.n_particles,
+                        settings=settings,
+                        match_truth=config.match_truth and proc in ("top", "w", "svj"),
+                        want_invisible="svj" in procs,
+                        detector=config.detector,
+                        subprocess=sub if sub != proc else "",
+                    )
+                )
     return plan
 
 
@@ -233,8 +252,8 @@ def shard_records(shards: Sequence[ShardSpec]) -> list[dict]:
     index: dict[str, int] = {}
     out = []
     for s in shards:
-        k = index[s.process] = index.get(s.process, -1) + 1
-        out.append({"process": s.process, "index": k, "n": s.n, "pythia_seed": s.seed,
+        k = index[s.pythia_process] = index.get(s.pythia_process, -1) + 1
+        out.append({"process": s.pythia_process, "index": k, "n": s.n, "pythia_seed": s.seed,
                     "detector_seed": s.detector_seed, "settings_sha256": settings_sha256(s.settings)})
     return out
 
@@ -255,13 +274,26 @@ def provenance(config: GenerationConfig, plan: Plan) -> dict:
         "match_truth": config.match_truth,
         "ecm": plan.ecm,  # GeV; the bump hunt's sqrt(s)
         "mpi": config.mpi,
-        "settings": {p: list(next(s.settings for s in plan.shards if s.process == p))
-                     for p in plan.labels},
+        "settings": {s.pythia_process: list(s.settings) for s in plan.shards},
         # every shard's seeds and settings hash (clrdist.eval.held_out.check_held_out compares them)
         "shards": shard_records(plan.shards),
     }
     if "resonance" in plan.labels:
         prov["resonance_masses"] = list(config.resonance_masses)
+    if plan.kind == "event":
+        from clrdist.data.generation.processes import (
+            ADC_BACKGROUND,
+            ADC_OBJECTS,
+            ADC_PROCESS_IDS,
+            ADC_TRIGGER_PT,
+        )
+
+        prov["events"] = {"objects": ADC_OBJECTS, "trigger_lepton_pt": ADC_TRIGGER_PT,
+                          "background_shares": ADC_BACKGROUND, "process_ids": ADC_PROCESS_IDS,
+                          "n_per_subprocess": {s: sum(x.n for x in plan.shards
+                                                      if x.pythia_process == s)
+                                               for s in dict.fromkeys(x.pythia_process
+                                                                      for x in plan.shards)}}
     if "svj" in plan.labels:
         prov["r_inv"] = config.r_inv
         prov["svj_zprime_mass"] = config.svj_mass

@@ -12,6 +12,12 @@
   default); stored as ``dijet`` events (both leading jets' constituents, leading jet first).
 - ``svj``: semi-visible jets from Pythia's Hidden Valley module, Z' -> dark quarks; a fraction
   ``r_inv`` of dark hadrons decays to stable invisible particles, the rest to SM quarks.
+- ADC2021-like events (store kind ``event``, 13 TeV; :data:`ADC_PROCESSES`): ``adc_background``
+  is the SM mix of the sub-processes in :data:`ADC_BACKGROUND` (W -> l nu, QCD heavy flavour
+  with semileptonic decays, Z/gamma* -> l l, ttbar) in the published proportions; the signals
+  ``ato4l`` (a 50 GeV scalar -> Z Z* -> 4 l), ``leptoquark`` (80 GeV, -> b tau),
+  ``htautau`` (a 60 GeV scalar -> tau tau) and ``hchtaunu`` (a 60 GeV H+- -> tau nu). Every
+  event passes the single-lepton trigger (docs/events.md has the physics and the reasons).
 
 The settings are plain strings (no Pythia import here); their sha256 is part of every shard's
 provenance record, so any change to them changes which stores the held-out check calls disjoint.
@@ -31,7 +37,44 @@ PROCESSES: dict[str, tuple[str, ...]] = {
     "qcd": ("jet", "dijet"),
     "svj": ("jet",),
     "resonance": ("dijet",),
+    # ADC2021-like events (kind "event"): the background mix and the four signals
+    "adc_background": ("event",),
+    "ato4l": ("event",),
+    "leptoquark": ("event",),
+    "htautau": ("event",),
+    "hchtaunu": ("event",),
 }
+
+# ADC2021 event processes -> store label, as the ADC2021 converter labels the published files
+# (clrdist.data.convert.ADC_LABELS): one schema whether the events are converted or generated
+ADC_PROCESSES: dict[str, int] = {"adc_background": 0, "ato4l": 1, "leptoquark": 2,
+                                 "hchtaunu": 3, "htautau": 4}
+# the background's sub-processes and their shares of the mix (Govorkova et al., Sci. Data 9,
+# 118 (2022): W 0.59, QCD 0.34, Z 0.07, ttbar 0.003 of the lepton-triggered events; normalised)
+ADC_BACKGROUND: dict[str, float] = {"adc_w": 0.59, "adc_qcd": 0.34, "adc_z": 0.07,
+                                   "adc_ttbar": 0.003}
+# the generator's process id (the ``process_id`` feature of generated event stores): the
+# background's sub-processes, then the signals
+ADC_PROCESS_IDS: dict[str, int] = {"adc_w": 0, "adc_qcd": 1, "adc_z": 2, "adc_ttbar": 3,
+                                   "ato4l": 4, "leptoquark": 5, "htautau": 6, "hchtaunu": 7}
+# objects of an ADC2021 event (Govorkova et al.): up to 4 electrons, 4 muons, 10 jets (anti-kT
+# R = 0.4) in their acceptance, behind MET in row 0; a single-lepton trigger at 23 GeV
+ADC_JET = JetDef(R=0.4, pt_min=15.0, pt_max=math.inf, abs_eta_max=4.0)
+ADC_OBJECTS = {"electron": {"n": 4, "pt_min": 3.0, "abs_eta_max": 3.0},
+               "muon": {"n": 4, "pt_min": 3.0, "abs_eta_max": 2.1},
+               "jet": {"n": 10, "pt_min": 15.0, "abs_eta_max": 4.0}}
+ADC_TRIGGER_PT = 23.0  # GeV: at least one selected electron or muon above it
+
+
+def adc_subprocesses(process: str, n: int) -> list[tuple[str, int]]:
+    """(sub-process, events) making ``n`` events of an ADC2021 process: the background's
+    sub-processes in their shares (rounded; the remainder to W), a signal as itself."""
+    if process != "adc_background":
+        return [(process, n)]
+    total = sum(ADC_BACKGROUND.values())
+    counts = {sub: int(round(frac / total * n)) for sub, frac in ADC_BACKGROUND.items()}
+    counts["adc_w"] += n - sum(counts.values())
+    return [(sub, k) for sub, k in counts.items() if k > 0]
 
 DEFAULT_JET = {
     # top-tagging reference: anti-kT R = 0.8, pT in [550, 650] GeV, |eta| < 2
@@ -47,12 +90,15 @@ SVJ_JET = JetDef(R=0.8, pt_min=150.0, pt_max=300.0, abs_eta_max=2.0)
 
 def default_ecm(kind: str) -> float:
     """sqrt(s) in GeV when none is given: 13 TeV for dijet stores (the LHCO-like resonance and
-    its QCD, as the LHC Olympics R&D sample), 14 TeV for jet stores (the top-tagging data)."""
-    return 13000.0 if kind == "dijet" else 14000.0
+    its QCD, as the LHC Olympics R&D sample) and event stores (ADC2021), 14 TeV for jet stores
+    (the top-tagging data)."""
+    return 13000.0 if kind in ("dijet", "event") else 14000.0
 
 
 def default_jet(processes: Sequence[str]) -> JetDef:
     """The jet definition used when none is given: by store kind, SVJ_JET if svj is present."""
+    if any(p in ADC_PROCESSES for p in processes):
+        return ADC_JET
     if "svj" in processes:
         return SVJ_JET
     return DEFAULT_JET["dijet" if "resonance" in processes else "jet"]
@@ -76,7 +122,9 @@ def process_settings(
     window = [f"PhaseSpace:pTHatMin = {pthat_min:g}",
               f"PhaseSpace:pTHatMax = {pthat_max:g}" if pthat_max else "PhaseSpace:pTHatMax = -1"]
     w_to_quarks = ["24:onMode = off", "24:onIfAny = 1 2 3 4 5"]  # hadronic W decays only
-    if process == "top":
+    if process in ADC_SETTINGS:  # an ADC2021 sub-process or signal (kind "event")
+        s += ADC_SETTINGS[process]
+    elif process == "top":
         s += [
             "Top:gg2ttbar = on",
             "Top:qqbar2ttbar = on",
@@ -145,6 +193,41 @@ def process_settings(
     else:  # pragma: no cover - GenerationConfig admits only the names in PROCESSES
         raise ValueError(f"unknown process {process!r}")
     return s
+
+
+# b- and c-hadrons forced to decays with an electron or muon: QCD multijet events with a lepton
+# above the 23 GeV trigger come from heavy-flavour decays (light-flavour fakes need a detector),
+# and forcing the decays raises the trigger efficiency of b bbar / c cbar events ~10 times
+_HEAVY_HADRONS = (511, 521, 531, 5122, 411, 421, 431, 4122)
+_LEPTONIC_HF = [f"{pid}:{k}" for pid in _HEAVY_HADRONS
+                for k in ("onMode = off", "onIfAny = 11 13")]
+
+# Pythia settings of the ADC2021 sub-processes and signals (after the common lines)
+ADC_SETTINGS: dict[str, list[str]] = {
+    # W -> e nu, mu nu, tau nu (taus decay freely; the trigger keeps the leptonic ones)
+    "adc_w": ["WeakSingleBoson:ffbar2W = on", "24:onMode = off", "24:onIfAny = 11 13 15"],
+    # Z/gamma* -> l l with m_ll > 50 GeV
+    "adc_z": ["WeakSingleBoson:ffbar2gmZ = on", "23:onMode = off", "23:onIfAny = 11 13 15",
+          "PhaseSpace:mHatMin = 50"],
+    # ttbar, all decays
+    "adc_ttbar": ["Top:gg2ttbar = on", "Top:qqbar2ttbar = on"],
+    # QCD heavy flavour (gg, q qbar -> b bbar, c cbar), pT-hat > 30 GeV, semileptonic decays
+    "adc_qcd": ["HardQCD:hardbbbar = on", "HardQCD:hardccbar = on", "PhaseSpace:pTHatMin = 30",
+            *_LEPTONIC_HF],
+    # A -> 4 l: a Higgs-like scalar of 50 GeV from gluon fusion -> Z Z* -> (e e | mu mu) x 2;
+    # Z's lower mass limit at 1 GeV so that both Zs can be off shell below 50 GeV
+    "ato4l": ["HiggsSM:gg2H = on", "25:m0 = 50", "25:onMode = off", "25:onIfMatch = 23 23",
+              "23:onMode = off", "23:onIfAny = 11 13", "23:mMin = 1"],
+    # leptoquark pairs (80 GeV), each -> b tau: charge 2/3 (chargeType 2) for b + tau+
+    "leptoquark": ["LeptoQuark:gg2LQLQbar = on", "LeptoQuark:qqbar2LQLQbar = on", "42:m0 = 80",
+                   "42:chargeType = 2", "42:oneChannel = 1 1.0 0 5 -15"],
+    # h0 (60 GeV) from gluon fusion -> tau tau
+    "htautau": ["HiggsSM:gg2H = on", "25:m0 = 60", "25:onMode = off", "25:onIfMatch = 15 -15"],
+    # h+- (60 GeV) from f fbar' -> tau nu; the tau decays to e or mu (a triggered event's lepton
+    # can only come from it, so forcing the decay loses nothing and saves ~3x the events)
+    "hchtaunu": ["Higgs:useBSM = on", "HiggsBSM:ffbar2H+- = on", "37:m0 = 60", "37:onMode = off",
+                 "37:onIfMatch = 15 16", "15:onMode = off", "15:onIfAny = 11 13"],
+}
 
 
 def _dark_hadron_decays(r_inv: float) -> list[str]:
