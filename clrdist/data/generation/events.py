@@ -208,6 +208,22 @@ class _Stats:
         self.n_failed = 0
 
 
+def _next_event(pythia, st: _Stats, process: str, max_failed: int) -> bool:
+    """One ``pythia.next()``, timed and counted; False for a failed event (an error after
+    ``max_failed`` of them)."""
+    t0 = time.perf_counter()
+    ok = pythia.next()
+    st.t_next += time.perf_counter() - t0
+    if not ok:
+        st.n_failed += 1
+        if st.n_failed > max_failed:
+            raise GenerationError(
+                f"process {process!r}: Pythia failed {st.n_failed} times "
+                f"(after {st.n_events} good events); check the process settings"
+            )
+    return ok
+
+
 def generate_shard(spec: ShardSpec, on_accept: Callable[[int], None] | None = None) -> dict:
     """Generate one shard: exactly ``spec.n`` accepted jets (or dijet events).
 
@@ -249,16 +265,7 @@ def generate_shard(spec: ShardSpec, on_accept: Callable[[int], None] | None = No
                 f"[{jet.pt_min:g}, {jet.pt_max:g}] GeV, |eta| < {jet.abs_eta_max:g}) is too tight "
                 "for this process"
             )
-        t0 = time.perf_counter()
-        ok = pythia.next()
-        st.t_next += time.perf_counter() - t0
-        if not ok:
-            st.n_failed += 1
-            if st.n_failed > max_failed:
-                raise GenerationError(
-                    f"process {spec.process!r}: Pythia failed {st.n_failed} times "
-                    f"(after {st.n_events} good events); check the process settings"
-                )
+        if not _next_event(pythia, st, spec.pythia_process, max_failed):
             continue
         st.n_events += 1
         ev = pythia.event
@@ -518,15 +525,7 @@ def generate_event_shard(spec: ShardSpec, on_accept: Callable[[int], None] | Non
             raise GenerationError(
                 f"process {spec.pythia_process!r}: only {len(out)} of {spec.n} events passed the "
                 f"single-lepton trigger (pT > {ADC_TRIGGER_PT:g} GeV) after {st.n_events} events")
-        t0 = time.perf_counter()
-        ok = pythia.next()
-        st.t_next += time.perf_counter() - t0
-        if not ok:
-            st.n_failed += 1
-            if st.n_failed > max_failed:
-                raise GenerationError(
-                    f"process {spec.pythia_process!r}: Pythia failed {st.n_failed} times "
-                    f"(after {st.n_events} good events); check the process settings")
+        if not _next_event(pythia, st, spec.pythia_process, max_failed):
             continue
         st.n_events += 1
         rows = event_objects(_final_particles(pythia.event), spec.jet, detector, rng)
