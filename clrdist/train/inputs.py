@@ -25,11 +25,16 @@ def view_inputs(particles: np.ndarray | torch.Tensor, mask: np.ndarray | torch.T
 
     Views are made in GeV on ``device``, on the hardest ``augment.slots`` constituents (room for
     collinear splits; default ``data.n_particles``); then each view keeps its hardest
-    ``data.n_particles`` and becomes ``model.input_features``. Identical consecutive views are
+    ``data.n_particles`` (events, ``model.frame: event``, keep their slots in place: the ADC2021
+    layout's slot is the object type) and becomes ``model.input_features``. Identical consecutive views are
     computed in one call by ``apply_views``.
     """
     n = cfg.data.n_particles
     x, m = in_model_frame(particles, mask, cfg, device, cfg.augment.slots or n)
-    viewed = [keep_hardest(xv, mv, n) for xv, mv in apply_views(views, x, m, generator)]
+    views_out = apply_views(views, x, m, generator)
+    if cfg.model.frame == "event":  # fixed slot layout (the slot is the object type): no re-sort
+        viewed = [(xv[:, :n], mv[:, :n]) for xv, mv in views_out]
+    else:
+        viewed = [keep_hardest(xv, mv, n) for xv, mv in views_out]
     xs, ms = torch.cat([xv for xv, _ in viewed]), torch.cat([mv for _, mv in viewed])
     return as_input_features(xs, ms, cfg), ms
