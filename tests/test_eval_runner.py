@@ -58,6 +58,7 @@ def test_run_every_evaluation_small():
     assert len(names) == len(set(names))  # unique across evaluations
     assert {"nplm_dof", "nplm_raw_dof", "anomaly_znorm_auc", "cwola_linear_auc_f_0.5"} <= set(names)
     assert res["cwola"].metrics["cwola_linear_auc_f_0.5"] > 0.8
+    assert {"nplm_z.png", "nplm_t.png"} <= set(res["nplm"].figures)  # trained vs raw Z
 
 
 def test_cwola_runs_bump_hunt_on_dijet_stores():
@@ -108,3 +109,43 @@ def test_lct_and_anomaly_come_with_the_untrained_and_raw_references():
     plain = run_evaluations(encode, train_data=tr, test_data=te, which={"lct"},
                             context=Context(n_boot=0)).get("lct").metrics
     assert "lct_raw_auc" in plain and "lct_init_auc" not in plain
+
+
+def test_every_evaluation_runs_next_to_untrained_seeds_and_raw_inputs():
+    """cwola and lct at five init seeds (mean, seed std, min, max, per-seed table), raw inputs;
+    the comparison figures carry one curve per view."""
+    tr, te = mixed(300, seed=11), mixed(300, seed=12)
+
+    def untrained(seed):
+        w = np.random.default_rng(seed).normal(size=(3, 3))
+
+        def enc(batch):  # a fixed random projection of noisy observables: weakly informative
+            noise = np.random.default_rng(seed + len(batch["label"])).normal(
+                scale=2.0, size=(len(batch["label"]), 3))
+            return (encode(batch) + noise) @ w
+        return enc
+
+    seeds = [0, 1, 2, 3, 4]
+    ctx = Context(n_boot=0, init_encoders=[untrained(s) for s in seeds], init_seeds=seeds,
+                  n_particles=10)
+    opts = {"cwola": {"fractions": (0.0, 0.5), "classifiers": ("linear",), "n_repeats": 1}}
+    res = run_evaluations(encode, train_data=tr, test_data=te, which={"lct", "cwola"},
+                          context=ctx, options=opts)
+    m = res["lct"].metrics
+    per_seed = [r["lct_init_auc"] for r in res["lct"].tables["lct_init_seeds"]]
+    assert [r["init_seed"] for r in res["lct"].tables["lct_init_seeds"]] == seeds
+    assert len(set(per_seed)) == 5  # five different initialisations, not one repeated
+    assert m["lct_init_auc"] == pytest.approx(np.mean(per_seed))
+    assert m["lct_init_auc_seed_std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert m["lct_init_auc_min"] == min(per_seed) < max(per_seed) == m["lct_init_auc_max"]
+    assert m["lct_init_n_seeds"] == 5 and m["lct_auc"] > m["lct_init_auc_max"]
+    c = res["cwola"].metrics
+    assert {"cwola_init_linear_auc_f_0.5", "cwola_init_linear_auc_f_0.5_seed_std",
+            "cwola_raw_linear_auc_f_0.5", "cwola_linear_auc_f_0.5"} <= set(c)
+    assert c["cwola_linear_auc_f_0.5"] > c["cwola_init_linear_auc_f_0.5"]
+    labels = {t.get_text() for t in res["lct"].figures["lct_roc.png"].axes[0].get_legend().texts}
+    assert labels == {"trained", "untrained (init seed 0)", "raw inputs", "random"}
+    cw = res["cwola"].figures["cwola_auc_vs_f.png"].axes[0].get_legend().texts
+    assert {t.get_text() for t in cw} == {"trained (linear)", "untrained (init seed 0) (linear)",
+                                          "raw inputs (linear)"}
+    assert "cwola_init_scan" in res["cwola"].tables and "cwola_raw_scan" in res["cwola"].tables

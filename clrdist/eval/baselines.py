@@ -22,6 +22,7 @@ phi]``, ``mask (n, P) bool``, ``label (n,) int8``, ``features (n, K) float32``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from clrdist.data.schema import DIJET_OBSERVABLES, JET_OBSERVABLES
 from clrdist.eval.metrics import DEFAULT_EPS_S, EvalResult, Roc, binary_labels, roc_metrics
 from clrdist.eval.plots import roc_figure, sic_figure
 from clrdist.physics.observables import delta_phi, efps, jet_mass, nsubjettiness, tau_ratios
+
+if TYPE_CHECKING:
+    from clrdist.eval.runner import Inputs
 
 ALL_BASELINES = ("raw", "jet_obs", "efp", "supervised")
 PT_SCALE = 600.0  # GeV; JetCLR's input pT scale
@@ -206,7 +210,7 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
                   efp_max_samples: int = 2000,
                   supervised_max_epochs: int = 100, supervised_prepare: Callable | None = None,
                   eps_s: tuple[float, ...] = DEFAULT_EPS_S,
-                  figures: bool = True) -> EvalResult:
+                  figures: bool = True, curves_out: dict | None = None) -> EvalResult:
     """Fit each baseline on ``train_data``, score ``test_data``; metrics ``baseline_<name>_*``.
 
     ``which`` defaults to every baseline that can run for the store ``kind`` (``jet``,
@@ -215,7 +219,8 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
     EFPs are slow (energyflow loops over jets in Python), so at most ``efp_max_samples`` of each set are used for them (``baseline_efp_n_test``
     records how many). If ``rep_train``/``rep_test`` are given, the
     representation's linear classifier is drawn on the same ROC/SIC figures
-    (``baselines_roc.png``, ``baselines_sic.png``).
+    (``baselines_roc.png``, ``baselines_sic.png``). ``curves_out`` (a dict) receives the
+    ROC curves by legend label.
     """
     if which is None:  # jet substructure baselines only make sense for jets and dijets
         which = ["raw"] if kind == "event" else ["raw", "jet_obs", "efp"]
@@ -267,4 +272,22 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
     if figures and curves:
         figs = {"baselines_roc.png": roc_figure(curves, "baselines"),
                 "baselines_sic.png": sic_figure(curves, "baselines")}
+    if curves_out is not None:
+        curves_out.update(curves)
     return EvalResult(metrics=metrics, figures=figs)
+
+
+SUPERVISED_LABEL = "supervised (same encoder, eval_train labels)"
+
+
+def evaluate(inp: Inputs, **options: Any) -> EvalResult:
+    """The runner's adapter; the supervised encoder's ROC joins the LCT's comparison figures."""
+    ctx, curves = inp.ctx, {}
+    res = run_baselines(inp.train_data, inp.test_data, seed=inp.seed,
+                        feature_names=list(ctx.feature_names), kind=ctx.kind,
+                        model_factory=ctx.model_factory, supervised_prepare=ctx.supervised_prepare,
+                        rep_train=inp.rep_train, rep_test=inp.rep_test, curves_out=curves,
+                        **options)
+    if "supervised encoder" in curves:
+        inp.curve("lct", curves["supervised encoder"], label=SUPERVISED_LABEL)
+    return res

@@ -14,11 +14,15 @@ Metric names, for classifier ``c`` in {``linear``, ``mlp``} and fraction tag ``F
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from clrdist.eval.metrics import EvalResult, binary_labels, eps_tag, roc_metrics
 from clrdist.eval.plots import scan_figure
+
+if TYPE_CHECKING:
+    from clrdist.eval.runner import Inputs
 
 # Signal fractions of the published scan (docs/reference.md).
 PUBLISHED_FRACTIONS = (0.0, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 1.0)
@@ -133,3 +137,13 @@ def idealised_cwola_scan(rep: np.ndarray, label: np.ndarray, *,
             xlabel="signal fraction $f$ in the mixed sample", ylabel="max SIC (test)", hline=1.0,
             title="idealised CWoLa")
     return EvalResult(metrics=metrics, figures=figs, tables={"cwola_scan": rows})
+
+
+def evaluate(inp: Inputs, **options: Any) -> EvalResult:
+    """The runner's adapter: the scan on both sets pooled; its rows go into the comparison
+    figures ``cwola_auc_vs_f.png`` / ``cwola_sic_vs_f.png`` (trained, untrained, raw)."""
+    res = idealised_cwola_scan(inp.rep_all, inp.y_all, seed=inp.seed,
+                               **{**options, "figures": False})
+    if options.get("figures", True):
+        inp.curve("cwola", res.tables["cwola_scan"])
+    return res

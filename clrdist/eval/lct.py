@@ -12,6 +12,8 @@ report AUC, 1/eps_B at eps_S = 0.5, 0.3, 0.2, max SIC with a statistics floor an
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -28,6 +30,9 @@ from clrdist.eval.metrics import (
     roc_metrics,
 )
 from clrdist.eval.plots import roc_figure, sic_figure
+
+if TYPE_CHECKING:
+    from clrdist.eval.runner import Inputs
 
 
 def fit_linear(rep: np.ndarray, y: np.ndarray, *, C: float = 1.0, seed: int = 0,
@@ -60,6 +65,16 @@ def linear_classifier_test(rep_train: np.ndarray, y_train: np.ndarray, rep_test:
     ``n_boot`` test-set bootstrap resamples give ``*_std`` (0 disables them).
     Returns ``EvalResult`` with the metrics listed in the module docstring.
     """
+    res, r = _lct(rep_train, y_train, rep_test, y_test, seed=seed, C=C, prefix=prefix,
+                  eps_s=eps_s, eps_b_floor=eps_b_floor, n_boot=n_boot, label_names=label_names)
+    if figures:
+        res.figures.update(roc_sic_figures({"linear": r}, prefix, title="linear classifier test",
+                                           eps_b_floor=eps_b_floor))
+    return res
+
+
+def _lct(rep_train, y_train, rep_test, y_test, *, seed, C, prefix, eps_s, eps_b_floor, n_boot,
+         label_names) -> tuple[EvalResult, Roc]:
     rep_train, rep_test = np.asarray(rep_train), np.asarray(rep_test)
     keep_tr, ytr = binary_labels(y_train)
     keep_te, yte = binary_labels(y_test)
@@ -76,11 +91,20 @@ def linear_classifier_test(rep_train: np.ndarray, y_train: np.ndarray, rep_test:
                                       names=label_names, eps_s=eps_s, eps_b_floor=eps_b_floor))
     metrics[f"{prefix}_n_train"] = float(ytr.size)
     metrics[f"{prefix}_n_test"] = float(yte.size)
-    figs = {}
+    return EvalResult(metrics=metrics), r
+
+
+def evaluate(inp: Inputs, **options: Any) -> EvalResult:
+    """The runner's adapter: the LCT of one representation; its ROC goes into the comparison
+    figures ``lct_roc.png`` / ``lct_sic.png`` (trained, untrained, raw, supervised)."""
+    kw = {"seed": inp.seed, "C": 1.0, "prefix": "lct", "eps_s": DEFAULT_EPS_S,
+          "eps_b_floor": DEFAULT_EPS_B_FLOOR, "n_boot": inp.ctx.n_boot,
+          "label_names": inp.ctx.label_names, **options}
+    figures = kw.pop("figures", True)
+    res, r = _lct(inp.rep_train, inp.y_train, inp.rep_test, inp.y_test, **kw)
     if figures:
-        figs = roc_sic_figures({"linear": r}, prefix, title="linear classifier test",
-                               eps_b_floor=eps_b_floor)
-    return EvalResult(metrics=metrics, figures=figs)
+        inp.curve("lct", r)
+    return res
 
 
 def roc_sic_figures(curves: dict[str, Roc], prefix: str, title: str = "",

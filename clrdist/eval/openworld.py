@@ -18,12 +18,16 @@ Metric names ``orca_known_acc``, ``orca_novel_cluster_acc``, ``orca_all_cluster_
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from clrdist.eval.jetimages import signal_metrics
 from clrdist.eval.metrics import EvalResult
+
+if TYPE_CHECKING:
+    from clrdist.eval.runner import Inputs
 
 
 def cluster_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -63,3 +67,16 @@ def openworld_evaluation(probs: np.ndarray, label: np.ndarray, *, known: Sequenc
     table = [{"label": int(t), **{f"head_{h}": int(((label == t) & (pred == h)).sum())
                                   for h in range(probs.shape[1])}} for t in np.unique(label)]
     return EvalResult(metrics=metrics, tables={"orca_confusion": table})
+
+
+def evaluate(inp: Inputs, **options: Any) -> EvalResult | None:
+    """The runner's adapter: the head's probabilities on the test set; the untrained reference
+    is the untrained encoder through its own (untrained) head."""
+    if inp.head is None:
+        if inp.reference:
+            return None
+        raise KeyError("orca: needs the run's classifier head (a run trained with loss.name: orca)")
+    known = {} if inp.ctx.known_classes is None else {"known": list(inp.ctx.known_classes)}
+    names = {int(k): v for k, v in (inp.ctx.label_names or {}).items()}
+    return openworld_evaluation(inp.head(inp.rep_test), inp.y_test, label_names=names,
+                                **{**known, **options})

@@ -96,3 +96,59 @@ def scan_figure(x: Sequence[float], series: Mapping[str, Sequence[float]], *, xl
     if title:
         ax.set_title(title)
     return fig
+
+
+def reference_figures(curves: Mapping[str, Mapping[str, object]],
+                      results: Mapping[str, object]) -> dict[str, dict[str, Figure]]:
+    """The comparison figures of :func:`clrdist.eval.runner.run_evaluations`, ``{evaluation:
+    {file name: Figure}}``: each curve the adapters recorded (``Inputs.curve``) for the trained
+    representation, the untrained encoder (first init seed), the raw inputs and the supervised
+    encoder, in one figure per quantity:
+
+    - ``lct``: ROC and SIC (``lct_roc.png``, ``lct_sic.png``);
+    - ``cwola``: test AUC and max SIC vs the signal fraction, per classifier, with the
+      supervised encoder's AUC as a line when the baselines ran;
+    - ``nplm``: the signal toys' empirical Z (``nplm_z.png``: median and 16-84% band);
+    - ``bumphunt``: the global Z of the blind hunt vs the signal fraction."""
+    out: dict[str, dict[str, Figure]] = {}
+    if curves.get("lct"):
+        out["lct"] = {"lct_roc.png": roc_figure(curves["lct"], "linear classifier test"),
+                      "lct_sic.png": sic_figure(curves["lct"], "linear classifier test")}
+    if curves.get("cwola"):
+        sup = getattr(results.get("baselines"), "metrics", {}).get("baseline_supervised_auc")
+        figs = {}
+        for key, ylabel, name, hline in (("auc", "AUC (test)", "cwola_auc_vs_f.png", 0.5),
+                                          ("max_sic", "max SIC (test)", "cwola_sic_vs_f.png", 1.0)):
+            series, errors, xs = {}, {}, None
+            for view, rows in curves["cwola"].items():
+                for clf in dict.fromkeys(r["classifier"] for r in rows):
+                    rr = [r for r in rows if r["classifier"] == clf]
+                    xs = [r["f"] for r in rr]
+                    series[f"{view} ({clf})"] = [r[key] for r in rr]
+                    errors[f"{view} ({clf})"] = [r.get(f"{key}_std", 0.0) for r in rr]
+            fig = scan_figure(xs, series, errors=errors, xlabel="signal fraction $f$ in the mixed sample",
+                              ylabel=ylabel, hline=hline, title="idealised CWoLa")
+            if key == "auc" and sup is not None:
+                fig.axes[0].axhline(sup, color="tab:gray", ls="--", lw=1,
+                                    label="supervised (same encoder)")
+                fig.axes[0].legend(fontsize="small")
+            figs[name] = fig
+        out["cwola"] = figs
+    if curves.get("nplm"):
+        fig, ax = new_figure()
+        for i, (view, z) in enumerate(curves["nplm"].items()):
+            lo, med, hi = np.quantile(np.asarray(z, float), [0.16, 0.5, 0.84])
+            ax.errorbar([i], [med], yerr=[[med - lo], [hi - med]], marker="o", capsize=3,
+                        label=view)
+        ax.set_xticks(range(len(curves["nplm"])), list(curves["nplm"]), fontsize="small")
+        ax.set_ylabel(r"NPLM $Z$ (empirical) of signal toys")
+        ax.grid(alpha=0.3)
+        out["nplm"] = {"nplm_z.png": fig}
+    if curves.get("bumphunt") and any(curves["bumphunt"].values()):
+        pts = {v: p for v, p in curves["bumphunt"].items() if p}
+        xs = [f for f, _ in next(iter(pts.values()))]
+        series = {v: [z for _, z in p] for v, p in pts.items() if len(p) == len(xs)}
+        out["bumphunt"] = {"bumphunt_z_vs_f.png": scan_figure(
+            xs, series, xlabel="signal fraction of all events", ylabel="global $Z$ (blind hunt)",
+            title="CWoLa bump hunt")}
+    return out

@@ -2,7 +2,11 @@
 
 Each :class:`Evaluation` has a name (the ``eval.<name>`` switch of the run config, the key of
 ``eval.options``, the ``clrdist eval --<name>`` flag), a one-line description (the switch's
-help) and the function that computes it. Its options, ``eval.options.<name>``, are that
+help), the function that computes it, the adapter the runner calls (``adapter(inputs,
+**options) -> EvalResult``, :class:`clrdist.eval.runner.Inputs`; it lives in the evaluation's
+module, or in :mod:`clrdist.eval.adapters` for the modules older than the adapters) and the
+references it runs next to (the same architecture untrained, the raw inputs). Adding an
+evaluation is its module (function + adapter) and one line here. Its options, ``eval.options.<name>``, are that
 function's keyword-only arguments (and those of the functions its ``**kwargs`` reach), typed by
 their annotations; the arguments the runner fills in from the stores and the model
 (``supplied``: seed, label names, ...) are not options. :func:`validate_options` checks a
@@ -33,37 +37,46 @@ class Evaluation:
     forwards: tuple[str, ...] = ()  # "module:callable"s its **kwargs go to: their options too
     supplied: tuple[str, ...] = ("seed", "label_names")  # filled in by the runner, not options
     default: bool = False  # eval.<name> when the config does not set it
+    adapter: str = ""  # "module:function" the runner calls: (Inputs, **options) -> EvalResult | None
+    references: tuple[str, ...] = ("init", "raw")  # the untrained encoder, the raw inputs
+    init_seeds: str = "all"  # the untrained reference at "all" init seeds or "one" (costly ones)
 
 
+_A = "clrdist.eval.adapters:"
 EVALUATIONS: dict[str, Evaluation] = {e.name: e for e in (
     Evaluation("lct", "linear classifier test, next to the untrained encoder and the raw inputs",
                "clrdist.eval.lct:linear_classifier_test", default=True,
-               supplied=("seed", "label_names", "prefix")),
+               supplied=("seed", "label_names", "prefix"), adapter="clrdist.eval.lct:evaluate"),
     Evaluation("baselines", "raw constituents, jet mass + N-subjettiness, EFPs, supervised",
                "clrdist.eval.baselines:run_baselines",
                supplied=("seed", "feature_names", "kind", "model_factory", "rep_train",
-                         "rep_test", "supervised_prepare")),
+                         "rep_test", "supervised_prepare", "curves_out"),
+               adapter="clrdist.eval.baselines:evaluate", references=()),
     Evaluation("cwola", "idealised CWoLa scan (and the bump hunt when stores have m_jj)",
-               "clrdist.eval.cwola:idealised_cwola_scan"),
+               "clrdist.eval.cwola:idealised_cwola_scan", adapter="clrdist.eval.cwola:evaluate"),
     Evaluation("bumphunt", "CWoLa bump hunt in m_jj (dijet stores)",
                "clrdist.eval.bumphunt:hunt_at_fractions",
-               forwards=("clrdist.eval.bumphunt:blind_scan",)),
+               forwards=("clrdist.eval.bumphunt:blind_scan",), adapter=_A + "bumphunt",
+               init_seeds="one"),
     Evaluation("nplm", "NPLM test, of the representation and of the raw inputs",
                "clrdist.eval.nplm:nplm_evaluation",
                forwards=("clrdist.eval.nplm:nplm_t_kernel", "clrdist.eval.nplm:nplm_t_network"),
-               supplied=("seed", "prefix", "n_expected")),
+               supplied=("seed", "prefix", "n_expected"), adapter=_A + "nplm", init_seeds="one"),
     Evaluation("anomaly", "label-free anomaly scores", "clrdist.eval.anomaly:anomaly_scores",
-               supplied=("seed", "label_names", "prefix")),
+               supplied=("seed", "label_names", "prefix"), adapter=_A + "anomaly"),
     Evaluation("nae", "normalised autoencoder on representations (+ jet images for jet stores)",
                "clrdist.eval.nae:nae_evaluation", forwards=("clrdist.eval.nae:NAE",),
-               supplied=("seed", "label_names", "train_data", "test_data", "clamp")),
+               supplied=("seed", "label_names", "train_data", "test_data", "clamp"),
+               adapter=_A + "nae", init_seeds="one"),
     Evaluation("images", "jet images + convolutional autoencoder anomaly score (jet stores)",
                "clrdist.eval.jetimages:image_ae_scores",
-               supplied=("seed", "label_names", "return_model")),
+               supplied=("seed", "label_names", "return_model"), adapter=_A + "images",
+               references=()),
     Evaluation("mimic", "EFP mimickers (HLN, PNN) of the jet-image autoencoder (jet stores)",
-               "clrdist.eval.mimic:mimic_evaluation"),
+               "clrdist.eval.mimic:mimic_evaluation", adapter=_A + "mimic", references=()),
     Evaluation("orca", "open-world accuracies of an ORCA run's classifier head (loss.name: orca)",
-               "clrdist.eval.openworld:openworld_evaluation"),
+               "clrdist.eval.openworld:openworld_evaluation",
+               adapter="clrdist.eval.openworld:evaluate", references=("init",)),
 )}
 
 

@@ -1,28 +1,36 @@
-"""Run the selected evaluations on store samples through an encoder.
+"""Run the selected evaluations on store samples through an encoder, next to their references.
 
 ``run_evaluations(encode, train_data=..., test_data=..., which={"lct", ...})`` is what
 ``clrdist eval`` and the post-training evaluation call; ``evaluate_during_training`` is the
 few-second LCT used as step metrics every N epochs. Inputs are the dicts of
 ``SampleStore.read_all()``: ``particles (n, P, F) float32 pT in GeV``, ``mask (n, P) bool``,
-``label (n,) int8``, ``features (n, K) float32``. The evaluations and their options are those of
-:mod:`clrdist.eval.registry`; what they know beside the samples is a :class:`Context`.
+``label (n,) int8``, ``features (n, K) float32``.
+
+Every evaluation of :mod:`clrdist.eval.registry` is one adapter ``adapter(inputs, **options)``
+that reads an :class:`Inputs` (one representation of both sets, and the :class:`Context`) and
+returns an ``EvalResult`` (None: not applicable to this representation). The runner calls it on
+the representation and then, for the references the registry line names, on the same
+architecture untrained (``<name>_init_*``, mean over the init seeds with ``_seed_std``,
+``_min``, ``_max``; the per-seed values in the table ``<name>_init_seeds``) and on the raw inputs
+(``<name>_raw_*``); the figures that compare them are drawn once all have run
+(:func:`clrdist.eval.plots.reference_figures`).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from clrdist.data.schema import MJJ_NAMES
 from clrdist.eval.metrics import EvalResult, binary_labels, roc_metrics
-from clrdist.eval.registry import check_names, validate_options
+from clrdist.eval.registry import EVALUATIONS, check_names, validate_options
 
 Batch = Mapping[str, np.ndarray]
 Encoder = Callable[[dict[str, np.ndarray]], np.ndarray]
-
 
 
 @dataclass
@@ -36,14 +44,79 @@ class Context:
     feature_names: Sequence[str] = ()  # the store's attrs["feature_names"] (baselines; m_jj)
     kind: str = "jet"  # the store's attrs["kind"]: jet, dijet, event (baselines, raw inputs)
     label_names: Mapping[int, str] | None = None  # per-signal metrics when several signals
-    n_particles: int | None = None  # constituents in the raw-input LCT (lct_raw_*)
+    n_particles: int | None = None  # constituents in the raw-input reference (<name>_raw_*)
     ecm: float | None = None  # sqrt(s) in GeV (the stores' provenance.ecm): the bump hunt's
-    nplm_raw: bool = True  # NPLM on the raw inputs too (nplm_raw_*)
-    init_encode: Encoder | None = None  # the same architecture untrained: lct_init_*, anomaly_init_*
+    raw_reference: bool = True  # the evaluations on the raw inputs too (<name>_raw_*)
+    init_encode: Encoder | None = None  # the same architecture untrained (one init seed)
+    init_encoders: Sequence[Encoder] = ()  # ... at several init seeds (<name>_init_*: their mean)
+    init_seeds: Sequence[int] = ()  # the seeds of init_encoders (tables, figure labels)
+    init_heads: Sequence[Callable[[np.ndarray], np.ndarray]] = ()  # ORCA: their heads
     model_factory: Callable[[], Any] | None = None  # a fresh encoder: the supervised baseline
     supervised_prepare: Callable[[np.ndarray, np.ndarray], tuple] | None = None  # its inputs
     head: Callable[[np.ndarray], np.ndarray] | None = None  # ORCA: representations -> (n, K) probs
     known_classes: Sequence[int] | None = None  # ORCA's known classes (orca's ``known``)
+    # the ceiling and fine-tuning: the labelled jets the encoder was trained on, the validation
+    # store (early stopping) and the trained encoder itself (a torch module to fine-tune)
+    label_train_data: Batch | None = None
+    val_data: Batch | None = None
+    pretrained: Callable[[], Any] | None = None  # a fresh copy of the trained encoder
+
+    def untrained(self) -> list[tuple[int, Encoder, Callable | None]]:
+        """(init seed, encoder, head) of the untrained references."""
+        encs = list(self.init_encoders) or ([self.init_encode] if self.init_encode else [])
+        seeds = list(self.init_seeds) or [self.seed + i for i in range(len(encs))]
+        heads = list(self.init_heads) or [None] * len(encs)
+        return list(zip(seeds, encs, heads, strict=True))
+
+
+LABELS = {"": "trained", "init": "untrained", "raw": "raw inputs"}
+
+
+@dataclass
+class Inputs:
+    """One representation of both evaluation sets: what an adapter reads."""
+
+    train_data: Batch
+    test_data: Batch
+    rep_train: np.ndarray  # (n_train, D)
+    rep_test: np.ndarray  # (n_test, D)
+    ctx: Context
+    reference: str = ""  # "": the representation; "init": the untrained encoder; "raw": inputs
+    index: int = 0  # which init seed (0: the first; only it draws curves)
+    init_seed: int | None = None
+    head: Callable[[np.ndarray], np.ndarray] | None = None  # ORCA's head for this representation
+    curves: dict[str, dict[str, Any]] = field(default_factory=dict)  # shared: figure -> label -> data
+
+    @property
+    def seed(self) -> int:
+        return self.ctx.seed
+
+    @property
+    def y_train(self) -> np.ndarray:
+        return np.asarray(self.train_data["label"])
+
+    @property
+    def y_test(self) -> np.ndarray:
+        return np.asarray(self.test_data["label"])
+
+    @property
+    def rep_all(self) -> np.ndarray:
+        return np.concatenate([self.rep_train, self.rep_test])
+
+    @property
+    def y_all(self) -> np.ndarray:
+        return np.concatenate([self.y_train, self.y_test])
+
+    @property
+    def label(self) -> str:
+        """The legend entry: trained, untrained (init seed k), raw inputs."""
+        seed = f" (init seed {self.init_seed})" if self.reference == "init" else ""
+        return LABELS[self.reference] + seed
+
+    def curve(self, figure: str, data: Any, label: str | None = None) -> None:
+        """Record ``data`` for the comparison figure ``figure`` (first init seed only)."""
+        if self.index == 0:
+            self.curves.setdefault(figure, {})[label or self.label] = data
 
 
 def encode_all(encode: Encoder, data: Batch, *, batch_size: int = 1024) -> np.ndarray:
@@ -61,145 +134,114 @@ def encode_all(encode: Encoder, data: Batch, *, batch_size: int = 1024) -> np.nd
     return rep
 
 
+class Views:
+    """The representation and its references on the same samples, each encoded once, lazily."""
+
+    def __init__(self, encode: Encoder, train_data: Batch, test_data: Batch, ctx: Context):
+        self.train_data, self.test_data, self.ctx, self.curves = train_data, test_data, ctx, {}
+        self.trained = self._inputs(encode, head=ctx.head)
+        self._refs: dict[str, list[Inputs]] = {}
+
+    def _inputs(self, encode: Encoder | None, reference: str = "", **kw) -> Inputs:
+        if encode is None:  # the raw inputs
+            from clrdist.eval.baselines import raw_inputs
+
+            reps = [raw_inputs(d, self.ctx.kind, self.ctx.n_particles)
+                    for d in (self.train_data, self.test_data)]
+        else:
+            reps = [encode_all(encode, d, batch_size=self.ctx.batch_size)
+                    for d in (self.train_data, self.test_data)]
+        return Inputs(self.train_data, self.test_data, *reps, ctx=self.ctx, reference=reference,
+                      curves=self.curves, **kw)
+
+    def of(self, reference: str, all_seeds: bool = True) -> list[Inputs]:
+        """The untrained encoder at every init seed (``all_seeds``) or the first; the raw inputs."""
+        if reference not in self._refs:
+            if reference == "init":
+                self._refs["init"] = [
+                    self._inputs(enc, "init", index=i, init_seed=s, head=h)
+                    for i, (s, enc, h) in enumerate(self.ctx.untrained())]
+            elif reference == "raw":
+                self._refs["raw"] = [self._inputs(None, "raw")] if self.ctx.raw_reference else []
+            else:
+                raise KeyError(f"unknown reference {reference!r}; known: ['init', 'raw']")
+        views = self._refs[reference]
+        return views if all_seeds else views[:1]
+
+
+def _adapter(path: str) -> Callable[..., EvalResult | None]:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def mjj_column(names: Sequence[str]) -> int | None:
+    """Index of the m_jj feature in the store's features, None when there is none."""
+    return next((list(names).index(n) for n in MJJ_NAMES if n in names), None)
+
+
 def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
                     which: set[str], context: Context | None = None,
                     options: Mapping[str, Mapping[str, Any]] | None = None,
                     ) -> dict[str, EvalResult]:
     """Encode both sets and run the evaluations named in ``which`` (names of
-    :data:`clrdist.eval.registry.EVALUATIONS`).
+    :data:`clrdist.eval.registry.EVALUATIONS`), each next to its references.
 
     ``train_data`` fits classifiers (LCT, baselines, anomaly AE); ``test_data`` (disjoint) scores
     them. CWoLa and NPLM draw their own disjoint subsets from the union of both sets.
-    ``"cwola"`` runs the idealised scan and, when the stores carry an m_jj feature, the blind
-    bump hunt too (``"bumphunt"`` alone runs only the hunt; it needs ``context.ecm`` or
-    ``bumphunt: {sqrt_s: ...}``). The LCT always reports the raw inputs (``lct_raw_*``) and,
-    with ``context.init_encode``, the untrained encoder (``lct_init_*``, ``anomaly_init_*``);
-    with several signal processes in ``context.label_names`` (e.g. ADC2021) lct and anomaly also
-    report each one against the background (``lct_Ato4l_auc``, ...).
-
-    ``options``: per-evaluation keyword arguments, ``{name: {argument: value}}``, checked
-    against the registry's typed options (ValueError naming an unknown or mistyped one).
+    ``"cwola"`` runs the bump hunt too when the stores carry an m_jj feature. ``options``:
+    per-evaluation keyword arguments, ``{name: {argument: value}}``, checked against the
+    registry's typed options (ValueError naming an unknown or mistyped one).
     Returns ``{evaluation name: EvalResult}``; metric names are unique across evaluations.
     """
     ctx = context or Context()
     check_names(which)
+    which = set(which) | ({"bumphunt"} if "cwola" in which and mjj_column(ctx.feature_names)
+                          is not None else set())
     kw = {name: validate_options(name, (options or {}).get(name)) for name in which}
-    seed, bs, names = ctx.seed, ctx.batch_size, list(ctx.feature_names)
-    rep_tr = encode_all(encode, train_data, batch_size=bs)
-    rep_te = encode_all(encode, test_data, batch_size=bs)
-    y_tr, y_te = np.asarray(train_data["label"]), np.asarray(test_data["label"])
-    rep_all, y_all = np.concatenate([rep_tr, rep_te]), np.concatenate([y_tr, y_te])
-    # the untrained reference (same architecture and seed), for the LCT and the anomaly scores
-    init_tr = init_te = None
-    if ctx.init_encode is not None and which & {"lct", "anomaly"}:
-        init_tr = encode_all(ctx.init_encode, train_data, batch_size=bs)
-        init_te = encode_all(ctx.init_encode, test_data, batch_size=bs)
+    views = Views(encode, train_data, test_data, ctx)
     results: dict[str, EvalResult] = {}
+    for name in (n for n in EVALUATIONS if n in which):
+        ev = EVALUATIONS[name]
+        adapter = _adapter(ev.adapter)
+        res = adapter(views.trained, **kw[name])
+        for ref in ev.references:
+            runs = [(v, r) for v in views.of(ref, ev.init_seeds == "all")
+                    if (r := adapter(v, **kw[name])) is not None]
+            if runs:
+                res = res.merge(reference_result(runs, name, ref))
+        results[name] = res
+    from clrdist.eval.plots import reference_figures
 
-    if "lct" in which:
-        from clrdist.eval.baselines import raw_inputs
-        from clrdist.eval.lct import linear_classifier_test
-
-        lct_kw = {"n_boot": ctx.n_boot, "label_names": ctx.label_names, **kw["lct"]}
-        res = linear_classifier_test(rep_tr, y_tr, rep_te, y_te, seed=seed, **lct_kw)
-        # the references on the same samples: the untrained encoder and the raw inputs
-        refs = {**lct_kw, "figures": False}
-        if init_tr is not None:
-            res = res.merge(linear_classifier_test(init_tr, y_tr, init_te, y_te, seed=seed,
-                                                   prefix="lct_init", **refs))
-        raw_tr, raw_te = (raw_inputs(d, ctx.kind, ctx.n_particles) for d in (train_data, test_data))
-        results["lct"] = res.merge(linear_classifier_test(raw_tr, y_tr, raw_te, y_te, seed=seed,
-                                                          prefix="lct_raw", **refs))
-    if "baselines" in which:
-        from clrdist.eval.baselines import run_baselines
-
-        results["baselines"] = run_baselines(
-            train_data, test_data, seed=seed, feature_names=names, kind=ctx.kind,
-            model_factory=ctx.model_factory, supervised_prepare=ctx.supervised_prepare,
-            rep_train=rep_tr, rep_test=rep_te, **kw["baselines"])
-    if "cwola" in which:
-        from clrdist.eval.cwola import idealised_cwola_scan
-
-        results["cwola"] = idealised_cwola_scan(rep_all, y_all, seed=seed, **kw["cwola"])
-    mjj_col = next((names.index(n) for n in MJJ_NAMES if n in names), None)
-    if "bumphunt" in which or ("cwola" in which and mjj_col is not None):
-        if mjj_col is None:
-            raise KeyError(f"bumphunt needs an m_jj feature ({' or '.join(MJJ_NAMES)}); store "
-                           f"features are {names}")
-        from clrdist.eval.bumphunt import hunt_at_fractions
-
-        mjj = np.concatenate([train_data["features"][:, mjj_col],
-                              test_data["features"][:, mjj_col]]).astype(np.float64)
-        hunt = validate_options("bumphunt", (options or {}).get("bumphunt"))
-        sqrt_s = hunt.pop("sqrt_s", None) or ctx.ecm
-        if not sqrt_s:
-            raise KeyError("bumphunt: the store records no collision energy (provenance.ecm); "
-                           "set eval.options.bumphunt.sqrt_s (GeV)")
-        # blind: sliding windows over the whole spectrum at LHCO-like signal fractions; the
-        # labels only make the mixtures, never the signal region
-        results["bumphunt"] = hunt_at_fractions(mjj, rep_all, y_all, sqrt_s=float(sqrt_s),
-                                                seed=seed, **hunt)
-    if "nplm" in which:
-        from clrdist.eval.nplm import nplm_evaluation
-
-        res = nplm_evaluation(rep_all, y_all, seed=seed, **kw["nplm"])
-        if ctx.nplm_raw:
-            from clrdist.eval.baselines import raw_inputs
-
-            raw = np.concatenate([raw_inputs(d, ctx.kind) for d in (train_data, test_data)])
-            res = res.merge(nplm_evaluation(raw, y_all, seed=seed, prefix="nplm_raw",
-                                            **kw["nplm"]))
-        results["nplm"] = res
-    if "anomaly" in which:
-        from clrdist.eval.anomaly import anomaly_scores
-
-        anomaly_kw = {"label_names": ctx.label_names, **kw["anomaly"]}
-        res = anomaly_scores(rep_tr, y_tr, rep_te, y_te, seed=seed, **anomaly_kw)
-        if init_tr is not None:
-            res = res.merge(anomaly_scores(init_tr, y_tr, init_te, y_te, seed=seed,
-                                           prefix="anomaly_init",
-                                           **{**anomaly_kw, "figures": False}))
-        results["anomaly"] = res
-    results.update(_image_and_openworld(which, ctx, kw, train_data, test_data, rep_tr, y_tr,
-                                        rep_te, y_te))
+    for name, figs in reference_figures(views.curves, results).items():
+        results[name].figures.update(figs)
     return results
 
 
-def _image_and_openworld(which, ctx: Context, kw, train_data, test_data, rep_tr, y_tr, rep_te,
-                         y_te) -> dict[str, EvalResult]:
-    """nae, images, mimic (jet images need jet stores) and orca (needs ``ctx.head``)."""
-    seed = ctx.seed
-    names = {int(k): v for k, v in (ctx.label_names or {}).items()}
-    for name in ("images", "mimic"):
-        if name in which and ctx.kind != "jet":
-            raise KeyError(f"{name}: jet images need a jet store; this one is {ctx.kind!r}")
-    out: dict[str, EvalResult] = {}
-    if "nae" in which:
-        from clrdist.eval.nae import nae_evaluation
+def reference_result(runs: Sequence[tuple[Inputs, EvalResult]], base: str,
+                     reference: str) -> EvalResult:
+    """The reference runs of evaluation ``base`` renamed ``<base>_<reference>_*``; several
+    (init seeds): the mean of each metric, its ``_seed_std`` (ddof 1), ``_min`` and ``_max``
+    (not for the bootstrap ``*_std``), ``<base>_init_n_seeds`` and the per-seed table
+    ``<base>_init_seeds``. Figures are dropped; tables come from the first run."""
+    def rename(key: str) -> str:
+        rest = key[len(base) + 1:] if key.startswith(base + "_") else key
+        return f"{base}_{reference}_{rest}"
 
-        on = ("rep", "images") if ctx.kind == "jet" else ("rep",)
-        out["nae"] = nae_evaluation(rep_tr, y_tr, rep_te, y_te, train_data=train_data,
-                                    test_data=test_data, seed=seed, label_names=names,
-                                    **{"on": on, **kw["nae"]})
-    if "images" in which:
-        from clrdist.eval.jetimages import image_ae_scores
-
-        out["images"] = image_ae_scores(train_data, test_data, seed=seed, label_names=names,
-                                        **kw["images"])
-    if "mimic" in which:
-        from clrdist.eval.mimic import mimic_evaluation
-
-        out["mimic"] = mimic_evaluation(train_data, test_data, seed=seed, label_names=names,
-                                        **kw["mimic"])
-    if "orca" in which:
-        from clrdist.eval.openworld import openworld_evaluation
-
-        if ctx.head is None:
-            raise KeyError("orca: needs the run's classifier head (a run trained with loss.name: orca)")
-        known = {} if ctx.known_classes is None else {"known": list(ctx.known_classes)}
-        out["orca"] = openworld_evaluation(ctx.head(rep_te), y_te, label_names=names,
-                                           **{**known, **kw["orca"]})
-    return out
+    per = [{rename(k): v for k, v in r.metrics.items()} for _, r in runs]
+    tables = {rename(k): v for k, v in runs[0][1].tables.items()}
+    if reference != "init":
+        return EvalResult(metrics=per[0], tables=tables)
+    metrics: dict[str, float] = {}
+    for key in per[0]:
+        vals = np.array([p[key] for p in per if key in p], dtype=np.float64)
+        metrics[key] = float(np.mean(vals))
+        if len(per) > 1 and not key.endswith("_std"):
+            metrics[f"{key}_seed_std"] = float(np.std(vals, ddof=1))
+            metrics[f"{key}_min"], metrics[f"{key}_max"] = float(vals.min()), float(vals.max())
+    metrics[f"{base}_init_n_seeds"] = float(len(per))
+    tables[f"{base}_init_seeds"] = [{"init_seed": v.init_seed, **p}
+                                    for (v, _), p in zip(runs, per, strict=True)]
+    return EvalResult(metrics=metrics, tables=tables)
 
 
 def evaluate_during_training(rep_train: np.ndarray, y_train: np.ndarray, rep_val: np.ndarray,

@@ -46,20 +46,23 @@ def evaluate_trained(model: torch.nn.Module, trained_cfg: RunConfig, which: set[
     limit = cfg.eval.lct_max_samples
     train_data = store.read_all(max_samples=limit)
     test_data = test_store.read_all(max_samples=limit)
-    with torch.random.fork_rng():  # the untrained reference: the same architecture and seed
-        untrained = initial_model(trained_cfg.model, trained_cfg.seed)
+    # the untrained reference: the same architecture at the run's seed and the next ones
+    seeds = [trained_cfg.seed + i for i in range(cfg.eval.init_seeds)]
+    with torch.random.fork_rng():
+        untrained = [initial_model(trained_cfg.model, s) for s in seeds]
     context = Context(
         seed=cfg.seed, feature_names=store.feature_names, kind=store.kind,
         label_names=store.label_names,  # per-signal metrics of lct / anomaly / nae / ...
         n_particles=trained_cfg.data.n_particles,
         ecm=collision_energy(store, test_store),  # the bump hunt's sqrt(s)
-        init_encode=make_encoder(untrained, trained_cfg),
+        init_encoders=[make_encoder(m, trained_cfg) for m in untrained], init_seeds=seeds,
         # the supervised baseline: a fresh encoder of the run's size on the run's inputs
         model_factory=lambda: Representation(trained_cfg),
         supervised_prepare=lambda particles, mask: numpy_inputs(particles, mask, trained_cfg),
         known_classes=trained_cfg.loss.known_classes)
     if trained_cfg.loss.name == "orca":  # ORCA's head is its classifier over known + novel classes
         context.head = lambda rep: _head_probabilities(model, rep)
+        context.init_heads = [lambda rep, m=m: _head_probabilities(m, rep) for m in untrained]
     return run_evaluations(make_encoder(model, trained_cfg), train_data=train_data,
                            test_data=test_data, which=set(which), context=context,
                            options=cfg.eval.options)
