@@ -149,14 +149,17 @@ def _client(resolved_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=resolved_uri)
 
 
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment_id(c: MlflowClient, uri: str, name: str) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     root = artifact_root(resolve_uri(uri))
     location = f"{root}/{name}" if root else None
-    try:
-        return c.create_experiment(name, artifact_location=location)
+    try:  # the kind opens it in mlflow ui's model-training view (MLflow 3), not the GenAI one
+        return c.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except mlflow.exceptions.MlflowException:  # created concurrently by another process
         return c.get_experiment_by_name(name).experiment_id
 

@@ -27,6 +27,9 @@ def test_run_params_metrics_and_config(uri):
     assert run["metrics"] == {"train_loss": 1.5}  # non-finite values are skipped
     assert tracking.metric_history(uri, run_id, "train_loss") == [(1, 2.0), (2, 1.5)]
     assert tracking.download_config(uri, run_id) == {"loss": {"temperature": 0.1}}
+    # mlflow ui opens the experiment in its model-training view, not the GenAI one
+    exp = tracking.client(uri).get_experiment_by_name("t")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     tracking.end_run(uri, run_id)
     assert tracking.get_run(uri, run_id)["status"] == "FINISHED"
 

@@ -52,6 +52,7 @@ def test_two_worker_ddp_run_end_to_end(ray_cluster, toy_splits, tmp_path, capsys
     assert run["status"] == "FINISHED"
     assert run["params"]["loss.temperature"] == "0.1"
     assert run["params"]["scaling.num_workers"] == "2"
+    assert run["tags"]["mlflow.runName"] == f"{cfg.name}-nt_xent-seed{cfg.seed}"  # what it is
     n_train = open_store(toy_splits / "train.zarr").n
     steps_per_epoch = n_train // (64 * 2)
     history = tracking.metric_history(result.tracking_uri, result.run_id, "train_loss")
@@ -197,14 +198,19 @@ def test_demo_learns_on_pythia_jets(ray_cluster, tmp_path, capsys):
     assert rc == 0
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["data"] == "pythia" and summary["learned"] is True
-    # measured at 10000 per class: 0.963 +- 0.003 trained vs 0.942 +- 0.004 untrained, raw 0.73
+    # measured at 10000 per class: 0.963 +- 0.003 trained; untrained over init seeds 0-11 0.9474
+    # +- 0.0037 (max 0.9530, bootstrap +- 0.004); raw 0.73. The margin: above the best of the
+    # five untrained seeds plus its bootstrap error, which no untrained seed meets
     assert (summary["lct_auc"] - summary["lct_auc_std"]
-            > summary["lct_init_auc"] + summary["lct_init_auc_std"])
+            > summary["lct_init_auc_max"] + summary["lct_init_auc_std"])
     assert summary["lct_inv_eps_b_at_0.5"] > summary["lct_init_inv_eps_b_at_0.5"]
     assert summary["lct_auc"] > summary["lct_raw_auc"] + 0.1
     run = tracking.get_run(summary["tracking_uri"], summary["run_id"])
     m = run["metrics"]
     assert m["lct_auc"] == pytest.approx(summary["lct_auc"])
+    assert m["lct_init_n_seeds"] == 5 and m["lct_init_auc_min"] < m["lct_init_auc_max"]
+    assert {"cwola_init_linear_auc_f_0.1", "cwola_raw_linear_auc_f_0.1",
+            "nplm_init_z_emp_median", "nplm_raw_z_emp_median"} <= set(m)
     for key in ("lct_init_auc", "lct_raw_auc", "baseline_jet_obs_auc", "baseline_efp_auc",
                 "baseline_supervised_auc", "baseline_supervised_best_epoch",
                 "cwola_linear_auc_f_1", "nplm_dof", "nplm_raw_dof", "val_lct_auc",
@@ -212,8 +218,8 @@ def test_demo_learns_on_pythia_jets(ray_cluster, tmp_path, capsys):
         assert key in m, key
     assert run["tags"]["clrdist.collapse"] == "false"
     out = capsys.readouterr().out
-    assert "the trained representation beats the untrained encoder" in out
-    for row in ("same encoder, untrained (LCT)", "jet mass + N-subjettiness (BDT)",
+    assert "the trained representation beats every untrained initialisation" in out
+    for row in ("same encoder, untrained (5 init seeds)", "jet mass + N-subjettiness (BDT)",
                 "supervised, same encoder"):
         assert row in out, row
     assert summary["run_id"] in out and "mlflow ui --backend-store-uri" in out
@@ -226,6 +232,11 @@ def test_demo_verdict_needs_errors_apart():
     assert not learned(same)  # the untrained encoder against itself
     assert not learned({**same, "lct_auc": 0.947})  # better, but within the errors
     assert learned({**same, "lct_auc": 0.95})
+    # over several init seeds the trained LCT must clear the best of them, not their mean
+    seeds = {**same, "lct_init_auc": 0.9474, "lct_init_auc_max": 0.9530,
+             "lct_init_auc_seed_std": 0.0037}
+    assert not learned({**seeds, "lct_auc": 0.955})  # above the mean, not above seed 7
+    assert learned({**seeds, "lct_auc": 0.962})
 
 
 @pytest.mark.parametrize("loss, extra", [

@@ -307,7 +307,7 @@ def open_run(cfg: RunConfig, tags: dict[str, str] | None = None,
                                                  "clrdist.resumed_from": run["status"]})
         return run["run_id"], True
     run_id = tracking.start_run(uri, cfg.tracking.experiment, cfg.flat(),
-                                run_name=cfg.tracking.run_name,
+                                run_name=cfg.tracking.run_name or f"{cfg.name}-{cfg.loss.name}-seed{cfg.seed}",
                                 tags={"clrdist.config_name": cfg.name,
                                       "clrdist.engine": cfg.scaling.engine, **_driver_tags(),
                                       **(tags or {})},
