@@ -1,22 +1,28 @@
 """Quality per second: how fast does training reach a useful representation? Prints one JSON.
 
-For a fixed wall-clock training budget, on one process, two recipes train from the same
-initial weights on the same store, taking turns in short slices (a machine shared with other
-jobs slows both alike):
+For a fixed wall-clock training budget, on one process, recipes train on the same store from
+the same init seed, taking turns in short slices (a machine shared with other jobs slows all
+alike). The initial weights are the same except where the recipes' input widths differ: the
+demo's 6 log-pT features against JetCLR's 3 give different input layers, so each recipe has its
+own untrained AUC (both reported). The recipes:
 
 - ``ours``: ``configs/demo.yaml`` as it is (log-pT input features, views on ``augment.slots``
   with soft smearing and collinear splitting);
 - ``reference``: the same encoder with JetCLR's public recipe (pT / 600 GeV inputs, the
-  four augmentations with translations, collinear splits only into free model slots).
+  four augmentations with translations, collinear splits only into free model slots);
+- any ``--recipe NAME=OVERRIDE;OVERRIDE...`` (config overrides of ``configs/demo.yaml``), e.g.
+  ``--recipe "translations back=augment.views=[[{name: translate}],[{name: translate}]]"``.
 
 Every ``--eval-every`` seconds of training each recipe's representation gets the linear
-classifier test, fitted on ``eval_train`` and scored on ``val`` (the clock stops meanwhile).
-Reported per recipe: the validation LCT AUC at the end of the budget, the untrained encoder's
-AUC (the same for both: same weights, same samples), the wall time and jets seen until the AUC
-first exceeds ``target`` (default: the untrained AUC + 0.01), and the ratios ours / reference.
+classifier test, fitted on ``eval_train`` and scored on ``val`` (the clock stops meanwhile):
+recipes are compared on validation stores only, never on ``eval_test``. Reported per recipe:
+its untrained encoder's validation AUC, the AUC at the end of the budget and its peak, the wall
+time and jets seen until the AUC first exceeds ``target`` (default: ours' untrained AUC +
+0.01), and the ratios ours / reference. ``--out`` writes the same as a results file (rows per
+recipe) for the docs table.
 
     python -m bench.learning --stores demo_out [--budget 120] [--eval-every 15] [--target 0.95]
-    python -m bench.learning --stores data/ablation --prefix jets_
+    python -m bench.learning --stores data/ablation --prefix jets_ --out docs/results/learning_speed.json
 
 ``--stores`` is a folder with ``train``, ``val`` and ``eval_train`` stores (what ``clrdist
 demo`` or ``clrdist data split`` leave); without it a toy store is made in a temporary folder.
@@ -26,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -37,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.results import cpu_model, write_results  # noqa: E402
 from clrdist.config import load_config  # noqa: E402
 from clrdist.data.store import open_store  # noqa: E402
 from clrdist.eval.runner import evaluate_during_training  # noqa: E402
@@ -112,16 +118,6 @@ def first_reaching(curve, target: float) -> tuple[float | None, int | None]:
     return None, None
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def toy_stores(folder: Path) -> Path:
     from clrdist.data.split import split_store
     from clrdist.data.toy import write_toy_store
@@ -143,7 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-eval", type=int, default=4000, help="samples per LCT set")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (both recipes)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--recipe", action="append", default=[], metavar="NAME=OVERRIDES",
+                    help="another recipe: demo.yaml with ';'-separated overrides (repeatable)")
+    ap.add_argument("--out", default=None, help="results JSON (docs/results/learning_speed.json)")
     args = ap.parse_args(argv)
+    extra = []
+    for r in args.recipe:
+        name, sep, sets = r.partition("=")
+        if not sep or not name:
+            ap.error(f"--recipe {r!r}: expected NAME=OVERRIDE;OVERRIDE...")
+        extra.append((name, [o.strip() for o in sets.split(";") if o.strip()]))
     torch.set_num_threads(args.threads)
     tune_malloc()
 
@@ -157,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         ours_cfg = load_config(DEMO, [] if slots >= 100 else ["augment.slots=null"])
         recipes = [Recipe("ours", ours_cfg, train, args.seed),
                    Recipe("reference", load_config(DEMO, REFERENCE), train, args.seed)]
+        recipes += [Recipe(name, load_config(DEMO, sets), train, args.seed) for name, sets in extra]
         untrained = {r.name: r.validate(fit, val) for r in recipes}
         target = args.target if args.target is not None else untrained["ours"] + 0.01
         while min(r.seconds for r in recipes) < args.budget:
@@ -181,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         round(ref["seconds_to_target"] / ours["seconds_to_target"], 2)
         if ours["seconds_to_target"] and ref["seconds_to_target"] else None)
     out["jets_per_s_ratio_ours_over_ref"] = round(ours["jets_per_s"] / ref["jets_per_s"], 3)
+    if args.out:
+        rows = [{"name": r.name, **{k: v for k, v in out[r.name].items() if k != "curve"},
+                 "peak_val_auc": max(c[2] for c in r.curve),
+                 "peak_at_s": max(r.curve, key=lambda c: c[2])[0]} for r in recipes]
+        write_results(args.out, {**out, "rows": rows}, argv=sys.argv[1:] if argv is None else argv)
     print(json.dumps(out))
     return 0
 

@@ -85,3 +85,24 @@ def test_no_finished_sweep_is_a_one_line_error(tmp_path, capsys):
                                  "mode": "min"}))
     assert ablation_table.main([str(sweep)]) == 2
     assert "has the sweep 'abl' run here?" in capsys.readouterr().err
+
+
+def test_tuning_never_reads_the_demos_jets():
+    """No selection on the demo's data: sweeps use stores of their own, generated from a seed
+    the demo does not use, and rank trials on the validation LCT."""
+    import inspect
+    import re
+
+    from clrdist.demo import run_demo
+    from clrdist.tune import load_sweep
+
+    demo_seed = inspect.signature(run_demo).parameters["seed"].default
+    for path in sorted((ROOT / "tuning").glob("*.yaml")):
+        text = path.read_text()
+        assert "demo_out" not in text, path.name
+        spec = load_sweep(path)
+        assert spec.metric.startswith("val_"), (path.name, spec.metric)
+        seeds = [int(s) for s in re.findall(r"data generate .*--seed (\d+)", text)]
+        assert demo_seed not in seeds, (path.name, seeds)
+    header = (ROOT / "tuning" / "jetclr_ablation_cpu.yaml").read_text()
+    assert re.search(r"data generate .*--seed 11 ", header)
