@@ -4,16 +4,24 @@
 
 adds ``command`` (this process's command line), ``machine`` (CPU model, cores, torch version)
 and ``date`` (UTC) in front of the numbers; ``python -m bench.tables`` turns the rows into the
-docs' tables.
+docs' tables. A command that prints one JSON object (the other benches, ``clrdist ... --json``)
+becomes a results file through
+
+    python -m bench.results docs/results/NAME.json -- python bench/nplm.py --toys 2
+
+which runs it (no shell), takes the last JSON object it printed and writes it with the header
+(``command`` is the wrapped command).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -57,3 +65,49 @@ def write_results(path: str | Path, numbers: dict, argv: list[str] | None = None
     tmp.write_text(json.dumps({**header(argv), **numbers}, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+def last_json_object(text: str) -> dict:
+    """The last top-level JSON object in ``text`` (a command's stdout, among other lines)."""
+    decoder = json.JSONDecoder()
+    found = None
+    for i, ch in enumerate(text):
+        if ch == "{" and (i == 0 or text[i - 1] == "\n"):
+            try:
+                obj, _ = decoder.raw_decode(text, i)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                found = obj
+    if found is None:
+        raise ValueError("the command printed no JSON object at the start of a line")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="run a command that prints one JSON object and "
+                                             "write it as a results file")
+    ap.add_argument("out", help="results file, e.g. docs/results/nplm.json")
+    ap.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    args = ap.parse_args(argv)
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        ap.error("no command after --")
+    run = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if run.returncode != 0:
+        print(f"bench.results: {shlex.join(cmd)} exited {run.returncode}; nothing written",
+              file=sys.stderr)
+        return run.returncode
+    try:
+        numbers = last_json_object(run.stdout)
+    except ValueError as err:
+        print(f"bench.results: {shlex.join(cmd)}: {err}; nothing written", file=sys.stderr)
+        return 2
+    head = header()
+    write_results(args.out, {**numbers, **head, "command": shlex.join(cmd)})
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -96,3 +96,19 @@ def test_an_unterminated_marker_is_an_error(tmp_path, capsys):
     md.write_text("<!-- table: results/x.json -->\n| a |\n")
     assert tables.main([str(md), "--check"]) == 1
     assert "without '<!-- end table -->'" in capsys.readouterr().err
+
+
+def test_a_json_printing_command_becomes_a_results_file(tmp_path):
+    import sys
+
+    from bench import results
+
+    out = tmp_path / "r.json"
+    code = "print('banner'); import json; print(json.dumps({'rows': [{'name': 'a', 'auc': 0.9}]}))"
+    assert results.main([str(out), "--", sys.executable, "-c", code]) == 0
+    data = json.loads(out.read_text())
+    assert data["rows"] == [{"name": "a", "auc": 0.9}]
+    assert data["command"].endswith("-c " + results.shlex.quote(code)) and data["machine"]
+    assert results.main([str(tmp_path / "no.json"), "--", sys.executable, "-c", "print(1)"]) == 2
+    assert results.main([str(tmp_path / "no.json"), "--", sys.executable, "-c", "exit(3)"]) == 3
+    assert not (tmp_path / "no.json").exists()
