@@ -139,8 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from clrdist.train.signals import RunInterrupted, install_command_handlers
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None:  # the command itself (not a test calling main): SIGTERM at any stage
+        install_command_handlers()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from clrdist.data.store import UNVERIFIED_ENV
@@ -157,14 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clrdist: interrupted", file=sys.stderr)
         return 130
-    except BaseException as e:
-        from clrdist.train.trainer import RunInterrupted
-
-        if isinstance(e, RunInterrupted):
-            print(f"clrdist: stopped by {e}; the run is KILLED, rerun the same command to resume",
-                  file=sys.stderr)
-            return getattr(e, "exit_code", 128 + e.signum)  # Preempted: 75
-        raise
+    except RunInterrupted as e:
+        run_id = getattr(e, "run_id", None)
+        print(f"clrdist: stopped by {e}; " + (
+            f"run {run_id} is KILLED, rerun the same command to resume" if run_id
+            else "no run was started, nothing was written"), file=sys.stderr)
+        return getattr(e, "exit_code", 128 + e.signum)  # Preempted: 75
     finally:
         if before is None:
             os.environ.pop(UNVERIFIED_ENV, None)

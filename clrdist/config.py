@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from clrdist.errors import ClrdistError
+from clrdist.errors import PLAIN_NAME, ClrdistError
 from clrdist.eval.registry import EVALUATIONS, check_names, validate_options
 
 
@@ -40,8 +40,29 @@ INPUT_FEATURES = {"pt": 3, "log": 6}
 
 
 class _Section(BaseModel):
-    # Unknown keys fail (typos must never silently become defaults); assignments are validated.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Unknown keys fail (typos must never silently become defaults); assignments are validated;
+    # no float is NaN or infinite (optim.lr=.inf passed and trained nothing)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds; larger ones overflowed in the workers
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without aliases: ``*anchor`` references let a 1 kB file expand into
+    ~1e9 nodes ("billion laughs") when the config is copied or dumped; configs need none."""
+
+    def compose_node(self, parent, index):  # noqa: D102 - PyYAML's hook
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) "
+                                 "are not accepted in clrdist configs; write the value out")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load, refusing aliases (every config, override and sweep file is read so)."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 class DataConfig(_Section):
@@ -49,7 +70,9 @@ class DataConfig(_Section):
     eval_train_store: str | None = None  # labelled store to fit downstream classifiers on
     eval_test_store: str | None = None  # labelled store, disjoint from the above, to score on
     val_store: str | None = None  # labelled validation store (eval.every_epochs, Tune), never the test store
-    batch_size: int = Field(128, gt=0)  # per-worker batch; the global batch is this x num_workers
+    # per-worker batch; the global batch is this x num_workers. At least 2: a contrastive loss
+    # with one row per worker has no negatives and trains to 0 (a collapsed encoder)
+    batch_size: int = Field(128, ge=2)
     n_particles: int = Field(50, gt=0)  # constituents per sample fed to the model (hardest first)
     shuffle_buffer: int = Field(8192, ge=0)  # samples mixed across chunks; 0 = chunk order only
     loader_threads: int = Field(1, ge=0)  # decoder threads per worker; 0 = decode on the loop thread
@@ -58,7 +81,9 @@ class DataConfig(_Section):
 
 class AugmentSpec(_Section):
     name: str  # registered augmentation name (see clrdist.physics.augment.AUGMENTATIONS)
-    params: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of that augmentation
+    # keyword arguments of that augmentation: every one a number or a switch (checked against the
+    # augmentation's signature before Ray starts)
+    params: dict[str, bool | int | float] = Field(default_factory=dict)
 
 
 class AugmentConfig(_Section):
@@ -198,8 +223,8 @@ EvalConfig = create_model(
 
 
 class RunConfig(_Section):
-    name: str = "clrdist"  # human name of this configuration
-    seed: int = 0  # seeds data order, augmentations and initialisation
+    name: str = Field("clrdist", pattern=PLAIN_NAME)  # human name; names the run's checkpoint folder
+    seed: int = Field(0, ge=0, le=SEED_MAX)  # seeds data order, augmentations and initialisation
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -209,6 +234,14 @@ class RunConfig(_Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if ".." in name:
+            raise ValueError(f"{name!r} holds '..': it names a folder and must stay inside "
+                             "checkpoint.storage_path")
+        return name
 
     @model_validator(mode="after")
     def _inputs_fit(self) -> RunConfig:
@@ -275,7 +308,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     if not parts:
         raise ConfigError(f"override {override!r}: empty key")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = load_yaml(text) if text.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {key}: cannot parse value {text!r}: {e}") from None
     node = raw
@@ -308,7 +341,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"{source}: no such config file")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = load_yaml(p.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"{source}: invalid YAML: {e}") from None
         if loaded is None:

@@ -16,3 +16,15 @@ def first_line(e: BaseException) -> str:
     text = str(getattr(e, "message", None) or e).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[0] if lines else type(e).__name__
+
+
+# A name that becomes a file or folder (a run's checkpoint folder, a sweep's Tune folder, a
+# split's store): no separators and no '..', so it cannot escape the folder it is meant for
+PLAIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$"
+
+
+def is_plain_name(value: object) -> bool:
+    """``value`` is a plain file name: letters, digits, ``_ . + -``, no ``/``, no ``..``."""
+    import re
+
+    return isinstance(value, str) and re.match(PLAIN_NAME, value) is not None and ".." not in value

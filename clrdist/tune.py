@@ -32,7 +32,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from clrdist.config import ConfigError, load_config
+from clrdist.config import SEED_MAX, ConfigError, load_config, load_yaml
+from clrdist.errors import PLAIN_NAME
 
 
 class Space(BaseModel):
@@ -73,7 +74,8 @@ class Space(BaseModel):
 
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = "sweep"  # Tune experiment name, MLflow parent run name and tag clrdist.sweep
+    # Tune experiment name (a folder under storage_path), MLflow parent run name, tag clrdist.sweep
+    name: str = Field("sweep", pattern=PLAIN_NAME)
     base_config: str | None = None  # run config each trial starts from (None: built-in defaults)
     overrides: list[str] = Field(default_factory=list)  # applied to every trial
     space: dict[str, Space]  # dotted config key -> search space
@@ -82,7 +84,7 @@ class SweepSpec(BaseModel):
     # grid: every grid value crossed, choice/uniform drawn at random (Tune's variant generator);
     # random: every key drawn at random (grid lists as choices); optuna: TPE (grid lists as choices)
     search: Literal["grid", "random", "optuna"] = "grid"
-    seed: int = 0  # random draws and the TPE sampler
+    seed: int = Field(0, ge=0, le=SEED_MAX)  # random draws and the TPE sampler
     num_samples: int = Field(1, gt=0)  # grid: repeats of the grid; random / optuna: trials
     scheduler: Literal["asha", "fifo"] = "asha"  # ASHA stops poor trials early (by epoch)
     grace_period: int = Field(1, gt=0)  # epochs before ASHA may stop a trial
@@ -116,7 +118,7 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | None = None) -> Sw
     if not p.is_file():
         raise ConfigError(f"{p}: no such sweep file")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = load_yaml(p.read_text()) or {}
         spec = SweepSpec.model_validate(raw)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: invalid YAML: {e}") from None

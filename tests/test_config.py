@@ -93,3 +93,62 @@ def test_augment_slots_and_input_width_are_checked():
         load_config(None, ["model.input_features=log"])
     cfg = load_config(None, ["model.input_features=log", "model.input_dim=6", "augment.slots=100"])
     assert cfg.augment.slots == 100
+
+
+BILLION_LAUGHS = """\
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+augment:
+  views:
+    - [{name: rotate, params: {x: *d}}]
+"""
+
+
+def test_yaml_aliases_are_refused(tmp_path):
+    """A 909-byte alias bomb in augment params passed preflight and expanded ~1e9 nodes when the
+    config was dumped: aliases are refused at load, in the file and in --set values."""
+    p = tmp_path / "bomb.yaml"
+    p.write_text(BILLION_LAUGHS)
+    with pytest.raises(ConfigError, match=rf"^{p}: invalid YAML: line 2: YAML aliases \(\*a\) are not accepted"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="YAML aliases"):
+        load_config(None, ["augment.strength=[&x 1, *x]"])
+    p.write_text("loss: &l {temperature: 0.2}\n")  # an anchor alone is harmless
+    assert load_config(p).loss.temperature == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("seed=1.0e+23", "<defaults>: seed: "),
+    ("seed=100000000000000000000000", "seed: Input should be less than or equal to 4294967295"),
+    ("seed=-1", "seed: Input should be greater than or equal to 0"),
+    ("optim.lr=.inf", "optim.lr: Input should be a finite number"),
+    ("optim.lr=.nan", "optim.lr: Input should be a finite number"),
+    ("loss.temperature=.inf", "loss.temperature: Input should be a finite number"),
+    ("data.batch_size=1", "data.batch_size: Input should be greater than or equal to 2"),
+    ("name=../../x", "name: String should match pattern"),
+    ("name=a/b", "name: String should match pattern"),
+    ("name=a..b", "name: Value error, 'a..b' holds '..'"),
+    ("augment.views=[[{name: rotate, params: {strength2: [1, 2]}}]]", "augment.views.0.0.params.strength2"),
+    ("augment.views=[[{name: drop, params: {p: abc}}]]", "augment.views.0.0.params.p"),
+])
+def test_hostile_values_are_refused_naming_the_key(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert needle in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("params, needle", [
+    ({"p": True}, "augment.views.0.0.params.p: True is not a number (drop takes p: float)"),
+    ({"keep_pt": 1}, "augment.views.0.0.params.keep_pt: 1 is not true or false"),
+])
+def test_augmentation_parameters_are_typed_by_their_signature(params, needle):
+    from clrdist.train.preflight import check_augment_params
+
+    cfg = load_config(None, [f"augment.views=[[{{name: drop, params: {params}}}], [{{name: rotate}}]]"
+                             .replace("True", "true")])
+    with pytest.raises(ConfigError) as err:
+        check_augment_params(cfg)
+    assert needle in str(err.value), str(err.value)
+    check_augment_params(load_config(None, ["augment.views=[[{name: drop, params: {p: 1}}], [{name: rotate}]]"]))

@@ -127,3 +127,38 @@ def test_split_sizes_when_fractions_do_not_fill(toy_store, tmp_path):
     out = split_store(toy_store, {"a": 0.25, "b": 0.5}, out_dir=tmp_path, seed=0)
     assert open_store(out["a"]).n == 750 and open_store(out["b"]).n == 1500
     check_disjoint(*out.values())
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--fractions", "0.5,nan"], "split fractions must be positive"),
+    (["--fractions", "0.5,inf"], "split fractions must be positive"),
+    (["--fractions", "0.5,0.5", "--names", "../../escaped,b"], "split name 'toy_../../escaped'"),
+    (["--fractions", "0.5,0.5", "--names", "a/b,c"], "split name 'toy_a/b'"),
+])
+def test_split_refuses_before_writing_anything(toy_store, tmp_path, capsys, argv, needle):
+    """--fractions 0.5,nan exited 2 but left a finished val_train.zarr; --names ../../escaped
+    wrote outside the output folder. Now both fail in one line and nothing is written."""
+    out = tmp_path / "out"
+    out.mkdir()
+    rc = _main()(["data", "split", str(toy_store), "--out-dir", str(out), *argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and needle in err and len(err.splitlines()) == 1, err
+    assert list(tmp_path.rglob("*.zarr*")) == [] and list(toy_store.parent.parent.glob("escaped*")) == []
+
+
+def test_a_failing_split_leaves_no_split(toy_store, tmp_path, monkeypatch):
+    """All splits or none: the second child failing at its close removes the first one."""
+    from clrdist.data.store import StoreWriter
+
+    real_close, calls = StoreWriter.close, []
+
+    def close(self):
+        calls.append(self.path)
+        if len(calls) == 2:
+            raise StoreError(f"{self.path}: cannot write the store: no space left on device")
+        return real_close(self)
+
+    monkeypatch.setattr(StoreWriter, "close", close)
+    with pytest.raises(StoreError, match="no space left"):
+        split_store(toy_store, {"a": 0.5, "b": 0.5}, out_dir=tmp_path)
+    assert len(calls) == 2 and list(tmp_path.iterdir()) == []

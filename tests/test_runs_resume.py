@@ -159,7 +159,7 @@ def test_sigterm_marks_the_run_killed_with_the_reason(toy_splits, tmp_path):
     assert run["tags"]["clrdist.failure_reason"] == "driver interrupted by SIGTERM"
     assert run["tags"]["clrdist.failure_stage"] == "training"
     wait_for(lambda: not alive(cluster), 60, f"processes {sorted(alive(cluster))} to end")
-    assert "the run is KILLED" in (tmp_path / "driver.log").read_text()
+    assert " is KILLED, rerun the same command to resume" in (tmp_path / "driver.log").read_text()
 
 
 def test_ray_start_failure_marks_the_run_failed(toy_splits, tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from clrdist.data.store import (
     sample_order,
     verify_store,
 )
+from clrdist.errors import is_plain_name
 
 INDEX_ARRAY = "source_index"
 
@@ -47,7 +49,7 @@ def split_assignment(n: int, fractions: list[float], seed: int) -> np.ndarray:
     Split sizes are ``floor(f * n)``, with the rounding remainder going to the first split
     when the fractions sum to 1."""
     fr = np.asarray(fractions, dtype=float)
-    if len(fr) == 0 or (fr <= 0).any() or fr.sum() > 1 + 1e-9:
+    if len(fr) == 0 or not np.isfinite(fr).all() or (fr <= 0).any() or fr.sum() > 1 + 1e-9:
         raise StoreError(f"split fractions must be positive and sum to at most 1, got {fractions}")
     counts = np.floor(fr * n).astype(np.int64)
     if abs(fr.sum() - 1) < 1e-9:
@@ -69,6 +71,11 @@ def split_store(path: str | os.PathLike, fractions: dict[str, float], *,
 
     Reads the parent chunk by chunk (bounded memory). Returns {name: path}.
     """
+    for name in fractions:
+        if not is_plain_name(f"{prefix}{name}"):
+            raise StoreError(f"split name {prefix + name!r}: not a plain name (letters, digits, "
+                             "_ . + -; no / or ..): the split store must stay in the output folder")
+    split_assignment(1 << 20, list(fractions.values()), seed)  # bad fractions: before any reading
     parent = open_store(path)
     if not verify_store(parent)["checksums"]:  # a damaged parent fails before any writing
         log.warning("%s: %s", parent.path, NO_CHECKSUMS)
@@ -82,6 +89,7 @@ def split_store(path: str | os.PathLike, fractions: dict[str, float], *,
             raise StoreError(f"{out}: split {name!r} would overwrite its parent store")
         refuse_existing(out, overwrite)
     writers: dict[str, StoreWriter] = {}
+    closed: list[Path] = []
     try:
         for i, name in enumerate(names):
             idx = np.flatnonzero(which == i)
@@ -115,11 +123,14 @@ def split_store(path: str | os.PathLike, fractions: dict[str, float], *,
                 sel = w == i
                 if sel.any():
                     writers[name].append(*(data[k][sel] for k in ARRAYS))
-        for w in writers.values():
+        for name, w in writers.items():
             w.close()
+            closed.append(outs[name])
     except BaseException:
         for w in writers.values():
             w.abort()
+        for out in closed:  # all splits or none: no half-made set
+            shutil.rmtree(out, ignore_errors=True)
         raise
     return outs
 
