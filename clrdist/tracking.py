@@ -195,6 +195,16 @@ def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int |
         c.log_batch(run_id, metrics=ms[i:i + _BATCH])
 
 
+# Runs whose encoder was trained with labels (SupCon, ORCA): their representation is not blind,
+# so a "blind" search on it (the CWoLa bump hunt, anomaly scores) is not one; filter on this tag.
+SAW_LABELS_TAG = "clrdist.encoder_saw_labels"
+
+
+def label_tags(saw_labels: bool) -> dict[str, str]:
+    """The tag that says whether a run's encoder saw truth labels in training."""
+    return {SAW_LABELS_TAG: "true" if saw_labels else "false"}
+
+
 def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 

@@ -92,18 +92,22 @@ def input_features(x: torch.Tensor, mask: torch.Tensor, kind: str, pt_scale: flo
 
     kind "pt" (JetCLR): [pT / pt_scale, d_eta, d_phi]. kind "log" (as Particle Transformer):
     [z, 0.7 (ln z + 4.7), 0.7 (ln pT/GeV - 1.7), 5 d_eta, 5 d_phi, 5 Delta R] with z = pT / sum pT
-    of the jet, each of order one for R = 0.8 jets. Column 0 is linear in pT in both (pT-weighted
+    of the jet, each of order one for R = 0.8 jets. kind "ptfrac": "log" without ln pT, so no
+    absolute scale: what a bump hunt in m_jj may see (its SR-vs-sideband classifier learns any
+    m_jj information in its inputs; clrdist/eval/bumphunt.py). Column 0 is linear in pT in both (pT-weighted
     pooling and the log-pT attention bias read it). Extra store features follow unchanged;
     padding is zero.
     """
     if kind == "pt":
         return scale_pt(x, pt_scale)
-    if kind != "log":
+    if kind not in ("log", "ptfrac"):
         raise ValueError(f"unknown input features {kind!r}; known: {', '.join(INPUT_FEATURES)}")
     tiny = torch.finfo(x.dtype).tiny
     pt, deta, dphi = x[..., 0], x[..., 1], x[..., 2]
     z = pt / (pt * mask).sum(1, keepdim=True).clamp_min(tiny)
     cols = [z, 0.7 * (torch.log(z.clamp_min(tiny)) + 4.7), 0.7 * (torch.log(pt.clamp_min(tiny)) - 1.7),
             _ANGLE * deta, _ANGLE * dphi, _ANGLE * torch.sqrt(deta.square() + dphi.square())]
+    if kind == "ptfrac":  # no absolute scale: the same inputs for a jet with every pT x lambda
+        del cols[2]
     out = torch.cat([torch.stack(cols, -1), x[..., 3:]], -1)
     return torch.where(mask.unsqueeze(-1), out, torch.zeros((), dtype=out.dtype, device=out.device))

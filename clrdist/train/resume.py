@@ -101,6 +101,13 @@ def find_resumable(cfg: RunConfig, resume: str | None = None) -> dict | None:
     return run
 
 
+def _saw_labels(cfg: RunConfig) -> bool:
+    """Does the run's loss train the encoder on truth labels (SupCon, ORCA)?"""
+    from clrdist.losses import LOSSES
+
+    return bool(getattr(LOSSES.get(cfg.loss.name), "needs_labels", False))
+
+
 def open_run(cfg: RunConfig, tags: dict[str, str] | None = None,
              resume: str | None = None) -> tuple[str, bool]:
     """(MLflow run id, resumed?): the run :func:`find_resumable` names, reopened, or a new one."""
@@ -115,7 +122,7 @@ def open_run(cfg: RunConfig, tags: dict[str, str] | None = None,
                                 run_name=cfg.tracking.run_name or f"{cfg.name}-{cfg.loss.name}-seed{cfg.seed}",
                                 tags={"clrdist.config_name": cfg.name,
                                       "clrdist.engine": cfg.scaling.engine, **_driver_tags(),
-                                      **(tags or {})},
+                                      **tracking.label_tags(_saw_labels(cfg)), **(tags or {})},
                                 config=cfg.to_dict())
     tracking.set_tags(uri, run_id, {"clrdist.ray_run_dir":
                                     str(Path(cfg.checkpoint.storage_path) / ray_run_name(cfg, run_id))})
