@@ -32,7 +32,7 @@ def _train_config(args: argparse.Namespace):
     from clrdist import tracking
 
     uri = load_config(None, [o for o in args.set if o.startswith("tracking.uri=")]).tracking.uri
-    uri = tracking.check_uri(uri)
+    uri = tracking.check_uri(uri, create=False)
     tracking.get_run(uri, args.resume)  # a clear error for an unknown run
     raw = tracking.download_config(uri, args.resume)
     for override in args.set:
@@ -59,7 +59,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     which = {n for n in EVALUATIONS if getattr(args, n)}
     default = {n for n, ev in EVALUATIONS.items() if ev.default}
-    results = evaluate_run(check_uri(args.tracking_uri), args.run_id, which or default,
+    results = evaluate_run(check_uri(args.tracking_uri, create=False), args.run_id, which or default,
                            latest=args.latest)
     metrics = {k: v for res in results.values() for k, v in res.metrics.items()}
     print(json.dumps(metrics, indent=2) if args.json else

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -27,7 +28,9 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from clrdist.errors import ClrdistError
+from clrdist.errors import ClrdistError, first_line
+
+log = logging.getLogger(__name__)
 
 # MLflow rejects params longer than this; longer values (view lists) are truncated for display
 # and the full resolved config is stored as the `config.yaml`-equivalent JSON artifact.
@@ -51,8 +54,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 _SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 
-def resolve_uri(uri: str) -> str:
-    """Absolute sqlite URI (creating its folder); other URIs unchanged.
+def resolve_uri(uri: str, create: bool = True) -> str:
+    """Absolute sqlite URI (creating its folder unless ``create`` is False); other URIs unchanged.
 
     ``$MLFLOW_TRACKING_URI``, when set, replaces ``uri``: a cluster job's tracking server
     (``slurm/ray_cluster.sh --mlflow`` exports it) takes every run of the job.
@@ -61,7 +64,8 @@ def resolve_uri(uri: str) -> str:
     if uri.startswith("sqlite:///"):
         raw = uri[len("sqlite:///"):]
         path = Path(raw) if raw.startswith("/") else Path.cwd() / raw
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path.resolve()}"
     if "://" not in uri or uri.startswith("file:"):
         raise TrackingError(
@@ -71,13 +75,20 @@ def resolve_uri(uri: str) -> str:
     return uri
 
 
-def check_uri(uri: str, timeout: float = 5.0) -> str:
+def check_uri(uri: str, timeout: float = 5.0, *, create: bool = True) -> str:
     """Resolve ``uri`` and prove the tracking store answers, within ``timeout`` seconds for servers.
 
     Raises TrackingError (one line, naming the URI) for an unsupported scheme, a file that is not
-    a database, a database MLflow cannot open, or a server that does not answer.
+    a database, a database locked by another process right now, a store this process cannot
+    write, a database MLflow cannot open, or a server that does not answer. ``create=False``
+    (``clrdist eval``, ``--resume``): a sqlite store must exist already; a typo creates nothing.
     """
-    uri = resolve_uri(uri)
+    if not create and uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_TRACKING_URI"):
+        path = Path(resolve_uri(uri, create=False)[len("sqlite:///"):])
+        if not path.is_file():
+            raise TrackingError(f"tracking URI {uri!r}: no such database ({path}); check the URI "
+                                "(nothing was created)")
+    uri = resolve_uri(uri, create=create)
     scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
     if scheme not in _SCHEMES:
         raise TrackingError(f"tracking URI {uri!r}: unsupported scheme {scheme!r}; use sqlite:///PATH "
@@ -91,26 +102,42 @@ def check_uri(uri: str, timeout: float = 5.0) -> str:
         client(uri).search_experiments(max_results=1)
     except Exception as e:  # sqlalchemy, driver and MLflow errors alike: report the first line
         raise TrackingError(f"tracking URI {uri!r}: cannot use the tracking store: "
-                            f"{_first_line(e)}") from None
+                            f"{first_line(e)}") from None
     return uri
 
 
-def _first_line(e: BaseException) -> str:
-    text = (getattr(e, "message", None) or str(e) or type(e).__name__).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _check_sqlite_file(uri: str) -> None:
+def _check_sqlite_file(uri: str, wait: float = 10.0) -> None:
+    """The database file (or, for a new one, its folder) is writable, and a write transaction can
+    start within ``wait`` seconds: tells "locked by another process now" from "not a database"."""
     path = Path(uri[len("sqlite:///"):])
     if not path.exists():
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise TrackingError(f"{path}: cannot create the tracking database: its folder "
+                                f"{path.parent} is not writable")
         return  # MLflow creates it
+    for what, target in (("database", path), ("folder (sqlite writes its journal there)", path.parent)):
+        if not os.access(target, os.W_OK):
+            raise TrackingError(f"{path}: the tracking store is not writable (read-only {what} "
+                                f"{target}); point tracking.uri at a writable place")
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        con = sqlite3.connect(f"file:{path}", uri=True, timeout=wait)
         try:
             con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            con.execute("BEGIN IMMEDIATE")  # the write lock a metric insert needs; nothing written
+            con.rollback()
         finally:
             con.close()
-    except sqlite3.Error as e:
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            raise TrackingError(f"{path}: the tracking database is locked by another process "
+                                f"right now (waited {wait:g} s); it is a valid database: retry "
+                                "when that process lets go") from None
+        if "readonly" in str(e).replace(" ", "").replace("-", ""):
+            raise TrackingError(f"{path}: the tracking store is not writable ({e}); point "
+                                "tracking.uri at a writable place") from None
+        raise TrackingError(f"{path}: not a usable MLflow database ({e}); point tracking.uri at "
+                            "another file or move this one away") from None
+    except sqlite3.Error as e:  # DatabaseError: file is not a database
         raise TrackingError(f"{path}: not a usable MLflow database ({e}); point tracking.uri at "
                             "another file or move this one away") from None
 
@@ -130,6 +157,41 @@ def _check_server(uri: str, timeout: float) -> None:
         reason = str(getattr(e, "reason", None) or e)
     raise TrackingError(f"tracking URI {uri!r}: server not reachable within {timeout:g} s "
                         f"({reason}); start it (mlflow server --host 127.0.0.1) or fix tracking.uri")
+
+
+# A tracking store may be busy for a while (an exclusive sqlite lock held by another process, a
+# server restarting): the driver's writes retry with backoff for this long before the error
+# counts; metrics are buffered and flushed later instead (log_metrics, flush_metrics).
+RETRY_ENV = "CLRDIST_TRACKING_RETRY_S"  # seconds; default 120
+# MLflow error codes that no wait cures (an unknown run, a bad value): raised at once
+_PERMANENT = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS",
+              "BAD_REQUEST", "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED"}
+
+
+def retry_seconds() -> float:
+    return float(os.environ.get(RETRY_ENV, "120"))
+
+
+def _retry(what: str, uri: str, fn, seconds: float | None = None):
+    """``fn()``, retried with exponential backoff (0.25 s doubling to 8 s) for up to ``seconds``
+    (default :func:`retry_seconds`); then a one-line TrackingError naming the store and the
+    reason. Errors no wait cures (an unknown run, an invalid value) are raised at once."""
+    deadline = time.monotonic() + (retry_seconds() if seconds is None else seconds)
+    delay, warned = 0.25, False
+    while True:
+        try:
+            return fn()
+        except (mlflow.exceptions.MlflowException, sqlite3.Error, OSError, ConnectionError) as e:
+            if getattr(e, "error_code", None) in _PERMANENT:
+                raise
+            err = e
+        if time.monotonic() + delay > deadline:
+            raise TrackingError(f"tracking store {uri}: cannot {what}: {first_line(err)}") from None
+        if not warned:
+            log.warning("tracking store %s busy (%s); retrying to %s", uri, first_line(err), what)
+            warned = True
+        time.sleep(delay)
+        delay = min(8.0, delay * 2)
 
 
 def artifact_root(uri: str) -> str | None:
@@ -169,14 +231,15 @@ def start_run(uri: str, experiment: str, params: Mapping[str, Any], *,
               config: Mapping[str, Any] | None = None) -> str:
     """Create a run with its parameters (and the full config as an artifact); return its id."""
     c = client(uri)
-    exp_id = _experiment_id(c, uri, experiment)
-    run = c.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+    exp_id = _retry("create the experiment", uri, lambda: _experiment_id(c, uri, experiment))
+    run = _retry("create the run", uri,
+                 lambda: c.create_run(exp_id, run_name=run_name, tags=dict(tags or {})))
     run_id = run.info.run_id
     plist = [Param(k, _param_value(v)) for k, v in params.items()]
     for i in range(0, len(plist), _BATCH):
-        c.log_batch(run_id, params=plist[i:i + _BATCH])
+        _retry("log parameters", uri, lambda i=i: c.log_batch(run_id, params=plist[i:i + _BATCH]))
     if config is not None:
-        c.log_dict(run_id, dict(config), "config.json")
+        _retry("store the config", uri, lambda: c.log_dict(run_id, dict(config), "config.json"))
     return run_id
 
 
@@ -185,14 +248,60 @@ def _param_value(v: Any) -> str:
     return s if len(s) <= _MAX_PARAM else s[: _MAX_PARAM - 3] + "..."
 
 
+# metrics not yet written, per (uri, run id): a busy store delays them, never drops them
+_pending: dict[tuple[str, str], list[Metric]] = {}
+_first_failure: dict[tuple[str, str], float] = {}
+_next_try: dict[tuple[str, str], float] = {}  # after a failure, the next attempt waits this long
+RETRY_INTERVAL = 15.0  # seconds; MLflow's sqlite store itself waits up to 20 s on a lock
+
+
 def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
-    """Log numeric metrics (non-finite values are skipped: MLflow cannot plot them)."""
-    c = client(uri)
+    """Log numeric metrics (non-finite values are skipped: MLflow cannot plot them).
+
+    Never fails on a busy store: the metrics are buffered with their timestamps and written by
+    the next call that reaches the store, or by :func:`flush_metrics` (which a training calls at
+    its end, and which fails if the store stayed unusable)."""
     ts = int(time.time() * 1000)
-    ms = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()
-          if v is not None and math.isfinite(float(v))]
-    for i in range(0, len(ms), _BATCH):
-        c.log_batch(run_id, metrics=ms[i:i + _BATCH])
+    key = (uri, run_id)
+    _pending.setdefault(key, []).extend(
+        Metric(k, float(v), ts, step or 0) for k, v in metrics.items()
+        if v is not None and math.isfinite(float(v)))
+    if time.monotonic() < _next_try.get(key, 0.0):
+        return  # the store failed a moment ago: do not stall training on it at every step
+    try:
+        _write_pending(key)
+    except Exception as e:  # noqa: BLE001 - any store error: keep the metrics for later
+        _next_try[key] = time.monotonic() + RETRY_INTERVAL
+        if key not in _first_failure:
+            _first_failure[key] = time.monotonic()
+            log.warning("tracking store %s unavailable (%s): metrics are buffered and written "
+                        "when it answers again", uri, first_line(e))
+
+
+def _write_pending(key: tuple[str, str]) -> None:
+    ms = _pending.get(key) or []
+    c = client(key[0])
+    while ms:
+        c.log_batch(key[1], metrics=ms[:_BATCH])
+        del ms[:_BATCH]
+    _pending.pop(key, None)
+    _next_try.pop(key, None)
+    if _first_failure.pop(key, None) is not None:
+        log.warning("tracking store %s answers again: buffered metrics written", key[0])
+
+
+def flush_metrics(uri: str, run_id: str, seconds: float | None = None) -> None:
+    """Write the buffered metrics of a run, retrying for up to ``seconds`` (:func:`retry_seconds`); a
+    store that stays unusable raises TrackingError with the reason and how many were lost."""
+    key = (uri, run_id)
+    if not _pending.get(key):
+        return
+    try:
+        _retry("write buffered metrics", uri, lambda: _write_pending(key), seconds)
+    except TrackingError as e:
+        n = len(_pending.pop(key, []))
+        _first_failure.pop(key, None)
+        raise TrackingError(f"{e} ({n} metric values of run {run_id} could not be written)") from None
 
 
 # Runs whose encoder was trained with labels (SupCon, ORCA): their representation is not blind,
@@ -206,7 +315,8 @@ def label_tags(saw_labels: bool) -> dict[str, str]:
 
 
 def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
-    client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    c = client(uri)
+    _retry("set tags", uri, lambda: c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
 
 
 def log_eval(uri: str, run_id: str, results: Mapping[str, Any], step: int | None = None) -> None:
@@ -232,10 +342,17 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED", *, reason: str | No
     """Close a run: FINISHED, or FAILED / KILLED with ``clrdist.failure_reason`` (and the stage:
     preflight, ray_start, training, evaluation, ...) as tags."""
     c = client(uri)
+    if _pending.get((uri, run_id)):
+        try:
+            flush_metrics(uri, run_id)
+        except TrackingError as e:
+            if status == "FINISHED":  # the run did not record everything: it did not finish well
+                status, reason, stage = "FAILED", str(e), stage or "tracking"
     if reason is not None or stage is not None:
         tags = {FAILURE_TAGS[0]: (reason or "")[:_MAX_PARAM], FAILURE_TAGS[1]: stage or ""}
-        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-    c.set_terminated(run_id, status)
+        _retry("record why the run ended", uri,
+               lambda: c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
+    _retry(f"close the run {status}", uri, lambda: c.set_terminated(run_id, status))
 
 
 def find_run(uri: str, experiment: str, run_name: str) -> dict[str, Any] | None:
@@ -257,12 +374,16 @@ def find_run(uri: str, experiment: str, run_name: str) -> dict[str, Any] | None:
 def reopen_run(uri: str, run_id: str, tags: Mapping[str, str] | None = None) -> None:
     """Mark an interrupted run RUNNING again (a resumed training continues it)."""
     c = client(uri)
-    for key in FAILURE_TAGS:
-        if key in c.get_run(run_id).data.tags:
-            c.delete_tag(run_id, key)
-    if tags:
-        c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-    c.update_run(run_id, status="RUNNING")
+
+    def reopen() -> None:
+        for key in FAILURE_TAGS:
+            if key in c.get_run(run_id).data.tags:
+                c.delete_tag(run_id, key)
+        if tags:
+            c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        c.update_run(run_id, status="RUNNING")
+
+    _retry("reopen the run", uri, reopen)
 
 
 def get_run(uri: str, run_id: str) -> dict[str, Any]:

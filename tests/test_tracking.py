@@ -106,3 +106,128 @@ def test_servers_are_checked_on_their_health_endpoint(health, ok):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _hold_lock(db, seconds, started):
+    """Another process's exclusive lock on the database for ``seconds`` (a backup, a vacuum)."""
+    import sqlite3
+    import time
+
+    con = sqlite3.connect(db, timeout=30, isolation_level=None)
+    con.execute("BEGIN EXCLUSIVE")
+    started.set()
+    time.sleep(seconds)
+    con.execute("COMMIT")
+    con.close()
+
+
+@pytest.mark.slow
+def test_a_busy_store_delays_metrics_and_never_fails_the_caller(tmp_path, caplog):
+    """An exclusive lock held mid-training made rank 0's metric logging raise ("database is
+    locked") and the run end FAILED: now the metrics wait in a buffer and the next call (or the
+    final flush) writes them, every one, in order."""
+    import threading
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    run_id = tracking.start_run(uri, "busy", {})
+    tracking.log_metrics(uri, run_id, {"loss": 3.0}, step=1)
+    started = threading.Event()
+    holder = threading.Thread(target=_hold_lock, args=(db, 24.0, started))
+    holder.start()
+    started.wait(10)
+    tracking.log_metrics(uri, run_id, {"loss": 2.0}, step=2)  # MLflow waits 20 s, then buffers
+    assert tracking._pending[(uri, run_id)], "the metric should be waiting in the buffer"
+    assert "metrics are buffered" in caplog.text
+    tracking.log_metrics(uri, run_id, {"loss": 1.5}, step=3)  # no second 20 s stall: buffered
+    assert len(tracking._pending[(uri, run_id)]) == 2
+    tracking.flush_metrics(uri, run_id, seconds=30)  # retries until the lock is gone
+    holder.join()
+    tracking.log_metrics(uri, run_id, {"loss": 1.0}, step=4)
+    assert tracking.metric_history(uri, run_id, "loss") == [(1, 3.0), (2, 2.0), (3, 1.5), (4, 1.0)]
+    tracking.end_run(uri, run_id)
+    assert tracking.get_run(uri, run_id)["status"] == "FINISHED"
+
+
+def test_a_store_gone_for_good_fails_the_run_at_the_end_with_its_reason(tmp_path):
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    run_id = tracking.start_run(uri, "gone", {})
+    tracking._pending[(uri, run_id)] = [tracking.Metric("loss", 1.0, 0, 1)]
+    real = tracking._write_pending
+
+    def unusable(key):
+        raise tracking.mlflow.exceptions.MlflowException("(sqlite3.OperationalError) disk I/O error")
+
+    tracking._write_pending = unusable
+    try:
+        with pytest.raises(tracking.TrackingError, match=rf"tracking store {uri}: cannot write buffered metrics: .*disk I/O error \(1 metric values of run {run_id} could not be written\)"):
+            tracking.flush_metrics(uri, run_id, seconds=1)
+    finally:
+        tracking._write_pending = real
+    assert not tracking._pending.get((uri, run_id))
+
+
+def test_preflight_tells_locked_from_not_a_database(tmp_path):
+    """A store locked at start was called "not a usable MLflow database ... move this one away"."""
+    import threading
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    tracking.end_run(uri, tracking.start_run(uri, "x", {}))
+    started = threading.Event()
+    holder = threading.Thread(target=_hold_lock, args=(db, 4.0, started))
+    holder.start()
+    started.wait(10)
+    try:
+        with pytest.raises(tracking.TrackingError, match=rf"^{db}: the tracking database is locked by another process right now \(waited 1 s\); it is a valid database"):
+            tracking._check_sqlite_file(uri, wait=1.0)
+    finally:
+        holder.join()
+    tracking.check_uri(uri)  # free again
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(tracking.TrackingError, match=rf"^{garbage}: not a usable MLflow database \(file is not a database\)"):
+        tracking.check_uri(f"sqlite:///{garbage}")
+
+
+@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root writes read-only files")
+def test_preflight_refuses_a_read_only_store(tmp_path):
+    """A read-only store passed preflight and failed after training."""
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    tracking.end_run(uri, tracking.start_run(uri, "x", {}))
+    db.chmod(0o444)
+    with pytest.raises(tracking.TrackingError, match="the tracking store is not writable"):
+        tracking.check_uri(uri)
+
+
+def test_eval_with_a_mistyped_uri_creates_nothing(tmp_path, capsys):
+    """A typo in eval --tracking-uri created directories and a new database."""
+    from clrdist.cli import main
+
+    typo = tmp_path / "typo" / "mlflwo.db"
+    assert main(["eval", "0123abcd", "--tracking-uri", f"sqlite:///{typo}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no such database" in err and str(typo) in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_latest_never_overwrites_a_finished_runs_final_metrics(tmp_path, capsys):
+    """--latest on a FINISHED run whose final checkpoint is gone evaluated an older checkpoint
+    and overwrote the run's lct_* metrics: now it refuses and the metrics stay."""
+    from clrdist.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = tracking.start_run(uri, "x", {}, config={})
+    tracking.log_metrics(uri, run_id, {"lct_auc": 0.91})
+    older = tmp_path / "ray" / "checkpoint_000000"
+    older.mkdir(parents=True)
+    tracking.set_tags(uri, run_id, {"clrdist.checkpoint": str(tmp_path / "ray" / "gone"),
+                                    "clrdist.ray_run_dir": str(tmp_path / "ray")})
+    tracking.end_run(uri, run_id)
+    assert main(["eval", run_id, "--latest", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert f"run {run_id}: FINISHED, and its final checkpoint" in err and "nothing was evaluated" in err
+    run = tracking.get_run(uri, run_id)
+    assert run["metrics"] == {"lct_auc": 0.91} and "clrdist.evaluated_checkpoint" not in run["tags"]

@@ -243,3 +243,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 + "".join(f" {k} {v:.4f}" for k, v in epoch_metrics.items()
                           if k.startswith("val_") and k.endswith("_auc")))
         report(epoch_metrics, mid=False)
+    if master:  # metrics a busy tracking store delayed: written now, or the run fails saying why
+        tracking.flush_metrics(uri, run_id)
