@@ -12,7 +12,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.clrdist-installed
 TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
 
-.PHONY: demo test test-slurm test-fast bench lint venv clean
+.PHONY: demo test test-cluster test-slurm test-fast bench lint venv clean
 
 venv: $(STAMP)
 
@@ -28,17 +28,21 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 demo: $(STAMP)
 	$(VENV)/bin/clrdist demo
 
+# Test tiers (docs/development.md): unit, integration, slow, cluster.
+# `make test`: every tier but the cluster one (real Ray, MLflow, Zarr, DeepSpeed).
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not cluster" --durations=15 tests
 
-# Only the real two-node SLURM tests (`make test` runs them too; as root they install
-# slurm-wlm + munge with apt, and skip, saying why, where that is impossible).
-test-slurm: $(STAMP)
-	$(PY) -m pytest -q tests/test_slurm.py
+# The cluster tier: the real two-node SLURM tests (as root they install slurm-wlm + munge with
+# apt, and skip, saying why, where that is impossible). CI runs it after `make test`.
+test-cluster: $(STAMP)
+	$(PY) -m pytest -q -m cluster --durations=5 tests
 
-# Unit tests only (skips the real Ray / MLflow / DeepSpeed integration tests).
+test-slurm: test-cluster
+
+# The unit tier in random order (a test that depends on another's side effects fails here).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not integration" tests
+	$(PY) -m pytest -q -m unit --random-order tests
 
 bench: $(STAMP)
 	$(PY) -m bench.loader

@@ -28,3 +28,13 @@ def toy_splits(tmp_path_factory):
     write_toy_store(d / "toy.zarr", n_per_class=1200, seed=3)
     split_store(d / "toy.zarr", {"train": 0.5, "val": 0.1, "eval_train": 0.2, "eval_test": 0.2}, out_dir=d, seed=3)
     return d
+
+
+TIERS = ("integration", "slow", "cluster")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test with no tier marker is a unit test: `make test-fast` selects `-m unit`."""
+    for item in items:
+        if not any(item.get_closest_marker(t) for t in TIERS):
+            item.add_marker(pytest.mark.unit)

@@ -25,7 +25,7 @@ from _train_toys import CONFIGS, tiny_overrides
 from clrdist import tracking
 from clrdist.train import checkpoint
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 REPO = CONFIGS.parent
 SCRIPT = REPO / "slurm" / "ray_cluster.sh"
