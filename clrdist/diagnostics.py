@@ -25,16 +25,15 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-from clrdist.distributed import all_gather_nograd
+from clrdist.distributed import all_gather_nograd, unit_fp32
 
 __all__ = ["pos_top1", "alignment", "uniformity", "effective_rank", "z_std", "collapse_value",
            "contrastive_diagnostics", "global_diagnostics", "is_collapsed"]
 
 
 def _unit(z: torch.Tensor) -> torch.Tensor:
-    return F.normalize(z.detach().float(), dim=-1)
+    return unit_fp32(z.detach())
 
 
 def pos_top1(z1: torch.Tensor, z2: torch.Tensor) -> float:

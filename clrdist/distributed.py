@@ -1,15 +1,20 @@
-"""The one module that talks to ``torch.distributed``: rank helpers and a differentiable gather.
+"""The one module that talks to ``torch.distributed``: rank helpers, every collective the
+library uses (a differentiable all-gather, gathers without gradient, sums over ranks) and the
+one fp32 L2 normaliser the losses and diagnostics share.
 
 Everything has single-process defaults, so library code runs unchanged without a process group.
+No collective here reads a value back to the host: they are safe inside a sync-free step.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 __all__ = ["is_distributed", "get_rank", "get_world_size", "is_rank_zero", "all_gather_with_grad",
-           "all_gather_nograd"]
+           "all_gather_nograd", "gather_rows", "all_reduce_sum", "all_reduce_min", "at_least_float32",
+           "unit_fp32"]
 
 
 def is_distributed() -> bool:
@@ -27,6 +32,21 @@ def get_world_size() -> int:
 def is_rank_zero() -> bool:
     return get_rank() == 0
 
+
+# ---- precision -----------------------------------------------------------------------------
+
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """float32 at least (bf16 / fp16 from autocast or DeepSpeed), float64 kept."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def unit_fp32(z: torch.Tensor) -> torch.Tensor:
+    """Rows L2-normalised in float32 at least: bf16 projections would make exp(s / tau) with
+    tau = 0.1 visibly coarse (a bf16 cosine is good to ~4e-3, i.e. 4% in exp(s / tau))."""
+    return F.normalize(at_least_float32(z), dim=-1)
+
+
+# ---- collectives ---------------------------------------------------------------------------
 
 class _AllGather(torch.autograd.Function):
     """forward: (B, ...) -> (world*B, ...), rank r's rows at [r*B, (r+1)*B).
@@ -67,3 +87,26 @@ def all_gather_nograd(t: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(t) for _ in range(get_world_size())]
     dist.all_gather(out, t.contiguous())
     return torch.cat(out, 0)
+
+
+def gather_rows(t: torch.Tensor, *, gather: bool = True, grad: bool = True
+                ) -> tuple[torch.Tensor, int]:
+    """(rows of every rank (world*B, ...), this rank's row offset in them). ``gather=False`` or
+    one process: (t, 0). ``grad``: the gather is differentiable (``all_gather_with_grad``)."""
+    if not gather or get_world_size() == 1:
+        return t, 0
+    return (all_gather_with_grad(t) if grad else all_gather_nograd(t)), get_rank() * t.shape[0]
+
+
+def all_reduce_sum(t: torch.Tensor, *, gather: bool = True) -> torch.Tensor:
+    """Sum over ranks, in place (no gradient); identity without a group or with gather=False."""
+    if gather and get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_min(t: torch.Tensor) -> torch.Tensor:
+    """Minimum over ranks, in place; identity without a group."""
+    if get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t

@@ -34,7 +34,7 @@ def trained_state(cfg):
         opt.step()
         sched.step()
     return {"model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "loss": {"center": torch.arange(3.0)}}
+            "scheduler": sched.state_dict()}
 
 
 def assert_same(a, b):
@@ -183,19 +183,35 @@ def test_latest_checkpoint_is_the_highest_complete_step(cfg, tmp_path):
     assert d.name == "checkpoint_10" and meta["step"] == 10
 
 
-def test_training_state_adds_a_stateful_loss_and_evaluation_prefers_the_teacher(cfg):
-    class Engine:
-        def state_dict(self):
-            return {"model": {"w": torch.ones(2)}}
+def test_training_state_adds_a_stateful_loss_and_evaluation_uses_the_losss_network(cfg):
+    from clrdist.losses import build_loss
 
-    plain = checkpoint.training_state(Engine(), torch.nn.MSELoss())
-    assert plain.keys() == {"model"} and checkpoint.evaluated_weights(plain) is plain["model"]
-    loss = torch.nn.Module()
-    loss.teacher = torch.nn.Linear(2, 2)
-    loss.register_buffer("center", torch.zeros(2))
-    state = checkpoint.training_state(Engine(), loss)
-    assert set(state["loss"]) == {"teacher.weight", "teacher.bias", "center"}
-    assert set(checkpoint.evaluated_weights(state)) == {"weight", "bias"}
+    class Engine:
+        def __init__(self, model):
+            self.model = model
+
+        def state_dict(self):
+            return {"model": self.model.state_dict()}
+
+    plain_cfg = RunConfig.model_validate(TINY)
+    model = build_model(plain_cfg.model)
+    plain = checkpoint.training_state(Engine(model), build_loss(plain_cfg.loss))
+    assert plain.keys() == {"model"}  # a stateless loss adds nothing
+    evaluated = checkpoint.evaluated_model(plain, plain_cfg)
+    assert not evaluated.training
+    assert_same(evaluated.state_dict(), plain["model"])
+    # DINO: the teacher (an EMA, here moved away from the student) is what evaluation loads
+    dino_cfg = RunConfig.model_validate({**TINY, "loss": {"name": "dino"}})
+    loss = build_loss(dino_cfg.loss)
+    loss.attach(model, total_steps=4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    state = checkpoint.training_state(Engine(model), loss)
+    assert {"centre", "step"} < set(state["loss"])
+    teacher = checkpoint.evaluated_model(state, dino_cfg)
+    assert_same(teacher.state_dict(), loss.teacher.state_dict())
+    assert not torch.equal(next(teacher.parameters()), next(model.parameters()))
 
 
 def test_load_model_restores_the_weights_in_eval_mode(cfg, tmp_path):

@@ -21,7 +21,7 @@ def test_config_validates_and_resolves(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     views = [build_view(v, cfg.augment.strength) for v in cfg.augment.views]
     loss = build_loss(cfg.loss)
-    if getattr(loss, "needs_anomaly_view", False):
+    if loss.needs_anomaly_view:
         assert cfg.augment.anomaly_view, "this loss needs augment.anomaly_view"
         views.append(build_view(cfg.augment.anomaly_view, cfg.augment.strength))
     assert cfg.loss.name in LOSSES and len(views) >= 2

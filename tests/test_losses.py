@@ -10,7 +10,7 @@ from clrdist.losses import LOSSES, anomalyclr, anomalyclr_plus, build_loss, nt_x
 
 # the (z1, z2[, z_anom, labels]) losses; dino and orca need the model's inputs and have their
 # own tests (tests/test_dino.py, tests/test_orca.py)
-CONTRASTIVE = [n for n in LOSSES if not getattr(LOSSES[n], "needs_inputs", False)]
+CONTRASTIVE = [n for n in LOSSES if not LOSSES[n].needs_inputs]
 
 
 def cos(a, b):

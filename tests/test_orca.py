@@ -11,7 +11,7 @@ from _gloo import ddp_vs_one_process, on_ranks
 from clrdist.config import LossConfig, ModelConfig
 from clrdist.eval.openworld import cluster_accuracy, openworld_evaluation
 from clrdist.losses import build_loss
-from clrdist.losses_orca import ORCALoss
+from clrdist.losses.orca import ORCALoss
 from clrdist.models import build_model
 
 KNOWN = [0, 1]

@@ -206,26 +206,29 @@ def training_state(engine: Any, loss_fn: torch.nn.Module) -> dict[str, Any]:
     return state
 
 
-def evaluated_weights(state: dict[str, Any]) -> dict[str, Any]:
-    """The weights evaluation uses: DINO's teacher when the checkpoint has one, else the model."""
-    teacher = {k.removeprefix("teacher."): v for k, v in state.get("loss", {}).items()
-               if k.startswith("teacher.")}
-    return teacher or state["model"]
+def evaluated_model(state: dict[str, Any], cfg: RunConfig) -> torch.nn.Module:
+    """The network evaluation uses, in eval mode: the run's loss picks it from the checkpoint's
+    model and loss state (``Loss.eval_model``: DINO's teacher, else the trained model)."""
+    from clrdist.losses import build_loss
+    from clrdist.models import build_model
+
+    model = build_model(cfg.model)
+    model.load_state_dict(state["model"])
+    loss = build_loss(cfg.loss)
+    loss.attach(model, total_steps=1)
+    if "loss" in state:
+        loss.load_state_dict(state["loss"])
+    return loss.eval_model(model).eval()
 
 
 def load_model(directory: str | Path) -> tuple[torch.nn.Module, RunConfig]:
     """The trained model (eval mode, CPU; DINO: the teacher) and the config it was trained with."""
-    from clrdist.models import build_model
-
     state, meta = load(directory)
     source = Path(directory) / "meta.json"
     cfg = config_from_dict(meta["config"], source=str(source))
     try:
-        model = build_model(cfg.model)
-        model.load_state_dict(evaluated_weights(state))
+        return evaluated_model(state, cfg), cfg
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
         # size mismatch, missing keys: the config does not describe these weights
         raise CheckpointError(f"{Path(directory) / 'state.pt'}: the weights do not fit the "
                               f"model config in {source} ({first_line(e)[:200]})") from None
-    model.eval()
-    return model, cfg

@@ -32,6 +32,14 @@ def lr_lambda(cfg: RunConfig, total_steps: int):
     return f
 
 
+def sync_batchnorm(model: nn.Module, cfg: RunConfig) -> nn.Module:
+    """BatchNorm statistics over the global batch, as the single-process loss sees them, on
+    several GPUs (SyncBatchNorm needs CUDA; on CPU each rank normalises its own rows)."""
+    if cfg.scaling.use_gpu and cfg.scaling.num_workers > 1:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
 class Engine:
     """Model + optimiser + scheduler behind one ``step``; ``module`` is the unwrapped model."""
 
@@ -62,11 +70,7 @@ class DDPEngine(Engine):
     def __init__(self, model: nn.Module, cfg: RunConfig, total_steps: int):
         from ray.train.torch import prepare_model
 
-        if cfg.scaling.use_gpu and cfg.scaling.num_workers > 1:
-            # BatchNorm statistics over the global batch, as the single-process loss sees them
-            # (SyncBatchNorm needs CUDA; on CPU each rank normalises its own rows).
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = prepare_model(model)  # DDP when world_size > 1, moved to the worker's device
+        self.model = prepare_model(sync_batchnorm(model, cfg))  # DDP when world_size > 1, moved to the worker's device
         self.module = getattr(self.model, "module", self.model)
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=cfg.optim.lr,
                                            weight_decay=cfg.optim.weight_decay)
@@ -108,6 +112,7 @@ class DeepSpeedEngine(Engine):
         }
         if cfg.optim.grad_clip:
             ds_config["gradient_clipping"] = cfg.optim.grad_clip
+        model = sync_batchnorm(model, cfg)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr,
                                       weight_decay=cfg.optim.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))

@@ -85,10 +85,9 @@ def flag_collapse(loss_fn, mean_loss: float, n_global: int, uri: str, run_id: st
     """Tag the run ``clrdist.collapse`` (and warn) while an epoch after warm-up ends with the loss
     within 2% of a collapsed projection's, log(2N - 1) for NT-Xent; the tag follows the latest
     epoch, so a run that recovers is untagged. Losses without a known collapse value: no check."""
-    collapse = getattr(loss_fn, "collapse_value", None)
-    if collapse is None or not warm:
+    ref = loss_fn.collapse_value(n_global)
+    if ref is None or not warm:
         return
-    ref = collapse(n_global)
     flagged = is_collapsed(mean_loss, ref)
     if flagged:
         say(f"WARNING: epoch loss {mean_loss:.4f} is within 2% of {ref:.4f}, the loss of a "
@@ -118,8 +117,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # -- model, loss, views (identical initial weights on every rank) ----------------------------
     engine = build_engine(initial_model(cfg.model, cfg.seed), cfg, total_steps)
     loss_fn = build_loss(cfg.loss)
-    if hasattr(loss_fn, "attach"):  # DINO: the teacher starts as a copy of the student
-        loss_fn.attach(engine.module, total_steps)
+    loss_fn.attach(engine.module, total_steps)  # DINO: the teacher starts as a copy of the student
     views = [build_view(v, cfg.augment.strength, cfg.augment.backend)
              for v in [*cfg.augment.views, *cfg.augment.local_views]]  # local: student only (DINO)
     if cfg.augment.anomaly_view:
@@ -179,14 +177,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 zs = z.chunk(len(views))
                 labels = (torch.as_tensor(batch["label"], device=device)
                           if loss_fn.needs_labels else None)
-                extra = ({"inputs": (x, mask), "reps": rep.chunk(len(views))}
-                         if getattr(loss_fn, "needs_inputs", False) else {})  # DINO, ORCA
-                terms = loss_fn(*zs, labels=labels, **extra)
+                needs_inputs = loss_fn.needs_inputs  # DINO, ORCA
+                terms = loss_fn(*zs, labels=labels, inputs=(x, mask) if needs_inputs else None,
+                                reps=rep.chunk(len(views)) if needs_inputs else None)
 
             # -- step: DDP averages gradients, which gives the global-batch gradient -----------
             info = engine.step(terms["loss"])
-            if hasattr(loss_fn, "after_step"):  # DINO: teacher <- EMA of the student
-                loss_fn.after_step(engine.module)
+            loss_fn.after_step(engine.module)  # DINO: teacher <- EMA of the student
             step += 1
             guard.update(terms["loss"], step)
             if step % cfg.tracking.log_every == 0:
@@ -234,7 +231,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                           warm=step - epoch_batches >= cfg.optim.warmup_steps)
             if val is not None and epoch % cfg.eval.every_epochs == 0:
                 # what evaluation will use: DINO's teacher, else the trained model
-                val_metrics = validate(engine, cfg, val, device, getattr(loss_fn, "teacher", None))
+                val_metrics = validate(engine, cfg, val, device, loss_fn.eval_model(engine.module))
                 tracking.log_metrics(uri, run_id, val_metrics, step=epoch)
                 epoch_metrics.update(val_metrics)  # Ray Tune schedulers read rank 0's metrics
                 last_val = val_metrics

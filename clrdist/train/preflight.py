@@ -115,14 +115,15 @@ def check_components(cfg: RunConfig) -> None:
             build_view(view, cfg.augment.strength, cfg.augment.backend)
         except (KeyError, TypeError) as e:
             raise ConfigError(f"augment.local_views.{i}: {e.args[0] if isinstance(e, KeyError) else e}") from None
-    if cfg.augment.local_views and not getattr(loss, "multi_view", False):
+    if cfg.augment.local_views and not loss.multi_view:
         raise ConfigError(f"augment.local_views: loss {cfg.loss.name!r} takes no local views (dino does)")
-    if getattr(loss, "n_known", None) is not None and cfg.model.output_dim <= loss.n_known:
-        raise ConfigError(f"model.output_dim: {cfg.model.output_dim} heads leave no novel class "
-                          f"for the {loss.n_known} loss.known_classes")
+    if cfg.model.output_dim < loss.min_output_dim:  # ORCA: the known classes and a novel one
+        raise ConfigError(f"model.output_dim: {cfg.model.output_dim} is below the "
+                          f"{loss.min_output_dim} outputs loss {cfg.loss.name!r} needs (orca: one "
+                          "head per loss.known_classes and at least one novel class)")
     if len(cfg.augment.views) != 2:
         raise ConfigError(f"augment.views: contrastive losses take 2 views, got {len(cfg.augment.views)}")
-    if getattr(loss, "needs_anomaly_view", False) and not cfg.augment.anomaly_view:
+    if loss.needs_anomaly_view and not cfg.augment.anomaly_view:
         raise ConfigError(f"augment.anomaly_view: loss {cfg.loss.name!r} needs an anomaly view")
     try:
         build_model(cfg.model)

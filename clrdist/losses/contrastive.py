@@ -9,6 +9,9 @@ Each rank's loss is the mean over its 2B anchors; DDP averages parameter gradien
 and the gather's backward sums the column gradients over ranks, so every parameter gradient is
 that of the single-process loss (mean over all 2N anchors) on the concatenated global batch.
 
+Precision: rows are normalised in fp32 and the logits and the loss computed with autocast off,
+so that a bf16 forward still gets fp32 logits at tau = 0.1.
+
 Notation (docs/reference.md): s = cosine similarity, tau = temperature, z_i, z'_i the two views,
 z*_i the anomaly-augmented view.
 """
@@ -16,38 +19,23 @@ z*_i the anomaly-augmented view.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from clrdist.config import LossConfig
 from clrdist.diagnostics import collapse_value
-from clrdist.distributed import all_gather_nograd, all_gather_with_grad, get_rank, get_world_size
-from clrdist.losses_dino import DINOLoss
-from clrdist.losses_orca import ORCALoss
+from clrdist.distributed import gather_rows, unit_fp32
+from clrdist.losses.base import Loss, fp32_math
 
 __all__ = ["nt_xent", "anomalyclr", "anomalyclr_plus", "supcon", "NTXentLoss", "AnomalyCLRLoss",
-           "AnomalyCLRPlusLoss", "SupConLoss", "LOSSES", "build_loss"]
+           "AnomalyCLRPlusLoss", "SupConLoss"]
 
 
 # ---- gather, logits and targets ---------------------------------------------------------------
 
-def _unit(z: torch.Tensor) -> torch.Tensor:
-    """L2-normalised in float32 at least (bf16 / fp16 projections from autocast or DeepSpeed
-    would otherwise make exp(s / tau) with tau = 0.1 visibly coarse)."""
-    if z.dtype in (torch.float16, torch.bfloat16):
-        z = z.float()
-    return F.normalize(z, dim=-1)
-
-
 def _columns(z1: torch.Tensor, z2: torch.Tensor, gather: bool):
     """Normalised local anchors (2B, D), global columns (2N, D), this rank's row offset, N."""
-    z1, z2 = _unit(z1), _unit(z2)
+    z1, z2 = unit_fp32(z1), unit_fp32(z2)
     anchors = torch.cat([z1, z2], 0)
-    if gather and get_world_size() > 1:
-        g1, g2 = all_gather_with_grad(z1), all_gather_with_grad(z2)
-        offset = get_rank() * z1.shape[0]
-    else:
-        g1, g2, offset = z1, z2, 0
+    g1, offset = gather_rows(z1, gather=gather)
+    g2, _ = gather_rows(z2, gather=gather)
     return anchors, torch.cat([g1, g2], 0), offset, g1.shape[0]
 
 
@@ -71,6 +59,15 @@ def _mask_cols(logits: torch.Tensor, *idx: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _contrast(z1, z2, temperature, keep_positive, gather):
+    """(-log softmax of the positive per anchor (2B,), the anchors): the NT-Xent core."""
+    logits, self_idx, pos_idx, anchors, *_ = _logits(z1, z2, temperature, gather)
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    pos = logits[rows, pos_idx]
+    masked = _mask_cols(logits, self_idx) if keep_positive else _mask_cols(logits, self_idx, pos_idx)
+    return torch.logsumexp(masked, 1) - pos, anchors
+
+
 # ---- the equations ----------------------------------------------------------------------------
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, *, temperature: float, keep_positive: bool = True,
@@ -81,16 +78,13 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, *, temperature: float, keep_posi
     keep_positive=False: decoupled form, the positive is dropped from the denominator too:
       L_i = -log( exp(s(z_i, z'_i)/tau) / sum_{j != i} [exp(s(z_i, z_j)/tau) + exp(s(z_i, z'_j)/tau)] )
     """
-    logits, self_idx, pos_idx, *_ = _logits(z1, z2, temperature, gather)
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    pos = logits[rows, pos_idx]
-    masked = _mask_cols(logits, self_idx) if keep_positive else _mask_cols(logits, self_idx, pos_idx)
-    return (torch.logsumexp(masked, 1) - pos).mean()
+    with fp32_math(z1.device):
+        return _contrast(z1, z2, temperature, keep_positive, gather)[0].mean()
 
 
 def _anomaly_sim(anchors: torch.Tensor, z_anom: torch.Tensor) -> torch.Tensor:
     """s(anchor, z*_i) / 1 for the 2B local anchors (both views of sample i share z*_i)."""
-    za = _unit(z_anom)
+    za = unit_fp32(z_anom)
     return (anchors * torch.cat([za, za], 0)).sum(-1)
 
 
@@ -100,25 +94,22 @@ def anomalyclr(z1: torch.Tensor, z2: torch.Tensor, z_anom: torch.Tensor, *, temp
                               / sum_{j != i} [exp(s(z_i, z_j)/tau) + exp(s(z_i, z'_j)/tau)] ),
     averaged over both views as anchors: decoupled NT-Xent + s(z_i, z*_i)/tau. The published
     form is keep_positive=False; True adds exp(s(z_i, z'_i)/tau) to the denominator."""
-    logits, self_idx, pos_idx, anchors, *_ = _logits(z1, z2, temperature, gather)
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    pos = logits[rows, pos_idx]
-    masked = _mask_cols(logits, self_idx) if keep_positive else _mask_cols(logits, self_idx, pos_idx)
-    neg = torch.logsumexp(masked, 1)
-    anom = _anomaly_sim(anchors, z_anom) / temperature
-    contrastive = (neg - pos).mean()
-    repel = anom.mean()
-    return {"loss": contrastive + repel, "contrastive": contrastive, "anomaly": repel}
+    with fp32_math(z1.device):
+        per_anchor, anchors = _contrast(z1, z2, temperature, keep_positive, gather)
+        contrastive = per_anchor.mean()
+        repel = (_anomaly_sim(anchors, z_anom) / temperature).mean()
+        return {"loss": contrastive + repel, "contrastive": contrastive, "anomaly": repel}
 
 
 def anomalyclr_plus(z1: torch.Tensor, z2: torch.Tensor, z_anom: torch.Tensor, *,
                     temperature: float) -> dict[str, torch.Tensor]:
     """AnomalyCLR+: L+_i = (s(z_i, z*_i) - s(z_i, z'_i)) / tau, no negatives (no gather)."""
-    a1, a2 = _unit(z1), _unit(z2)
-    anchors = torch.cat([a1, a2], 0)
-    align = -(anchors * torch.cat([a2, a1], 0)).sum(-1).mean() / temperature
-    repel = _anomaly_sim(anchors, z_anom).mean() / temperature
-    return {"loss": align + repel, "align": align, "anomaly": repel}
+    with fp32_math(z1.device):
+        a1, a2 = unit_fp32(z1), unit_fp32(z2)
+        anchors = torch.cat([a1, a2], 0)
+        align = -(anchors * torch.cat([a2, a1], 0)).sum(-1).mean() / temperature
+        repel = _anomaly_sim(anchors, z_anom).mean() / temperature
+        return {"loss": align + repel, "align": align, "anomaly": repel}
 
 
 def supcon(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, *, temperature: float,
@@ -128,25 +119,23 @@ def supcon(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, *, temperat
     P(a) = all other views with the anchor's label; labels < 0 (unknown) match only the other
     view of the same sample (then SupCon = NT-Xent with the positive kept). labels: (B,) int.
     """
-    logits, self_idx, pos_idx, _, offset, n = _logits(z1, z2, temperature, gather)
-    lab = all_gather_nograd(labels.to(torch.long)) if gather else labels.to(torch.long)
-    col_lab = torch.cat([lab, lab], 0)  # (2N,)
-    B = z1.shape[0]
-    row_lab = torch.cat([labels, labels], 0).to(torch.long)
-    rows = torch.arange(2 * B, device=logits.device)
-    positive = (row_lab[:, None] == col_lab[None, :]) & (row_lab[:, None] >= 0)
-    positive[rows, pos_idx] = True
-    positive[rows, self_idx] = False
-    log_prob = logits - torch.logsumexp(_mask_cols(logits, self_idx), 1, keepdim=True)
-    log_prob = torch.where(positive, log_prob, torch.zeros_like(log_prob))
-    return (-log_prob.sum(1) / positive.sum(1)).mean()
+    with fp32_math(z1.device):
+        logits, self_idx, pos_idx, *_ = _logits(z1, z2, temperature, gather)
+        row_lab = labels.to(torch.long)
+        col_lab, _ = gather_rows(row_lab, gather=gather, grad=False)
+        col_lab, row_lab = torch.cat([col_lab, col_lab], 0), torch.cat([row_lab, row_lab], 0)
+        rows = torch.arange(row_lab.shape[0], device=logits.device)
+        positive = (row_lab[:, None] == col_lab[None, :]) & (row_lab[:, None] >= 0)
+        positive[rows, pos_idx] = True
+        positive[rows, self_idx] = False
+        log_prob = logits - torch.logsumexp(_mask_cols(logits, self_idx), 1, keepdim=True)
+        log_prob = torch.where(positive, log_prob, torch.zeros_like(log_prob))
+        return (-log_prob.sum(1) / positive.sum(1)).mean()
 
 
 # ---- modules built from the config ------------------------------------------------------------
 
-class _Loss(nn.Module):
-    needs_anomaly_view = False  # the loop must pass z_anom (third view)
-    needs_labels = False  # the loop must pass labels
+class _Contrastive(Loss):
     published_keep_positive = True  # the denominator of the loss's paper (keep_positive=None)
 
     def __init__(self, temperature: float = 0.1, keep_positive: bool | None = None,
@@ -156,72 +145,57 @@ class _Loss(nn.Module):
             keep_positive = self.published_keep_positive
         self.temperature, self.keep_positive, self.gather = temperature, keep_positive, gather
 
+    @classmethod
+    def from_config(cls, cfg) -> _Contrastive:
+        return cls(temperature=cfg.temperature, keep_positive=cfg.keep_positive, gather=cfg.gather)
+
     def _need_anom(self, z_anom):
         if z_anom is None:
             raise ValueError(f"{type(self).__name__} needs the anomaly view (augment.anomaly_view)")
         return z_anom
 
 
-class NTXentLoss(_Loss):
-    """forward(z1, z2, z_anom=None, labels=None) -> {"loss"}; by default the SimCLR / public
-    JetCLR denominator that keeps the positive."""
+class NTXentLoss(_Contrastive):
+    """forward(z1, z2) -> {"loss"}; by default the SimCLR / public JetCLR denominator that keeps
+    the positive."""
 
-    def forward(self, z1, z2, z_anom=None, labels=None) -> dict[str, torch.Tensor]:
+    def forward(self, z1, z2, z_anom=None, *, labels=None, inputs=None, reps=None
+                ) -> dict[str, torch.Tensor]:
         return {"loss": nt_xent(z1, z2, temperature=self.temperature,
                                 keep_positive=self.keep_positive, gather=self.gather)}
 
-    def collapse_value(self, n: int) -> float:
-        """The loss of a fully collapsed projection (all similarities equal), global batch n."""
-        return collapse_value(n, self.keep_positive)
+    def collapse_value(self, n_global: int) -> float:
+        """The loss of a fully collapsed projection (all similarities equal), global batch N."""
+        return collapse_value(n_global, self.keep_positive)
 
 
-class AnomalyCLRLoss(_Loss):
+class AnomalyCLRLoss(_Contrastive):
     """forward(z1, z2, z_anom) -> {"loss", "contrastive", "anomaly"}; by default the published
     (decoupled) denominator without the positive; keep_positive: true adds it."""
     needs_anomaly_view = True
     published_keep_positive = False  # AnomalyCLR (arXiv:2301.04660) eq. 3: positive dropped
 
-    def forward(self, z1, z2, z_anom=None, labels=None) -> dict[str, torch.Tensor]:
+    def forward(self, z1, z2, z_anom=None, *, labels=None, inputs=None, reps=None
+                ) -> dict[str, torch.Tensor]:
         return anomalyclr(z1, z2, self._need_anom(z_anom), temperature=self.temperature,
                           keep_positive=self.keep_positive, gather=self.gather)
 
 
-class AnomalyCLRPlusLoss(_Loss):
+class AnomalyCLRPlusLoss(_Contrastive):
     """forward(z1, z2, z_anom) -> {"loss", "align", "anomaly"} (no negatives)."""
     needs_anomaly_view = True
 
-    def forward(self, z1, z2, z_anom=None, labels=None) -> dict[str, torch.Tensor]:
+    def forward(self, z1, z2, z_anom=None, *, labels=None, inputs=None, reps=None
+                ) -> dict[str, torch.Tensor]:
         return anomalyclr_plus(z1, z2, self._need_anom(z_anom), temperature=self.temperature)
 
 
-class SupConLoss(_Loss):
+class SupConLoss(_Contrastive):
     """forward(z1, z2, labels=labels) -> {"loss"}."""
     needs_labels = True
 
-    def forward(self, z1, z2, z_anom=None, labels=None) -> dict[str, torch.Tensor]:
+    def forward(self, z1, z2, z_anom=None, *, labels=None, inputs=None, reps=None
+                ) -> dict[str, torch.Tensor]:
         if labels is None:
             raise ValueError("SupConLoss needs labels (the batch's 'label')")
         return {"loss": supcon(z1, z2, labels, temperature=self.temperature, gather=self.gather)}
-
-
-LOSSES: dict[str, type[nn.Module]] = {
-    "nt_xent": NTXentLoss,
-    "anomalyclr": AnomalyCLRLoss,
-    "anomalyclr_plus": AnomalyCLRPlusLoss,
-    "supcon": SupConLoss,
-    "dino": DINOLoss,  # clrdist/losses_dino.py: teacher, centre (stateful)
-    "orca": ORCALoss,  # clrdist/losses_orca.py: classifier head, adaptive margin
-}
-
-
-def build_loss(cfg: LossConfig) -> nn.Module:
-    """LossConfig -> loss module; unknown name -> KeyError listing the known ones.
-    ``keep_positive: null`` (the config default) leaves the denominator to the loss's published
-    form (``published_keep_positive``), never to one global default."""
-    try:
-        cls = LOSSES[cfg.name]
-    except KeyError:
-        raise KeyError(f"unknown loss {cfg.name!r}; known: {', '.join(sorted(LOSSES))}") from None
-    if hasattr(cls, "from_config"):  # losses with their own config fields (DINO, ORCA)
-        return cls.from_config(cfg)
-    return cls(temperature=cfg.temperature, keep_positive=cfg.keep_positive, gather=cfg.gather)

@@ -27,18 +27,13 @@ import copy
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from clrdist.distributed import get_world_size
+from clrdist.distributed import all_reduce_sum, at_least_float32, get_world_size
+from clrdist.losses.base import Loss, fp32_math
 
-__all__ = ["dino_cross_entropy", "global_mean", "teacher_momentum", "at_least_float32", "DINOLoss"]
-
-
-def at_least_float32(t: torch.Tensor) -> torch.Tensor:
-    """float32 at least (bf16 autocast outputs), float64 kept."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+__all__ = ["dino_cross_entropy", "global_mean", "teacher_momentum", "DINOLoss"]
 
 
 def dino_cross_entropy(student: list[torch.Tensor], teacher: list[torch.Tensor],
@@ -61,12 +56,8 @@ def dino_cross_entropy(student: list[torch.Tensor], teacher: list[torch.Tensor],
 @torch.no_grad()
 def global_mean(t: torch.Tensor, gather: bool = True) -> torch.Tensor:
     """Mean over the rows of every rank: t (n, K) with n equal on every rank -> (K,)."""
-    s = at_least_float32(t).sum(0)
-    n = torch.tensor(float(t.shape[0]), dtype=s.dtype, device=t.device)
-    if gather and get_world_size() > 1:
-        dist.all_reduce(s)
-        dist.all_reduce(n)
-    return s / n
+    s = all_reduce_sum(at_least_float32(t).sum(0), gather=gather)
+    return s / (t.shape[0] * (get_world_size() if gather else 1))
 
 
 def teacher_momentum(step: int, total_steps: int, base: float) -> float:
@@ -74,15 +65,14 @@ def teacher_momentum(step: int, total_steps: int, base: float) -> float:
     return 1.0 - (1.0 - base) * (math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)) + 1) / 2
 
 
-class DINOLoss(nn.Module):
+class DINOLoss(Loss):
     """forward(*views (B, K) each, inputs=(x, mask)) -> {"loss", "teacher_entropy"}.
 
     ``attach(student, total_steps)`` once before training (builds the teacher as a copy of the
-    student); ``after_step(student)`` after every optimiser step (the EMA). State: the teacher,
-    the centre and the step count (all in ``state_dict``, saved in checkpoints)."""
+    student); ``after_step(student)`` after every optimiser step (the EMA); ``eval_model``: the
+    teacher. State: the teacher, the centre and the step count (all in ``state_dict``, saved in
+    checkpoints)."""
 
-    needs_labels = False
-    needs_anomaly_view = False
     needs_inputs = True  # the loop passes inputs=(x, mask) of every view: the teacher's input
     multi_view = True  # accepts augment.local_views (student-only views)
     n_global = 2
@@ -97,7 +87,7 @@ class DINOLoss(nn.Module):
         self.teacher: nn.Module | None = None
         self.total_steps = 1
         self.register_buffer("centre", torch.zeros(0))
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.count_steps()
 
     @classmethod
     def from_config(cls, cfg) -> DINOLoss:
@@ -105,12 +95,21 @@ class DINOLoss(nn.Module):
                    centre_momentum=cfg.centre_momentum, teacher_momentum=cfg.teacher_momentum,
                    gather=cfg.gather)
 
-    def attach(self, student: nn.Module, total_steps: int) -> None:
-        self.teacher = copy.deepcopy(student).eval()
+    def attach(self, model: nn.Module, total_steps: int) -> None:
+        self.teacher = copy.deepcopy(model).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.total_steps = total_steps
-        self.to(next(student.parameters()).device)
+        super().attach(model, total_steps)
+
+    def eval_model(self, model: nn.Module) -> nn.Module:
+        return model if self.teacher is None else self.teacher
+
+    def train(self, mode: bool = True) -> DINOLoss:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher never trains (no dropout, frozen statistics)
+        return self
 
     def load_state_dict(self, state, strict: bool = True, assign: bool = False):
         self.centre = torch.zeros_like(state["centre"], device=self.centre.device)
@@ -124,26 +123,32 @@ class DINOLoss(nn.Module):
         B = views[0].shape[0]
         with torch.no_grad():
             _, t = self.teacher(x[:self.n_global * B], mask[:self.n_global * B])
+        with fp32_math(t.device):
             t = at_least_float32(t)
-        if self.centre.numel() == 0:
-            self.centre = torch.zeros(t.shape[1], dtype=t.dtype, device=t.device)
-        loss = dino_cross_entropy(list(views), list(t.chunk(self.n_global)), self.centre,
-                                  student_temperature=self.temperature,
-                                  teacher_temperature=self.teacher_temperature)
-        with torch.no_grad():
-            p = F.softmax((t - self.centre) / self.teacher_temperature, -1)
-            entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
-            self.centre.mul_(self.centre_momentum).add_(
-                (1 - self.centre_momentum) * global_mean(t, self.gather))
+            if self.centre.numel() == 0:  # the number of prototypes, from the first batch
+                self.centre = torch.zeros(t.shape[1], dtype=t.dtype, device=t.device)
+            loss = dino_cross_entropy(list(views), list(t.chunk(self.n_global)), self.centre,
+                                      student_temperature=self.temperature,
+                                      teacher_temperature=self.teacher_temperature)
+            with torch.no_grad():
+                p = F.softmax((t - self.centre) / self.teacher_temperature, -1)
+                entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
+                self.centre.mul_(self.centre_momentum).add_(
+                    global_mean(t, self.gather), alpha=1 - self.centre_momentum)
         return {"loss": loss, "teacher_entropy": entropy}
 
     @torch.no_grad()
-    def after_step(self, student: nn.Module) -> None:
-        """EMA of the student's parameters into the teacher; buffers (BatchNorm statistics)
-        copied."""
-        m = teacher_momentum(int(self.step), self.total_steps, self.base_momentum)
-        for pt, ps in zip(self.teacher.parameters(), student.parameters(), strict=True):
-            pt.mul_(m).add_(ps.detach().to(pt.dtype), alpha=1 - m)
-        for bt, bs in zip(self.teacher.buffers(), student.buffers(), strict=True):
-            bt.copy_(bs)
-        self.step += 1
+    def after_step(self, model: nn.Module) -> None:
+        """EMA of the student's parameters into the teacher (one fused update over all tensors,
+        the momentum from the Python step count: nothing is read back from the device);
+        buffers (BatchNorm statistics) copied."""
+        m = teacher_momentum(self.step_count, self.total_steps, self.base_momentum)
+        teacher = list(self.teacher.parameters())
+        student = [ps if ps.dtype == pt.dtype else ps.to(pt.dtype)  # (under no_grad: no detach)
+                   for pt, ps in zip(teacher, model.parameters(), strict=True)]
+        torch._foreach_mul_(teacher, m)
+        torch._foreach_add_(teacher, student, alpha=1 - m)
+        t_buf, s_buf = list(self.teacher.buffers()), list(model.buffers())
+        if t_buf:
+            torch._foreach_copy_(t_buf, s_buf)
+        self.tick()

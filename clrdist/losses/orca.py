@@ -28,10 +28,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from clrdist.distributed import all_gather_nograd, all_gather_with_grad, get_rank, get_world_size
-from clrdist.losses_dino import at_least_float32
+from clrdist.distributed import at_least_float32, gather_rows, unit_fp32
+from clrdist.losses.base import Loss, device_generator, fp32_math
 
 __all__ = ["orca_partners", "orca_terms", "ORCALoss"]
 
@@ -52,34 +51,34 @@ def orca_partners(feats: torch.Tensor, head_label: torch.Tensor, labelled: torch
 
 
 def orca_terms(l1: torch.Tensor, l2_g: torch.Tensor, l1_g: torch.Tensor, partner: torch.Tensor,
-               head_label: torch.Tensor, labelled: torch.Tensor, n_labelled: int, world: int,
-               margin: float, scale: float, temperature: float = 1.0) -> dict[str, torch.Tensor]:
+               head_label: torch.Tensor, labelled: torch.Tensor, n_labelled: torch.Tensor,
+               world: int, margin: torch.Tensor, scale: float, temperature: float = 1.0
+               ) -> dict[str, torch.Tensor]:
     """The three terms for the local rows. l1 (B, C) local logits of view 1; l2_g, l1_g (N, C)
     gathered logits; partner (B,) indices into the global batch; head_label, labelled (B,) local;
-    n_labelled: labelled rows in the global batch; p = softmax(cos / temperature), cos = l / scale."""
+    n_labelled: labelled rows in the global batch (a 0-d tensor); margin: a 0-d tensor;
+    p = softmax(cos / temperature), cos = l / scale. Fixed shapes throughout: the cross-entropy
+    is computed for every row and weighted by ``labelled`` (no selection of the labelled rows)."""
     p1 = F.softmax(l1 / (scale * temperature), -1)
     p2 = F.softmax(l2_g / (scale * temperature), -1)
     pair = -torch.log((p1 * p2[partner]).sum(-1).clamp_min(1e-7)).mean()
-    rows = labelled.nonzero().squeeze(1)
-    if rows.numel():
-        y = head_label[rows]
-        boosted = l1[rows] + scale * margin * F.one_hot(y, l1.shape[1]).to(l1.dtype)
-        ce = F.cross_entropy(boosted, y, reduction="sum") * world / max(n_labelled, 1)
-    else:
-        ce = l1.sum() * 0.0
+    y = head_label.clamp_min(0)
+    is_y = torch.arange(l1.shape[1], device=l1.device)[None, :] == y[:, None]
+    boosted = l1 + (scale * margin).to(l1.dtype) * is_y.to(l1.dtype)
+    ce_rows = F.cross_entropy(boosted, y, reduction="none")
+    ce = torch.where(labelled, ce_rows, torch.zeros_like(ce_rows)).sum() * world \
+        / n_labelled.clamp_min(1).to(l1.dtype)
     pbar = F.softmax(l1_g / (scale * temperature), -1).mean(0)
     entropy = -(pbar * pbar.clamp_min(1e-8).log()).sum()
     return {"loss": ce + pair - entropy, "ce": ce, "pair": pair, "entropy": entropy}
 
 
-class ORCALoss(nn.Module):
+class ORCALoss(Loss):
     """forward(z1, z2, labels=..., reps=(rep1, rep2, ...)) -> {"loss", "ce", "pair", "entropy",
     "margin"}; z = classifier logits (B, C)."""
 
     needs_labels = True
-    needs_anomaly_view = False
     needs_inputs = True  # the loop passes reps= (nearest neighbours in representation space)
-    multi_view = False
 
     def __init__(self, known_classes=(0,), labelled_fraction: float = 0.5, scale: float = 10.0,
                  temperature: float = 1.0, uncertainty_momentum: float = 0.9, gather: bool = True,
@@ -88,10 +87,11 @@ class ORCALoss(nn.Module):
         self.temperature = temperature
         self.known = [int(k) for k in known_classes]
         self.n_known = len(self.known)
+        self.min_output_dim = self.n_known + 1  # the known heads and at least one novel one
         self.labelled_fraction, self.scale = labelled_fraction, scale
         self.momentum, self.gather, self.seed = uncertainty_momentum, gather, seed
         self.register_buffer("uncertainty", torch.tensor(float("nan"), dtype=torch.float64))
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.count_steps()
 
     @classmethod
     def from_config(cls, cfg) -> ORCALoss:
@@ -102,39 +102,39 @@ class ORCALoss(nn.Module):
         """Store labels -> index of the known class (its head), -1 for every other label."""
         out = torch.full_like(labels, -1, dtype=torch.long)
         for i, k in enumerate(self.known):
-            out[labels == k] = i
+            out = torch.where(labels == k, i, out)
         return out
 
     def forward(self, z1, z2, *more, labels=None, inputs=None, reps=None) -> dict[str, torch.Tensor]:
         if labels is None or reps is None:
             raise ValueError("ORCALoss needs labels and reps (the representations of view 1)")
-        l1, l2 = at_least_float32(z1), at_least_float32(z2)
-        feats = F.normalize(at_least_float32(reps[0].detach()), dim=-1)
-        hl = self.head_labels(labels.to(l1.device).long())
-        world = get_world_size() if self.gather else 1
-        if world > 1:
-            l1_g, l2_g = all_gather_with_grad(l1), all_gather_with_grad(l2)
-            feats_g, hl_g = all_gather_nograd(feats), all_gather_nograd(hl)
-        else:
-            l1_g, l2_g, feats_g, hl_g = l1, l2, feats, hl
-        B, N = l1.shape[0], l1_g.shape[0]
-        off = get_rank() * B if world > 1 else 0
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.step))
-        draw = torch.rand(N, generator=gen).to(l1.device) < self.labelled_fraction
-        rand = torch.rand(N, N, generator=gen).to(l1.device)
-        labelled_g = (hl_g >= 0) & draw
-        partner = orca_partners(feats_g, hl_g, labelled_g, rand)[off:off + B]
-        with torch.no_grad():  # uncertainty of the unlabelled rows -> the margin
-            conf = F.softmax(l1_g / (self.scale * self.temperature), -1).max(1).values
-            unl = ~labelled_g
-            if unl.any():
-                u = 1.0 - conf[unl].double().mean()
+        device = z1.device
+        with fp32_math(device):
+            l1, l2 = at_least_float32(z1), at_least_float32(z2)
+            feats = unit_fp32(reps[0].detach())
+            hl = self.head_labels(labels.to(device).long())
+            l1_g, off = gather_rows(l1, gather=self.gather)
+            l2_g, _ = gather_rows(l2, gather=self.gather)
+            feats_g, _ = gather_rows(feats, gather=self.gather, grad=False)
+            hl_g, _ = gather_rows(hl, gather=self.gather, grad=False)
+            B, N = l1.shape[0], l1_g.shape[0]
+            # the draws: on the device, from the (seed, step) stream, the same on every rank
+            gen = device_generator(device, self.seed * 1_000_003 + self.step_count)
+            draw = torch.rand(N, generator=gen, device=device) < self.labelled_fraction
+            rand = torch.rand(N, N, generator=gen, device=device)
+            labelled_g = (hl_g >= 0) & draw
+            partner = orca_partners(feats_g, hl_g, labelled_g, rand)[off:off + B]
+            with torch.no_grad():  # uncertainty of the unlabelled rows -> the margin
+                conf = F.softmax(l1_g / (self.scale * self.temperature), -1).max(1).values
+                unl = (~labelled_g).double()
+                n_unl = unl.sum()
+                u = 1.0 - (conf.double() * unl).sum() / n_unl.clamp_min(1)
                 prev = self.uncertainty
-                self.uncertainty.copy_(torch.where(torch.isnan(prev), u,
-                                                   self.momentum * prev + (1 - self.momentum) * u))
-            margin = float(self.uncertainty.clamp(max=0.5).nan_to_num(0.5))
-            self.step += 1
-        terms = orca_terms(l1, l2_g, l1_g, partner, hl, labelled_g[off:off + B],
-                           int(labelled_g.sum()), world, margin, self.scale, self.temperature)
-        terms["margin"] = torch.tensor(margin)
+                ema = torch.where(torch.isnan(prev), u, self.momentum * prev + (1 - self.momentum) * u)
+                self.uncertainty.copy_(torch.where(n_unl > 0, ema, prev))
+                margin = self.uncertainty.clamp(max=0.5).nan_to_num(0.5)
+            self.tick()
+            terms = orca_terms(l1, l2_g, l1_g, partner, hl, labelled_g[off:off + B],
+                               labelled_g.sum(), N // B, margin, self.scale, self.temperature)
+        terms["margin"] = margin
         return terms
