@@ -10,6 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from clrdist.config import LossConfig
 from clrdist.losses import LOSSES, build_loss
+from clrdist.syncs import count_syncs
 
 META = torch.device("meta")
 B, D, K = 6, 8, 5
@@ -141,6 +142,26 @@ def test_logits_and_loss_are_fp32_under_bf16_autocast(name):
         want = loss(*z.float().chunk(3), labels=torch.tensor([0, 1, 2, 0, 1, 3]),
                     inputs=(x, mask), reps=rep.float().chunk(3))
     assert float(got["loss"].detach()) == pytest.approx(float(want["loss"].detach()), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_a_loss_forward_and_backward_perform_no_host_sync(name):
+    """With real values on the CPU, h1's counter (clrdist.syncs) sees no host read and no
+    data-dependent shape in forward + backward + after_step, at gather=False and as configured."""
+    torch.manual_seed(0)
+    model = Tiny()
+    loss = build_loss(CONFIGS[name])
+    loss.attach(model, total_steps=10)
+    x, mask = torch.rand(3 * B, 4, 3) + 0.1, torch.ones(3 * B, 4, dtype=torch.bool)
+    labels = torch.tensor([0, 1, 2, 0, 1, 3])
+    rep, z = model(x, mask)
+    with count_syncs() as c:
+        terms = loss(*z.chunk(3), labels=labels if loss.needs_labels else None,
+                     inputs=(x, mask) if loss.needs_inputs else None,
+                     reps=rep.chunk(3) if loss.needs_inputs else None)
+        terms["loss"].backward()
+        loss.after_step(model)
+    assert c.count == 0, c.ops
 
 
 def test_the_teacher_ema_is_one_fused_update_whatever_the_number_of_tensors():
