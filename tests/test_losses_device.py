@@ -62,6 +62,13 @@ CONFIGS = {
 }
 
 
+def call(loss, rep, z, x, mask, labels):
+    """The loss on 3 views, given what it declares it needs (as the training step does)."""
+    return loss(*z.chunk(3), labels=labels if loss.needs_labels else None,
+                inputs=(x, mask) if loss.needs_inputs else None,
+                reps=rep.chunk(3) if loss.needs_inputs else None)
+
+
 def one_step(name, device, dtype=torch.float32, autocast=False, seed=0):
     """Model, loss, forward over 3 views, backward, after_step, as the training step does."""
     torch.manual_seed(seed)
@@ -75,9 +82,7 @@ def one_step(name, device, dtype=torch.float32, autocast=False, seed=0):
     labels = torch.tensor([0, 1, 2, 0, 1, 3]).to(device)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         rep, z = model(x, mask)
-        terms = loss(*z.chunk(3), labels=labels if loss.needs_labels else None,
-                     inputs=(x, mask) if loss.needs_inputs else None,
-                     reps=rep.chunk(3) if loss.needs_inputs else None)
+        terms = call(loss, rep, z, x, mask, labels)
     terms["loss"].backward()
     loss.after_step(model)
     return terms, model, loss
@@ -112,9 +117,7 @@ def test_the_forward_makes_no_cpu_tensor_and_reads_nothing_back(name):
     labels = torch.empty(B, dtype=torch.long, device=META)
     rep, z = model(x, mask)
     with DeviceChecker() as check:
-        terms = loss(*z.chunk(3), labels=labels if loss.needs_labels else None,
-                     inputs=(x, mask) if loss.needs_inputs else None,
-                     reps=rep.chunk(3) if loss.needs_inputs else None)
+        terms = call(loss, rep, z, x, mask, labels)
         terms["loss"].backward()
         loss.after_step(model)
     assert check.cpu_ops == [] and check.sync_ops == [], (check.cpu_ops, check.sync_ops)
@@ -156,9 +159,7 @@ def test_a_loss_forward_and_backward_perform_no_host_sync(name):
     labels = torch.tensor([0, 1, 2, 0, 1, 3])
     rep, z = model(x, mask)
     with count_syncs() as c:
-        terms = loss(*z.chunk(3), labels=labels if loss.needs_labels else None,
-                     inputs=(x, mask) if loss.needs_inputs else None,
-                     reps=rep.chunk(3) if loss.needs_inputs else None)
+        terms = call(loss, rep, z, x, mask, labels)
         terms["loss"].backward()
         loss.after_step(model)
     assert c.count == 0, c.ops
