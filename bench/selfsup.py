@@ -1,0 +1,192 @@
+"""Do ORCA and DINO learn? Each against its untrained encoder on Pythia jets, on its own metrics.
+
+Pythia 8 jets (pT 550-650 GeV, anti-kT R = 0.8) of QCD (label 0), top (1) and W (2) are
+generated in this process (``generate_shard``, no Ray) from ``--seed`` (a seed no tuning run
+uses), split in halves: training and test. DINO's linear classifier test (LCT, top vs QCD) is
+fitted on the training half's labels (DINO never saw them) and scored on the test half. Both losses train the demo's
+encoder (transformer 64 wide, 2 layers, log-pT inputs, soft smearing + collinear splitting) in
+one process:
+
+- ORCA: QCD is the known class (half its rows labelled per step), top and W are unlabelled; 3
+  cosine heads (1 known + 2 novel). Metrics on the test half: known accuracy (QCD on its head),
+  novel clustering accuracy (top and W, Hungarian), and the novel-head probability's AUC
+  (top + W vs QCD). A model that calls everything known has known accuracy 1 and novel
+  clustering accuracy 0.5: only both together say ORCA learnt.
+- DINO: all three processes unlabelled; the evaluated network is the teacher. Metric: LCT AUC
+  (top vs QCD) on its representation.
+
+References in the same run on the same jets: the same architecture untrained at ``--init-seeds``
+init seeds (their mean, std and max), and for DINO the raw inputs' LCT.
+
+    python -m bench.selfsup --jets 1500 --steps 300 --out docs/results/selfsup.json
+
+tests/test_orca.py and tests/test_dino.py run the same functions at a smaller size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.results import write_results  # noqa: E402
+from clrdist.config import load_config  # noqa: E402
+from clrdist.eval.openworld import openworld_evaluation  # noqa: E402
+from clrdist.eval.runner import evaluate_during_training  # noqa: E402
+from clrdist.losses import build_loss  # noqa: E402
+from clrdist.models import initial_model  # noqa: E402
+from clrdist.models.encode import make_encoder, model_inputs  # noqa: E402
+from clrdist.physics.augment import build_view  # noqa: E402
+from clrdist.train.inputs import view_inputs  # noqa: E402
+
+DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+PROCESSES = ("qcd", "top", "w")  # labels 0, 1, 2
+COMMON = ["augment.slots=null", "optim.lr=0.001", "optim.warmup_steps=20", "model.dropout=0.0"]
+ORCA = COMMON + ["loss.name=orca", "loss.known_classes=[0]", "loss.gather=false",
+                 "model.head=cosine", "model.head_dims=[64]", "model.output_dim=3"]
+DINO = COMMON + ["loss.name=dino", "loss.gather=false", "loss.teacher_momentum=0.99",
+                 "model.head=dino", "model.head_dims=[64]", "model.output_dim=64"]
+
+
+@functools.lru_cache(maxsize=2)
+def pythia_jets(n_per_process: int, seed: int) -> dict[str, np.ndarray]:
+    """``n_per_process`` jets of each of QCD, top, W from Pythia, in this process, shuffled:
+    {"particles": (n, 50, 3) pT GeV / eta / phi, "mask": (n, 50), "label": (n,)}. Cached: do not
+    modify the arrays."""
+    from clrdist.data.generation.events import generate_shard
+    from clrdist.data.generation.plan import GenerationConfig, make_plan
+
+    parts, labels = [], []
+    for label, proc in enumerate(PROCESSES):
+        plan = make_plan(GenerationConfig(processes=[proc], n_jets=n_per_process, seed=seed,
+                                          shard_size=n_per_process))
+        parts.append(generate_shard(plan.shards[0]))
+        labels.append(np.full(n_per_process, label, np.int64))
+    order = np.random.default_rng(seed).permutation(3 * n_per_process)
+    return {"particles": np.concatenate([p["particles"] for p in parts])[order],
+            "mask": np.concatenate([p["mask"] for p in parts])[order],
+            "label": np.concatenate(labels)[order]}
+
+
+def halves(jets: dict) -> tuple[dict, dict]:
+    n = len(jets["label"]) // 2
+    return ({k: v[:n] for k, v in jets.items()}, {k: v[n:] for k, v in jets.items()})
+
+
+def config(which: str):
+    return load_config(DEMO, {"orca": ORCA, "dino": DINO}[which])
+
+
+def train(cfg, jets: dict, steps: int, seed: int = 0) -> torch.nn.Module:
+    """``steps`` optimiser steps of ``cfg.loss`` on ``jets`` (batch ``data.batch_size``, the
+    demo's views); returns the evaluated network (DINO: the teacher), in eval mode."""
+    torch.manual_seed(seed)
+    model = initial_model(cfg.model, seed)
+    loss_fn = build_loss(cfg.loss)
+    if hasattr(loss_fn, "attach"):
+        loss_fn.attach(model, steps)
+    views = [build_view(v, cfg.augment.strength, cfg.augment.backend) for v in cfg.augment.views]
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    B, V = cfg.data.batch_size, len(views)
+    model.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = cfg.optim.lr * min(1.0, (step + 1) / max(1, cfg.optim.warmup_steps))
+        idx = np.sort(rng.choice(len(jets["label"]), B, replace=False))
+        x, m = view_inputs(jets["particles"][idx], jets["mask"][idx], cfg, views, gen)
+        rep, z = model(x, m)
+        extra = {"inputs": (x, m), "reps": rep.chunk(V)} if loss_fn.needs_inputs else {}
+        out = loss_fn(*z.chunk(V), labels=torch.as_tensor(jets["label"][idx]), **extra)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        if hasattr(loss_fn, "after_step"):
+            loss_fn.after_step(model)
+    net = loss_fn.teacher if getattr(loss_fn, "teacher", None) is not None else model
+    return copy.deepcopy(net).eval()
+
+
+@torch.no_grad()
+def orca_metrics(model: torch.nn.Module, cfg, test: dict) -> dict[str, float]:
+    x, m = model_inputs(test["particles"], test["mask"], cfg)
+    probs = torch.softmax(model.eval()(x, m)[1].double(), 1).numpy()  # as clrdist eval --orca
+    res = openworld_evaluation(probs, test["label"], known=cfg.loss.known_classes,
+                               label_names={1: "top", 2: "w"}).metrics
+    return {k: res[k] for k in ("orca_known_acc", "orca_novel_cluster_acc", "orca_all_cluster_acc",
+                                "orca_anomaly_auc")}
+
+
+def lct_auc(model: torch.nn.Module | None, cfg, fit: dict, score: dict) -> float:
+    """LCT (top vs QCD): fitted on ``fit``'s top and QCD jets, scored on ``score``'s; ``model``
+    None: the raw inputs (flattened model inputs)."""
+    fit, score = ({k: v[s["label"] < 2] for k, v in s.items()} for s in (fit, score))
+    if model is None:
+        rep = lambda s: model_inputs(s["particles"], s["mask"], cfg)[0].flatten(1).numpy()  # noqa: E731
+    else:
+        rep = make_encoder(model, cfg)
+    return float(evaluate_during_training(rep(fit), fit["label"], rep(score),
+                                          score["label"])["lct_auc"])
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    v = np.asarray(values, float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "max": float(v.max()), "min": float(v.min())}
+
+
+def measure(n_jets: int, steps: int, seed: int, init_seeds: int, train_seed: int = 0) -> dict:
+    """Both losses and their references on one sample; flat rows for the results file."""
+    train_set, test = halves(pythia_jets(n_jets, seed))
+    rows = []
+    orca_cfg = config("orca")
+    trained = orca_metrics(train(orca_cfg, train_set, steps, train_seed), orca_cfg, test)
+    untrained = [orca_metrics(initial_model(orca_cfg.model, s), orca_cfg, test)
+                 for s in range(init_seeds)]
+    for key in ("orca_known_acc", "orca_novel_cluster_acc", "orca_all_cluster_acc",
+                "orca_anomaly_auc"):
+        u = spread([m[key] for m in untrained])
+        rows.append({"name": f"ORCA {key.removeprefix('orca_')}", "trained": trained[key],
+                     "untrained_mean": u["mean"], "untrained_std": u["std"],
+                     "untrained_max": u["max"], "raw": None})
+    dino_cfg = config("dino")
+    # the LCT is fitted on the training half (DINO never saw its labels), scored on the test half
+    u = spread([lct_auc(initial_model(dino_cfg.model, s), dino_cfg, train_set, test)
+                for s in range(init_seeds)])
+    dino = train(dino_cfg, train_set, steps, train_seed)
+    rows.append({"name": "DINO LCT AUC (top vs QCD)",
+                 "trained": lct_auc(dino, dino_cfg, train_set, test),
+                 "untrained_mean": u["mean"], "untrained_std": u["std"],
+                 "untrained_max": u["max"], "raw": lct_auc(None, dino_cfg, train_set, test)})
+    return {"jets_per_process": n_jets, "steps": steps, "batch": orca_cfg.data.batch_size,
+            "data_seed": seed, "train_seed": train_seed, "init_seeds": init_seeds, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jets", type=int, default=1500, help="jets per process (QCD, top, W)")
+    ap.add_argument("--steps", type=int, default=300, help="optimiser steps per loss")
+    ap.add_argument("--seed", type=int, default=23, help="Pythia seed of the jets")
+    ap.add_argument("--init-seeds", type=int, default=5, help="untrained encoders (init seeds)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--out", default=None, help="results JSON (docs/results/selfsup.json)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    res = measure(args.jets, args.steps, args.seed, args.init_seeds)
+    if args.out:
+        write_results(args.out, res, argv=sys.argv[1:] if argv is None else argv)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
