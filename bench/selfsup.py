@@ -52,7 +52,9 @@ PROCESSES = ("qcd", "top", "w")  # labels 0, 1, 2
 COMMON = ["augment.slots=null", "optim.lr=0.001", "optim.warmup_steps=20", "model.dropout=0.0"]
 ORCA = COMMON + ["loss.name=orca", "loss.known_classes=[0]", "loss.gather=false",
                  "model.head=cosine", "model.head_dims=[64]", "model.output_dim=3"]
-DINO = COMMON + ["loss.name=dino", "loss.gather=false", "loss.teacher_momentum=0.99",
+# DINO's teacher momentum starts at 0.9, not 0.996: the teacher's EMA horizon (~1 / (1 - m)
+# steps) must be short next to a run of a few hundred steps, or the teacher stays the init.
+DINO = COMMON + ["loss.name=dino", "loss.gather=false", "loss.teacher_momentum=0.9",
                  "model.head=dino", "model.head_dims=[64]", "model.output_dim=64"]
 
 
