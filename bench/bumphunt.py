@@ -1,0 +1,356 @@
+"""The CWoLa bump hunt on Pythia dijets: background-only checks and the LHCO-like resonance,
+found blind, next to its references. Writes ``results.json`` (and prints it).
+
+    python -m bench.bumphunt --quick --out DIR      # small sizes, ~10 minutes on 2 cores
+    python -m bench.bumphunt --out DIR [--events DIR/events.npz]
+
+1. Events: QCD dijets and W' (3500) -> X (500) Y (100) -> qq qq at 13 TeV
+   (``clrdist data generate resonance qcd``: R = 1.0, leading jet pT > 1.2 TeV, |eta| < 2.5),
+   generated here with the same shard plan and seeds (``--events`` reuses a file this bench
+   wrote). The hunt runs in m_jj 2.8-6 TeV (below, the pT cut's turn-on).
+2. Encoder: each jet alone (the hardest 50 constituents), ``model.input_features: ptfrac``
+   (pT fractions, angles to the jet axis: no absolute scale), trained with the demo recipe on the
+   QCD jets of the hunt sample (no labels; the signal is not in it) for ``--train-seconds``. An
+   event's representation is the two jets' representations side by side.
+3. Feature sets hunted on the same events: the trained representation, the untrained encoder
+   (``--init-seeds`` seeds), the raw substructure features of the CWoLa hunting paper (m_J and
+   tau21 of the heavier and the lighter jet) and an idealised supervised classifier (gradient-
+   boosted trees on those features with truth labels, cross-fitted in two halves: its score is
+   the hunt's one feature). The sculpting guard (ln m_jj regression) is measured for each, and
+   for an untrained encoder with absolute-pT inputs (``pt``), which it must refuse.
+4. Hunts (clrdist.eval.bumphunt, blind): signal fractions 0 (the control), 0.1%, 0.3%, 1% of all
+   events; local Z, global Z (smooth toys, extrapolated beyond them; for the representation's
+   background-only hunt also whole-hunt toys with the classifier re-run), efficiency flatness;
+   per feature set the fraction at which the local and global Z reach 3 (log-interpolated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+MJJ_RANGE = (2800.0, 6000.0)
+SQRT_S = 13000.0
+FRACTIONS = (0.0, 0.001, 0.003, 0.01)
+SIZES = {  # per mode: events, training seconds, toys, classifier folds, bins
+    "quick": dict(n_qcd=10000, n_sig=1000, train_s=60.0, n_toys=40, n_full_toys=2, k=3, n_bins=12),
+    "full": dict(n_qcd=24000, n_sig=3000, train_s=300.0, n_toys=200, n_full_toys=5, k=3, n_bins=12),
+}
+ENCODER = ["model.input_features=ptfrac", "model.input_dim=5", "data.n_particles=50",
+           "model.model_dim=32", "model.ff_dim=64", "model.head_dims=[32]", "model.output_dim=16"]
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the machine is shared: wall time
+    depends on the load, CPU time much less)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# -- 1. events -----------------------------------------------------------------------------------
+
+def generate(n_qcd: int, n_sig: int, seed: int, workers: int) -> dict[str, np.ndarray]:
+    """The shards ``clrdist data generate resonance qcd --seed S`` would make, per process as
+    many as asked (the plan's per-process seeds do not depend on the other process's count)."""
+    from clrdist.data.generation.events import generate_shard
+    from clrdist.data.generation.plan import GenerationConfig, make_plan
+
+    shards = []
+    for proc, n in (("qcd", n_qcd), ("resonance", n_sig)):
+        cfg = GenerationConfig(processes=["resonance", "qcd"], n_jets=n, seed=seed, shard_size=500)
+        shards += [s for s in make_plan(cfg).shards if s.process == proc]
+    with ProcessPoolExecutor(workers) as ex:
+        outs = list(ex.map(generate_shard, shards))
+    ev = {}
+    for proc in ("qcd", "resonance"):
+        o = [x for s, x in zip(shards, outs, strict=True) if s.process == proc]
+        ev.update({f"{proc}_{k}": np.concatenate([x[k] for x in o])
+                   for k in ("particles", "mask", "features")})
+    return ev
+
+
+# -- 2. encoder ----------------------------------------------------------------------------------
+
+def jets_of(ev: dict, proc: str) -> tuple[np.ndarray, np.ndarray, int]:
+    p, m = ev[f"{proc}_particles"], ev[f"{proc}_mask"]
+    half = p.shape[1] // 2  # dijet stores: leading jet's P constituents, then the subleading's
+    return p, m, half
+
+
+def train_encoder(cfg, particles: np.ndarray, mask: np.ndarray, seconds: float, seed: int):
+    import torch
+
+    from clrdist.losses import build_loss
+    from clrdist.models import initial_model
+    from clrdist.physics.augment import build_view
+    from clrdist.train.inputs import view_inputs
+
+    model = initial_model(cfg.model, seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    loss_fn = build_loss(cfg.loss)
+    views = [build_view(v, cfg.augment.strength, cfg.augment.backend) for v in cfg.augment.views]
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    B, steps, t0 = cfg.data.batch_size, 0, time.perf_counter()
+    model.train()
+    while time.perf_counter() - t0 < seconds:
+        idx = np.sort(rng.choice(len(mask), B, replace=False))
+        for g in opt.param_groups:
+            g["lr"] = cfg.optim.lr * min(1.0, (steps + 1) / max(1, cfg.optim.warmup_steps))
+        x, m = view_inputs(particles[idx], mask[idx], cfg, views, gen)
+        _, z = model(x, m)
+        loss = loss_fn(*z.chunk(len(views)))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps += 1
+    return model, {"steps": steps, "batch_size": B, "seconds": round(time.perf_counter() - t0, 1),
+                   "final_loss": round(float(loss.detach()), 4)}
+
+
+def event_reps(model, cfg, ev: dict, proc: str) -> np.ndarray:
+    """(n, 2 D): both jets' representations, leading jet first."""
+    from clrdist.models.encode import make_encoder
+
+    enc = make_encoder(model, cfg)
+    p, m, half = jets_of(ev, proc)
+    return np.concatenate([enc({"particles": p[:, :half], "mask": m[:, :half]}),
+                           enc({"particles": p[:, half:], "mask": m[:, half:]})], 1)
+
+
+# -- 3. reference features -----------------------------------------------------------------------
+
+def substructure(features: np.ndarray, names: list[str]) -> np.ndarray:
+    """(n, 4): m_J and tau21 of the heavier jet, then of the lighter one."""
+    col = {n: i for i, n in enumerate(names)}
+    m1, m2 = features[:, col["m_J1"]], features[:, col["m_J2"]]
+    t1, t2 = features[:, col["tau21_J1"]], features[:, col["tau21_J2"]]
+    heavy = m1 >= m2
+    return np.stack([np.where(heavy, m1, m2), np.where(heavy, m2, m1),
+                     np.where(heavy, t1, t2), np.where(heavy, t2, t1)], 1)
+
+
+def supervised_scores(x_b: np.ndarray, x_s: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Idealised classifier: truth-labelled gradient-boosted trees, cross-fitted (each half of
+    the background and of the signal scored by the model trained on the other halves)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng([seed, 5])
+    hb, hs = rng.permutation(len(x_b)) % 2, rng.permutation(len(x_s)) % 2
+    sb, ss = np.zeros(len(x_b)), np.zeros(len(x_s))
+    for h in (0, 1):
+        x = np.concatenate([x_b[hb != h], x_s[hs != h]])
+        y = np.r_[np.zeros((hb != h).sum()), np.ones((hs != h).sum())]
+        clf = HistGradientBoostingClassifier(max_iter=200, early_stopping=True, random_state=seed)
+        with threadpool_limits(1):
+            clf.fit(x, y)
+            sb[hb == h] = clf.decision_function(x_b[hb == h])
+            ss[hs == h] = clf.decision_function(x_s[hs == h])
+    return sb[:, None], ss[:, None]
+
+
+# -- 4. hunts ------------------------------------------------------------------------------------
+
+def hunt_one(task: dict) -> dict:
+    """One blind hunt of one feature set at one injected fraction (a worker process)."""
+    from clrdist.eval.bumphunt import hunt_mixture, mix_signal
+
+    m, x, truth = mix_signal(task["mjj_b"], task["x_b"], task["mjj_s"], task["x_s"],
+                             task["fraction"], seed=task["seed"])
+    t0 = time.perf_counter()
+    met, res = hunt_mixture(m, x, truth, sqrt_s=SQRT_S, mjj_range=MJJ_RANGE, prefix="h",
+                            seed=task["seed"], classifier=task["classifier"], k=task["k"],
+                            n_bins=task["n_bins"], n_toys=task["n_toys"],
+                            n_full_toys=task["n_full_toys"], allow_mjj_correlated=True)
+    in_range = (m >= MJJ_RANGE[0]) & (m < MJJ_RANGE[1])
+    per_eps = {}
+    for ei, eps in enumerate(res.efficiencies):
+        if eps < 1:  # Bonferroni over the windows
+            per_eps[f"flatness_p_eps_{eps:g}"] = float(min(1.0, res.flat_p[:, ei].min()
+                                                           * len(res.windows)))
+    row = {"name": f"{task['set']}, f = {task['fraction']:g} ({int(truth.sum())} signal events)",
+           "features": task["set"], "fraction": task["fraction"], "n_sig": int(truth.sum()),
+           "n_sig_in_range": int((truth & in_range).sum()),
+           "n_bkg_in_range": int((~truth & in_range).sum()), "classifier": task["classifier"],
+           **{k[2:]: (round(v, 4) if np.isfinite(v) else None) for k, v in met.items()},
+           **{k: round(v, 4) for k, v in per_eps.items()},
+           "passes_guard": bool(not res.mjj_corr_allowed), "seconds": round(time.perf_counter() - t0, 1)}
+    return row
+
+
+def at_3sigma(rows: list[dict], key: str) -> float | None:
+    """The injected fraction at which ``key`` first reaches 3, interpolated in ln f between the
+    scan points (None: not reached)."""
+    pts = sorted((r["fraction"], r[key]) for r in rows if r["fraction"] > 0 and r[key] is not None)
+    prev = None
+    for f, z in pts:
+        if z >= 3:
+            if prev is None or prev[1] >= 3:
+                return f
+            (f0, z0) = prev
+            return float(np.exp(np.log(f0) + (3 - z0) / (z - z0) * (np.log(f) - np.log(f0))))
+        prev = (f, z)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (about 10 minutes on 2 cores)")
+    ap.add_argument("--out", required=True, help="output folder (results.json, events.npz)")
+    ap.add_argument("--events", default=None, help="reuse an events.npz this bench wrote")
+    ap.add_argument("--seed", type=int, default=1, help="generation master seed")
+    ap.add_argument("--workers", type=int, default=2, help="processes (generation, hunts)")
+    ap.add_argument("--train-seconds", type=float, default=None)
+    ap.add_argument("--init-seeds", type=int, default=5, help="untrained encoders")
+    args = ap.parse_args(argv)
+    import torch
+
+    from clrdist.config import load_config
+    from clrdist.data.schema import GENERATED_DIJET_FEATURES
+    from clrdist.eval.bumphunt import MAX_MJJ_CORR, mjj_dependence
+    from clrdist.models import initial_model
+
+    torch.set_num_threads(1)
+    mode = "quick" if args.quick else "full"
+    size = SIZES[mode]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    timing = {}
+
+    # 1. events
+    t0 = time.perf_counter()
+    if args.events:
+        ev = dict(np.load(args.events))
+        n_q, n_s = len(ev["qcd_mask"]), len(ev["resonance_mask"])
+        if n_q < size["n_qcd"] or n_s < size["n_sig"]:
+            raise SystemExit(f"bench.bumphunt: error: --events {args.events}: {n_q} QCD / {n_s} "
+                             f"signal events, {mode} needs {size['n_qcd']} / {size['n_sig']}")
+        ev = {k: v[:size["n_qcd"] if k.startswith("qcd") else size["n_sig"]] for k, v in ev.items()}
+    else:
+        ev = generate(size["n_qcd"], size["n_sig"], args.seed, args.workers)
+        np.savez(out / "events.npz", **ev)
+    timing["events_s"] = round(time.perf_counter() - t0, 1)
+    names = list(GENERATED_DIJET_FEATURES)
+    mjj_b, mjj_s = ev["qcd_features"][:, 0].astype(float), ev["resonance_features"][:, 0].astype(float)
+
+    # 2. encoder: trained on the QCD jets (both jets of every event)
+    t0 = time.perf_counter()
+    cfg = load_config(DEMO, ENCODER)
+    p, m, half = jets_of(ev, "qcd")
+    jets_p = np.concatenate([p[:, :half], p[:, half:]])
+    jets_m = np.concatenate([m[:, :half], m[:, half:]])
+    keep = jets_m.any(1)
+    model, train_info = train_encoder(cfg, jets_p[keep], jets_m[keep],
+                                      args.train_seconds or size["train_s"], seed=0)
+    timing["train_s"] = round(time.perf_counter() - t0, 1)
+
+    t0 = time.perf_counter()
+    sets: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
+    sets["representation"] = (event_reps(model, cfg, ev, "qcd"),
+                              event_reps(model, cfg, ev, "resonance"), "linear")
+    for s in range(args.init_seeds):
+        init = initial_model(cfg.model, 100 + s)
+        sets[f"untrained seed {100 + s}"] = (event_reps(init, cfg, ev, "qcd"),
+                                             event_reps(init, cfg, ev, "resonance"), "linear")
+    raw_b, raw_s = substructure(ev["qcd_features"], names), substructure(ev["resonance_features"], names)
+    sets["raw m_J, tau21"] = (raw_b, raw_s, "gbdt")
+    sets["supervised"] = (*supervised_scores(raw_b, raw_s, seed=0), "linear")
+    # the guard on inputs with an absolute scale: an untrained encoder reading pT / 600 GeV
+    cfg_pt = load_config(DEMO, ENCODER + ["model.input_features=pt", "model.input_dim=3"])
+    pt_rep = event_reps(initial_model(cfg_pt.model, 100), cfg_pt, ev, "qcd")
+    timing["encode_s"] = round(time.perf_counter() - t0, 1)
+
+    in_b = (mjj_b >= MJJ_RANGE[0]) & (mjj_b < MJJ_RANGE[1])
+    guard = {name: round(mjj_dependence(mjj_b[in_b], xb[in_b]).corr, 4)
+             for name, (xb, _, _) in sets.items()}
+    guard["untrained, absolute-pT inputs (pt)"] = round(mjj_dependence(mjj_b[in_b], pt_rep[in_b]).corr, 4)
+
+    # 4. hunts, two processes
+    t0 = time.perf_counter()
+    tasks = [dict(set=name, fraction=f, mjj_b=mjj_b, x_b=xb, mjj_s=mjj_s, x_s=xs, seed=0,
+                  classifier=clf, k=size["k"], n_bins=size["n_bins"], n_toys=size["n_toys"],
+                  n_full_toys=size["n_full_toys"] if (name == "representation" and f == 0) else 0)
+             for name, (xb, xs, clf) in sets.items() for f in FRACTIONS]
+    with ProcessPoolExecutor(args.workers) as ex:
+        rows = list(ex.map(hunt_one, tasks))
+    timing["hunts_s"] = round(time.perf_counter() - t0, 1)
+
+    by = {(r["features"], r["fraction"]): r for r in rows}
+    bkg = by["representation", 0.0]
+    init_names = [n for n in sets if n.startswith("untrained")]
+
+    def init_stat(f, key):
+        v = [by[n, f][key] for n in init_names if by[n, f][key] is not None]
+        return (round(float(np.mean(v)), 3), round(float(np.std(v, ddof=1)), 3)) if len(v) > 1 else (None, None)
+
+    injected = []
+    for f in FRACTIONS:
+        e = {"name": f"f = {f:g}", "fraction": f, "n_sig": by["representation", f]["n_sig"],
+             "n_sig_in_range": by["representation", f]["n_sig_in_range"]}
+        for key, label in (("representation", "rep"), ("raw m_J, tau21", "raw"), ("supervised", "sup")):
+            e[f"{label}_local_z"] = by[key, f]["max_local_z"]
+            e[f"{label}_global_z"] = by[key, f]["global_z"]
+        e["untrained_local_z_mean"], e["untrained_local_z_sd"] = init_stat(f, "max_local_z")
+        e["untrained_global_z_mean"], e["untrained_global_z_sd"] = init_stat(f, "global_z")
+        injected.append(e)
+    reach = []
+    for name in sets:
+        rs = [r for r in rows if r["features"] == name]
+        reach.append({"name": name, "f_at_3sigma_local": at_3sigma(rs, "max_local_z"),
+                      "f_at_3sigma_global": at_3sigma(rs, "global_z"), "mjj_corr": guard[name]})
+    results = {
+        "command": "python -m bench.bumphunt " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+                    "torch": torch.__version__},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "mode": mode, "sizes": size, "generation_seed": args.seed, "mjj_range_gev": MJJ_RANGE,
+        "sqrt_s_gev": SQRT_S, "encoder": {"overrides": ENCODER, **train_info},
+        "background_only": {
+            "features": "representation", "max_local_z": bkg["max_local_z"],
+            "global_z": bkg["global_z"], "global_p": bkg["global_p"],
+            "global_from_fit": bool(bkg["global_from_fit"]), "n_eff": bkg["n_eff"],
+            "toy_fit_ks_p": bkg["toy_fit_ks_p"], "global_z_full_toys": bkg.get("global_z_full_toys"),
+            "n_full_toys": bkg.get("n_full_toys"), "efficiency_flatness_p": bkg["flatness_p"],
+            **{k: v for k, v in bkg.items() if k.startswith("flatness_p_eps")},
+            "mjj_corr": bkg["mjj_corr"], "n_failed_fits": bkg["n_failed_fits"],
+            "val_logloss": bkg["val_logloss"], "val_logloss_ref": bkg["val_logloss_ref"]},
+        "injected": injected,
+        "reach_3sigma": reach,
+        "mjj_guard": [{"name": k, "mjj_corr": v, "refused": bool(v > MAX_MJJ_CORR)} for k, v in guard.items()],
+        "rows": rows,
+        "timing": {**timing, "total_s": round(time.perf_counter() - t_start, 1),
+                   "cpu_s": round(cpu_seconds(), 1), "load_average": list(os.getloadavg())},
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(json.dumps({k: results[k] for k in ("background_only", "injected", "reach_3sigma",
+                                              "mjj_guard", "timing")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
