@@ -6,8 +6,10 @@ found blind, next to its references. Writes ``results.json`` (and prints it).
 
 1. Events: QCD dijets and W' (3500) -> X (500) Y (100) -> qq qq at 13 TeV
    (``clrdist data generate resonance qcd``: R = 1.0, leading jet pT > 1.2 TeV, |eta| < 2.5),
-   generated here with the same shard plan and seeds (``--events`` reuses a file this bench
-   wrote). The hunt runs in m_jj 2.8-6 TeV (below, the pT cut's turn-on).
+   generated here with the same shard plan and seeds (shards of 1000; ``--events`` reuses a
+   file this bench wrote, and the first events of a larger file are the events a smaller run
+   makes: a shard's seed depends on the master seed, process and shard index only). The hunt
+   runs in m_jj 2.8-6 TeV (below it, the pT cut's turn-on).
 2. Encoder: each jet alone (the hardest 50 constituents), ``model.input_features: ptfrac``
    (pT fractions, angles to the jet axis: no absolute scale), trained with the demo recipe on the
    QCD jets of the hunt sample (no labels; the signal is not in it) for ``--train-seconds``. An
@@ -29,17 +31,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.results import write_results  # noqa: E402
 
 DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 MJJ_RANGE = (2800.0, 6000.0)
@@ -60,16 +62,6 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 # -- 1. events -----------------------------------------------------------------------------------
 
 def generate(n_qcd: int, n_sig: int, seed: int, workers: int) -> dict[str, np.ndarray]:
@@ -80,7 +72,7 @@ def generate(n_qcd: int, n_sig: int, seed: int, workers: int) -> dict[str, np.nd
 
     shards = []
     for proc, n in (("qcd", n_qcd), ("resonance", n_sig)):
-        cfg = GenerationConfig(processes=["resonance", "qcd"], n_jets=n, seed=seed, shard_size=500)
+        cfg = GenerationConfig(processes=["resonance", "qcd"], n_jets=n, seed=seed, shard_size=1000)
         shards += [s for s in make_plan(cfg).shards if s.process == proc]
     with ProcessPoolExecutor(workers) as ex:
         outs = list(ex.map(generate_shard, shards))
@@ -202,6 +194,16 @@ def hunt_one(task: dict) -> dict:
     return row
 
 
+BKG_KEYS = ("max_local_z", "global_z", "global_z_full_toys", "flatness_p", "flatness_p_eps_0.1",
+            "flatness_p_eps_0.01", "mjj_corr", "val_logloss", "val_logloss_ref", "n_failed_fits")
+
+
+def background_rows(rows: list[dict]) -> list[dict]:
+    """One row per feature set: its background-only (f = 0) hunt."""
+    return [{"name": r["features"], **{k: r.get(k) for k in BKG_KEYS}}
+            for r in rows if r["fraction"] == 0]
+
+
 def at_3sigma(rows: list[dict], key: str) -> float | None:
     """The injected fraction at which ``key`` first reaches 3, interpolated in ln f between the
     scan points (None: not reached)."""
@@ -220,7 +222,8 @@ def at_3sigma(rows: list[dict], key: str) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (about 10 minutes on 2 cores)")
-    ap.add_argument("--out", required=True, help="output folder (results.json, events.npz)")
+    ap.add_argument("--out", required=True, help="output folder (results.json, events.npz); "
+                    "docs/results/bumphunt.json is a copy of a --quick run's results.json")
     ap.add_argument("--events", default=None, help="reuse an events.npz this bench wrote")
     ap.add_argument("--seed", type=int, default=1, help="generation master seed")
     ap.add_argument("--workers", type=int, default=2, help="processes (generation, hunts)")
@@ -324,10 +327,6 @@ def main(argv: list[str] | None = None) -> int:
         reach.append({"name": name, "f_at_3sigma_local": at_3sigma(rs, "max_local_z"),
                       "f_at_3sigma_global": at_3sigma(rs, "global_z"), "mjj_corr": guard[name]})
     results = {
-        "command": "python -m bench.bumphunt " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
-                    "torch": torch.__version__},
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "mode": mode, "sizes": size, "generation_seed": args.seed, "mjj_range_gev": MJJ_RANGE,
         "sqrt_s_gev": SQRT_S, "encoder": {"overrides": ENCODER, **train_info},
         "background_only": {
@@ -339,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             **{k: v for k, v in bkg.items() if k.startswith("flatness_p_eps")},
             "mjj_corr": bkg["mjj_corr"], "n_failed_fits": bkg["n_failed_fits"],
             "val_logloss": bkg["val_logloss"], "val_logloss_ref": bkg["val_logloss_ref"]},
+        "background_only_rows": background_rows(rows),
         "injected": injected,
         "reach_3sigma": reach,
         "mjj_guard": [{"name": k, "mjj_corr": v, "refused": bool(v > MAX_MJJ_CORR)} for k, v in guard.items()],
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "timing": {**timing, "total_s": round(time.perf_counter() - t_start, 1),
                    "cpu_s": round(cpu_seconds(), 1), "load_average": list(os.getloadavg())},
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_results(out / "results.json", results, argv)
     print(json.dumps({k: results[k] for k in ("background_only", "injected", "reach_3sigma",
                                               "mjj_guard", "timing")}, indent=1))
     return 0
