@@ -121,6 +121,18 @@ def summary_table(m: dict[str, float], title: str) -> Table:
     return table
 
 
+def nplm_line(m: dict[str, float]) -> str | None:
+    """The NPLM median Z of the representation and the raw inputs: the chi2 Z when both are
+    calibrated, else the empirical Z (``nplm_z_emp_median``, always there); None without NPLM."""
+    if "nplm_z_emp_median" not in m:
+        return None
+    chi2 = "nplm_z_chi2_median" in m and ("nplm_raw_z_emp_median" not in m
+                                          or "nplm_raw_z_chi2_median" in m)
+    key, name = ("z_chi2_median", "chi2") if chi2 else ("z_emp_median", "empirical")
+    return (f"NPLM median Z ({name}): representation {m['nplm_' + key]:.2f}, raw inputs "
+            f"{m.get('nplm_raw_' + key, float('nan')):.2f}")
+
+
 def learned(m: dict[str, float]) -> bool:
     """The trained LCT beats every untrained init seed: its AUC less its bootstrap error is
     above the best untrained seed's AUC plus the untrained bootstrap error (with one seed, that
@@ -214,11 +226,8 @@ def _run_demo(log, out_dir: str, n_per_class: int | None, epochs: int | None, wo
                       + ", ".join(f"{m[k]:.3f} at f = {k.rsplit('_', 1)[1]}"
                                   for k in ("cwola_linear_auc_f_0.01", "cwola_linear_auc_f_0.1",
                                             "cwola_linear_auc_f_1") if k in m))
-    if "nplm_z_empirical_median" in m or "nplm_z_chi2_median" in m:
-        key = "z_chi2_median" if "nplm_z_chi2_median" in m else "z_empirical_median"
-        console.print(f"NPLM median Z ({key.split('_')[1]}): representation "
-                      f"{m.get('nplm_' + key, float('nan')):.2f}, raw inputs "
-                      f"{m.get('nplm_raw_' + key, float('nan')):.2f}")
+    if nplm_line(m):
+        console.print(nplm_line(m))
     console.print(f"MLflow run {result.run_id}")
     console.print(f"wall time {summary['seconds']} s; stores in {out}; checkpoint "
                   f"{summary['checkpoint']}")

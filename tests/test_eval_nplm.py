@@ -8,7 +8,9 @@ from scipy import optimize, stats
 
 from clrdist.eval.nplm import (
     _gauss,
+    _kernel_features,
     fit_dof,
+    newton_batched,
     nplm_evaluation,
     nplm_t_kernel,
     nplm_t_network,
@@ -104,7 +106,7 @@ def test_nplm_evaluation_result():
     assert m["nplm_raw_t_sig_median"] > m["nplm_raw_t_null_median"]
     assert {"nplm_raw_dof", "nplm_raw_ks_pvalue", "nplm_raw_z_chi2_median",
             "nplm_raw_z_emp_median"} <= set(m)
-    assert len(res.tables["nplm_raw_toys"]) == 25
+    assert len(res.tables["nplm_raw_toys"]) == 45  # 20 for the dof fit, 20 for its KS test, 5
     assert m["nplm_raw_M"] == 20 and m["nplm_raw_sigma"] > 0
     assert set(res.figures) == {"nplm_raw_t.png"}
 
@@ -132,7 +134,7 @@ def test_uncalibrated_evaluation_reports_only_the_empirical_z():
     assert "nplm_z_chi2_median" in ok and ok["nplm_ks_pvalue"] > 0.01
     # network fits cut short: not converged -> not calibrated -> no chi2 Z, only the empirical one
     bad = nplm_evaluation(x, y, model="network", max_steps=20, **kw).metrics
-    assert bad["nplm_calibrated"] == 0.0 and bad["nplm_n_unconverged"] == 25
+    assert bad["nplm_calibrated"] == 0.0 and bad["nplm_n_unconverged"] == 45
     assert "nplm_z_chi2_median" not in bad and "nplm_z_chi2_at_median_t" not in bad
     assert np.isfinite(bad["nplm_z_emp_median"])
 
@@ -157,3 +159,84 @@ def test_small_pools_keep_the_reference_five_times_the_data():
     m = nplm_evaluation(x, y, M=20, n_toys_null=5, n_toys_sig=2, figures=False).metrics
     assert m["nplm_n_ref"] >= 5 * m["nplm_n_data"] and m["nplm_n_data"] < 1000
     assert m["nplm_n_ref"] + m["nplm_n_data"] + 4 * np.sqrt(m["nplm_n_data"]) < 3000
+
+
+def test_calibration_fits_the_dof_on_some_null_toys_and_tests_it_on_others():
+    bkg, sig = pools(seed=7, n_bkg=4000, n_sig=500)
+    x, y = np.r_[bkg, sig], np.r_[np.zeros(4000, np.int8), np.ones(500, np.int8)]
+    res = nplm_evaluation(x, y, n_ref=1000, n_data=300, n_sig=40, n_toys_null=12, n_toys_dof=15,
+                          n_toys_sig=3, M=20, figures=False)
+    rows, m = res.tables["nplm_toys"], res.metrics
+    t_dof = [r["t"] for r in rows if r["kind"] == "null_dof"]
+    t_ks = [r["t"] for r in rows if r["kind"] == "null"]
+    assert len(t_dof) == 15 and len(t_ks) == 12 and not set(t_dof) & set(t_ks)  # other toys
+    assert m["nplm_dof"] == pytest.approx(fit_dof(t_dof), rel=1e-9)
+    assert m["nplm_dof"] != pytest.approx(fit_dof(t_ks), rel=1e-3)
+    assert m["nplm_ks_pvalue"] == pytest.approx(
+        stats.kstest(t_ks, stats.chi2(m["nplm_dof"]).cdf).pvalue, rel=1e-9)
+    assert m["nplm_t_null_median"] == pytest.approx(np.median(t_dof + t_ks))
+    assert m["nplm_n_toys_dof"] == 15 and m["nplm_n_toys_null"] == 12
+
+
+def test_batched_kernel_toys_equal_the_one_by_one_fits():
+    """GPUs fit many toys at once: the same toys (drawn in the same order) and the same t as the
+    sequential CPU fits, to the Newton tolerance."""
+    bkg, sig = pools()
+    kw = dict(n_ref=1000, n_data=300, n_sig=40, M=30, n_toys=5, seed=4)
+    c1, c5 = [], []
+    t1 = run_toys(bkg, sig, toy_batch=1, converged=c1, **kw)
+    t5 = run_toys(bkg, sig, toy_batch=5, converged=c5, **kw)
+    np.testing.assert_allclose(t5, t1, rtol=0, atol=1e-6)
+    assert c1 == c5 == [True] * 5 and len(set(t1.round(3))) == 5
+
+
+def test_float32_newton_matches_float64():
+    """GPUs iterate in float32 (the features are built in float64): on null and signal toys at
+    the test sizes above and at the evaluation's defaults (M = 200), t agrees with float64 to
+    0.01, < 1e-3 of the null t's spread (~7)."""
+    bkg, sig = pools()
+    for kw in (dict(n_ref=1000, n_data=300, M=30), dict(n_ref=5000, n_data=1000, M=200)):
+        c32 = []
+        t64 = run_toys(bkg, sig, n_sig=40, n_toys=3, seed=1, **kw)
+        t32 = run_toys(bkg, sig, n_sig=40, n_toys=3, seed=1, dtype=torch.float32, converged=c32,
+                       **kw)
+        assert np.abs(t32 - t64).max() < 0.01 and all(c32)
+
+
+def test_batched_newton_reads_the_host_only_at_its_checks():
+    """The GPU path (no lazy line search): one host read per ``check_every`` iterations, none
+    inside an iteration, and the same t as the CPU path."""
+    from clrdist.syncs import count_syncs
+
+    bkg, sig = pools()
+    feats = [_kernel_features(torch.as_tensor(bkg[i * 400:i * 400 + 300]),
+                              torch.as_tensor(np.r_[bkg[i * 400 + 300:i * 400 + 400], sig[:20]]),
+                              20, 1.0, i, True) for i in range(3)]
+    b_r, b_d = torch.stack([f[0] for f in feats]), torch.stack([f[1] for f in feats])
+    pen = torch.full((3,), 420 * 1e-3, dtype=torch.float64)
+    t_cpu, it_cpu, conv_cpu = newton_batched(b_r, b_d, 1 / 3, pen)
+    with count_syncs() as c:
+        t, iters, conv = newton_batched(b_r, b_d, 1 / 3, pen, lazy=False, check_every=4)
+    n_iter = int(iters.max())
+    assert c.count == -(-n_iter // 4), c.ops  # ceil: the check that ends the loop included
+    torch.testing.assert_close(t, t_cpu, rtol=0, atol=1e-8)
+    assert conv.all() and (iters == it_cpu).all()
+
+
+@pytest.mark.slow
+def test_batched_networks_follow_the_one_by_one_trajectories():
+    """Stacked per-toy networks with Adam written out: after a fixed 200 steps (nothing
+    converges) each toy's t equals the sequential torch.optim.Adam fit's; with a convergence
+    criterion each toy stops on its own, within the criterion's tolerance of the sequential t."""
+    bkg, sig = pools(seed=5)
+    kw = dict(n_ref=200, n_data=60, n_sig=15, n_toys=3, seed=2, model="network")
+    fixed = dict(max_steps=200, patience=10_000)
+    t1 = run_toys(bkg, sig, toy_batch=1, **fixed, **kw)
+    t3 = run_toys(bkg, sig, toy_batch=3, **fixed, **kw)
+    np.testing.assert_allclose(t3, t1, rtol=1e-3, atol=1e-3)
+    c1, c3 = [], []
+    loose = dict(max_steps=3000, patience=50, tol=0.05)
+    t1 = run_toys(bkg, sig, toy_batch=1, converged=c1, **loose, **kw)
+    t3 = run_toys(bkg, sig, toy_batch=3, converged=c3, **loose, **kw)
+    assert c1 == c3 == [True] * 3
+    np.testing.assert_allclose(t3, t1, rtol=0.05, atol=0.5)

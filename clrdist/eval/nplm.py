@@ -19,15 +19,21 @@ Models for f:
   ``patience`` = 1000 steps; at most ``max_steps`` = 1e5, else the toy counts as unconverged).
 
 Calibration: reference-only toys give the null distribution of t; a chi2 with free degrees of
-freedom (loc 0, scale 1) is fitted to it. Signal-injected toys (Poisson(N_sig) signal events)
-give the empirical Z from p = (k + 1) / (n + 1) (k of n null toys at or above t) and, only when
-the evaluation is calibrated (KS p-value of the null toys against the fitted chi2 > 0.01 and
-every fit converged), Z = Phi^-1(F_chi2(t; dof)).
+freedom (loc 0, scale 1) is fitted to one set of them and checked (KS) on an independent set.
+Signal-injected toys (Poisson(N_sig) signal events) give the empirical Z from
+p = (k + 1) / (n + 1) (k of the n null toys of both sets at or above t) and, only when the
+evaluation is calibrated (KS p-value of the independent null toys against the fitted chi2 > 0.01
+and every fit converged), Z = Phi^-1(F_chi2(t; dof)).
+
+Devices: toys are drawn in the same order whatever the device; on GPUs many toys are fitted at
+once (the kernel model's Newton iterations batched over toys with no host read per step, in
+float32; the network model as stacked per-toy weights), on CPUs one by one in float64 as before.
 
 Metric names (prefix ``nplm`` by default): ``nplm_calibrated`` (1 / 0), ``nplm_dof``,
 ``nplm_ks_pvalue``, ``nplm_n_unconverged``, ``nplm_t_null_median``, ``nplm_t_sig_median``,
 ``nplm_z_emp_median``, ``nplm_z_chi2_median`` and ``nplm_z_chi2_at_median_t`` (calibrated only),
 ``nplm_n_ref``, ``nplm_n_data``, ``nplm_n_sig``, ``nplm_n_toys_null``, ``nplm_n_toys_sig``,
+``nplm_n_toys_dof``,
 ``nplm_sigma``, ``nplm_M``; figure ``nplm_t.png``; table ``nplm_toys``.
 """
 
@@ -83,86 +89,165 @@ class KernelFit:
     M: int
 
 
-def nplm_t_kernel(ref, data, *, n_expected: float | None = None, M: int = 500,
-                  sigma: float | None = None, lam: float = 1e-6, max_iter: int = 100,
-                  tol: float = 1e-6, seed: int = 0, device: str | torch.device | None = None,
-                  dtype: torch.dtype = torch.float64, standardise: bool = True) -> KernelFit:
-    """t for one toy with the Nystrom Gaussian-kernel model.
+def default_dtype(device: torch.device) -> torch.dtype:
+    """The kernel model's precision: float64 on CPUs (the reference numbers), float32 on GPUs
+    (tests/test_eval_nplm.py: t within 1e-3 of float64 relative to the null t's spread)."""
+    return torch.float64 if device.type == "cpu" else torch.float32
 
-    ref: (N_R, d), data: (N_D, d) arrays or tensors (device taken from ``ref`` unless given).
-    n_expected: expected number of data events under the null (default N_D); w = n_expected/N_R.
-    Newton's method with backtracking on the convex loss; stops when the Newton decrement
-    (the predicted remaining decrease of L, so t is exact to ~2 ``tol``) is below ``tol``.
-    """
-    if device is None and torch.is_tensor(ref):
-        device = ref.device
-    r = _as_tensor(ref, device, dtype)
-    d = _as_tensor(data, device, dtype)
+
+@contextlib.contextmanager
+def full_fp32():
+    """float32 matmuls in full precision (no TF32) for the duration: NPLM's Hessians and
+    gradients need the 23-bit mantissa, whatever the training's precision policy set."""
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+def _kernel_features(r: torch.Tensor, d: torch.Tensor, m: int, sigma: float, seed: int,
+                     standardise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One toy's whitened Nystrom features: b_r (N_R, m) and b_d = L^-1 sum_D k (m,), computed
+    in float64 (the Cholesky of K_MM needs it) and returned in ``r``'s dtype.
+
+    With K_MM + eps I = L L^T and a = L^-T b, f = (K_xM L^-T) b and the penalty a^T K_MM a
+    becomes |b|^2, so the Newton system is well conditioned (the plain a-parametrisation has
+    condition numbers ~1e10 and converges only linearly)."""
+    out_dtype, r, d = r.dtype, r.double(), d.double()
     if standardise:
         mu, sd = r.mean(0), r.std(0).clamp_min(1e-12)
         r, d = (r - mu) / sd, (d - mu) / sd
-    n_r, n_d = len(r), len(d)
-    w = (n_expected if n_expected is not None else n_d) / n_r
-    if sigma is None:
-        sigma = kernel_width(r, seed=seed)
     g = torch.Generator().manual_seed(seed)
     both = torch.cat([r, d])
-    m = min(M, len(both))
     centres = both[torch.randperm(len(both), generator=g)[:m].to(both.device)]
-    # Whitened Nystrom features: with K_MM + eps I = L L^T and a = L^-T b, f = (K_xM L^-T) b and
-    # the penalty a^T K_MM a becomes |b|^2, so the Newton system is well conditioned (the plain
-    # a-parametrisation has condition numbers ~1e10 and converges only linearly).
-    eye = torch.eye(m, dtype=dtype, device=r.device)
-    eps = 1e-7 if dtype == torch.float64 else 1e-4  # relative to the unit kernel diagonal
+    eye = torch.eye(m, dtype=r.dtype, device=r.device)
+    eps = 1e-7  # relative to the unit kernel diagonal
     chol = torch.linalg.cholesky(_gauss(centres, centres, sigma) + eps * eye)
     b_r = torch.linalg.solve_triangular(chol, _gauss(r, centres, sigma).T, upper=False).T
     k_d_sum = _gauss(d, centres, sigma).sum(0)  # only sum_D f = b . (L^-1 sum_D k) is needed
     b_d = torch.linalg.solve_triangular(chol, k_d_sum[:, None], upper=False)[:, 0]
-    pen = (n_r + n_d) * lam
+    return b_r.to(out_dtype), b_d.to(out_dtype)
 
-    def loss(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ef = torch.exp(b_r @ b)
-        return w * (ef - 1).sum() - b_d @ b + pen * (b @ b), ef
 
-    b = torch.zeros(m, dtype=dtype, device=r.device)
-    val, ef = loss(b)
-    converged, iterations = False, 0
-    while iterations < max_iter:
-        iterations += 1
-        grad = w * (b_r.T @ ef) - b_d + 2 * pen * b
-        hess = 2 * pen * eye
-        for c in range(0, n_r, 16384):  # chunked: no second (N_R, M) temporary
-            bc = b_r[c:c + 16384]
-            hess = hess + w * (bc.T * ef[c:c + 16384]) @ bc
-        step = _solve_psd(hess, grad)
-        decrement = float(grad @ step) / 2  # ~ the remaining gap L - min L
-        if decrement < tol:
-            converged = True
+# backtracking step sizes 1, 1/2, ..., 2^-19: the line search stops below 1e-6
+_SCALES = [0.5**k for k in range(20)]
+
+
+def newton_batched(b_r: torch.Tensor, b_d: torch.Tensor, w: float, pen: torch.Tensor, *,
+                   max_iter: int = 100, tol: float = 1e-6, check_every: int | None = None,
+                   lazy: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Minimise L(b) = w sum_R (e^f - 1) - b_d . b + pen |b|^2 (f = b_r b) for T toys at once.
+
+    b_r: (T, N_R, M), b_d: (T, M), pen: (T,) penalties. Damped Newton per toy: the step solves
+    the (T, M, M) Hessians in one batched Cholesky; the backtracking (Armijo) line search tries
+    every step size 1, 1/2, ..., 2^-19 at once and takes the largest that decreases the loss
+    enough (the sequential backtracking's choice), so on GPUs no step reads a value back to the
+    host (on CPUs the full step is tried first, the others only when a toy rejects it).
+    A toy stops when its Newton decrement (the predicted remaining decrease of L, so t is exact
+    to ~2 ``tol``) is below ``tol``; one that can no longer decrease counts as converged when the
+    decrement is below 100 ``tol``. ``all done`` is read every ``check_every`` iterations (1 on
+    CPUs, 4 on GPUs: the only host syncs; ``lazy`` = the CPU line search, default on CPUs).
+    Returns t (T,), iterations (T,), converged (T,)."""
+    T, n, m = b_r.shape
+    dev, dt = b_r.device, b_r.dtype
+    if lazy is None:  # CPUs: host reads are free, read back when it saves work
+        lazy = dev.type == "cpu"
+    if check_every is None:
+        check_every = 1 if lazy else 4
+    pen = pen.to(device=dev, dtype=dt)[:, None]
+    eye = torch.eye(m, dtype=dt, device=dev)
+    scales = torch.tensor(_SCALES, dtype=dt, device=dev)
+    chunk = max(1, (1 << 24) // max(1, T * m))  # rows per Hessian chunk: bounded temporaries
+    b = torch.zeros(T, m, dtype=dt, device=dev)
+    f = torch.zeros(T, n, dtype=dt, device=dev)
+    val = torch.zeros(T, dtype=dt, device=dev)
+    active = torch.ones(T, dtype=torch.bool, device=dev)
+    converged = torch.zeros(T, dtype=torch.bool, device=dev)
+    iters = torch.zeros(T, dtype=torch.long, device=dev)
+    for it in range(max_iter):
+        iters += active
+        ef = torch.exp(f)
+        grad = w * torch.bmm(b_r.mT, ef[..., None])[..., 0] - b_d + 2 * pen * b
+        hess = (2 * pen)[..., None] * eye
+        for c in range(0, n, chunk):  # chunked: no second (T, N_R, M) temporary
+            bc = b_r[:, c:c + chunk]
+            hess = hess + w * torch.bmm((bc * ef[:, c:c + chunk, None]).mT, bc)
+        chol, info = torch.linalg.cholesky_ex(hess)
+        step = torch.cholesky_solve(grad[..., None], chol)[..., 0]
+        # numerically indefinite (never seen in float64): a scaled gradient step still descends
+        diag = hess.diagonal(dim1=1, dim2=2).amax(1, keepdim=True)
+        step = torch.where((info > 0)[:, None], grad / diag, step)
+        decrement = (grad * step).sum(1) / 2  # ~ the remaining gap L - min L
+        done = active & (decrement < tol)
+        converged |= done
+        active &= ~done
+        f_step = torch.bmm(b_r, step[..., None])[..., 0]
+        line = (f, f_step, b, step, b_d, w, pen[:, 0], val, decrement)
+        vals, ok = _armijo(_SCALES[:1], *line)
+        # CPUs: the full step is usually taken, and reading that back costs nothing
+        if not lazy or not bool((ok[:, 0] | ~active).all()):
+            vals, ok = _armijo(_SCALES, *line)
+        first = ok.to(torch.int8).argmax(1)  # the largest acceptable step size
+        found = ok.any(1)
+        stalled = active & ~found  # no decrease resolvable in floating point
+        converged |= stalled & (decrement < 100 * tol)
+        active &= ~stalled
+        s = torch.where(active, scales[first], torch.zeros((), dtype=dt, device=dev))
+        b = b - s[:, None] * step
+        val = torch.where(active, vals.gather(1, first[:, None])[:, 0], val)
+        f = torch.bmm(b_r, b[..., None])[..., 0]
+        if (it + 1) % check_every == 0 and not bool(active.any()):
             break
-        s = 1.0
-        while True:  # backtracking (Armijo) keeps exp() finite and the loss decreasing
-            new_b = b - s * step
-            new_val, new_ef = loss(new_b)
-            if torch.isfinite(new_val) and new_val <= val - 0.5 * s * decrement:
-                break
-            s *= 0.5
-            if s < 1e-6:
-                break
-        if s < 1e-6:  # no further decrease resolvable in floating point
-            converged = decrement < 100 * tol
-            break
-        b, val, ef = new_b, new_val, new_ef
-    f_r = b_r @ b
-    t = 2 * (float(b_d @ b) + w * float((1 - torch.exp(f_r)).sum()))
-    return KernelFit(t=t, iterations=iterations, converged=converged, sigma=float(sigma), M=m)
+    f = f.double()  # t sums N_R terms: accumulate in float64 whatever the iterations' dtype
+    t = 2 * ((b_d.double() * b.double()).sum(1) - w * torch.expm1(f).sum(1))
+    return t, iters, converged
 
 
-def _solve_psd(h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    try:
-        ch = torch.linalg.cholesky(h)
-        return torch.cholesky_solve(g[:, None], ch)[:, 0]
-    except RuntimeError:  # numerically indefinite: least squares is still a descent direction
-        return torch.linalg.lstsq(h, g[:, None]).solution[:, 0]
+def _armijo(sizes: list[float], f, f_step, b, step, b_d, w, pen, val, decrement
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss at b - s step for each s in ``sizes`` (T, len(sizes)), and which of those
+    decrease it enough (Armijo: by at least s decrement / 2)."""
+    vals = torch.stack([w * torch.expm1(f - s * f_step).sum(1) - (b_d * (b - s * step)).sum(1)
+                        + pen * (b - s * step).square().sum(1) for s in sizes], 1)
+    scale = torch.tensor(sizes, dtype=vals.dtype).to(vals.device, non_blocking=True)
+    bound = val[:, None] - 0.5 * scale * decrement[:, None]
+    return vals, torch.isfinite(vals) & (vals <= bound)
+
+
+def nplm_t_kernel(ref, data, *, n_expected: float | None = None, M: int = 500,
+                  sigma: float | None = None, lam: float = 1e-6, max_iter: int = 100,
+                  tol: float = 1e-6, seed: int = 0, device: str | torch.device | None = None,
+                  dtype: torch.dtype | None = None, standardise: bool = True) -> KernelFit:
+    """t for one toy with the Nystrom Gaussian-kernel model.
+
+    ref: (N_R, d), data: (N_D, d) arrays or tensors (device taken from ``ref`` unless given).
+    n_expected: expected number of data events under the null (default N_D); w = n_expected/N_R.
+    dtype: default float64 on CPUs, float32 on GPUs (:func:`default_dtype`).
+    Newton's method with backtracking on the convex loss (:func:`newton_batched` with one toy);
+    stops when the Newton decrement is below ``tol``.
+    """
+    if device is None and torch.is_tensor(ref):
+        device = ref.device
+    dev = torch.device(device or "cpu")
+    dtype = dtype or default_dtype(dev)
+    r = _as_tensor(ref, dev, dtype)
+    d = _as_tensor(data, dev, dtype)
+    n_r, n_d = len(r), len(d)
+    w = (n_expected if n_expected is not None else n_d) / n_r
+    with full_fp32():
+        if sigma is None:
+            z = r
+            if standardise:
+                z = (r - r.mean(0)) / r.std(0).clamp_min(1e-12)
+            sigma = kernel_width(z, seed=seed)
+        m = min(M, n_r + n_d)
+        b_r, b_d = _kernel_features(r, d, m, sigma, seed, standardise)
+        pen = torch.tensor([(n_r + n_d) * lam], dtype=dtype)
+        t, iters, conv = newton_batched(b_r[None], b_d[None], w, pen, max_iter=max_iter, tol=tol)
+    return KernelFit(t=float(t[0]), iterations=int(iters[0]), converged=bool(conv[0]),
+                     sigma=float(sigma), M=m)
 
 
 @dataclass
@@ -196,9 +281,9 @@ def nplm_t_network(ref, data, *, n_expected: float | None = None, hidden: tuple[
 
 
 @contextlib.contextmanager
-def single_thread_on_cpu(device: torch.device):
+def single_thread_on_cpu(device: torch.device | str):
     """Tiny networks on CPU run several times faster on one thread than on a contended pool."""
-    if device.type != "cpu":
+    if torch.device(device).type != "cpu":
         yield
         return
     n = torch.get_num_threads()
@@ -209,14 +294,17 @@ def single_thread_on_cpu(device: torch.device):
         torch.set_num_threads(n)
 
 
-def _fit_network(r, d, w, hidden, clip, lr, seed, max_steps, tol, patience) -> NetworkFit:
+def _network(width: int, hidden: tuple[int, ...], seed: int) -> torch.nn.Sequential:
     torch.manual_seed(seed)
     layers: list[torch.nn.Module] = []
-    width = r.shape[1]
     for h in hidden:
         layers += [torch.nn.Linear(width, h), torch.nn.Sigmoid()]
         width = h
-    net = torch.nn.Sequential(*layers, torch.nn.Linear(width, 1)).to(r.device)
+    return torch.nn.Sequential(*layers, torch.nn.Linear(width, 1))
+
+
+def _fit_network(r, d, w, hidden, clip, lr, seed, max_steps, tol, patience) -> NetworkFit:
+    net = _network(r.shape[1], hidden, seed).to(r.device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     check = max(1, min(50, patience))  # read the loss back every `check` steps (no per-step sync)
     best, best_step, step, converged = float("inf"), 0, 0, False
@@ -241,29 +329,82 @@ def _fit_network(r, d, w, hidden, clip, lr, seed, max_steps, tol, patience) -> N
     return NetworkFit(t=t, steps=step, converged=converged)
 
 
+def fit_networks_batched(r: torch.Tensor, d: torch.Tensor, d_mask: torch.Tensor, w: float, *,
+                         seeds: list[int], hidden: tuple[int, ...] = (4,), clip: float = 9.0,
+                         max_steps: int = 100_000, tol: float = 5e-3, patience: int = 1000,
+                         lr: float = 5e-3) -> list[NetworkFit]:
+    """:func:`nplm_t_network`'s fit for T toys at once: one network per toy, their weights
+    stacked (T, ...) and applied with batched matmuls, Adam written out per element (exactly
+    torch.optim.Adam's update) so each toy stops at its own convergence.
+
+    r: (T, N_R, d), d: (T, N_D_max, d) standardised, d_mask: (T, N_D_max) bool (real data
+    events; toys have Poisson-varying sizes); seeds: each toy's initialisation seed (the
+    weights :func:`nplm_t_network` would start from). The losses are read back every 50 steps,
+    one host read for all toys."""
+    T = len(seeds)
+    nets = [_network(r.shape[2], tuple(hidden), s) for s in seeds]
+    params = [torch.stack([p.detach() for p in ps]).to(r.device).requires_grad_()
+              for ps in zip(*(list(n.parameters()) for n in nets), strict=True)]
+    exp_avg = [torch.zeros_like(p) for p in params]
+    exp_sq = [torch.zeros_like(p) for p in params]
+    dm = d_mask.to(r.dtype)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+
+    def forward(x: torch.Tensor) -> torch.Tensor:  # (T, n, d) -> (T, n)
+        h = x
+        for i in range(0, len(params) - 2, 2):
+            h = torch.sigmoid(torch.baddbmm(params[i + 1][:, None], h, params[i].mT))
+        return torch.baddbmm(params[-1][:, None], h, params[-2].mT)[..., 0]
+
+    check = max(1, min(50, patience))
+    active = torch.ones(T, dtype=torch.bool, device=r.device)
+    act = np.ones(T, bool)
+    best, best_step = np.full(T, np.inf), np.zeros(T, int)
+    steps, converged = np.zeros(T, int), np.zeros(T, bool)
+    step = 0
+    while step < max_steps and act.any():
+        loss = w * torch.expm1(forward(r)).sum(1) - (forward(d) * dm).sum(1)  # (T,)
+        grads = torch.autograd.grad(loss.sum(), params)
+        step += 1
+        bc1, bc2 = 1 - beta1 ** step, (1 - beta2 ** step) ** 0.5
+        with torch.no_grad():
+            for p, g, m1, m2 in zip(params, grads, exp_avg, exp_sq, strict=True):
+                on = active.view(-1, *([1] * (p.dim() - 1)))
+                m1.copy_(torch.where(on, m1.lerp(g, 1 - beta1), m1))
+                m2.copy_(torch.where(on, m2 * beta2 + (1 - beta2) * g * g, m2))
+                new = (p - (lr / bc1) * m1 / (m2.sqrt() / bc2 + eps)).clamp_(-clip, clip)
+                p.copy_(torch.where(on, new, p))
+        steps[act] = step
+        if step % check == 0:
+            values = loss.detach().cpu().numpy()
+            for i in np.flatnonzero(act):
+                if values[i] < best[i] - tol:
+                    best[i], best_step[i] = values[i], step
+                elif step - best_step[i] >= patience:
+                    converged[i], act[i] = True, False
+            active = torch.as_tensor(act, device=r.device)
+    with torch.no_grad():
+        f_r, f_d = forward(r).double(), forward(d).double()
+        t = 2 * ((f_d * dm).sum(1) - w * torch.expm1(f_r).sum(1))
+    return [NetworkFit(t=float(v), steps=int(s), converged=bool(c))
+            for v, s, c in zip(t.cpu().tolist(), steps, converged, strict=True)]
+
+
 # ---------------------------------------------------------------------------------------------
 # toys and calibration
 
 
-def run_toys(background, signal=None, *, n_ref: int, n_data: float, n_sig: float = 0.0,
-             n_toys: int, model: str = "kernel", seed: int = 0,
-             device: str | torch.device | None = None, converged: list[bool] | None = None,
-             **model_kw) -> np.ndarray:
-    """t for ``n_toys`` toys. Each toy draws a fresh reference of ``n_ref`` events and data of
-    Poisson(n_data) background plus Poisson(n_sig) signal events from the pools
-    (background: (N_B, d), signal: (N_S, d); reference and data background disjoint within a
-    toy). w = n_data / n_ref (the null expectation). ``converged``, when given, receives one
-    bool per toy (did the fit converge)."""
-    rng = np.random.default_rng(seed)
-    bkg = _as_tensor(background, device, torch.float64 if model == "kernel" else torch.float32)
-    sig = None if signal is None else _as_tensor(signal, bkg.device, bkg.dtype)
-    if model == "kernel" and model_kw.get("sigma") is None:
-        # one kernel width for all toys (a hyper-parameter of the test, not refitted per toy),
-        # from reference-sized background samples in standardised coordinates
-        z = (bkg - bkg.mean(0)) / bkg.std(0).clamp_min(1e-12)
-        model_kw = dict(model_kw, sigma=kernel_width(z[:max(n_ref, 2)], seed=seed))
-    ts = np.empty(n_toys)
-    for i in range(n_toys):
+@dataclass
+class _Toy:
+    ref: torch.Tensor  # (n_ref, d)
+    data: torch.Tensor  # (n_d, d)
+    seed: int
+
+
+def _draw_toys(bkg: torch.Tensor, sig: torch.Tensor | None, rng: np.random.Generator, *,
+               n_ref: int, n_data: float, n_sig: float, n_toys: int) -> list[_Toy]:
+    toys = []
+    for _ in range(n_toys):
         nd = rng.poisson(n_data)
         ns = rng.poisson(n_sig) if n_sig > 0 else 0
         if n_ref + nd > len(bkg):
@@ -276,20 +417,111 @@ def run_toys(background, signal=None, *, n_ref: int, n_data: float, n_sig: float
                 raise ValueError("signal pool too small for the injected signal")
             data = torch.cat([data, sig[torch.as_tensor(rng.choice(len(sig), ns, replace=False),
                                                         device=bkg.device)]])
-        toy_seed = int(rng.integers(2**31))
-        if model == "kernel":
+        toys.append(_Toy(ref, data, int(rng.integers(2**31))))
+    return toys
+
+
+def default_toy_batch(device: torch.device, model: str, n_ref: int, M: int, itemsize: int
+                      ) -> int:
+    """Toys solved at once: one on CPUs (the sequential numbers), on GPUs as many as keep the
+    kernel features (T, N_R, M) under 2 GiB (the network model: 256)."""
+    if device.type == "cpu":
+        return 1
+    if model == "network":
+        return 256
+    return max(1, (2 << 30) // max(1, n_ref * M * itemsize))
+
+
+def run_toys(background, signal=None, *, n_ref: int, n_data: float, n_sig: float = 0.0,
+             n_toys: int, model: str = "kernel", seed: int = 0,
+             device: str | torch.device | None = None, converged: list[bool] | None = None,
+             toy_batch: int | None = None, **model_kw) -> np.ndarray:
+    """t for ``n_toys`` toys. Each toy draws a fresh reference of ``n_ref`` events and data of
+    Poisson(n_data) background plus Poisson(n_sig) signal events from the pools
+    (background: (N_B, d), signal: (N_S, d); reference and data background disjoint within a
+    toy). w = n_data / n_ref (the null expectation). ``converged``, when given, receives one
+    bool per toy (did the fit converge). ``toy_batch``: toys fitted at once (batched Newton /
+    stacked networks; default :func:`default_toy_batch`: 1 on CPUs, many on GPUs); the toys
+    drawn and their t do not depend on it (to the fits' tolerance)."""
+    if model not in ("kernel", "network"):
+        raise KeyError(f"unknown NPLM model {model!r}; known: ['kernel', 'network']")
+    rng = np.random.default_rng(seed)
+    dev = torch.device(device) if device is not None else (
+        background.device if torch.is_tensor(background) else torch.device("cpu"))
+    dtype = (model_kw.get("dtype") or default_dtype(dev)) if model == "kernel" else torch.float32
+    bkg = _as_tensor(background, dev, dtype)
+    sig = None if signal is None else _as_tensor(signal, bkg.device, bkg.dtype)
+    if model == "kernel" and model_kw.get("sigma") is None:
+        # one kernel width for all toys (a hyper-parameter of the test, not refitted per toy),
+        # from reference-sized background samples in standardised coordinates
+        z = (bkg - bkg.mean(0)) / bkg.std(0).clamp_min(1e-12)
+        model_kw = dict(model_kw, sigma=kernel_width(z[:max(n_ref, 2)], seed=seed))
+    toys = _draw_toys(bkg, sig, rng, n_ref=n_ref, n_data=n_data, n_sig=n_sig, n_toys=n_toys)
+    batch = toy_batch or default_toy_batch(dev, model, n_ref, model_kw.get("M", 500),
+                                           bkg.element_size())
+    fits: list[KernelFit | NetworkFit] = []
+    for s in range(0, n_toys, batch):
+        part = toys[s:s + batch]
+        if model == "kernel" and len(part) == 1:
             # small problems: one CPU thread is faster than a (possibly contended) pool
             small = n_ref * model_kw.get("M", 500) < 2e7
-            with single_thread_on_cpu(bkg.device) if small else contextlib.nullcontext():
-                fit = nplm_t_kernel(ref, data, n_expected=n_data, seed=toy_seed, **model_kw)
-        elif model == "network":
-            fit = nplm_t_network(ref, data, n_expected=n_data, seed=toy_seed, **model_kw)
+            with single_thread_on_cpu(dev) if small else contextlib.nullcontext():
+                fits.append(nplm_t_kernel(part[0].ref, part[0].data, n_expected=n_data,
+                                          seed=part[0].seed, **model_kw))
+        elif model == "kernel":
+            fits += _kernel_toys(part, n_data, **model_kw)
+        elif len(part) == 1:
+            fits.append(nplm_t_network(part[0].ref, part[0].data, n_expected=n_data,
+                                       seed=part[0].seed, **model_kw))
         else:
-            raise KeyError(f"unknown NPLM model {model!r}; known: ['kernel', 'network']")
-        ts[i] = fit.t
-        if converged is not None:
-            converged.append(bool(fit.converged))
-    return ts
+            fits += _network_toys(part, n_data, **model_kw)
+    if converged is not None:
+        converged.extend(bool(f.converged) for f in fits)
+    return np.array([f.t for f in fits], dtype=np.float64)
+
+
+def _kernel_toys(toys: list[_Toy], n_expected: float, *, M: int = 500, sigma: float,
+                 lam: float = 1e-6, max_iter: int = 100, tol: float = 1e-6,
+                 dtype: torch.dtype | None = None, standardise: bool = True
+                 ) -> list[KernelFit]:
+    """The kernel fits of toys with equal reference sizes, solved together."""
+    n_r = len(toys[0].ref)
+    with full_fp32():
+        feats = [_kernel_features(t.ref, t.data, min(M, n_r + len(t.data)), sigma, t.seed,
+                                  standardise) for t in toys]
+        m = min(len(bd) for _, bd in feats)  # equal unless a toy has fewer than M events
+        b_r = torch.stack([br[:, :m] for br, _ in feats]) if m == M else None
+        if b_r is None:  # a toy smaller than M: solve it on its own
+            return [nplm_t_kernel(t.ref, t.data, n_expected=n_expected, M=M, sigma=sigma,
+                                  lam=lam, max_iter=max_iter, tol=tol, seed=t.seed,
+                                  dtype=toys[0].ref.dtype, standardise=standardise)
+                    for t in toys]
+        b_d = torch.stack([bd for _, bd in feats])
+        pen = torch.tensor([(n_r + len(t.data)) * lam for t in toys], dtype=b_r.dtype)
+        t, iters, conv = newton_batched(b_r, b_d, n_expected / n_r, pen, max_iter=max_iter,
+                                        tol=tol)
+    return [KernelFit(t=float(v), iterations=int(i), converged=bool(c), sigma=float(sigma), M=m)
+            for v, i, c in zip(t.cpu().tolist(), iters.cpu().tolist(), conv.cpu().tolist(),
+                               strict=True)]
+
+
+def _network_toys(toys: list[_Toy], n_expected: float, *, standardise: bool = True, **kw) -> list[NetworkFit]:
+    """The network fits of toys with equal reference sizes, trained together."""
+    rs, ds = [], []
+    for t in toys:
+        r, d = t.ref, t.data
+        if standardise:
+            mu, sd = r.mean(0), r.std(0).clamp_min(1e-12)
+            r, d = (r - mu) / sd, (d - mu) / sd
+        rs.append(r)
+        ds.append(d)
+    n_d = max(len(d) for d in ds)
+    d_pad = torch.zeros(len(ds), n_d, rs[0].shape[1], dtype=rs[0].dtype, device=rs[0].device)
+    d_mask = torch.zeros(len(ds), n_d, dtype=torch.bool, device=rs[0].device)
+    for i, d in enumerate(ds):
+        d_pad[i, :len(d)], d_mask[i, :len(d)] = d, True
+    return fit_networks_batched(torch.stack(rs), d_pad, d_mask, n_expected / len(rs[0]),
+                                seeds=[t.seed for t in toys], **kw)
 
 
 def fit_dof(t_null: np.ndarray) -> float:
@@ -319,8 +551,14 @@ def nplm_evaluation(rep: np.ndarray, label: np.ndarray, *, n_ref: int = 5000,
                     n_data: int = 1000, n_sig: float = 50.0, n_toys_null: int = 100,
                     n_toys_sig: int = 30, model: str = "kernel", prefix: str = "nplm",
                     seed: int = 0, device: str | None = None, figures: bool = True,
-                    M: int = 200, ref_ratio: float = 5.0, **model_kw) -> EvalResult:
+                    M: int = 200, ref_ratio: float = 5.0, n_toys_dof: int | None = None,
+                    **model_kw) -> EvalResult:
     """Calibrate on reference-only toys and measure Z for signal-injected toys.
+
+    Calibration on independent toys: the chi2's degrees of freedom are fitted on
+    ``n_toys_dof`` reference-only toys (default ``n_toys_null``) and the KS test of the chi2
+    runs on ``n_toys_null`` other ones (a fit checked on its own toys passes too easily); the
+    empirical Z compares the signal toys with both sets.
 
     rep: (n, D) features of labelled samples (label 0 background pool, >= 1 signal pool,
     -1 dropped). Sizes are capped by the pools: the background pool must hold n_ref + ~n_data,
@@ -349,32 +587,38 @@ def nplm_evaluation(rep: np.ndarray, label: np.ndarray, *, n_ref: int = 5000,
         model_kw["sigma"] = kernel_width(torch.as_tensor(z[:n_ref]), seed=seed)
     kw = dict(n_ref=n_ref, n_data=n_data, model=model, device=device, **model_kw)
     converged: list[bool] = []
+    n_toys_dof = n_toys_null if n_toys_dof is None else n_toys_dof
+    t_dof = run_toys(bkg, None, n_toys=n_toys_dof, seed=seed + 2, converged=converged, **kw)
     t0 = run_toys(bkg, None, n_toys=n_toys_null, seed=seed, converged=converged, **kw)
     t1 = run_toys(bkg, sig, n_sig=n_sig, n_toys=n_toys_sig, seed=seed + 1, converged=converged,
                   **kw)
-    dof = fit_dof(t0)
-    ks = stats.kstest(t0, stats.chi2(dof).cdf).pvalue
+    dof = fit_dof(t_dof)
+    ks = stats.kstest(t0, stats.chi2(dof).cdf).pvalue  # toys the fit has not seen
     n_unconverged = len(converged) - sum(converged)
     # the chi2 Z is quoted only when the null toys follow the fitted chi2 and every fit converged
     calibrated = ks > KS_MIN and n_unconverged == 0
-    ze = z_empirical(t1, t0)
+    t_null = np.concatenate([t_dof, t0])
+    ze = z_empirical(t1, t_null)
     p = prefix
     metrics = {
         f"{p}_dof": dof, f"{p}_ks_pvalue": float(ks), f"{p}_calibrated": float(calibrated),
         f"{p}_n_unconverged": float(n_unconverged),
-        f"{p}_t_null_median": float(np.median(t0)), f"{p}_t_sig_median": float(np.median(t1)),
+        f"{p}_t_null_median": float(np.median(t_null)),
+        f"{p}_t_sig_median": float(np.median(t1)),
         f"{p}_z_emp_median": float(np.median(ze)),
         f"{p}_n_ref": float(n_ref), f"{p}_n_data": float(n_data), f"{p}_n_sig": float(n_sig),
         f"{p}_n_toys_null": float(n_toys_null), f"{p}_n_toys_sig": float(n_toys_sig),
+        f"{p}_n_toys_dof": float(n_toys_dof),
     }
     if calibrated:
         metrics[f"{p}_z_chi2_median"] = float(np.median(z_chi2(t1, dof)))
         metrics[f"{p}_z_chi2_at_median_t"] = float(z_chi2(np.median(t1), dof))
     if model == "kernel":
         metrics[f"{p}_M"], metrics[f"{p}_sigma"] = float(M), float(model_kw["sigma"])
-    tables = {f"{p}_toys": [{"kind": "null", "t": float(v)} for v in t0]
+    tables = {f"{p}_toys": [{"kind": "null_dof", "t": float(v)} for v in t_dof]
+              + [{"kind": "null", "t": float(v)} for v in t0]
               + [{"kind": "signal", "t": float(v)} for v in t1]}
-    figs = {f"{p}_t.png": t_figure(t0, t1, dof)} if figures else {}
+    figs = {f"{p}_t.png": t_figure(t_null, t1, dof)} if figures else {}
     return EvalResult(metrics=metrics, figures=figs, tables=tables)
 
 
