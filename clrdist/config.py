@@ -195,6 +195,9 @@ class TrackingConfig(_Section):
 class _EvalSettings(_Section):
     lct_max_samples: int | None = Field(None, gt=0)  # cap the samples used per evaluation store
     every_epochs: int | None = Field(None, gt=0)  # quick LCT during training: fit eval_train, score val_store
+    # where the post-training evaluation encodes and fits its torch models (NPLM, AE, NAE, jet
+    # images): auto = the GPU when there is one, else cpu; or cpu, cuda, cuda:N
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     init_seeds: int = Field(5, ge=1)  # the untrained reference at seeds seed, seed+1, ... (<name>_init_*)
     # per-evaluation keyword arguments, typed by clrdist.eval.registry (docs/eval.md), e.g.
     # {nplm: {n_toys_null: 200, M: 500}}

@@ -59,7 +59,7 @@ class AEScorer:
                  device: str | None = None):
         self.scale, self.bottleneck, self.epochs = scale, bottleneck, epochs
         self.batch_size, self.lr, self.seed = batch_size, lr, seed
-        self.device = torch.device(device or "cpu")
+        self.device = torch.device(device or "cpu")  # "cuda": fit and score on the GPU
         self.final_loss = float("nan")
 
     def fit(self, rep: np.ndarray) -> AEScorer:
@@ -74,15 +74,15 @@ class AEScorer:
         with single_thread_on_cpu(self.device):
             for _ in range(self.epochs):
                 perm = torch.randperm(len(xt), generator=gen).to(self.device)
-                total = 0.0
+                total = torch.zeros((), dtype=torch.float64, device=self.device)
                 for s in range(0, len(xt), self.batch_size):
                     xb = xt[perm[s:s + self.batch_size]]
                     loss = torch.nn.functional.mse_loss(self.net(xb), xb)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                    total += float(loss.detach()) * len(xb)
-                self.final_loss = total / len(xt)
+                    total += loss.detach().double() * len(xb)  # read once, after training
+            self.final_loss = float(total) / len(xt)
         return self
 
     def score(self, rep: np.ndarray) -> np.ndarray:

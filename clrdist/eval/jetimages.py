@@ -108,33 +108,41 @@ def per_sample_mse(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return ((net(x) - x) ** 2).flatten(1).mean(1)
 
 
+def _device_of(net: nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
 def fit_autoencoder(net: nn.Module, x: np.ndarray, *, epochs: int, batch_size: int = 256,
                     lr: float = 1e-3, seed: int = 0) -> float:
-    """Train ``net`` on ``x`` by MSE (Adam); returns the last epoch's mean loss."""
-    xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    """Train ``net`` on ``x`` by MSE (Adam) on the device ``net`` lives on; returns the last
+    epoch's mean loss (read back once per epoch)."""
+    dev = _device_of(net)
+    xt = torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     last = float("nan")
-    with single_thread_on_cpu(torch.device("cpu")):
+    with single_thread_on_cpu(dev):
         for _ in range(epochs):
-            perm, total = torch.randperm(len(xt), generator=gen), 0.0
+            perm = torch.randperm(len(xt), generator=gen).to(dev)
+            total = torch.zeros((), dtype=torch.float64, device=dev)
             for s in range(0, len(xt), batch_size):
                 xb = xt[perm[s:s + batch_size]]
                 loss = per_sample_mse(net, xb).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss.detach()) * len(xb)
-            last = total / len(xt)
+                total += loss.detach().double() * len(xb)
+            last = float(total) / len(xt)
     return last
 
 
 @torch.no_grad()
 def score_autoencoder(net: nn.Module, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    """Per-sample reconstruction error (n,) float64."""
-    xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    return np.concatenate([per_sample_mse(net, xt[s:s + batch_size]).numpy()
-                           for s in range(0, len(xt), batch_size)]).astype(np.float64)
+    """Per-sample reconstruction error (n,) float64, on the device ``net`` lives on."""
+    dev = _device_of(net)
+    xt = torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev)
+    return torch.cat([per_sample_mse(net, xt[s:s + batch_size])
+                      for s in range(0, len(xt), batch_size)]).cpu().numpy().astype(np.float64)
 
 
 def signal_metrics(label: np.ndarray, score: np.ndarray, prefix: str,
@@ -157,10 +165,11 @@ def image_ae_scores(train_data: Mapping[str, np.ndarray], test_data: Mapping[str
                     channels: int = 8, latent: int = 32, epochs: int = 30,
                     batch_size: int = 64, lr: float = 1e-3, max_samples: int | None = None,
                     label_names: Mapping[int, str] | None = None,
-                    return_model: bool = False):
+                    return_model: bool = False, device: str | None = None):
     """Convolutional AE on the training set's background (label 0) jet images; anomaly score of
-    every test jet = its image's reconstruction MSE. Returns an EvalResult (and, with
-    ``return_model``, also ``(net, test images, test scores)`` for the mimickers)."""
+    every test jet = its image's reconstruction MSE, fitted and scored on ``device`` (default
+    CPU). Returns an EvalResult (and, with ``return_model``, also ``(net, test images, test
+    scores)`` for the mimickers)."""
     tr = _first(train_data, max_samples)
     te = _first(test_data, max_samples)
     bkg = np.asarray(tr["label"]) == 0
@@ -170,7 +179,7 @@ def image_ae_scores(train_data: Mapping[str, np.ndarray], test_data: Mapping[str
     img_te = jet_images(te["particles"], te["mask"], size=size, extent=extent)
     scale = float(img_tr.std()) or 1.0  # one global factor: pixel values of order 1
     torch.manual_seed(seed)
-    net = ConvAE(size, channels, latent)
+    net = ConvAE(size, channels, latent).to(device or "cpu")
     loss = fit_autoencoder(net, img_tr[:, None] / scale, epochs=epochs, batch_size=batch_size,
                            lr=lr, seed=seed)
     score = score_autoencoder(net, img_te[:, None] / scale)

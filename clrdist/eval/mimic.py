@@ -192,18 +192,20 @@ def mimic_evaluation(train_data: Mapping[str, np.ndarray], test_data: Mapping[st
                      max_samples: int | None = 2000, ado_target: float = 0.9,
                      auc_tol: float = 0.01, max_efps: int = 6, steps: int = 300,
                      label_names: Mapping[int, str] | None = None,
-                     images: Mapping | None = None) -> EvalResult:
+                     images: Mapping | None = None, device: str | None = None) -> EvalResult:
     """Jet-image AE on the training background, then HLN / PNN mimickers grown on EFPs.
 
     The test jets are split in random halves: the first grows the mimickers, the second reports
     ``mimic_<kind>_ado`` (with the AE), ``mimic_<kind>_*`` ROC metrics per signal,
     ``mimic_<kind>_n_efps``; ``mimic_ae_*`` the AE on the same half. Tables
     ``mimic_<kind>_efps`` (the selected EFPs in order, with the stage's ADO / AUC on the
-    selection half). ``images``: keyword arguments of ``image_ae_scores``.
+    selection half). ``images``: keyword arguments of ``image_ae_scores``; ``device``: where the
+    image AE trains (the mimickers, 300 full-batch steps on <= 2000 jets, stay on the CPU).
     """
     te = {k: np.asarray(v)[:max_samples] for k, v in test_data.items()}
     img_res, (_, _, ae_score, _) = image_ae_scores(train_data, te, seed=seed, return_model=True,
-                                                   label_names=label_names, **dict(images or {}))
+                                                   label_names=label_names,
+                                                   **{"device": device, **dict(images or {})})
     names = efp_names(dmax)
     p = te["particles"]
     cand = np.log10(np.abs(efps(p[..., 0], p[..., 1], p[..., 2], te["mask"], dmax=dmax)) + 1e-12)

@@ -75,7 +75,7 @@ def langevin(f, x0: torch.Tensor, *, steps: int, step_size: float, noise: float,
     for _ in range(steps):
         x.requires_grad_(True)
         (grad,) = torch.autograd.grad(f(x).sum(), x)
-        eps = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         x = (x - step_size * grad + noise * eps).detach()
         if sphere:
             x = nn.functional.normalize(x, dim=1)
@@ -92,7 +92,8 @@ def sample_negatives(net: nn.Module, n: int, *, generator: torch.Generator, z_st
     on the sphere, then Langevin in input space on E(x) from D(z)."""
     was_training = net.training
     net.eval()
-    z0 = nn.functional.normalize(torch.randn(n, net.latent, generator=generator), dim=1)
+    z0 = nn.functional.normalize(torch.randn(n, net.latent, generator=generator,
+                                             device=generator.device), dim=1)
     z = langevin(lambda z: energy(net, net.decode(z), temperature), z0, steps=z_steps,
                  step_size=z_step, noise=z_noise, generator=generator, sphere=True)
     with torch.no_grad():
@@ -117,8 +118,10 @@ class NAE:
     def __init__(self, net: nn.Module, *, ae_epochs: int = 20, nae_steps: int = 200,
                  batch_size: int = 128, lr: float = 1e-3, nae_lr: float = 1e-4,
                  gamma: float = 1.0, temperature: float = 1.0, seed: int = 0,
-                 clamp: tuple[float, float] | None = None, langevin: Mapping | None = None):
-        self.net, self.ae_epochs, self.nae_steps = net, ae_epochs, nae_steps
+                 clamp: tuple[float, float] | None = None, langevin: Mapping | None = None,
+                 device: str | None = None):
+        self.device = torch.device(device or "cpu")
+        self.net, self.ae_epochs, self.nae_steps = net.to(self.device), ae_epochs, nae_steps
         self.batch_size, self.lr, self.nae_lr = batch_size, lr, nae_lr
         self.gamma, self.temperature, self.seed, self.clamp = gamma, temperature, seed, clamp
         self.langevin = dict(langevin or {})
@@ -129,11 +132,15 @@ class NAE:
         torch.manual_seed(self.seed)
         self.ae_loss = fit_autoencoder(self.net, xt.numpy(), epochs=self.ae_epochs,
                                        batch_size=self.batch_size, lr=self.lr, seed=self.seed)
+        xt = xt.to(self.device)
         opt = torch.optim.Adam(self.net.parameters(), lr=self.nae_lr)
-        gen = torch.Generator().manual_seed(self.seed + 1)
-        with single_thread_on_cpu(torch.device("cpu")):
+        # random numbers drawn on the device (the CPU's stream is the one it always was)
+        gen = torch.Generator(device=self.device).manual_seed(self.seed + 1)
+        energies = []
+        with single_thread_on_cpu(self.device):
             for _ in range(self.nae_steps):
-                idx = torch.randint(len(xt), (min(self.batch_size, len(xt)),), generator=gen)
+                idx = torch.randint(len(xt), (min(self.batch_size, len(xt)),), generator=gen,
+                                    device=self.device)
                 neg = sample_negatives(self.net, len(idx), generator=gen,
                                        temperature=self.temperature, clamp=self.clamp,
                                        **self.langevin)
@@ -143,17 +150,19 @@ class NAE:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                self.history.append({"e_pos": float(e_pos.detach().mean()),
-                                     "e_neg": float(e_neg.detach().mean())})
+                energies.append(torch.stack([e_pos.detach().mean(), e_neg.detach().mean()]))
+        # read back once, after training (no host sync per step)
+        for e_pos, e_neg in torch.stack(energies).tolist() if energies else []:
+            self.history.append({"e_pos": e_pos, "e_neg": e_neg})
         return self
 
     @torch.no_grad()
     def score(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """Energy E(x) (n,) float64: the anomaly score."""
         self.net.eval()
-        xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-        return np.concatenate([energy(self.net, xt[s:s + batch_size], self.temperature).numpy()
-                               for s in range(0, len(xt), batch_size)]).astype(np.float64)
+        xt = torch.as_tensor(np.asarray(x), dtype=torch.float32, device=self.device)
+        return torch.cat([energy(self.net, xt[s:s + batch_size], self.temperature)
+                          for s in range(0, len(xt), batch_size)]).cpu().numpy().astype(np.float64)
 
 
 def _nae_kwargs(kw: Mapping) -> dict:
@@ -168,12 +177,14 @@ def nae_evaluation(rep_train: np.ndarray, y_train: np.ndarray, rep_test: np.ndar
                    on: tuple[str, ...] = ("rep", "images"), hidden: int = 64, latent: int = 8,
                    image_size: int = IMAGE_SIZE, image_extent: float = IMAGE_EXTENT,
                    image_latent: int = 32, channels: int = 8, max_samples: int | None = None,
-                   label_names: Mapping[int, str] | None = None, **kw) -> EvalResult:
+                   label_names: Mapping[int, str] | None = None, device: str | None = None,
+                   **kw) -> EvalResult:
     """NAE anomaly scores trained on the training set's background (label 0).
 
     on: ``rep`` (standardised representations, MLP AE) and/or ``images`` (jet images of
     ``train_data`` / ``test_data`` scaled by one global factor, conv AE, samples clamped >= 0).
-    Other keywords go to :class:`NAE` (``ae_epochs``, ``nae_steps``, ``gamma``, ...).
+    Other keywords go to :class:`NAE` (``ae_epochs``, ``nae_steps``, ``gamma``, ...);
+    ``device``: where the NAEs train (default CPU).
     Metrics ``nae_<on>_*`` (``signal_metrics``), ``nae_<on>_e_pos``, ``nae_<on>_e_neg`` (mean
     energies of data and negative samples over the last 10 NAE steps).
     """
@@ -205,7 +216,7 @@ def nae_evaluation(rep_train: np.ndarray, y_train: np.ndarray, rep_test: np.ndar
             clamp = (0.0, float(xtr.max()))
         else:
             raise KeyError(f"nae: unknown input {what!r}; known: ['rep', 'images']")
-        nae = NAE(net, seed=seed, clamp=clamp, **_nae_kwargs(kw)).fit(xtr)
+        nae = NAE(net, seed=seed, clamp=clamp, device=device, **_nae_kwargs(kw)).fit(xtr)
         s = nae.score(xte)
         metrics.update(signal_metrics(yte, s, f"nae_{what}", label_names))
         tail = nae.history[-10:] or [{"e_pos": float("nan"), "e_neg": float("nan")}]

@@ -4,11 +4,14 @@
 (after :func:`clrdist.eval.held_out.check_final_stores`), encodes them into representations
 (not projection-head outputs) and runs the evaluations in ``which`` through
 :func:`clrdist.eval.runner.run_evaluations`, next to the same architecture untrained.
+``eval.device`` (auto: the GPU when there is one) is where the encoders run and where the
+evaluations that fit torch models (NPLM, anomaly AE, NAE, jet images, mimickers' AE) fit them.
 ``clrdist.pipeline`` loads the model from a checkpoint and logs the results into the MLflow run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,7 +24,11 @@ from clrdist.eval.metrics import EvalResult
 from clrdist.eval.registry import check_names
 from clrdist.eval.runner import Context, run_evaluations
 from clrdist.models import initial_model
-from clrdist.models.encode import Representation, make_encoder, numpy_inputs
+from clrdist.models.encode import Representation, make_encoder, numpy_inputs, resolve_device
+
+# evaluations that fit torch models and take a ``device`` option
+DEVICE_EVALUATIONS = ("nplm", "anomaly", "nae", "images", "mimic")
+ENCODE_BATCH = 8192  # samples per encode call on a GPU (the CPU keeps the runner's default)
 
 
 def collision_energy(*stores: SampleStore) -> float | None:
@@ -50,12 +57,15 @@ def evaluate_trained(model: torch.nn.Module, trained_cfg: RunConfig, which: set[
     seeds = [trained_cfg.seed + i for i in range(cfg.eval.init_seeds)]
     with torch.random.fork_rng():
         untrained = [initial_model(trained_cfg.model, s) for s in seeds]
+    device = resolve_device(cfg.eval.device)  # the GPU when there is one (eval.device: auto)
     context = Context(
+        batch_size=ENCODE_BATCH if device.type != "cpu" else Context.batch_size,
         seed=cfg.seed, feature_names=store.feature_names, kind=store.kind,
         label_names=store.label_names,  # per-signal metrics of lct / anomaly / nae / ...
         n_particles=trained_cfg.data.n_particles,
         ecm=collision_energy(store, test_store),  # the bump hunt's sqrt(s)
-        init_encoders=[make_encoder(m, trained_cfg) for m in untrained], init_seeds=seeds,
+        init_encoders=[make_encoder(m, trained_cfg, device=device) for m in untrained],
+        init_seeds=seeds,
         # the supervised baseline: a fresh encoder of the run's size on the run's inputs
         model_factory=lambda: Representation(trained_cfg),
         supervised_prepare=lambda particles, mask: numpy_inputs(particles, mask, trained_cfg),
@@ -63,12 +73,25 @@ def evaluate_trained(model: torch.nn.Module, trained_cfg: RunConfig, which: set[
     if trained_cfg.loss.name == "orca":  # ORCA's head is its classifier over known + novel classes
         context.head = lambda rep: _head_probabilities(model, rep)
         context.init_heads = [lambda rep, m=m: _head_probabilities(m, rep) for m in untrained]
-    return run_evaluations(make_encoder(model, trained_cfg), train_data=train_data,
-                           test_data=test_data, which=set(which), context=context,
-                           options=cfg.eval.options)
+    return run_evaluations(make_encoder(model, trained_cfg, device=device),
+                           train_data=train_data, test_data=test_data, which=set(which),
+                           context=context, options=on_device(cfg.eval.options, which, device))
+
+
+def on_device(options: Mapping[str, Mapping[str, Any]], which: Iterable[str],
+              device: torch.device) -> dict[str, dict[str, Any]]:
+    """``eval.options`` with ``device`` set for the evaluations in ``which`` that fit torch
+    models (:data:`DEVICE_EVALUATIONS`) unless the options name one; unchanged on the CPU."""
+    out = {name: dict(kw) for name, kw in options.items()}
+    if device.type != "cpu":
+        for name in set(which) & set(DEVICE_EVALUATIONS):
+            out.setdefault(name, {}).setdefault("device", str(device))
+    return out
 
 
 @torch.no_grad()
 def _head_probabilities(model: torch.nn.Module, rep: np.ndarray) -> Any:
     """softmax of the projection head on representations (n, D) -> (n, K) numpy."""
-    return torch.softmax(model.head(torch.as_tensor(rep, dtype=torch.float32)), 1).numpy()
+    dev = next(model.head.parameters()).device
+    probs = torch.softmax(model.head(torch.as_tensor(rep, dtype=torch.float32, device=dev)), 1)
+    return probs.cpu().numpy()

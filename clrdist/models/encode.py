@@ -57,21 +57,65 @@ def numpy_inputs(particles: np.ndarray, mask: np.ndarray, cfg: RunConfig
     return x.numpy(), m.numpy()
 
 
-def make_encoder(model: torch.nn.Module, cfg: RunConfig, batch_size: int = 2048,
-                 device: str | torch.device = "cpu") -> Encoder:
-    """``encode(samples) -> (n, D)`` representations (not projection-head outputs) of store
-    samples, through the run's input transform; sets the model to eval mode."""
-    model = model.to(device).eval()
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or None): the first CUDA device when there is one, else the CPU; anything
+    else as torch spells it (``cpu``, ``cuda``, ``cuda:1``)."""
+    if spec is None or str(spec) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
 
-    @torch.no_grad()
+
+def encode_dtype(cfg: RunConfig, device: str | torch.device) -> torch.dtype | None:
+    """The autocast dtype for encoding on ``device`` under the run's precision: bf16 on GPUs
+    when the run trains in bf16 (``scaling.precision`` bf16 or auto, or ``scaling.bf16``);
+    None (fp32) on CPUs, whose representations stay those of the fp32 encoder."""
+    if torch.device(device).type == "cpu":
+        return None
+    precision = getattr(cfg.scaling, "precision", None)
+    if precision is None:
+        precision = "bf16" if cfg.scaling.bf16 else "fp32"
+    return torch.bfloat16 if precision in ("auto", "bf16") else None
+
+
+def make_encoder(model: torch.nn.Module, cfg: RunConfig, batch_size: int = 2048,
+                 device: str | torch.device = "cpu", autocast: torch.dtype | str | None = "run"
+                 ) -> Encoder:
+    """``encode(samples) -> (n, D)`` float32 representations (not projection-head outputs) of
+    store samples, through the run's input transform; moves the model to ``device`` (``auto``:
+    :func:`resolve_device`) and sets it to eval mode.
+
+    On a GPU each batch is copied from pinned memory without blocking, encoded under autocast
+    (``autocast="run"``: :func:`encode_dtype`; None: fp32) and its fp32 output copied back
+    to pinned host memory in one copy per batch; the host waits once per call. On the CPU the
+    numbers are those of the plain fp32 forward pass."""
+    dev = resolve_device(device)
+    dtype = encode_dtype(cfg, dev) if autocast == "run" else autocast
+    model = model.to(dev).eval()
+    cuda = dev.type == "cuda"
+    n_keep = cfg.data.n_particles
+
+    def to_device(a: np.ndarray, dt) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a[:, :n_keep], dtype=dt))
+        return t.pin_memory().to(dev, non_blocking=True) if cuda else t
+
+    @torch.inference_mode()
     def encode(samples: dict[str, np.ndarray]) -> np.ndarray:
         out = []
         n = len(samples["mask"])
         for i in range(0, n, batch_size):
-            x, mask = model_inputs(samples["particles"][i:i + batch_size],
-                                   samples["mask"][i:i + batch_size], cfg, device=device)
-            out.append(model.represent(x, mask).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+            p = to_device(samples["particles"][i:i + batch_size], np.float32)
+            m = to_device(samples["mask"][i:i + batch_size], np.bool_)
+            x, mask = model_inputs(p, m, cfg, device=dev)
+            with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                rep = model.represent(x, mask)
+            rep = rep.float()
+            if cuda:  # one device -> pinned host copy per batch, waited for once below
+                host = torch.empty(rep.shape, dtype=torch.float32, pin_memory=True)
+                rep = host.copy_(rep, non_blocking=True)
+            out.append(rep)
+        if cuda:
+            torch.cuda.current_stream(dev).synchronize()
+        return (torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32))
 
     return encode
 
