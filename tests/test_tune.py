@@ -5,7 +5,7 @@ from _train_toys import CONFIGS, tiny_overrides
 
 from clrdist import tracking
 from clrdist.config import ConfigError
-from clrdist.tune import load_sweep, run_sweep
+from clrdist.tune import load_sweep, run_sweep, trial_config
 
 
 def write_sweep(tmp_path, space: str, extra: str = "") -> str:
@@ -102,3 +102,65 @@ def test_optuna_tpe_with_asha_and_a_concurrency_limit(ray_cluster, toy_splits, t
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False))
     assert tracking.get_run(result.tracking_uri, result.parent_run_id)["params"]["sweep.search"] \
         == "optuna"
+
+
+def _spec(tmp_path, toy_splits, *extra_overrides, storage="runs/tune"):
+    p = tmp_path / "sweep.yaml"
+    overrides = [o for o in tiny_overrides(toy_splits, tmp_path)] + list(extra_overrides)
+    p.write_text(f"name: t\nbase_config: {CONFIGS / 'demo.yaml'}\nstorage_path: {storage}\n"
+                 f"overrides: {overrides!r}\nspace:\n  loss.temperature: {{grid: [0.1]}}\n")
+    return load_sweep(p)
+
+
+def test_a_sweep_whose_store_does_not_resolve_is_refused_before_ray(toy_splits, tmp_path,
+                                                                    monkeypatch):
+    """demo_out/train.zarr does not exist where the trials run: every trial failed with a
+    traceback; now the sweep is refused before Ray starts, naming the key and the store."""
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    spec = _spec(tmp_path, toy_splits, "data.train_store=demo_out/train.zarr")
+    with pytest.raises(ConfigError, match=rf"data.train_store: {tmp_path}/demo_out/train.zarr: no such store \(where the trials run\); give absolute paths"):
+        run_sweep(spec)
+    assert not ray.is_initialized()
+
+
+def test_a_sweep_in_a_job_copy_needs_absolute_paths(toy_splits, tmp_path, monkeypatch):
+    """Under ray job submit --working-dir the sweep runs in a temporary copy: relative stores
+    (git-ignored, not uploaded), Tune storage and a relative sqlite store are refused."""
+    from clrdist.tune import check_where_trials_run
+
+    job = tmp_path / "session" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0a1b"
+    (job / "stores").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(toy_splits / "train.zarr", job / "stores" / "train.zarr")
+    monkeypatch.chdir(job)
+    spec = _spec(tmp_path, toy_splits, "data.train_store=stores/train.zarr")
+    with pytest.raises(ConfigError, match=r"data.train_store: stores/train.zarr is relative and trials would read it in Ray's temporary copy"):
+        check_where_trials_run(spec, trial_config(spec, {}))
+    spec = _spec(tmp_path, toy_splits)
+    with pytest.raises(ConfigError, match=r"storage_path: runs/tune is relative: Tune's state would live in Ray's temporary copy"):
+        check_where_trials_run(spec, trial_config(spec, {}))
+    spec = _spec(tmp_path, toy_splits, "tracking.uri=sqlite:///mlflow.db", storage=str(tmp_path / "tune"))
+    with pytest.raises(ConfigError, match=r"tracking.uri: sqlite:///mlflow.db is relative"):
+        check_where_trials_run(spec, trial_config(spec, {}))
+    spec = _spec(tmp_path, toy_splits, storage=str(tmp_path / "tune"))
+    check_where_trials_run(spec, trial_config(spec, {}))  # absolute everything: fine
+
+
+@pytest.mark.parametrize("cpus, ok", [(2.0, False), (3.0, True)])
+def test_trials_that_cannot_fit_the_cluster_are_refused(toy_splits, tmp_path, monkeypatch, cpus, ok):
+    """2 workers x 1 CPU never fit a 2-CPU `ray start --head` next to the trial: Ray Train
+    retried its worker group every minute with nothing on the console."""
+    import ray
+
+    from clrdist.tune import check_trials_fit
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": cpus})
+    cfg = trial_config(_spec(tmp_path, toy_splits, "scaling.num_workers=2"), {})
+    if ok:
+        check_trials_fit(cfg)
+        return
+    with pytest.raises(ConfigError, match=r"scaling: a trial needs 2 workers x 1 CPUs \+ 0.01 for the trial = 2.01 CPUs, the Ray cluster has 2; start it with more \(ray start --head --num-cpus 3\)"):
+        check_trials_fit(cfg)

@@ -2,7 +2,12 @@
 
     python tuning/sweep.py tuning/jetclr_temperature.yaml [--set data.train_store=...]
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
-        python tuning/sweep.py tuning/jetclr_temperature.yaml
+        python tuning/sweep.py tuning/jetclr_temperature.yaml --storage-path $PWD/runs/tune \
+        --set data.train_store=$PWD/demo_out/train.zarr ...   (docs/cluster.md)
+
+Under ``ray job submit`` the sweep runs in a temporary copy of the working directory without
+git-ignored files: stores, the tracking store and Tune's storage need absolute paths (checked
+before any trial starts, as is whether one trial's workers fit the cluster's CPUs).
 
 The sweep is one MLflow parent run with one nested run per trial. Running the same command again
 after the sweep was stopped (SIGUSR1 or SIGTERM: Tune saves its state and stops, exit status 75;
@@ -26,17 +31,22 @@ def main(argv=None) -> int:
     ap.add_argument("sweep", help="sweep YAML")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override applied to every trial's config (repeatable)")
+    ap.add_argument("--storage-path", default=None,
+                    help="Tune's storage folder (default: the sweep file's storage_path); an "
+                         "absolute path on a shared file system under ray job submit")
     ap.add_argument("--no-resume", action="store_true",
                     help="start a new sweep even if storage_path/name holds a stopped one")
     args = ap.parse_args(argv)
     try:
         spec = load_sweep(args.sweep, args.set)  # every trial config validated before Ray starts
-    except ClrdistError as e:
+        if args.storage_path:
+            spec.storage_path = args.storage_path
+        # Tune stops gracefully on SIGUSR1 (SLURM's --signal=B:USR1@N warning); run_sweep turns
+        # SIGTERM (scancel, `ray job stop`) into the same request.
+        result = run_sweep(spec, resume=not args.no_resume)
+    except ClrdistError as e:  # refused before any trial started
         print(f"sweep: error: {e}", file=sys.stderr)
         return 2
-    # Tune stops gracefully on SIGUSR1 (SLURM's --signal=B:USR1@N warning); run_sweep turns
-    # SIGTERM (scancel, `ray job stop`) into the same request.
-    result = run_sweep(spec, resume=not args.no_resume)
     missing = float("-inf") if spec.mode == "max" else float("inf")
     rows = sorted(result.rows, key=lambda r: r.get(spec.metric, missing),
                   reverse=spec.mode == "max")
