@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_id = getattr(e, "run_id", None)
         print(f"clrdist: stopped by {e}; " + (
             f"run {run_id} is KILLED, rerun the same command to resume" if run_id
-            else "no run was started, nothing was written"), file=sys.stderr)
+            else "no run was started"), file=sys.stderr)
         return getattr(e, "exit_code", 128 + e.signum)  # Preempted: 75
     finally:
         if before is None:
