@@ -52,4 +52,5 @@ from clrdist.data.store.integrity import (  # noqa: F401
     unverified_allowed,
 )
 from clrdist.data.store.reader import SampleStore, open_store  # noqa: F401
-from clrdist.data.store.writer import StoreWriter, clean_stale_tmp, write_store  # noqa: F401
+from clrdist.data.store.stale import clean_stale_tmp  # noqa: F401
+from clrdist.data.store.writer import StoreWriter, write_store  # noqa: F401

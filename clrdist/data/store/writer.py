@@ -8,7 +8,6 @@ import datetime as _dt
 import errno
 import json
 import os
-import shutil
 import socket
 import uuid
 from collections.abc import Iterator, Sequence
@@ -29,13 +28,12 @@ from clrdist.data.store.base import (
     SCHEMA_VERSION,
     StoreError,
     _remove,
-    log,
     refuse_existing,
     sample_order,
     sample_problems,
 )
 from clrdist.data.store.integrity import _file_records
-from clrdist.runtime import process_start_time
+from clrdist.data.store.stale import _proc_start, clean_stale_tmp
 
 
 def _compressor() -> BloscCodec:
@@ -75,59 +73,6 @@ def _settle_zarr(timeout: float = 10.0) -> None:
 
     with contextlib.suppress(Exception):
         asyncio.run_coroutine_threadsafe(wait_all(), loop).result(timeout + 1)
-
-
-def _proc_start(pid: int) -> str | None:
-    """The start time of process ``pid`` as the owner record keeps it (a string), None if unknown."""
-    start = process_start_time(pid)
-    return None if start is None else str(start)
-
-
-def _writer_alive(owner: dict) -> bool | None:
-    """True / False: the writer process recorded in ``owner`` runs / is gone; None: cannot tell
-    (another host, or no record)."""
-    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
-        return None
-    try:
-        os.kill(owner["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, another user's
-    start = _proc_start(owner["pid"])
-    return not (start is not None and owner.get("start") is not None and start != owner["start"])
-
-
-def clean_stale_tmp(path: str | os.PathLike) -> list[Path]:
-    """Remove ``<path>.tmp-*`` directories left by killed writers of ``path``; returns them.
-
-    A temporary store records its writer (host, pid, process start time); it is removed when
-    that process no longer runs on this host. Ones whose writer cannot be checked (another
-    host, or written by an older clrdist) are left alone and named in a warning."""
-    path = Path(path)
-    removed: list[Path] = []
-    if not path.parent.is_dir():
-        return removed
-    for tmp in sorted(path.parent.glob(f"{path.name}.tmp-*")):
-        if not tmp.is_dir() or tmp.is_symlink():
-            continue
-        try:
-            owner = json.loads((tmp / _OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            owner = {}
-        alive = _writer_alive(owner)
-        if alive is False:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(tmp)
-                removed.append(tmp)
-                log.warning("removed %s: temporary store of a killed writer (pid %s)", tmp,
-                            owner.get("pid"))
-        elif alive is None:
-            log.warning("%s: temporary store of a writer that cannot be checked (%s); if no "
-                        "write to %s is running, remove it: rm -r %s", tmp,
-                        f"host {owner['host']}" if owner.get("host") else "no writer record",
-                        path, tmp)
-    return removed
 
 
 class StoreWriter:
