@@ -84,7 +84,7 @@ SCAN_EFFICIENCIES = (1.0, 0.1, 0.01)
 SIGNAL_FRACTIONS = (0.0, 0.001, 0.003, 0.01)  # f = 0 (control), then LHCO-like signal shares
 MAX_MJJ_CORR = 0.1  # refuse features whose out-of-fold ln m_jj regression correlates more
 # (Pythia dijets, docs/bumphunt.md: m_J and tau21 at 0.10 already sculpt visibly; an encoder
-# reading pT / 600 GeV 0.15; ptfrac encoders 0.07-0.09)
+# reading pT / 600 GeV 0.15; untrained ptfrac encoders 0.05-0.09 and flat, trained 0.11)
 MIN_TAIL = 10  # toys at or above the observed maximum for the empirical global p
 
 
