@@ -135,8 +135,6 @@ def supervised_scores(train_data: Mapping[str, np.ndarray], test_data: Mapping[s
     ``max_epochs``), and the weights of the best epoch score the test set.
     ``prepare(particles, mask) -> (x, mask)`` numpy arrays is the input transform (default:
     centred eta/phi and pT / 600 GeV, the JetCLR frame)."""
-    import copy
-
     import torch
 
     prepare = prepare or _sorted_inputs
@@ -152,46 +150,13 @@ def supervised_scores(train_data: Mapping[str, np.ndarray], test_data: Mapping[s
     if len(fit) == 0:
         raise ValueError(f"supervised baseline: {len(ytr)} labelled samples leave none to train "
                          f"on after holding out val_fraction {val_fraction}")
+    from clrdist.eval.finetune import fit_classifier
+
     torch.manual_seed(seed)
-    encoder = model_factory()
-    t = lambda a, dt=torch.float32: torch.as_tensor(a, dtype=dt)  # noqa: E731
-    x_t, m_t, y_t = t(xtr), t(mtr, torch.bool), t(ytr)
-    with torch.no_grad():
-        d = encoder(x_t[:2], m_t[:2]).shape[-1]
-    head = torch.nn.Linear(d, 1)
-    opt = torch.optim.Adam(list(encoder.parameters()) + list(head.parameters()), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
-
-    def score(x, m) -> torch.Tensor:
-        encoder.eval()
-        with torch.no_grad():
-            out = torch.cat([head(encoder(x[s:s + 1024], m[s:s + 1024])).squeeze(-1)
-                             for s in range(0, len(x), 1024)])
-        encoder.train()
-        return out
-
-    fit_t, val_t = torch.as_tensor(fit), torch.as_tensor(val)
-    best, best_epoch, best_state, epoch = float("inf"), 0, None, 0
-    encoder.train()
-    for epoch in range(1, max_epochs + 1):
-        perm = fit_t[torch.randperm(len(fit_t), generator=gen)]
-        for s in range(0, len(perm), batch_size):
-            idx = perm[s:s + batch_size]
-            loss = bce(head(encoder(x_t[idx], m_t[idx])).squeeze(-1), y_t[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        val_loss = float(bce(score(x_t[val_t], m_t[val_t]), y_t[val_t]))
-        if val_loss < best:
-            best, best_epoch = val_loss, epoch
-            best_state = copy.deepcopy((encoder.state_dict(), head.state_dict()))
-        elif epoch - best_epoch >= patience:
-            break
-    encoder.load_state_dict(best_state[0])
-    head.load_state_dict(best_state[1])
-    scores = score(t(xte), t(mte, torch.bool)).numpy()
-    return scores, {"epochs": float(epoch), "best_epoch": float(best_epoch), "val_loss": best}
+    score, info = fit_classifier(model_factory(), (xtr[fit], mtr[fit], ytr[fit]),
+                                 (xtr[val], mtr[val], ytr[val]), seed=seed, max_epochs=max_epochs,
+                                 patience=patience, batch_size=batch_size, lr=lr)
+    return score(xte, mte), info
 
 
 def _sorted_inputs(p, m):

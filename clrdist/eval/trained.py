@@ -70,6 +70,8 @@ def evaluate_trained(model: torch.nn.Module, trained_cfg: RunConfig, which: set[
         model_factory=lambda: Representation(trained_cfg),
         supervised_prepare=lambda particles, mask: numpy_inputs(particles, mask, trained_cfg),
         known_classes=trained_cfg.loss.known_classes)
+    if which & {"ceiling", "finetune"}:  # the labels of the jets the encoder was trained on
+        _label_stores(context, model, trained_cfg, cfg)
     if trained_cfg.loss.name == "orca":  # ORCA's head is its classifier over known + novel classes
         context.head = lambda rep: _head_probabilities(model, rep)
         context.init_heads = [lambda rep, m=m: _head_probabilities(m, rep) for m in untrained]
@@ -87,6 +89,29 @@ def on_device(options: Mapping[str, Mapping[str, Any]], which: Iterable[str],
         for name in set(which) & set(DEVICE_EVALUATIONS):
             out.setdefault(name, {}).setdefault("device", str(device))
     return out
+
+
+def _label_stores(context: Context, model: torch.nn.Module, trained_cfg: RunConfig,
+                  cfg: RunConfig) -> None:
+    """The training store's labelled jets, the validation store (early stopping) and a fresh
+    copy of the trained encoder, for the ceiling and the fine-tuning."""
+    import copy
+
+    from clrdist.data.store import open_store
+    from clrdist.eval.held_out import check_labelled
+
+    for key in ("train_store", "val_store"):
+        if not getattr(cfg.data, key):
+            raise StoreError(f"data.{key}: the ceiling and --finetune need it (labelled)")
+        check_labelled(getattr(cfg.data, key), f"data.{key}")
+    context.label_train_data = open_store(cfg.data.train_store).read_all()
+    context.val_data = open_store(cfg.data.val_store).read_all()
+
+    def pretrained() -> Representation:
+        rep = Representation(trained_cfg)
+        rep.model = copy.deepcopy(model).train()
+        return rep
+    context.pretrained = pretrained
 
 
 @torch.no_grad()
