@@ -35,11 +35,14 @@ METHODS = ("finetuned", "scratch", "probe")
 
 
 def fit_classifier(encoder, train: tuple, val: tuple, *, seed: int = 0, max_epochs: int = 100,
-                   patience: int = 8, batch_size: int = 128, lr: float = 1e-3
+                   patience: int = 8, batch_size: int = 128, lr: float = 1e-3,
+                   encoder_lr: float | None = None, head_init: tuple | None = None
                    ) -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], dict[str, float]]:
     """Train ``encoder`` plus a linear head with BCE on ``train = (x (n, P, F), mask (n, P),
     y (n,) in {0, 1})`` (Adam, ``lr``) until the BCE on ``val`` (same layout) has not improved for
-    ``patience`` epochs (or ``max_epochs``); keep the best epoch's weights. The head draws
+    ``patience`` epochs (or ``max_epochs``); keep the best epoch's weights. ``encoder_lr``: the
+    encoder's own learning rate (fine-tuning); ``head_init = (weight (D,), bias)``: the head
+    starts from a linear probe (LP-FT, Kumar et al. 2022) instead of at random. The head draws
     from torch's global generator (seed it before building ``encoder``); ``seed`` orders the
     batches. Returns ``score(x, mask) -> (n,)`` logits and ``{"epochs", "best_epoch",
     "val_loss"}``."""
@@ -51,7 +54,12 @@ def fit_classifier(encoder, train: tuple, val: tuple, *, seed: int = 0, max_epoc
     with torch.no_grad():
         d = encoder(x_t[:2], m_t[:2]).shape[-1]
     head = torch.nn.Linear(d, 1)
-    opt = torch.optim.Adam(list(encoder.parameters()) + list(head.parameters()), lr=lr)
+    if head_init is not None:
+        with torch.no_grad():
+            head.weight.copy_(torch.as_tensor(np.asarray(head_init[0]).reshape(1, d)))
+            head.bias.fill_(float(head_init[1]))
+    opt = torch.optim.Adam([{"params": list(encoder.parameters()), "lr": encoder_lr or lr},
+                            {"params": list(head.parameters())}], lr=lr)
     gen = torch.Generator().manual_seed(seed)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
 
@@ -139,7 +147,8 @@ def label_efficiency(train_data: Batch, val_data: Batch, test_data: Batch, *,
                      max_train: int | None = None, max_val: int | None = 5000,
                      figures: bool = True) -> EvalResult:
     """Test AUC and 1/eps_B at eps_S = 0.5 with each fraction of the training labels for the
-    ``methods``: ``finetuned`` (``pretrained()`` and a head, lr ``finetune_lr``), ``scratch``
+    ``methods``: ``finetuned`` (``pretrained()`` with the linear probe as its initial head,
+    encoder lr ``finetune_lr``, head lr ``lr``: LP-FT), ``scratch``
     (``model_factory()``, lr ``lr``), ``probe`` (logistic regression on the frozen pre-trained
     representation); ``n_seeds`` seeds from ``seed`` draw the labels and initialise."""
     import torch
@@ -164,6 +173,16 @@ def label_efficiency(train_data: Batch, val_data: Batch, test_data: Batch, *,
 
     frozen = pretrained()
     rep_tr, rep_te = represent(frozen, tr[0], tr[1]), represent(frozen, te[0], te[1])
+
+    def probe_head(idx: np.ndarray, s: int) -> tuple[np.ndarray, float]:
+        """The linear probe as a head on raw representations (the scaler folded in)."""
+        from clrdist.eval.lct import fit_linear
+
+        clf = fit_linear(rep_tr[idx], tr[2][idx].astype(int), seed=s)
+        sc, lr_ = clf[0], clf[-1]
+        w = lr_.coef_[0] / sc.scale_
+        return w.astype(np.float32), float(lr_.intercept_[0] - (w * sc.mean_).sum())
+
     rows: list[dict] = []
     for f in fractions:
         for s in range(seed, seed + n_seeds):
@@ -176,10 +195,12 @@ def label_efficiency(train_data: Batch, val_data: Batch, test_data: Batch, *,
                 else:
                     torch.manual_seed(s)
                     enc = pretrained() if method == "finetuned" else model_factory()
+                    tuned = method == "finetuned"  # LP-FT: the probe's head, a gentler encoder lr
                     fit, info = fit_classifier(
                         enc, sub, va, seed=s, max_epochs=max_epochs, patience=patience,
-                        batch_size=min(batch_size, len(idx)),
-                        lr=finetune_lr if method == "finetuned" else lr)
+                        batch_size=min(batch_size, len(idx)), lr=lr,
+                        encoder_lr=finetune_lr if tuned else None,
+                        head_init=probe_head(idx, s) if tuned else None)
                     score = fit(te[0], te[1])
                 m, _ = roc_metrics(y_te, score, "x", eps_s=(0.5,))
                 rows.append({"method": method, "fraction": float(f), "n_labels": int(len(idx)),
