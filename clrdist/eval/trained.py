@@ -109,7 +109,7 @@ def _label_stores(context: Context, model: torch.nn.Module, trained_cfg: RunConf
 
     def pretrained() -> Representation:
         rep = Representation(trained_cfg)
-        rep.model = copy.deepcopy(model).train()
+        rep.model = copy.deepcopy(model).cpu().train()  # fine-tuning runs on the CPU
         return rep
     context.pretrained = pretrained
 
