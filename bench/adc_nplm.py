@@ -58,8 +58,20 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs" / "adc2021_dense_mas
 Z_TARGET = 3.0
 
 
+def masked_views(particles, mask, cfg, p: float, value: float, generator: torch.Generator,
+                 n_views: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Naive masking with a sentinel: every number of every *real* object replaced by ``value``
+    with probability p (empty slots stay zero), so a masked object is not an absent one."""
+    x, m = model_inputs(particles, mask, cfg)
+    views = []
+    for _ in range(n_views):
+        hit = (torch.rand(x.shape, generator=generator) < p) & m[..., None]
+        views.append(torch.where(hit, torch.full((), value), x))
+    return torch.cat(views), torch.cat([m] * n_views)
+
+
 def train_encoder(cfg, data: dict, *, epochs: int, seed: int, labels: np.ndarray | None,
-                  log=print) -> torch.nn.Module:
+                  log=print, mask_value: float | None = None) -> torch.nn.Module:
     """The config's encoder trained on ``data`` (a store's read_all()) in this process (with
     the config's anomaly view, when it has one, as the last view: AnomalyCLR)."""
     torch.manual_seed(seed)
@@ -80,7 +92,11 @@ def train_encoder(cfg, data: dict, *, epochs: int, seed: int, labels: np.ndarray
             idx = np.sort(order[i:i + B])
             for g in opt.param_groups:
                 g["lr"] = cfg.optim.lr * min(1.0, (step + 1) / max(1, cfg.optim.warmup_steps))
-            x, m = view_inputs(data["particles"][idx], data["mask"][idx], cfg, views, gen)
+            if mask_value is None:
+                x, m = view_inputs(data["particles"][idx], data["mask"][idx], cfg, views, gen)
+            else:  # --mask-value: the sentinel masking of masked_views instead of the config's
+                x, m = masked_views(data["particles"][idx], data["mask"][idx], cfg, 0.5,
+                                    mask_value, gen, len(views))
             _, z = model(x, m)
             lab = None if labels is None else torch.as_tensor(labels[idx], dtype=torch.long)
             loss = loss_fn(*z.chunk(len(views)), labels=lab)["loss"]
@@ -184,6 +200,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=None, help="default: the config's")
     p.add_argument("--supcon", action="store_true",
                    help="SupCon with the background's sub-process (feature process_id) as label")
+    p.add_argument("--mask-value", type=float, default=None,
+                   help="mask real objects' numbers with this value (p = 0.5) instead of zero, "
+                        "e.g. -5: outside every input's range, so masked != absent")
     p.add_argument("--n-ref", type=int, default=2000)
     p.add_argument("--n-data", type=int, default=400)
     p.add_argument("--n-sig", default="10,30,100,300")
@@ -214,7 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
         labels = train["features"][:, bkg_store.feature_names.index("process_id")].astype(int)
     epochs = a.epochs if a.epochs is not None else cfg.optim.epochs
     t0 = time.perf_counter()
-    model = train_encoder(cfg, train, epochs=epochs, seed=a.seed, labels=labels)
+    model = train_encoder(cfg, train, epochs=epochs, seed=a.seed, labels=labels,
+                          mask_value=a.mask_value)
     t_train = time.perf_counter() - t0
 
     def rep_of(encode) -> tuple[np.ndarray, dict[int, np.ndarray]]:
@@ -272,6 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
                          else round(mid, 2), "ratio_err": None if err is None else round(err, 2)})
         plot_signal(out_dir / f"nplm_z_{names[s]}.png", names[s], n_grid, z_curves[s])
     result = {"config": a.config, "loss": cfg.loss.name, "epochs": epochs,
+              "mask_value": a.mask_value,
               "train_events": half, "pool_events": int(len(pool["label"])),
               "n_ref": a.n_ref, "n_data": a.n_data, "M": a.M, "toys_null_per_set": a.toys_null,
               "toys_sig": a.toys_sig, "init_seeds": a.init_seeds,
