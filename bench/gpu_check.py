@@ -161,14 +161,17 @@ class Stepper:
         try:
             from clrdist import precision as prec
             from clrdist.train import step as product
-            from clrdist.train.engine import LocalEngine
+            from clrdist.train.engine import LocalEngine, LossGuard
 
             self.source = "clrdist.train.step"
             self.precision = prec.resolve({"tf32": "fp32"}.get(precision, precision), dev)
             sync_free = product.default_sync_free(dev) if sync_free is None else sync_free
             self.views = product.build_views(cfg, fixed=sync_free)
             model = product.prepare_model(model, sync_free=sync_free)
-            self.engine = LocalEngine(model, cfg, total_steps=10**6, device=dev)
+            # fused AdamW (CUDA's default) keeps its step counts on the device
+            self.engine = LocalEngine(model, cfg, total_steps=10**6, device=dev,
+                                      fused=True if sync_free else None)
+            self.guard = LossGuard(dev)  # the loop's NaN guard, part of the step
             self.model = self.engine.module
             self._product = product
         except ImportError:
@@ -192,7 +195,7 @@ class Stepper:
         if self._product is not None:
             return self._product.train_step(self.engine, self.loss_fn, self.views, batch,
                                             self.gen, self.cfg, self.precision, step=self.n,
-                                            device=self.dev)
+                                            guard=self.guard, device=self.dev)
         from clrdist.train.inputs import view_inputs
 
         x, m = view_inputs(batch["particles"], batch["mask"], self.cfg, self.views, self.gen,
@@ -339,7 +342,7 @@ def stage_throughput(a, dev, budget):
     batches = [16] if a.quick else [128, 512, 1024, 2048, 4096]
     precisions = ["fp32", "bf16"] if dev.type == "cpu" else ["bf16", "tf32", "fp32"]
     pk = peaks(dev)
-    rows, t_end = [], time.perf_counter() + budget
+    rows, t_end = [], time.perf_counter() + (float("inf") if a.quick else budget)
     grid = [(size, precision, B) for precision in precisions  # bf16 first: the targets
             for size in ("jetclr", "darkclr") for B in batches]
     for size, precision, B in grid:
