@@ -1,6 +1,7 @@
 """Real driver processes, really killed: `clrdist train` in a subprocess with its own local Ray
 cluster; SIGKILL / SIGTERM it mid-training; check the MLflow run's state, that no process of
-that cluster outlives it, and that rerunning the same command continues the same run.
+that cluster outlives it, and that rerunning the same command continues the same run: the
+same weights, optimiser state and loss curve as the run uninterrupted (tests/_continuity.py).
 """
 
 import json
@@ -13,6 +14,7 @@ import time
 
 import pytest
 import torch
+from _continuity import NO_DROPOUT, assert_same_run
 from _train_toys import CONFIGS, tiny_overrides
 
 from clrdist import tracking
@@ -104,8 +106,8 @@ def the_run(uri):
 
 def test_killed_driver_is_marked_killed_leaves_no_ray_process_and_the_same_command_resumes(
         toy_splits, tmp_path):
-    argv = driver_argv(toy_splits, tmp_path, "optim.epochs=3", "checkpoint.every_steps=2",
-                       "tracking.run_name=resume-me")
+    sets = ["optim.epochs=3", "checkpoint.every_steps=2", NO_DROPOUT]
+    argv = driver_argv(toy_splits, tmp_path, *sets, "tracking.run_name=resume-me")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc, cluster = driver_with_a_checkpoint(argv, tmp_path)
     assert len(cluster) >= 5  # gcs, raylet, dashboard, agents, workers, the watchdog ...
@@ -146,6 +148,18 @@ def test_killed_driver_is_marked_killed_leaves_no_ray_process_and_the_same_comma
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     steps = {s for s, _ in tracking.metric_history(uri, run_id, "train_loss")}
     assert max(steps) == total - total % 2 and steps >= set(range(killed_at + 2, total, 2))
+
+    # -- continuity: the same command never interrupted ends with the same run -------------------
+    (tmp_path / "straight").mkdir()
+    straight = subprocess.run(driver_argv(toy_splits, tmp_path / "straight", *sets,
+                                          "tracking.run_name=uninterrupted"),
+                              capture_output=True, text=True, timeout=900)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    ref = json_summary(straight.stdout)
+    assert ref["resumed"] is False
+    cfg = checkpoint.load_model(ref["checkpoint"])[1]
+    assert_same_run(summary["checkpoint"], ref["checkpoint"], cfg, uri, run_id,
+                    f"sqlite:///{tmp_path / 'straight' / 'mlflow.db'}", ref["run_id"])
 
 
 def test_sigterm_marks_the_run_killed_with_the_reason(toy_splits, tmp_path):

@@ -1,6 +1,8 @@
 """SLURM's warning signal without SLURM: SIGUSR1 to the driver makes the workers checkpoint and
 stop, the run ends KILLED (preempted), and rerunning the same config finishes it in the same
-MLflow run with every step (tests/test_slurm.py does the same through sbatch and a requeue)."""
+MLflow run with every step (tests/test_slurm.py does the same through sbatch and a requeue); for
+DDP and DeepSpeed ZeRO 1 and 2 the resumed run ends with the weights, optimiser state and loss
+curve of the same run uninterrupted (tests/_continuity.py)."""
 
 import os
 import signal
@@ -8,6 +10,7 @@ import threading
 import time
 
 import pytest
+from _continuity import NO_DROPOUT, assert_same_run
 from _train_toys import tiny_config
 
 from clrdist import tracking
@@ -18,10 +21,17 @@ from clrdist.train.trainer import Preempted, train
 pytestmark = pytest.mark.integration
 
 
-def test_sigusr1_checkpoints_and_the_rerun_finishes_the_same_run(ray_cluster, toy_splits, tmp_path):
-    cfg = tiny_config(toy_splits, tmp_path, "optim.epochs=3", "data.batch_size=32",
-                      "tracking.run_name=preempt-local", "eval.lct=false",
-                      "eval.every_epochs=null")
+ENGINES = {"ddp": ["scaling.engine=ddp"],
+           "zero1": ["scaling.engine=deepspeed", "scaling.zero_stage=1"],
+           "zero2": ["scaling.engine=deepspeed", "scaling.zero_stage=2"]}
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_sigusr1_checkpoints_and_the_rerun_finishes_the_same_run(ray_cluster, toy_splits, tmp_path,
+                                                                 engine):
+    sets = ["optim.epochs=2", "data.batch_size=32", "eval.lct=false", "eval.every_epochs=null",
+            NO_DROPOUT, *ENGINES[engine]]
+    cfg = tiny_config(toy_splits, tmp_path, *sets, "tracking.run_name=preempt-local")
     uri = tracking.resolve_uri(cfg.tracking.uri)
 
     def steps() -> list[int]:
@@ -45,7 +55,7 @@ def test_sigusr1_checkpoints_and_the_rerun_finishes_the_same_run(ray_cluster, to
     run = tracking.find_run(uri, cfg.tracking.experiment, "preempt-local")
     assert run["status"] == "KILLED" and "preempted" in run["tags"]["clrdist.failure_reason"]
     stopped_at = int(str(stop.value).split("step ")[1].rstrip(")"))
-    total = 3 * (open_store(toy_splits / "train.zarr").n // (32 * 2))
+    total = 2 * (open_store(toy_splits / "train.zarr").n // (32 * 2))
     assert 2 <= stopped_at < total and stopped_at % 2 == 0  # at a logging step, mid-training
 
     result = train(cfg)  # the same command again
@@ -53,9 +63,18 @@ def test_sigusr1_checkpoints_and_the_rerun_finishes_the_same_run(ray_cluster, to
     final = tracking.get_run(uri, result.run_id)
     assert final["status"] == "FINISHED" and "clrdist.failure_reason" not in final["tags"]
     _, meta = checkpoint.load(result.checkpoint_path)
-    assert meta["step"] == total and meta["epoch"] == 3
+    assert meta["step"] == total and meta["epoch"] == 2
     assert sorted(set(steps())) == list(range(2, total + 1, 2))  # every logging step, no gap
     # the steps after the checkpoint were trained once: none logged before the stop reappears
     # twice except the ones the stopped attempt had logged past its checkpoint (none: it
     # checkpointed at the step it stopped)
     assert len(steps()) == len(set(steps()))
+
+    # -- continuity: the same run uninterrupted ends with the same weights, moments and losses --
+    (tmp_path / "straight").mkdir()
+    straight_cfg = tiny_config(toy_splits, tmp_path / "straight", *sets,
+                               "tracking.run_name=uninterrupted")
+    straight = train(straight_cfg)
+    assert not straight.resumed
+    assert_same_run(result.checkpoint_path, straight.checkpoint_path, cfg, uri, result.run_id,
+                    straight.tracking_uri, straight.run_id)
