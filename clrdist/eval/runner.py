@@ -213,7 +213,8 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
     from clrdist.eval.plots import reference_figures
 
     for name, figs in reference_figures(views.curves, results).items():
-        results[name].figures.update(figs)
+        if name in results:  # a curve recorded for an evaluation not asked for (eval.lct: false)
+            results[name].figures.update(figs)
     return results
 
 
