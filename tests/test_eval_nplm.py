@@ -139,6 +139,7 @@ def test_uncalibrated_evaluation_reports_only_the_empirical_z():
     assert np.isfinite(bad["nplm_z_emp_median"])
 
 
+@pytest.mark.slow  # 80 null toys at N_R 5000, M 200
 def test_raw_inputs_at_the_default_sizes_follow_the_fitted_chi2():
     """`clrdist eval --nplm` defaults (N_R 5000, N_D 1000, M 200) on raw toy-jet constituents
     (150 columns); 40 null toys here, 100 in docs/eval.md (KS p 0.14; representation 0.53)."""
