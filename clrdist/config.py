@@ -138,6 +138,7 @@ class ModelConfig(_Section):
     # cosine: 10 x cosine classifier over output_dim = known + novel classes (ORCA)
     head: Literal["mlp", "dino", "cosine"] = "mlp"
     buckets: int = Field(1, ge=1)  # encode each batch in this many multiplicity groups (exact, faster)
+    compile: bool = False  # torch.compile the encoder (same results; faster on GPUs after warm-up)
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
@@ -174,9 +175,19 @@ class ScalingConfig(_Section):
     use_gpu: bool = False  # one GPU per worker, NCCL backend
     engine: Literal["ddp", "deepspeed"] = "ddp"  # distributed engine the loop steps through
     zero_stage: Literal[0, 1, 2] = 1  # DeepSpeed ZeRO stage
-    bf16: bool = False  # bf16 autocast of forward + loss (CPUs with AVX512-BF16/AMX, GPUs)
+    # auto: bf16 autocast of the encoder on GPUs (TF32 matmuls) and on CPUs with native bf16
+    # (AVX512-BF16/AMX), else fp32; the loss is float32 always (clrdist/precision.py)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     cpus_per_worker: float = Field(1.0, gt=0)  # Ray CPU resources per worker
     max_failures: int = Field(0, ge=-1)  # worker failures tolerated before the run fails
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "bf16" in data:
+            raise ValueError("scaling.bf16 was replaced by scaling.precision: auto | fp32 | bf16 "
+                             "(bf16: true -> precision: bf16)")
+        return data
 
 
 class CheckpointConfig(_Section):

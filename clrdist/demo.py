@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clrdist.config import load_config
+from clrdist.precision import resolve
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
@@ -199,7 +200,9 @@ def _run_demo(log, out_dir: str, n_per_class: int | None, epochs: int | None, wo
     split_store(jets, SPLITS, out_dir=out, seed=seed, overwrite=True)
     console.print(f"3/4 training: {workers} Ray Train workers (DDP, gloo), {cfg.optim.epochs} "
                   f"epochs, global batch {cfg.data.batch_size * workers}, NT-Xent "
-                  f"tau={cfg.loss.temperature}; validation LCT every {cfg.eval.every_epochs} epochs")
+                  f"tau={cfg.loss.temperature}; validation LCT every {cfg.eval.every_epochs} epochs; "
+                  f"precision {resolve(cfg.scaling.precision, 'cpu').name} "
+                  f"(scaling.precision: {cfg.scaling.precision})")
     result = train_and_evaluate(cfg, on_trained=lambda _: console.print(
         "4/4 evaluation (after training, same samples): LCT of the trained encoder, of the "
         f"untrained one at {cfg.eval.init_seeds} init seeds and of the raw inputs, jet mass + "

@@ -241,7 +241,7 @@ def test_demo_verdict_needs_errors_apart():
 
 @pytest.mark.parametrize("loss, extra", [
     # DarkCLR: 3 views, under bf16 autocast
-    ("anomalyclr", ["augment.anomaly_view=[{name: drop, params: {p: 0.3}}]", "scaling.bf16=true"]),
+    ("anomalyclr", ["augment.anomaly_view=[{name: drop, params: {p: 0.3}}]", "scaling.precision=bf16"]),
     ("supcon", []),  # labels flow from the stream to the loss
 ])
 def test_other_losses_train_through_ray(ray_cluster, toy_splits, tmp_path, loss, extra):

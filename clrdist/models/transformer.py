@@ -143,6 +143,10 @@ class TransformerEncoder(nn.Module):
 
     pooling: "pt_sum" (sum of constituent outputs weighted by pT_i / sum pT) or "mean" (masked).
     buckets > 1 encodes the batch in that many groups of similar multiplicity (less padding).
+
+    ``trim`` (attribute): cut each batch (bucket) to its longest sample. That reads the
+    multiplicities on the host, a sync per forward on a GPU, where padded slots cost little: None
+    (default) trims on the CPU only; True / False force it (the sync-free step sets False).
     """
 
     def __init__(self, input_dim: int = 3, model_dim: int = 64, ff_dim: int = 128, heads: int = 4,
@@ -151,6 +155,7 @@ class TransformerEncoder(nn.Module):
                  norm_first: bool = True, embed_pt: bool = True, buckets: int = 1):
         super().__init__()
         self.buckets = buckets  # multiplicity buckets per forward (1: trim to the batch maximum)
+        self.trim: bool | None = None  # trim padding per batch (None: on the CPU only)
         if model_dim % heads:
             raise ValueError(f"heads ({heads}) must divide model_dim ({model_dim})")
         if pooling not in ("pt_sum", "mean"):
@@ -165,18 +170,23 @@ class TransformerEncoder(nn.Module):
         self.norm = nn.LayerNorm(model_dim) if norm_first else nn.Identity()
         self.out_dim = model_dim
 
+    def _trims(self, x: torch.Tensor) -> bool:
+        return x.device.type == "cpu" if self.trim is None else self.trim
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
-        if self.buckets > 1 and B >= 2 * self.buckets:
+        trim = self._trims(x)
+        if trim and self.buckets > 1 and B >= 2 * self.buckets:
             # Bucketing: samples sorted by multiplicity, encoded in groups, each trimmed to its
             # own longest sample; exact, since samples never interact inside the encoder.
             order = mask.sum(1).argsort()
-            reps = [self._encode(x[idx], mask[idx]) for idx in order.chunk(self.buckets)]
+            reps = [self._encode(x[idx], mask[idx], True) for idx in order.chunk(self.buckets)]
             return torch.cat(reps)[order.argsort()]
-        return self._encode(x, mask)
+        return self._encode(x, mask, trim)
 
-    def _encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x, mask = trim_padding(x, mask)
+    def _encode(self, x: torch.Tensor, mask: torch.Tensor, trim: bool) -> torch.Tensor:
+        if trim:
+            x, mask = trim_padding(x, mask)
         pt = x[..., 0]
         attn_mask = key_bias(pt, mask, self.log_pt_bias, self.log_pt_bias_scale)
         h = self.embed(x if self.embed_pt else x[..., 1:])

@@ -78,9 +78,10 @@ class _Jets:
     slots beyond it are padding and are left alone); compact: every mask is a prefix (real slots
     first), as the data pipeline and every augmentation here produce."""
 
-    __slots__ = ("S", "n", "_m", "compact", "W")
+    __slots__ = ("S", "n", "_m", "compact", "W", "fixed")
 
-    def __init__(self, x: torch.Tensor, mask: torch.Tensor, reps: int = 1):
+    def __init__(self, x: torch.Tensor, mask: torch.Tensor, reps: int = 1, fixed: bool = False):
+        self.fixed = fixed  # fixed slots: no host read of the data (GPU-shaped; see View)
         self.load(x, mask, reps)
 
     def load(self, x: torch.Tensor, mask: torch.Tensor, reps: int = 1) -> None:
@@ -89,8 +90,10 @@ class _Jets:
         self.S = S.repeat(1, 1, reps) if reps > 1 else S
         # counts (and the 0/1 mask) in at least float32: exact integers for any P
         n = mask.sum(1).to(torch.promote_types(x.dtype, torch.float32))
-        # a prefix mask never has a real slot right after an empty one
-        self.compact = bool(B == 0 or P < 2 or not (mask[:, 1:] > mask[:, :-1]).any())
+        # a prefix mask never has a real slot right after an empty one (fixed slots: not asked,
+        # every step then works on all P slots with the mask as given)
+        self.compact = not self.fixed and bool(
+            B == 0 or P < 2 or not (mask[:, 1:] > mask[:, :-1]).any())
         self.n = n.repeat(reps) if reps > 1 else n
         self._m = None
         if self.compact:
@@ -169,6 +172,10 @@ def _split_counts(n: torch.Tensor, P: int, strength: float, fill: float) -> torc
 
 def _collinear_split(st: _Jets, gen: torch.Generator | None, strength: float = 1.0,
                      fill: float = 0.5) -> None:
+    if st.fixed:  # fixed slots: every jet, a fixed number of candidate splits
+        x, mask = _collinear_split_fixed(*st.batch(), gen, strength, fill)
+        st.load(x, mask)
+        return
     if not st.compact:  # masks with holes: the general form on the (B, P, F) batch
         x, mask = _collinear_split_batch(*st.batch(), gen, strength, fill)
         st.load(x, mask)
@@ -292,6 +299,41 @@ def _collinear_split_batch(x: torch.Tensor, mask: torch.Tensor, generator: torch
     out[rows] = out_s
     new_mask[rows] = ms | fill_slot
     return out, new_mask
+
+
+def _collinear_split_fixed(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None,
+                           strength: float, fill: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """collinear_split with shapes fixed by (B, P) alone (no host read: GPU-shaped).
+
+    Every jet draws K = the largest possible number of splits (k <= min(n, P - n, fill P)); the
+    first k_b are applied. The j-th split of a jet goes to its j-th empty slot (a cumulative sum
+    over the empty slots, so masks with holes work too): the same distribution as the compact
+    form, where those slots are n, n + 1, ...
+    """
+    B, P = mask.shape
+    K = P // 2 if strength > 1.0 else min(int(fill * P), P // 2)
+    if K <= 0 or B == 0:
+        return x, mask
+    F = x.shape[-1]
+    k = _split_counts(mask.sum(1), P, strength, fill)  # (B,) int64
+    # k distinct random real constituents: the K largest of uniform keys, padding keyed -1 (the
+    # first k_b <= n_b of them are real)
+    keys = torch.where(mask, rand((B, P), x, generator), torch.full((), -1.0, dtype=x.dtype, device=x.device))
+    src = keys.topk(K, dim=1).indices  # (B, K)
+    r = rand((B, K), x, generator)
+    active = torch.arange(K, device=x.device)[None, :] < k[:, None]
+    # the source keeps r pT ...
+    r_src = torch.where(active, r, torch.ones_like(r))
+    out = x.clone()
+    out[..., 0] = x[..., 0] * torch.ones_like(keys).scatter(1, src, r_src)
+    # ... and the j-th empty slot receives (1 - r_j) pT at the source's (eta, phi, ...)
+    child = x.gather(1, src.unsqueeze(-1).expand(-1, -1, F))
+    child = torch.cat([child[..., :1] * (1 - r_src).unsqueeze(-1), child[..., 1:]], -1)
+    empty = ~mask
+    erank = empty.cumsum(1) - 1
+    fill_slot = empty & (erank < k[:, None])
+    moved = child.gather(1, erank.clamp(0, K - 1).unsqueeze(-1).expand(-1, -1, F))
+    return torch.where(fill_slot.unsqueeze(-1), moved, out), mask | fill_slot
 
 
 # Augmentations with a slot-major form, chained on one working copy inside a view.
@@ -476,18 +518,21 @@ def _run_steps(steps: Sequence[Step], strength: float,
                x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None,
                reps: int = 1, backend: str | None = None,
                programs: dict[tuple[int, int], kernel.Program] | None = None,
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               fixed: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply steps in order to the batch repeated ``reps`` times. Consecutive JetCLR steps run as
     one fused kernel call (CPU float32; ``programs`` caches their kernel programs by step range)
     or share one slot-major working copy (torch); the others run on the (B, P, F) batch,
-    feature-planar on the CPU."""
+    feature-planar on the CPU. ``fixed`` (None: on every device but the CPU): fixed slots, no
+    host read of the data (the fused kernel is then not used)."""
+    if fixed is None:
+        fixed = x.device.type != "cpu"
     st: _Jets | None = None
     i = 0
     while i < len(steps):
         fn, params = steps[i]
         fast = _SLOT_MAJOR.get(fn)
         if fast is not None:
-            if st is None and _use_kernel(x, mask, backend):
+            if st is None and not fixed and _use_kernel(x, mask, backend):
                 j = i
                 while j < len(steps) and steps[j][0] in _SLOT_MAJOR:
                     j += 1
@@ -500,7 +545,7 @@ def _run_steps(steps: Sequence[Step], strength: float,
                 reps, i = 1, j
                 continue
             if st is None:
-                st, reps = _Jets(x, mask, reps), 1
+                st, reps = _Jets(x, mask, reps, fixed), 1
             fast(st, generator, strength=strength, **params)
             i += 1
             continue
@@ -526,50 +571,58 @@ def _run_steps(steps: Sequence[Step], strength: float,
 class View:
     """An ordered list of augmentations applied as one: ``view(x, mask, generator) -> (x, mask)``.
 
-    ``steps`` ((augmentation, params) in order), ``strength`` and ``backend`` say what it does;
-    views with the same three are interchangeable, which ``apply_views`` uses to fuse them. Made
-    by ``build_view``, which checks names and parameters.
+    ``steps`` ((augmentation, params) in order), ``strength``, ``backend`` and ``fixed`` say
+    what it does; views with the same four are interchangeable, which ``apply_views`` uses to
+    fuse them. Made by ``build_view``, which checks names and parameters.
+
+    ``fixed``: work on fixed slots, with no operation whose output shape depends on the data
+    and no read of the data on the host (what a GPU needs: no host sync per step). None (default):
+    fixed on every device but the CPU, where trimming to the batch's longest jet is faster.
     """
 
-    __slots__ = ("steps", "strength", "backend", "_programs")
+    __slots__ = ("steps", "strength", "backend", "fixed", "_programs")
 
-    def __init__(self, steps: Sequence[Step], strength: float = 1.0, backend: str | None = None):
+    def __init__(self, steps: Sequence[Step], strength: float = 1.0, backend: str | None = None,
+                 fixed: bool | None = None):
         self.steps: tuple[Step, ...] = tuple((fn, dict(params)) for fn, params in steps)
         self.strength = strength
         self.backend = backend
+        self.fixed = fixed
         self._programs: dict[tuple[int, int], kernel.Program] = {}  # fused kernel programs
 
     @property
     def key(self) -> tuple[Any, ...]:
-        """Equal keys: the same augmentations, parameters, strength and backend."""
-        return self.steps, self.strength, self.backend
+        """Equal keys: the same augmentations, parameters, strength, backend and slot mode."""
+        return self.steps, self.strength, self.backend, self.fixed
 
     def __call__(self, x: torch.Tensor, mask: torch.Tensor,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, P, F) [pT GeV, eta, phi, ...], mask (B, P) bool -> the augmented (x, mask)."""
         return _run_steps(self.steps, self.strength, x, mask, generator, backend=self.backend,
-                          programs=self._programs)
+                          programs=self._programs, fixed=self.fixed)
 
     def repeated(self, x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None,
                  reps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The view of the batch repeated ``reps`` times: (reps B, P, F), (reps B, P); every row
         draws its own randomness."""
         return _run_steps(self.steps, self.strength, x, mask, generator, reps, self.backend,
-                          self._programs)
+                          self._programs, self.fixed)
 
     def __repr__(self) -> str:
         names = ", ".join(fn.__name__ for fn, _ in self.steps)
-        return f"View([{names}], strength={self.strength}, backend={self.backend})"
+        return f"View([{names}], strength={self.strength}, backend={self.backend}, fixed={self.fixed})"
 
 
-def build_view(specs: Sequence[Any], strength: float = 1.0, backend: str | None = None) -> View:
+def build_view(specs: Sequence[Any], strength: float = 1.0, backend: str | None = None,
+               fixed: bool | None = None) -> View:
     """Ordered list of specs (objects with ``.name`` and ``.params``, e.g. config.AugmentSpec,
     or dicts with those keys) -> a ``View``: callable(x, mask, generator) -> (x, mask).
 
     Unknown names fail here, at build time, with a KeyError listing the known names. The view
     gives exactly what calling its augmentations in turn with the same generator gives (on the
     same backend). ``backend`` ("auto", "torch", "kernel"; None: the process default, see
-    ``set_backend``) picks how the JetCLR steps run.
+    ``set_backend``) picks how the JetCLR steps run; ``fixed`` (see ``View``) whether they
+    work on fixed slots.
     """
     if backend is not None:
         _checked(backend)
@@ -586,7 +639,7 @@ def build_view(specs: Sequence[Any], strength: float = 1.0, backend: str | None 
         except TypeError as e:
             raise TypeError(f"augmentation {name!r}: {e}") from None
         steps.append((fn, dict(params)))
-    return View(steps, strength, backend)
+    return View(steps, strength, backend, fixed)
 
 
 def apply_views(views: Sequence[Callable[..., tuple[torch.Tensor, torch.Tensor]]], x: torch.Tensor,

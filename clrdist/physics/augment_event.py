@@ -16,6 +16,7 @@ Physical augmentations: ``event_rotate``, ``event_smear`` (pT with sigma = sqrt(
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -37,13 +38,29 @@ def _check(x: torch.Tensor) -> None:
                          f"{tuple(x.shape)}")
 
 
+_TYPES = SLOT_TYPE.tolist()
+_TABLES = {"eta_max": ETA_MAX, "pt_floor": PT_FLOOR}
+
+
+@functools.lru_cache(maxsize=32)
+def _table(name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(19,) per-row constants, made once per device (not a host -> device copy per call)."""
+    return torch.tensor([_TABLES[name][t] for t in _TYPES], dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=8)
+def _slot_types(device: torch.device) -> torch.Tensor:
+    return SLOT_TYPE.to(device)
+
+
 def _per_slot(table: dict[int, float], x: torch.Tensor) -> torch.Tensor:
-    return torch.tensor([table[int(t)] for t in SLOT_TYPE], dtype=x.dtype, device=x.device)
+    name = "eta_max" if table is ETA_MAX else "pt_floor"
+    return _table(name, x.device, x.dtype)
 
 
 def _objects(x: torch.Tensor) -> torch.Tensor:
     """(19,) bool: the physical-object rows (everything but MET)."""
-    return (SLOT_TYPE != MET).to(x.device)
+    return _slot_types(x.device) != MET
 
 
 def pxpy(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -126,7 +143,7 @@ def event_smear(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator 
 def _empty_slot_of_type(mask: torch.Tensor, want: torch.Tensor, gen, x) -> torch.Tensor:
     """For each event, a random empty slot among the rows of type want[b] (B,) -> (B,) index,
     -1 where there is none."""
-    types = SLOT_TYPE.to(mask.device)
+    types = _slot_types(mask.device)
     ok = ~mask & (types[None, :] == want[:, None])
     keys = torch.where(ok, rand(mask.shape, x, gen), torch.full(mask.shape, -1.0, device=x.device, dtype=x.dtype))
     idx = keys.argmax(1)
@@ -175,7 +192,7 @@ def event_split_objects(x: torch.Tensor, mask: torch.Tensor, generator: torch.Ge
     out, m = x.clone(), mask.clone()
     B = x.shape[0]
     rows = torch.arange(B, device=x.device)
-    types = SLOT_TYPE.to(x.device)
+    types = _slot_types(x.device)
     floors = _per_slot(PT_FLOOR, x)
     for _ in range(int(round(n * strength))):
         free = torch.stack([(~m & (types[None] == t)).any(1) for t in (0, 1, 2, 3)], 1)  # (B, 4)

@@ -75,12 +75,15 @@ def keep_hardest(x: torch.Tensor, mask: torch.Tensor, n: int) -> tuple[torch.Ten
     """The n highest-pT real slots of each row, hardest first (padding last): (B, n, F), (B, n).
 
     Views made on more slots than the model sees (``augment.slots``) are cut back this way, so
-    collinear splits and smearing decide which soft constituents the model gets.
+    collinear splits and smearing decide which soft constituents the model gets. A fixed-width
+    top-k: no output shape depends on the data (no host sync on a GPU). Rows of at most n slots
+    are returned as they are (the encoder does not depend on the order of its inputs, and fixed
+    layouts such as the ADC2021 event rows keep their places).
     """
-    if x.shape[1] <= n and bool((mask[:, :-1] >= mask[:, 1:]).all()):
+    if x.shape[1] <= n:
         return x, mask
     key = torch.where(mask, x[..., 0], torch.full_like(x[..., 0], -1.0))
-    order = key.argsort(dim=1, descending=True, stable=True)[:, :n]
+    order = key.topk(n, dim=1).indices  # sorted: hardest first, padding (key -1) last
     return x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1])), mask.gather(1, order)
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from clrdist.config import RunConfig
 from clrdist.errors import ClrdistError
+from clrdist.precision import resolve
 
 
 def lr_lambda(cfg: RunConfig, total_steps: int):
@@ -40,13 +41,28 @@ def sync_batchnorm(model: nn.Module, cfg: RunConfig) -> nn.Module:
     return model
 
 
+def adamw(params, cfg: RunConfig, fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW; ``fused`` (None: on CUDA) uses torch's fused kernel: one kernel per step, and its
+    step counters stay on the device (the for-each form keeps them on the host and reads them
+    there, which is free on a CPU but is what a sync-free CPU test must not see)."""
+    params = list(params)
+    devices = {p.device.type for p in params}
+    if fused is None:
+        fused = devices == {"cuda"}
+    fused = fused and bool(params) and devices <= {"cpu", "cuda"}
+    return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                             fused=fused or None)
+
+
 class Engine:
     """Model + optimiser + scheduler behind one ``step``; ``module`` is the unwrapped model."""
 
     model: nn.Module
     module: nn.Module
 
-    def step(self, loss: torch.Tensor) -> dict[str, float]:
+    def step(self, loss: torch.Tensor) -> dict[str, float | torch.Tensor]:
+        """Backward, clipping, optimiser and scheduler step. Returns {"lr": float} and, with
+        clipping, {"grad_norm": 0-d tensor} left on the device (read it at logging steps only)."""
         raise NotImplementedError
 
     def train(self) -> None:
@@ -66,23 +82,28 @@ class Engine:
         """Restore what :meth:`rank_state` returned, after :meth:`load_state_dict`."""
 
 
-class DDPEngine(Engine):
-    def __init__(self, model: nn.Module, cfg: RunConfig, total_steps: int):
-        from ray.train.torch import prepare_model
+class LocalEngine(Engine):
+    """One process, no wrapper: the model on ``device`` with AdamW, the schedule and clipping.
+    The DDP engine is this with the model wrapped by Ray Train; benchmarks and the device check
+    step this one (no Ray)."""
 
-        self.model = prepare_model(sync_batchnorm(model, cfg))  # DDP when world_size > 1, moved to the worker's device
+    def __init__(self, model: nn.Module, cfg: RunConfig, total_steps: int,
+                 device: str | torch.device = "cpu", *, fused: bool | None = None):
+        self.model = self._wrap(model, cfg, device)
         self.module = getattr(self.model, "module", self.model)
-        self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=cfg.optim.lr,
-                                           weight_decay=cfg.optim.weight_decay)
+        self.optimizer = adamw(self.module.parameters(), cfg, fused)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total_steps))
         self.grad_clip = cfg.optim.grad_clip
 
-    def step(self, loss: torch.Tensor) -> dict[str, float]:
+    def _wrap(self, model: nn.Module, cfg: RunConfig, device) -> nn.Module:
+        return model.to(device)
+
+    def step(self, loss: torch.Tensor) -> dict[str, float | torch.Tensor]:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # DDP all-reduces (averages) the gradients here
-        out = {"lr": self.scheduler.get_last_lr()[0]}
-        if self.grad_clip:
-            out["grad_norm"] = float(nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip))
+        out: dict[str, float | torch.Tensor] = {"lr": self.scheduler.get_last_lr()[0]}
+        if self.grad_clip:  # the norm stays on the device: no host sync per step
+            out["grad_norm"] = nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         return out
@@ -97,6 +118,15 @@ class DDPEngine(Engine):
         self.scheduler.load_state_dict(state["scheduler"])
 
 
+class DDPEngine(LocalEngine):
+    """PyTorch DDP through Ray Train's ``prepare_model`` (plain model when world size is 1)."""
+
+    def _wrap(self, model: nn.Module, cfg: RunConfig, device) -> nn.Module:
+        from ray.train.torch import prepare_model
+
+        return prepare_model(sync_batchnorm(model, cfg))  # DDP when world_size > 1, moved to the worker's device
+
+
 class DeepSpeedEngine(Engine):
     def __init__(self, model: nn.Module, cfg: RunConfig, total_steps: int):
         if not cfg.scaling.use_gpu:
@@ -107,7 +137,9 @@ class DeepSpeedEngine(Engine):
             "train_micro_batch_size_per_gpu": cfg.data.batch_size,
             "gradient_accumulation_steps": 1,
             "zero_optimization": {"stage": cfg.scaling.zero_stage},
-            "bf16": {"enabled": bool(cfg.scaling.bf16 and cfg.scaling.use_gpu)},
+            # bf16 weights (DeepSpeed's bf16 mode) where the precision policy picks bf16 on GPUs
+            "bf16": {"enabled": cfg.scaling.use_gpu
+                     and resolve(cfg.scaling.precision, "cuda").name == "bf16"},
             "steps_per_print": 10**9,  # we log through MLflow, not stdout
         }
         if cfg.optim.grad_clip:

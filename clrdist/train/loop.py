@@ -18,15 +18,15 @@ import torch
 from clrdist import tracking
 from clrdist.config import config_from_dict
 from clrdist.data.store import open_store
-from clrdist.data.stream import ShardedStream
+from clrdist.data.stream import DevicePrefetcher, ShardedStream
 from clrdist.diagnostics import global_diagnostics, is_collapsed
 from clrdist.losses import build_loss
 from clrdist.models import initial_model
-from clrdist.physics.augment import build_view
+from clrdist.precision import resolve
 from clrdist.runtime import tune_malloc
 from clrdist.train import checkpoint, preempt
 from clrdist.train.engine import LossGuard, build_engine
-from clrdist.train.inputs import view_inputs
+from clrdist.train.step import build_views, default_sync_free, prepare_model, train_step
 
 
 def say(message: str) -> None:
@@ -59,9 +59,13 @@ def validate(engine, cfg, val, device, model=None) -> dict[str, float]:
     from clrdist.eval.runner import evaluate_during_training
     from clrdist.models.encode import make_encoder
 
-    encode = make_encoder(engine.module if model is None else model, cfg, device=device)  # eval mode
+    net = engine.module if model is None else model
+    encode = make_encoder(net, cfg, device=device)  # eval mode
     (tr, te) = val
-    metrics = evaluate_during_training(encode(tr), tr["label"], encode(te), te["label"])
+    # weights DeepSpeed converted to bf16 get bf16 inputs through autocast (float32 stores)
+    low = next(net.parameters()).dtype == torch.bfloat16
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=low):
+        metrics = evaluate_during_training(encode(tr), tr["label"], encode(te), te["label"])
     return {f"val_{k}": v for k, v in metrics.items()}
 
 
@@ -118,10 +122,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     engine = build_engine(initial_model(cfg.model, cfg.seed), cfg, total_steps)
     loss_fn = build_loss(cfg.loss)
     loss_fn.attach(engine.module, total_steps)  # DINO: the teacher starts as a copy of the student
-    views = [build_view(v, cfg.augment.strength, cfg.augment.backend)
-             for v in [*cfg.augment.views, *cfg.augment.local_views]]  # local: student only (DINO)
-    if cfg.augment.anomaly_view:
-        views.append(build_view(cfg.augment.anomaly_view, cfg.augment.strength, cfg.augment.backend))
+    # views, then local (student only, DINO), then the anomaly view; on a GPU: fixed shapes
+    sync_free = default_sync_free(device)
+    prepare_model(engine.module, sync_free=sync_free, compile=cfg.model.compile)
+    views = build_views(cfg, fixed=sync_free)
+    precision = resolve(cfg.scaling.precision, device)  # one policy: clrdist/precision.py
+    precision.apply_global()
+    if master:
+        say(f"precision {precision.name} on {device.type}")
+    prefetch = DevicePrefetcher(device)  # pinned, non-blocking host -> device copies
     gen = torch.Generator(device=device)
     guard = LossGuard(device)  # remembers the first non-finite loss (engine.py)
 
@@ -146,7 +155,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         guard.check()  # never a checkpoint after a non-finite loss
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint.save(tmp, state=checkpoint.training_state(engine, loss_fn) if master else None, step=step,
-                            epoch=epoch, cfg=cfg, rank=rank, stream_state=stream.state_dict(),
+                            epoch=epoch, cfg=cfg, rank=rank, stream_state=prefetch.stream_state(),
                             mid_epoch=mid, rank_state=engine.rank_state())
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
@@ -166,43 +175,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             stream.set_epoch(epoch)
         mid_epoch = False
         epoch_loss, epoch_batches = torch.zeros((), device=device), 0
-        for batch in stream:
-            # -- augment: every view of the same jets, then one forward pass over all views --
+        for batch in prefetch(stream):
+            # -- one step: views -> encode -> loss (float32) -> backward -> optimiser (step.py) --
             gen.manual_seed(augment_seed(cfg.seed, rank, step))
-            x, mask = view_inputs(batch["particles"], batch["mask"], cfg, views, gen, device=device)
-
-            # -- encode and loss: local rows against all-gathered columns ---------------------
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.scaling.bf16):
-                rep, z = engine.model(x, mask)
-                zs = z.chunk(len(views))
-                labels = (torch.as_tensor(batch["label"], device=device)
-                          if loss_fn.needs_labels else None)
-                needs_inputs = loss_fn.needs_inputs  # DINO, ORCA
-                terms = loss_fn(*zs, labels=labels, inputs=(x, mask) if needs_inputs else None,
-                                reps=rep.chunk(len(views)) if needs_inputs else None)
-
-            # -- step: DDP averages gradients, which gives the global-batch gradient -----------
-            info = engine.step(terms["loss"])
-            loss_fn.after_step(engine.module)  # DINO: teacher <- EMA of the student
+            out = train_step(engine, loss_fn, views, batch, gen, cfg, precision,
+                             step=step + 1, guard=guard, device=device)
             step += 1
-            guard.update(terms["loss"], step)
             if step % cfg.tracking.log_every == 0:
                 guard.check()  # every rank: stop at the first log point after a non-finite loss
-            epoch_loss += terms["loss"].detach()  # stays on the device: no sync per step
+            epoch_loss += out.terms["loss"].detach()  # stays on the device: no sync per step
             epoch_batches += 1
-            jets_since_log += len(batch["mask"]) * world
+            jets_since_log += out.jets * world
 
             # -- log (rank 0) -----------------------------------------------------------------
             if step % cfg.tracking.log_every == 0:
                 # every rank joins the gather; rank 0 logs (is the loss learning? diagnostics.py)
-                diag = global_diagnostics(zs, rep.chunk(len(views))[0])
+                diag = global_diagnostics(out.z.chunk(len(views)), out.rep.chunk(len(views))[0])
             if master and step % cfg.tracking.log_every == 0:
                 now = time.perf_counter()
-                metrics = {f"train_{k}": float(v.detach()) for k, v in terms.items()}
+                metrics = out.metrics()  # one host read of every term and the gradient norm
                 metrics.update({f"train_{k}": v for k, v in diag.items()})
-                metrics.update(info, epoch=epoch, jets_per_s=jets_since_log / (now - t_log))
+                metrics.update(epoch=epoch, jets_per_s=jets_since_log / (now - t_log))
                 tracking.log_metrics(uri, run_id, metrics, step=step)
                 t_log, jets_since_log = now, 0
+            terms = out.terms
 
             # -- checkpoint inside the epoch when asked ----------------------------------------
             if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 \
