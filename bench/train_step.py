@@ -174,6 +174,7 @@ def main(argv=None) -> dict:
                    help="torch threads for both sides (0: torch's default; 1 is steadiest on a shared CPU)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="device peak (e.g. 989 for H100 bf16 dense) to report model FLOP utilisation")
+    p.add_argument("--json", action="store_true", help="(accepted for old commands: the output is JSON)")
     p.add_argument("--out", default=None, help="write the JSON here too (docs/results/train_step.json)")
     a = p.parse_args(argv)
     tune_malloc()  # both sides: one process, the thresholds training workers use
