@@ -60,12 +60,11 @@ def validate(engine, cfg, val, device, model=None) -> dict[str, float]:
     from clrdist.models.encode import make_encoder
 
     net = engine.module if model is None else model
-    encode = make_encoder(net, cfg, device=device)  # eval mode
-    (tr, te) = val
     # weights DeepSpeed converted to bf16 get bf16 inputs through autocast (float32 stores)
     low = next(net.parameters()).dtype == torch.bfloat16
-    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=low):
-        metrics = evaluate_during_training(encode(tr), tr["label"], encode(te), te["label"])
+    encode = make_encoder(net, cfg, device=device, autocast=torch.bfloat16 if low else "run")
+    (tr, te) = val
+    metrics = evaluate_during_training(encode(tr), tr["label"], encode(te), te["label"])
     return {f"val_{k}": v for k, v in metrics.items()}
 
 
