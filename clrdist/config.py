@@ -70,9 +70,12 @@ class DataConfig(_Section):
     eval_train_store: str | None = None  # labelled store to fit downstream classifiers on
     eval_test_store: str | None = None  # labelled store, disjoint from the above, to score on
     val_store: str | None = None  # labelled validation store (eval.every_epochs, Tune), never the test store
-    # per-worker batch; the global batch is this x num_workers. At least 2: a contrastive loss
+    # PER-WORKER batch; the global batch is this x num_workers. At least 2: a contrastive loss
     # with one row per worker has no negatives and trains to 0 (a collapsed encoder)
     batch_size: int = Field(128, ge=2)
+    # the global batch (all workers together, what papers quote): per worker = this /
+    # scaling.num_workers (must divide); sets batch_size. None: batch_size is per worker
+    global_batch_size: int | None = Field(None, gt=0)
     n_particles: int = Field(50, gt=0)  # constituents per sample fed to the model (hardest first)
     shuffle_buffer: int = Field(8192, ge=0)  # samples mixed across chunks; 0 = chunk order only
     loader_threads: int = Field(1, ge=0)  # decoder threads per worker; 0 = decode on the loop thread
@@ -180,6 +183,8 @@ class ScalingConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     cpus_per_worker: float = Field(1.0, gt=0)  # Ray CPU resources per worker
     max_failures: int = Field(0, ge=-1)  # worker failures tolerated before the run fails
+    # a collective (gradient all-reduce, gather, barrier) waiting longer than this fails the run
+    collective_timeout_s: int = Field(900, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -192,7 +197,10 @@ class ScalingConfig(_Section):
 
 class CheckpointConfig(_Section):
     storage_path: str = "runs"  # Ray storage (shared file system on a cluster)
-    every_steps: int | None = Field(None, gt=0)  # extra checkpoints during training
+    # when checkpoints are written (docs/core.md): any of these, and always at the end
+    every_steps: int | None = Field(None, gt=0)  # every this many optimiser steps
+    every_minutes: float | None = Field(30.0, gt=0)  # every this many minutes (at logging steps)
+    every_epochs: int | None = Field(None, gt=0)  # at the end of every this many epochs
     num_to_keep: int = Field(2, gt=0)  # checkpoints retained
 
 
@@ -270,6 +278,21 @@ class RunConfig(_Section):
             raise ValueError(f"model.input_dim ({m.input_dim}) is narrower than the {width} columns "
                              f"of model.input_features {m.input_features!r} (plus any extra "
                              "particle features of the store)")
+        return self
+
+    @model_validator(mode="after")
+    def _per_worker_batch(self) -> RunConfig:
+        d, workers = self.data, self.scaling.num_workers
+        if d.global_batch_size is None:
+            return self
+        per_worker, rest = divmod(d.global_batch_size, workers)
+        if rest or per_worker < 2:
+            raise ValueError(f"data.global_batch_size ({d.global_batch_size}) is not divisible "
+                             f"by scaling.num_workers ({workers}) into batches of 2 or more")
+        if "batch_size" in d.model_fields_set and d.batch_size != per_worker:
+            raise ValueError(f"data.batch_size ({d.batch_size}) is not data.global_batch_size "
+                             f"({d.global_batch_size}) / scaling.num_workers ({workers}): set one")
+        d.batch_size = per_worker
         return self
 
     @model_validator(mode="after")

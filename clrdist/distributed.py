@@ -13,8 +13,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 __all__ = ["is_distributed", "get_rank", "get_world_size", "is_rank_zero", "all_gather_with_grad",
-           "all_gather_nograd", "gather_rows", "all_reduce_sum", "all_reduce_min", "at_least_float32",
-           "unit_fp32"]
+           "all_gather_nograd", "gather_rows", "gather_shards", "all_reduce_sum", "all_reduce_min",
+           "any_rank", "at_least_float32", "unit_fp32"]
 
 
 def is_distributed() -> bool:
@@ -110,3 +110,27 @@ def all_reduce_min(t: torch.Tensor) -> torch.Tensor:
     if get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return t
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every rank when ``flag`` is True on any (a collective: every rank calls it at the
+    same point; one read back to the host, for decisions taken at logging steps)."""
+    t = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+    if get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
+    """Rows r, r + world, r + 2 world, ... of an n-row array, computed on rank r (``local``),
+    back in their original order on every rank: (n, ...). Rows are padded to equal counts for
+    the all-gather. One process: ``local`` itself."""
+    world = get_world_size()
+    if world == 1:
+        return local
+    per = -(-n // world)
+    padded = torch.zeros((per, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[:local.shape[0]] = local
+    parts = all_gather_nograd(padded).view(world, per, *local.shape[1:])
+    # row i of the whole came from rank i % world, its row i // world
+    return parts.transpose(0, 1).reshape(world * per, *local.shape[1:])[:n]

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clrdist.config import load_config
+from clrdist.config import ConfigError, config_from_dict, load_config
 from clrdist.losses import LOSSES, build_loss
 from clrdist.models import build_model
 from clrdist.physics.augment import build_view
@@ -50,10 +50,29 @@ def test_cpu_variant_runs_one_step(name):
 def test_published_hyper_parameters():
     j = load_config(CONFIGS / "jetclr_toptag.yaml")
     assert (j.model.model_dim, j.model.ff_dim, j.model.heads, j.model.layers) == (1000, 1000, 4, 4)
-    assert (j.optim.lr, j.data.batch_size, j.loss.temperature, j.optim.epochs) == (5e-5, 128, 0.1, 500)
+    assert (j.optim.lr, j.data.global_batch_size, j.loss.temperature, j.optim.epochs) == (5e-5, 128, 0.1, 500)
     d = load_config(CONFIGS / "darkclr_svj.yaml")
-    assert (d.model.model_dim, d.model.ff_dim, d.model.output_dim, d.data.batch_size, d.optim.epochs) == \
-        (128, 512, 512, 256, 150)
+    assert (d.model.model_dim, d.model.ff_dim, d.model.output_dim, d.data.global_batch_size,
+            d.optim.epochs) == (128, 512, 512, 256, 150)
     a = load_config(CONFIGS / "anomalyclr_adc2021.yaml")
     assert (a.model.model_dim, a.model.ff_dim, a.model.output_dim, a.model.layers) == (160, 160, 160, 4)
     assert a.data.n_particles == 19 and a.model.frame == "event"
+
+
+@pytest.mark.parametrize("name, published", [("jetclr_toptag", 128), ("darkclr_svj", 256),
+                                             ("anomalyclr_adc2021", 128)])
+@pytest.mark.parametrize("workers", [1, 2, 4, 16])
+def test_published_configs_keep_the_global_batch_at_any_worker_count(name, published, workers):
+    cfg = load_config(CONFIGS / f"{name}.yaml", [f"scaling.num_workers={workers}"])
+    assert cfg.data.batch_size * workers == published == cfg.data.global_batch_size
+
+
+def test_a_global_batch_the_workers_do_not_divide_is_refused_in_one_line():
+    with pytest.raises(ConfigError) as e:
+        load_config(CONFIGS / "darkclr_svj.yaml", ["scaling.num_workers=3"])
+    msg = str(e.value)
+    assert "\n" not in msg and "data.global_batch_size (256)" in msg and "num_workers (3)" in msg
+    with pytest.raises(ConfigError, match="set one"):
+        load_config(None, ["data.global_batch_size=256", "scaling.num_workers=2", "data.batch_size=64"])
+    cfg = load_config(None, ["data.global_batch_size=256", "scaling.num_workers=2"])
+    assert cfg.data.batch_size == 128 and config_from_dict(cfg.to_dict()) == cfg  # round trip

@@ -20,11 +20,13 @@ from clrdist.config import config_from_dict
 from clrdist.data.store import open_store
 from clrdist.data.stream import DevicePrefetcher, ShardedStream
 from clrdist.diagnostics import global_diagnostics, is_collapsed
+from clrdist.distributed import gather_shards, get_rank, get_world_size
 from clrdist.losses import build_loss
 from clrdist.models import initial_model
 from clrdist.precision import resolve
 from clrdist.runtime import tune_malloc
 from clrdist.train import checkpoint, preempt
+from clrdist.train.cadence import Cadence
 from clrdist.train.engine import LossGuard, build_engine
 from clrdist.train.step import build_views, default_sync_free, prepare_model, train_step
 
@@ -42,20 +44,28 @@ def augment_seed(seed: int, rank: int, step: int) -> int:
     return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1)
 
 
+# validation during training scores at most this many samples of each set (the quick LCT of
+# clrdist.eval.runner.evaluate_during_training uses the first 20000), fewer with eval.lct_max_samples
+VALIDATION_SAMPLES = 20_000
+
+
 def load_validation(cfg) -> tuple[dict, dict] | None:
     """(fit set, validation set): the linear classifier is fitted on data.eval_train_store and
-    scored on data.val_store, read once (capped at eval.lct_max_samples). The test store is
-    never read here: it is what the final numbers come from (Tune must not select on it)."""
+    scored on data.val_store, read once (the first VALIDATION_SAMPLES or eval.lct_max_samples).
+    The test store is never read here: it is what the final numbers come from (Tune must not
+    select on it)."""
     if not (cfg.data.eval_train_store and cfg.data.val_store):
         return None
-    limit = cfg.eval.lct_max_samples
+    limit = min(cfg.eval.lct_max_samples or VALIDATION_SAMPLES, VALIDATION_SAMPLES)
     return (open_store(cfg.data.eval_train_store).read_all(max_samples=limit),
             open_store(cfg.data.val_store).read_all(max_samples=limit))
 
 
 def validate(engine, cfg, val, device, model=None) -> dict[str, float]:
     """LCT AUC, max SIC and FPR at TPR 0.5 of the current representation, as val_* metrics.
-    ``model``: the network evaluation uses when it is not the trained one (DINO's teacher)."""
+    ``model``: the network evaluation uses when it is not the trained one (DINO's teacher).
+    Every rank takes part (a collective): each encodes every world-th sample, rank 0 gathers
+    and fits the quick LCT; the other ranks return {}."""
     from clrdist.eval.runner import evaluate_during_training
     from clrdist.models.encode import make_encoder
 
@@ -64,7 +74,16 @@ def validate(engine, cfg, val, device, model=None) -> dict[str, float]:
     low = next(net.parameters()).dtype == torch.bfloat16
     encode = make_encoder(net, cfg, device=device, autocast=torch.bfloat16 if low else "run")
     (tr, te) = val
-    metrics = evaluate_during_training(encode(tr), tr["label"], encode(te), te["label"])
+    rank, world = get_rank(), get_world_size()
+
+    def shared(samples):
+        mine = encode({k: v[rank::world] for k, v in samples.items()})
+        return gather_shards(torch.as_tensor(mine, device=device), len(samples["mask"])).cpu().numpy()
+
+    rep_tr, rep_te = shared(tr), shared(te)
+    if rank:
+        return {}
+    metrics = evaluate_during_training(rep_tr, tr["label"], rep_te, te["label"])
     return {f"val_{k}": v for k, v in metrics.items()}
 
 
@@ -75,6 +94,8 @@ def validation_references(engine, cfg, val, device) -> dict[str, float]:
     from clrdist.eval.runner import evaluate_during_training
 
     init = validate(engine, cfg, val, device)
+    if get_rank():
+        return {}
     (tr, va) = val
     kind = "event" if cfg.model.frame == "event" else "jet"
     raw = evaluate_during_training(raw_inputs(tr, kind, cfg.data.n_particles), tr["label"],
@@ -149,21 +170,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if master:
             say(f"resumed from step {step} (epoch {epoch}) of {ckpt.path}")
 
-    def report(metrics: dict[str, float], *, mid: bool) -> None:
-        """Every rank reports (it is a barrier); each writes its stream position, rank 0 the model."""
+    cadence = Cadence.from_config(cfg.checkpoint, device)  # steps, minutes, epochs, the end
+
+    def report(metrics: dict[str, float], *, mid: bool, save: bool = True) -> None:
+        """Every rank reports (it is a barrier); with ``save`` each writes its stream position,
+        rank 0 the model."""
         guard.check()  # never a checkpoint after a non-finite loss
+        if not save:
+            ray.train.report(metrics)  # metrics only (Ray Tune's schedulers read them)
+            return
+        cadence.saved()
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint.save(tmp, state=checkpoint.training_state(engine, loss_fn) if master else None, step=step,
                             epoch=epoch, cfg=cfg, rank=rank, stream_state=prefetch.stream_state(),
                             mid_epoch=mid, rank_state=engine.rank_state())
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    # -- validation during training (rank 0): a quick LCT every eval.every_epochs epochs -------
-    val = load_validation(cfg) if master and cfg.eval.every_epochs else None
+    # -- validation during training (every rank encodes, rank 0 fits and logs) -----------------
+    val = load_validation(cfg) if cfg.eval.every_epochs else None
     last_val: dict[str, float] = {}  # the latest val_* metrics, in every report (Ray Tune)
     if val is not None and step == 0:  # before the first step: the references, once
         refs = validation_references(engine, cfg, val, device)
-        tracking.log_metrics(uri, run_id, refs, step=0)
+        if master:
+            tracking.log_metrics(uri, run_id, refs, step=0)
         last_val = {k.replace("val_lct_init_", "val_lct_"): v for k, v in refs.items()
                     if k.startswith("val_lct_init_")}  # at step 0 the model is the untrained one
 
@@ -199,9 +228,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 t_log, jets_since_log = now, 0
             terms = out.terms
 
-            # -- checkpoint inside the epoch when asked ----------------------------------------
-            if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 \
-                    and step < total_steps:
+            # -- checkpoint inside the epoch when the cadence asks (steps, minutes) -------------
+            if step < total_steps and cadence.in_epoch(step, step % cfg.tracking.log_every == 0):
                 report({"loss": float(terms["loss"].detach()), "step": step, "epoch": epoch,
                         **last_val}, mid=True)
 
@@ -220,20 +248,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         epoch += 1
         mean_loss = float(epoch_loss) / max(1, epoch_batches)
         epoch_metrics = {"loss": mean_loss, "step": step, "epoch": epoch}
+        if val is not None and epoch % cfg.eval.every_epochs == 0:  # every rank takes part
+            # what evaluation will use: DINO's teacher, else the trained model
+            val_metrics = validate(engine, cfg, val, device, loss_fn.eval_model(engine.module))
+            engine.train()
+            if master:
+                tracking.log_metrics(uri, run_id, val_metrics, step=epoch)
+                epoch_metrics.update(val_metrics)  # Ray Tune schedulers read rank 0's metrics
+                last_val = val_metrics
         if master:
             tracking.log_metrics(uri, run_id, {"epoch_loss": mean_loss}, step=step)
             flag_collapse(loss_fn, mean_loss, cfg.data.batch_size * world, uri, run_id,
                           warm=step - epoch_batches >= cfg.optim.warmup_steps)
-            if val is not None and epoch % cfg.eval.every_epochs == 0:
-                # what evaluation will use: DINO's teacher, else the trained model
-                val_metrics = validate(engine, cfg, val, device, loss_fn.eval_model(engine.module))
-                tracking.log_metrics(uri, run_id, val_metrics, step=epoch)
-                epoch_metrics.update(val_metrics)  # Ray Tune schedulers read rank 0's metrics
-                last_val = val_metrics
-                engine.train()
             say(f"epoch {epoch}/{cfg.optim.epochs} step {step} loss {mean_loss:.4f}"
                 + "".join(f" {k} {v:.4f}" for k, v in epoch_metrics.items()
                           if k.startswith("val_") and k.endswith("_auc")))
-        report(epoch_metrics, mid=False)
+        final = epoch >= cfg.optim.epochs or step >= total_steps
+        report(epoch_metrics, mid=False, save=cadence.at_epoch_end(epoch, final))
     if master:  # metrics a busy tracking store delayed: written now, or the run fails saying why
         tracking.flush_metrics(uri, run_id)

@@ -57,10 +57,19 @@ def train(cfg: RunConfig, *, callbacks: list | None = None, tags: dict[str, str]
         return fit(cfg, run, callbacks)
 
 
+def torch_config(cfg: RunConfig):
+    """The process group: NCCL on GPUs, gloo on CPUs, and a timeout on every collective
+    (``scaling.collective_timeout_s``): a rank that never arrives fails the run, it does not hang."""
+    from ray.train.torch import TorchConfig
+
+    return TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo",
+                       timeout_s=cfg.scaling.collective_timeout_s)
+
+
 def _torch_trainer_fit(cfg: RunConfig, run_id: str, callbacks: list | None,
                        stop_file: str | None = None):
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     from clrdist.train.loop import train_loop_per_worker
 
@@ -68,7 +77,7 @@ def _torch_trainer_fit(cfg: RunConfig, run_id: str, callbacks: list | None,
         train_loop_per_worker,
         train_loop_config={"run_config": cfg.to_dict(), "tracking_uri": cfg.tracking.uri,
                            "mlflow_run_id": run_id, "stop_file": stop_file},
-        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        torch_config=torch_config(cfg),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
