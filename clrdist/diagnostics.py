@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from clrdist.distributed import all_gather_nograd, unit_fp32
+from clrdist.distributed import all_gather_nograd, at_least_float32, unit_fp32
 
 __all__ = ["pos_top1", "alignment", "uniformity", "effective_rank", "z_std", "collapse_value",
            "contrastive_diagnostics", "global_diagnostics", "is_collapsed"]
@@ -36,47 +36,70 @@ def _unit(z: torch.Tensor) -> torch.Tensor:
     return unit_fp32(z.detach())
 
 
-def pos_top1(z1: torch.Tensor, z2: torch.Tensor) -> float:
-    """Share of the 2N anchors whose nearest of the other 2N - 1 columns is their positive."""
+# ---- on the device: each returns a 0-d tensor (no read back) ---------------------------------
+
+def _pos_top1(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     u = torch.cat([_unit(z1), _unit(z2)])
     n = z1.shape[0]
     sim = u @ u.T
     sim.fill_diagonal_(float("-inf"))
-    pos = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(sim.device)
-    return float((sim.argmax(1) == pos).float().mean())
+    pos = torch.cat([torch.arange(n, 2 * n, device=sim.device), torch.arange(n, device=sim.device)])
+    return (sim.argmax(1) == pos).float().mean()
+
+
+def _alignment(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    return (_unit(z1) - _unit(z2)).square().sum(1).mean()
+
+
+def _uniformity(z: torch.Tensor, t: float = 2.0) -> torch.Tensor:
+    u = _unit(z)
+    n = u.shape[0]
+    if n < 2:
+        return torch.full((), float("nan"), device=u.device)
+    d2 = (2 - 2 * u @ u.T).clamp_min(0)  # |u_i - u_j|^2 of unit rows
+    d2.fill_diagonal_(float("inf"))  # i != j: exp(-t * inf) = 0
+    return torch.logsumexp((-t * d2).flatten(), 0) - math.log(n * (n - 1))
+
+
+def _effective_rank(h: torch.Tensor) -> torch.Tensor:
+    h = at_least_float32(h.detach())
+    s = torch.linalg.svdvals(h - h.mean(0, keepdim=True))
+    total = s.sum()
+    p = s / total
+    rank = torch.exp(-(p * p.log()).nansum())  # 0 log 0 = nan: left out
+    ok = torch.isfinite(total) & (total > 0)
+    return torch.where(ok, rank, torch.ones_like(rank))
+
+
+def _z_std(z: torch.Tensor) -> torch.Tensor:
+    return _unit(z).std(0).mean()
+
+
+# ---- the public floats ------------------------------------------------------------------------
+
+def pos_top1(z1: torch.Tensor, z2: torch.Tensor) -> float:
+    """Share of the 2N anchors whose nearest of the other 2N - 1 columns is their positive."""
+    return float(_pos_top1(z1, z2))
 
 
 def alignment(z1: torch.Tensor, z2: torch.Tensor) -> float:
     """E ||u - u'||^2 over positive pairs (alpha = 2)."""
-    return float((_unit(z1) - _unit(z2)).square().sum(1).mean())
+    return float(_alignment(z1, z2))
 
 
 def uniformity(z: torch.Tensor, t: float = 2.0) -> float:
     """log E_{i != j} exp(-t ||u_i - u_j||^2) over the rows of one view."""
-    u = _unit(z)
-    n = u.shape[0]
-    if n < 2:
-        return float("nan")
-    d2 = torch.cdist(u, u).square()
-    off = ~torch.eye(n, dtype=torch.bool, device=u.device)
-    return float(torch.logsumexp(-t * d2[off], 0) - math.log(off.sum()))
+    return float(_uniformity(z, t))
 
 
 def effective_rank(h: torch.Tensor) -> float:
     """exp(H(p)), p = singular values / their sum, of the centred (N, D) matrix."""
-    h = h.detach().float()
-    s = torch.linalg.svdvals(h - h.mean(0, keepdim=True))
-    total = s.sum()
-    if not torch.isfinite(total) or total <= 0:
-        return 1.0
-    p = s / total
-    p = p[p > 0]
-    return float(torch.exp(-(p * p.log()).sum()))
+    return float(_effective_rank(h))
 
 
 def z_std(z: torch.Tensor) -> float:
     """Mean over dimensions of the standard deviation of the unit vectors."""
-    return float(_unit(z).std(0).mean())
+    return float(_z_std(z))
 
 
 def collapse_value(n: int, keep_positive: bool = True) -> float:
@@ -87,12 +110,14 @@ def collapse_value(n: int, keep_positive: bool = True) -> float:
 def contrastive_diagnostics(z1: torch.Tensor, z2: torch.Tensor,
                             rep: torch.Tensor | None = None) -> dict[str, float]:
     """Every diagnostic above, by name; ``rep`` (N, H): the representation (before the head),
-    whose effective rank is reported as ``rep_eff_rank``."""
-    out = {"pos_top1": pos_top1(z1, z2), "alignment": alignment(z1, z2),
-           "uniformity": uniformity(z1), "z_eff_rank": effective_rank(z1), "z_std": z_std(z1)}
+    whose effective rank is reported as ``rep_eff_rank``. Computed on the device, read back
+    once (one host sync)."""
+    out = {"pos_top1": _pos_top1(z1, z2), "alignment": _alignment(z1, z2),
+           "uniformity": _uniformity(z1), "z_eff_rank": _effective_rank(z1), "z_std": _z_std(z1)}
     if rep is not None:
-        out["rep_eff_rank"] = effective_rank(rep)
-    return out
+        out["rep_eff_rank"] = _effective_rank(rep)
+    values = torch.stack([v.double() for v in out.values()]).tolist()
+    return dict(zip(out, values, strict=True))
 
 
 def is_collapsed(loss: float, reference: float, tolerance: float = 0.02) -> bool:
@@ -100,14 +125,21 @@ def is_collapsed(loss: float, reference: float, tolerance: float = 0.02) -> bool
     return abs(loss - reference) <= tolerance * abs(reference)
 
 
-def global_diagnostics(zs, rep: torch.Tensor | None = None) -> dict[str, float]:
-    """``contrastive_diagnostics`` of the global batch: every rank must call it (all-gather).
+# the diagnostics of the global batch use at most this many of its samples (the first ones):
+# their cost (an SVD, N x N similarities) stays a small share of the step at any worker count
+MAX_ROWS = 1024
+
+
+def global_diagnostics(zs, rep: torch.Tensor | None = None, max_rows: int = MAX_ROWS
+                       ) -> dict[str, float]:
+    """``contrastive_diagnostics`` of the global batch (at most ``max_rows`` samples): every
+    rank must call it (all-gather).
 
     zs: the views' projections on this rank, each (B, D) (the first two are the positive pair);
     rep: (B, H) representations of the first view.
     """
     def gather(t: torch.Tensor) -> torch.Tensor:
-        return all_gather_nograd(t.detach().float().contiguous())
+        return all_gather_nograd(t.detach().contiguous())[:max_rows]
 
     return contrastive_diagnostics(gather(zs[0]), gather(zs[1]),
                                    None if rep is None else gather(rep))

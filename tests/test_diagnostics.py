@@ -82,3 +82,18 @@ def test_a_run_whose_loss_sits_at_the_collapse_value_is_tagged(tmp_path, capsys)
     assert "collapsed projection" in capsys.readouterr().out
     flag_collapse(loss_fn, 0.5 * collapse_value(n), n, uri, run_id, warm=True)  # it learns
     assert tracking.get_run(uri, run_id)["tags"]["clrdist.collapse"] == "false"
+
+
+def test_the_diagnostics_read_back_once_and_use_at_most_max_rows():
+    from clrdist.diagnostics import global_diagnostics
+    from clrdist.syncs import count_syncs
+
+    g = torch.Generator().manual_seed(0)
+    z1, z2, rep = torch.randn(64, 8, generator=g), torch.randn(64, 8, generator=g), torch.randn(64, 5, generator=g)
+    with count_syncs() as c:
+        out = global_diagnostics([z1, z2], rep)
+    assert c.count <= 1, c.ops  # one read of all values together
+    assert out == pytest.approx(contrastive_diagnostics(z1, z2, rep))
+    capped = global_diagnostics([z1, z2], rep, max_rows=16)
+    assert capped == pytest.approx(contrastive_diagnostics(z1[:16], z2[:16], rep[:16]))
+    assert capped["uniformity"] != pytest.approx(out["uniformity"], rel=1e-3)  # not the same rows
