@@ -1,5 +1,6 @@
 """Learning diagnostics: each is checked on batches whose value is known in closed form."""
 
+import json
 import math
 
 import pytest
@@ -97,3 +98,15 @@ def test_the_diagnostics_read_back_once_and_use_at_most_max_rows():
     capped = global_diagnostics([z1, z2], rep, max_rows=16)
     assert capped == pytest.approx(contrastive_diagnostics(z1[:16], z2[:16], rep[:16]))
     assert capped["uniformity"] != pytest.approx(out["uniformity"], rel=1e-3)  # not the same rows
+
+
+@pytest.mark.slow
+def test_the_cost_bench_writes_its_rows(tmp_path):
+    from bench.diagnostics_cost import main
+
+    out = tmp_path / "cost.json"
+    numbers = main(["--batch", "8", "--constituents", "12", "--repeats", "1", "--out", str(out)])
+    step, diag = numbers["rows"]
+    assert step["ms"] > 0 and diag["ms"] > 0 and "output 512" in diag["size"]
+    assert diag["share_of_steps_pct"] == pytest.approx(100 * diag["ms"] / (10 * step["ms"]), rel=0.01)
+    assert {"command", "machine", "date", "rows"} <= set(json.loads(out.read_text()))

@@ -6,6 +6,7 @@ metrics and on the checkpoint.
 
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,6 +84,10 @@ def test_two_worker_ddp_run_end_to_end(ray_cluster, toy_splits, tmp_path, capsys
     assert 0.5 < run["metrics"]["lct_init_auc"] <= 1.0
     assert 0.5 < run["metrics"]["lct_raw_auc"] <= 1.0
     assert run["metrics"]["lct_init_auc"] != run["metrics"]["lct_auc"]
+
+    # -- checkpoints by the cadence (default every 30 minutes) and at the end: not per epoch -----
+    written = sorted(Path(run["tags"]["clrdist.ray_run_dir"]).glob("checkpoint_*"))
+    assert [p.name for p in written] == [Path(result.checkpoint_path).name]
 
     # -- the checkpoint: model, optimiser, both ranks' stream positions, config ------------------
     state, meta = checkpoint.load(result.checkpoint_path)
