@@ -93,8 +93,7 @@ def train(cfg, jets: dict, steps: int, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = initial_model(cfg.model, seed)
     loss_fn = build_loss(cfg.loss)
-    if hasattr(loss_fn, "attach"):
-        loss_fn.attach(model, steps)
+    loss_fn.attach(model, steps)
     views = [build_view(v, cfg.augment.strength, cfg.augment.backend) for v in cfg.augment.views]
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     gen = torch.Generator().manual_seed(seed)
@@ -112,9 +111,8 @@ def train(cfg, jets: dict, steps: int, seed: int = 0) -> torch.nn.Module:
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-        if hasattr(loss_fn, "after_step"):
-            loss_fn.after_step(model)
-    net = loss_fn.teacher if getattr(loss_fn, "teacher", None) is not None else model
+        loss_fn.after_step(model)
+    net = loss_fn.eval_model(model)  # DINO: the teacher
     return copy.deepcopy(net).eval()
 
 
