@@ -88,6 +88,30 @@ def test_cwola_runs_bump_hunt_on_dijet_stores():
                         which={"bumphunt"}, context=Context(feature_names=["x"]))
 
 
+def test_a_refused_bump_hunt_is_a_result_and_the_other_evaluations_go_on():
+    """Features that track m_jj would sculpt a bump: the hunt is refused, and the runner reports
+    the refusal (with the measured correlation) instead of failing the whole evaluation."""
+    from _eval_toys import dijet_toy
+
+    mjj, x, y = dijet_toy(6000, 0, seed=4)
+    x = np.c_[np.log(mjj) + 0.05 * np.random.default_rng(1).normal(size=len(mjj)), x[:, 1:]]
+    data = {"particles": np.zeros((len(y), 1, 3), np.float32), "mask": np.ones((len(y), 1), bool),
+            "label": ((np.arange(len(y)) // 2) % 2).astype(np.int8),
+            "features": np.c_[mjj, x].astype(np.float32)}
+    tr = {k: v[::2] for k, v in data.items()}
+    te = {k: v[1::2] for k, v in data.items()}
+    res = run_evaluations(lambda b: b["features"][:, 1:], train_data=tr, test_data=te,
+                          which={"bumphunt", "lct"},
+                          context=Context(feature_names=["m_jj", "a", "b", "c"], ecm=13000.0,
+                                          n_boot=2),
+                          options={"bumphunt": {"classifier": "linear", "k": 3, "n_bins": 12,
+                                                "n_toys": 5, "figures": False}})
+    m = res["bumphunt"].metrics
+    assert m["bumphunt_refused"] == 1.0 and m["bumphunt_mjj_corr"] > 0.9
+    assert "refused" in res["bumphunt"].tables["bumphunt_refusal"][0]["reason"]
+    assert "lct_auc" in res["lct"].metrics
+
+
 def test_lct_and_anomaly_come_with_the_untrained_and_raw_references():
     tr, te = mixed(300, seed=7), mixed(300, seed=8)
 

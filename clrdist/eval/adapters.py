@@ -10,6 +10,7 @@ what it records with ``inputs.curve`` goes into the comparison figures of
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,6 +19,8 @@ from clrdist.eval.metrics import EvalResult, eps_tag
 
 if TYPE_CHECKING:
     from clrdist.eval.runner import Inputs
+
+log = logging.getLogger(__name__)
 
 
 def _figures(inp: Inputs, options: dict[str, Any]) -> bool:
@@ -87,7 +90,7 @@ def bumphunt(inp: Inputs, **options: Any) -> EvalResult:
     """Blind sliding-window hunts over the whole m_jj spectrum at LHCO-like signal fractions;
     the labels only make the mixtures, never the signal region."""
     from clrdist.data.schema import MJJ_NAMES
-    from clrdist.eval.bumphunt import hunt_at_fractions
+    from clrdist.eval.bumphunt import MjjCorrelationError, hunt_at_fractions
     from clrdist.eval.runner import mjj_column
 
     names = list(inp.ctx.feature_names)
@@ -101,8 +104,13 @@ def bumphunt(inp: Inputs, **options: Any) -> EvalResult:
                        "set eval.options.bumphunt.sqrt_s (GeV)")
     mjj = np.concatenate([inp.train_data["features"][:, col],
                           inp.test_data["features"][:, col]]).astype(np.float64)
-    res = hunt_at_fractions(mjj, inp.rep_all, inp.y_all, sqrt_s=float(sqrt_s), seed=inp.seed,
-                            **{**options, "figures": _figures(inp, options)})
+    try:
+        res = hunt_at_fractions(mjj, inp.rep_all, inp.y_all, sqrt_s=float(sqrt_s), seed=inp.seed,
+                                **{**options, "figures": _figures(inp, options)})
+    except MjjCorrelationError as e:  # a refusal is a result: the other evaluations go on
+        log.warning("%s", e)
+        return EvalResult(metrics={"bumphunt_refused": 1.0, "bumphunt_mjj_corr": float(e.corr)},
+                          tables={"bumphunt_refusal": [{"reason": str(e)}]})
     fractions = options.get("fractions")
     if fractions is None:
         from clrdist.eval.bumphunt import SIGNAL_FRACTIONS as fractions

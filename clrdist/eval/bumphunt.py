@@ -89,7 +89,12 @@ MIN_TAIL = 10  # toys at or above the observed maximum for the empirical global 
 
 
 class MjjCorrelationError(ValueError):
-    """The hunt's features predict m_jj: the classifier would sculpt the spectrum."""
+    """The hunt's features predict m_jj: the classifier would sculpt the spectrum.
+    ``corr``: the measured out-of-fold correlation."""
+
+    def __init__(self, message: str, corr: float = float("nan")):
+        super().__init__(message)
+        self.corr = corr
 
 
 def dijet_function(y: np.ndarray, log_p1: float, p2: float, p3: float) -> np.ndarray:
@@ -148,7 +153,8 @@ def check_mjj_dependence(mjj: np.ndarray, x: np.ndarray, *, max_corr: float = MA
             f"limit {max_corr}); the SR-vs-SB classifier would sculpt a bump. Use inputs without an "
             f"absolute scale (model.input_features: ptfrac) or pass allow_mjj_correlated=True (a "
             f"strong localised signal, a few % of the events and well separated in the features, "
-            f"can trip this check by itself: then the R^2 is small and the override is right)")
+            f"can trip this check by itself: then the R^2 is small and the override is right)",
+            corr=dep.corr)
     return dep
 
 
