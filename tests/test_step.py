@@ -20,7 +20,8 @@ from clrdist.train.step import build_views, set_sync_free, train_step
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SMALL = ["model.model_dim=16", "model.ff_dim=32", "model.heads=2", "model.layers=1",
-         "model.head_dims=[16]", "model.output_dim=8", "optim.grad_clip=1.0", "data.batch_size=16"]
+         "model.head_dims=[16]", "model.output_dim=8", "optim.grad_clip=1.0", "data.batch_size=16",
+         "data.global_batch_size=null"]  # the published configs set the global batch
 
 
 def jet_batch(B=16, P=20, seed=0):

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from clrdist.config import RunConfig
+from clrdist.distributed import all_reduce_min
 from clrdist.errors import ClrdistError
 from clrdist.precision import resolve
 
@@ -242,10 +243,7 @@ class LossGuard:
         self.first = torch.where(bad, torch.clamp(self.first, max=step), self.first)
 
     def check(self) -> None:
-        first = self.first.clone()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
-        step = int(first)
+        step = int(all_reduce_min(self.first.clone()))  # the logging step's one read
         if step != _NONE:
             raise NonFiniteLoss(
                 f"non-finite loss at step {step}: training stopped there and its last checkpoint "

@@ -48,9 +48,6 @@ def requested(path: str | None) -> bool:
 
 def agree(local: bool, device) -> bool:
     """True on every rank if any rank saw a request (a collective: call it at the same steps)."""
-    import torch
+    from clrdist.distributed import any_rank
 
-    from clrdist.distributed import all_gather_nograd
-
-    flags = all_gather_nograd(torch.tensor([int(local)], dtype=torch.int32, device=device))
-    return bool(flags.any())
+    return any_rank(local, device)
