@@ -115,6 +115,7 @@ def _ranks(rank):
             "centre_scale": ref_centre.abs().max().item()}
 
 
+@pytest.mark.slow  # > 30 s on 2 shared cores: the slow tier (make test)
 def test_two_processes_match_one_process_on_theglobal_batch():
     for r, v in enumerate(on_ranks(_ranks)):
         assert v["centre_scale"] > 1e-4 and v["grad_scale"] > 1e-6, (r, v)  # not vacuous

@@ -71,6 +71,7 @@ def _ranks(rank, world):
     return results
 
 
+@pytest.mark.slow  # > 30 s on 2 shared cores: the slow tier (make test)
 @pytest.mark.parametrize("world", [2, 3])
 def test_gloo_processes_match_single_process_global_batch(world):
     # every registered loss is covered (dino, orca: their own 1-vs-2-process tests in

@@ -63,6 +63,7 @@ def test_efps_degree_5():
     np.testing.assert_allclose(x[:, 0], 1.0)  # the d=0 EFP of normalised energies
 
 
+@pytest.mark.slow  # > 30 s on 2 shared cores: the slow tier (make test)
 def test_baselines_on_prong_toys():
     tr, te = mixed(200, seed=0), mixed(200, seed=10)
     res = run_baselines(tr, te, which=["raw", "jet_obs", "efp"], rep_train=None, rep_test=None)

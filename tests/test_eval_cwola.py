@@ -55,6 +55,7 @@ def test_cwola_scan_finds_signal():
     assert set(res.figures) == {"cwola_auc_vs_f.png", "cwola_sic_vs_f.png"}
 
 
+@pytest.mark.slow  # > 30 s on 2 shared cores: the slow tier (make test)
 def test_cwola_mlp_on_nonlinear_signal():
     # signal is a shell |x| ~ 3: invisible to a linear classifier, found by the 64-32 network
     rng = np.random.default_rng(3)

@@ -84,6 +84,7 @@ def test_z_conversions():
     assert z_empirical(0.0, t_null) == pytest.approx(stats.norm.isf(1.0))  # every toy above
 
 
+@pytest.mark.slow  # > 30 s on 2 shared cores: the slow tier (make test)
 def test_network_model_weight_clipping_and_sensitivity():
     bkg, sig = pools(seed=5)
     ref = bkg[:1000]
@@ -111,6 +112,7 @@ def test_nplm_evaluation_result():
     assert set(res.figures) == {"nplm_raw_t.png"}
 
 
+@pytest.mark.slow  # > 30 s on 2 shared cores: the slow tier (make test)
 def test_network_trains_until_its_loss_has_converged():
     bkg, sig = pools(seed=9)
     ref, data = bkg[:1000], np.r_[bkg[1000:1300], sig[:60]]

@@ -98,6 +98,7 @@ def _ranks(rank):
     return {**res, "unc_diff": abs(float(unc - ref_unc))}
 
 
+@pytest.mark.slow  # > 30 s on 2 shared cores: the slow tier (make test)
 def test_two_processes_match_one_process_on_theglobal_batch():
     for r, v in enumerate(on_ranks(_ranks)):
         assert v["grad_scale"] > 1e-6, (r, v)
@@ -147,6 +148,7 @@ def adc_toy_events(n, kind, rng):
     return torch.tensor(x), torch.tensor(x[..., 0] > 0), torch.full((n,), kind)
 
 
+@pytest.mark.slow  # > 30 s on 2 shared cores: the slow tier (make test)
 def test_orca_learns_known_and_novel_events():
     """SM-like events labelled, two signals unlabelled: after 100 steps of one process, the known
     class keeps its head and the novel-head probability separates the signals."""
