@@ -128,6 +128,12 @@ class DDPEngine(LocalEngine):
         return prepare_model(sync_batchnorm(model, cfg))  # DDP when world_size > 1, moved to the worker's device
 
 
+def deepspeed_bf16(cfg: RunConfig) -> bool:
+    """DeepSpeed's bf16 mode for this run: the precision policy resolves to bf16 on the run's
+    device (``cuda`` with ``scaling.use_gpu``, else ``cpu``)."""
+    return resolve(cfg.scaling.precision, "cuda" if cfg.scaling.use_gpu else "cpu").name == "bf16"
+
+
 class DeepSpeedEngine(Engine):
     def __init__(self, model: nn.Module, cfg: RunConfig, total_steps: int):
         if not cfg.scaling.use_gpu:
@@ -138,9 +144,10 @@ class DeepSpeedEngine(Engine):
             "train_micro_batch_size_per_gpu": cfg.data.batch_size,
             "gradient_accumulation_steps": 1,
             "zero_optimization": {"stage": cfg.scaling.zero_stage},
-            # bf16 weights (DeepSpeed's bf16 mode) where the precision policy picks bf16 on GPUs
-            "bf16": {"enabled": cfg.scaling.use_gpu
-                     and resolve(cfg.scaling.precision, "cuda").name == "bf16"},
+            # bf16 weights (DeepSpeed's bf16 mode; fp32 master weights in the optimiser) wherever
+            # the precision policy picks bf16 on this run's device: on GPUs, and on CPUs with
+            # precision bf16 (or auto with native bf16), where the tests run it
+            "bf16": {"enabled": deepspeed_bf16(cfg)},
             "steps_per_print": 10**9,  # we log through MLflow, not stdout
         }
         if cfg.optim.grad_clip:
