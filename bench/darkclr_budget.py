@@ -2,7 +2,7 @@
 encoder a matter of compute, or a flaw? (issue 20, item 4)
 
     python -m bench.darkclr_budget --train data/darkclr_budget/qcd_train.zarr \
-        --eval data/darkclr_budget/svj_eval.zarr --budgets 40,80,160,320 \
+        --eval data/darkclr_budget/svj_eval.zarr --budgets 100,200,400,800 \
         --out docs/results/darkclr_budget.json
 
 Trains the CPU recipe (``configs/darkclr_svj_cpu.yaml``: AnomalyCLR loss, two physical views and
@@ -88,7 +88,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--train", required=True, help="QCD training store (background only)")
     p.add_argument("--eval", required=True, help="svj + qcd evaluation store (another seed)")
-    p.add_argument("--budgets", default="40,80,160,320", help="steps at which to score")
+    p.add_argument("--budgets", default="100,200,400,800", help="steps at which to score")
     p.add_argument("--init-seeds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--set", action="append", default=[], help="config override (key=value)")
@@ -117,6 +117,12 @@ def main(argv=None) -> dict:
         inits.append(scored(initial_model(cfg.model, seed), x_ev, m_ev, labels))
     rows.append({"name": f"untrained ({a.init_seeds} seeds)", "steps": 0, "jets_seen": 0,
                  "cpu_s": 0.0, **seed_summary(inits)})
+
+    numbers = {"config": CONFIG, "overrides": a.set, "train_jets": len(train["mask"]),
+               "eval_jets": int((labels >= 0).sum()), "eval_signal": int((labels >= 1).sum()),
+               "threads": a.threads}
+    published = {"name": "published (DarkCLR, 100k jets, 150 epochs)", "rep_auc": PUBLISHED["auc"],
+                 "rep_inv_eps_b_at_0.2": PUBLISHED["inv_eps_b_at_0.2"]}
 
     # -- training: the loop's pieces on the CPU, one process ------------------------------------
     device = torch.device("cpu")
@@ -154,17 +160,13 @@ def main(argv=None) -> dict:
                 rows.append(row)
                 print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
                       flush=True)
+                if a.out:  # every budget reached is on disk, whatever stops the run later
+                    write_results(a.out, {**numbers, "rows": rows + [published]}, argv)
             if step >= budgets[-1]:
                 break
         epoch += 1
-    rows.append({"name": "published (DarkCLR, 100k jets, 150 epochs)",
-                 "rep_auc": PUBLISHED["auc"], "rep_inv_eps_b_at_0.2": PUBLISHED["inv_eps_b_at_0.2"]})
-    numbers = {"config": CONFIG, "overrides": a.set, "train_jets": n_train,
-               "eval_jets": int((labels >= 0).sum()), "eval_signal": int((labels >= 1).sum()),
-               "threads": a.threads, "rows": rows}
-    if a.out:
-        write_results(a.out, numbers, argv)
-    return numbers
+    rows.append(published)
+    return {**numbers, "rows": rows}
 
 
 if __name__ == "__main__":
