@@ -267,7 +267,15 @@ def run_sweep(spec: SweepSpec, *, resume: bool = True) -> SweepResult:
     # last result). Not its status: on a stop signal Tune saves its state, then marks every
     # trial it did not finish TERMINATED, a pending one included (2 of 2 "ended", exit 0, and a
     # preempted SLURM job was not requeued).
-    ended = sum(1 for r in grid if r.error is not None or (r.metrics or {}).get("done"))
+    # A trial whose MLflow run is FINISHED trained and evaluated to the end even when the stop
+    # signal came before Tune recorded its last result (the trial is then TERMINATED without
+    # "done" and is not resumed: counting it as cut short requeued the sweep for ever).
+    def finished(r) -> bool:
+        run = runs.get((r.metrics or {}).get("trial_id"))
+        return run is not None and run["status"] == "FINISHED"
+
+    ended = sum(1 for r in grid
+                if r.error is not None or (r.metrics or {}).get("done") or finished(r))
     interrupted = ended < spec.total_trials()
     best = _log_best(spec, uri, parent, rows) if rows else None
     tracking.log_json(uri, parent, {"rows": rows}, "trials.json")
