@@ -164,8 +164,9 @@ def test_every_evaluation_runs_next_to_untrained_seeds_and_raw_inputs():
     assert m["lct_init_auc_min"] == min(per_seed) < max(per_seed) == m["lct_init_auc_max"]
     assert m["lct_init_n_seeds"] == 5 and m["lct_auc"] > m["lct_init_auc_max"]
     c = res["cwola"].metrics
-    assert {"cwola_init_linear_auc_f_0.5", "cwola_init_linear_auc_f_0.5_seed_std",
-            "cwola_raw_linear_auc_f_0.5", "cwola_linear_auc_f_0.5"} <= set(c)
+    assert {"cwola_init_linear_auc_f_0.5", "cwola_raw_linear_auc_f_0.5",
+            "cwola_linear_auc_f_0.5"} <= set(c)
+    assert "cwola_init_linear_auc_f_0.5_seed_std" not in c  # costly: one init seed (registry)
     assert c["cwola_linear_auc_f_0.5"] > c["cwola_init_linear_auc_f_0.5"]
     labels = {t.get_text() for t in res["lct"].figures["lct_roc.png"].axes[0].get_legend().texts}
     assert labels == {"trained", "untrained (init seed 0)", "raw inputs", "random"}
