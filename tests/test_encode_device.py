@@ -34,7 +34,7 @@ def test_devices_and_precision():
     assert resolve_device("cuda:1") == torch.device("cuda:1")
     cfg = load_config(None, SMALL)
     assert encode_dtype(cfg, "cpu") is None  # CPU representations stay those of fp32
-    cfg_bf16 = load_config(None, [*SMALL, "scaling.bf16=true"])
+    cfg_bf16 = load_config(None, [*SMALL, "scaling.precision=bf16"])
     assert encode_dtype(cfg_bf16, "cuda") == torch.bfloat16
 
 

@@ -238,7 +238,7 @@ def test_batched_networks_follow_the_one_by_one_trajectories():
     t3 = run_toys(bkg, sig, toy_batch=3, **fixed, **kw)
     np.testing.assert_allclose(t3, t1, rtol=1e-3, atol=1e-3)
     c1, c3 = [], []
-    loose = dict(max_steps=3000, patience=50, tol=0.05)
+    loose = dict(max_steps=8000, patience=50, tol=0.05)
     t1 = run_toys(bkg, sig, toy_batch=1, converged=c1, **loose, **kw)
     t3 = run_toys(bkg, sig, toy_batch=3, converged=c3, **loose, **kw)
     assert c1 == c3 == [True] * 3

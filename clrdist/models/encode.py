@@ -67,14 +67,11 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
 
 def encode_dtype(cfg: RunConfig, device: str | torch.device) -> torch.dtype | None:
     """The autocast dtype for encoding on ``device`` under the run's precision: bf16 on GPUs
-    when the run trains in bf16 (``scaling.precision`` bf16 or auto, or ``scaling.bf16``);
-    None (fp32) on CPUs, whose representations stay those of the fp32 encoder."""
+    when the run trains in bf16 (``scaling.precision`` bf16 or auto); None (fp32) on CPUs,
+    whose representations stay those of the fp32 encoder."""
     if torch.device(device).type == "cpu":
         return None
-    precision = getattr(cfg.scaling, "precision", None)
-    if precision is None:
-        precision = "bf16" if cfg.scaling.bf16 else "fp32"
-    return torch.bfloat16 if precision in ("auto", "bf16") else None
+    return torch.bfloat16 if cfg.scaling.precision in ("auto", "bf16") else None
 
 
 def make_encoder(model: torch.nn.Module, cfg: RunConfig, batch_size: int = 2048,
