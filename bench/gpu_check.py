@@ -127,7 +127,7 @@ def run_config(name: str, overrides: list[str], batch: int, precision: str | Non
     from clrdist.config import RunConfig, load_config
 
     path = ROOT / "configs" / {"darkclr": "darkclr_svj.yaml", "jetclr": "jetclr_toptag.yaml"}[name]
-    extra = [f"data.batch_size={batch}", "optim.epochs=1"]
+    extra = [f"data.batch_size={batch}", "data.global_batch_size=null", "optim.epochs=1"]
     if precision is not None and "precision" in RunConfig.model_fields["scaling"].annotation.model_fields:
         extra.append(f"scaling.precision={precision}")
     return load_config(path, overrides=[*overrides, *extra])
