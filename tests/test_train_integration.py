@@ -86,7 +86,8 @@ def test_two_worker_ddp_run_end_to_end(ray_cluster, toy_splits, tmp_path, capsys
     assert run["metrics"]["lct_init_auc"] != run["metrics"]["lct_auc"]
 
     # -- checkpoints by the cadence (default every 30 minutes) and at the end: not per epoch -----
-    written = sorted(Path(run["tags"]["clrdist.ray_run_dir"]).glob("checkpoint_*"))
+    written = sorted(p for p in Path(run["tags"]["clrdist.ray_run_dir"]).glob("checkpoint_*")
+                     if p.is_dir())  # not Ray Train's checkpoint_manager_snapshot.json
     assert [p.name for p in written] == [Path(result.checkpoint_path).name]
 
     # -- the checkpoint: model, optimiser, both ranks' stream positions, config ------------------
