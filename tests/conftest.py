@@ -33,6 +33,27 @@ def toy_splits(tmp_path_factory):
 TIERS = ("integration", "slow", "cluster")
 
 
+@pytest.fixture
+def ray_starts(monkeypatch):
+    """The calls that would start or join Ray during the test (none for a refused config).
+
+    Checking ``ray.is_initialized()`` instead would depend on whether an earlier test in the
+    same process left a cluster running."""
+    import clrdist.cluster
+    import clrdist.train.lifecycle
+
+    calls = []
+    real = clrdist.cluster.ensure_ray
+
+    def watched(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(clrdist.cluster, "ensure_ray", watched)
+    monkeypatch.setattr(clrdist.train.lifecycle, "ensure_ray", watched)
+    return calls
+
+
 def pytest_collection_modifyitems(config, items):
     """A test with no tier marker is a unit test: `make test-fast` selects `-m unit`."""
     for item in items:

@@ -11,7 +11,6 @@ import socket
 
 import numpy as np
 import pytest
-import ray
 import zarr
 from _train_toys import CONFIGS, tiny_overrides
 
@@ -51,7 +50,7 @@ def corrupt_db(tmp_path):
 
 @pytest.mark.parametrize("case", ["unsupported", "corrupt_sqlite", "unreachable_server"])
 @pytest.mark.parametrize("command", ["train", "eval"])
-def test_tracking_store_problems_are_one_line_errors(case, command, toy_splits, tmp_path,
+def test_tracking_store_problems_are_one_line_errors(ray_starts, case, command, toy_splits, tmp_path,
                                                      corrupt_db, capsys):
     uri, needle = {
         "unsupported": ("ftp://127.0.0.1/mlruns", "unsupported scheme 'ftp'"),
@@ -64,17 +63,17 @@ def test_tracking_store_problems_are_one_line_errors(case, command, toy_splits, 
         rc = main(["eval", "0123abcd", "--tracking-uri", uri])
     line = one_line_error(capsys, rc)
     assert needle in line
-    assert not ray.is_initialized()  # nothing was started
+    assert ray_starts == []  # nothing was started
 
 
-def test_unreachable_ray_address_is_refused_before_anything_starts(toy_splits, tmp_path,
+def test_unreachable_ray_address_is_refused_before_anything_starts(ray_starts, toy_splits, tmp_path,
                                                                    monkeypatch, capsys):
     address = f"127.0.0.1:{free_port()}"
     monkeypatch.setenv("RAY_ADDRESS", address)
     rc = main(train_argv(toy_splits, tmp_path))
     line = one_line_error(capsys, rc)
     assert f"RAY_ADDRESS={address}: no Ray cluster answers" in line
-    assert not ray.is_initialized()
+    assert ray_starts == []
 
 
 def relabelled(src, dst, label):
@@ -89,7 +88,7 @@ def relabelled(src, dst, label):
 
 
 @pytest.mark.parametrize("case", ["unlabelled", "one_class", "same_store"])
-def test_evaluation_store_problems_are_found_before_training(case, toy_splits, tmp_path, capsys):
+def test_evaluation_store_problems_are_found_before_training(ray_starts, case, toy_splits, tmp_path, capsys):
     if case == "unlabelled":
         store = relabelled(toy_splits / "eval_test.zarr", tmp_path / "nolabel.zarr", -1)
         key, needle = "data.eval_test_store", "has no labelled samples (all -1)"
@@ -102,7 +101,7 @@ def test_evaluation_store_problems_are_found_before_training(case, toy_splits, t
     line = one_line_error(capsys, rc)
     assert needle in line and str(store) in line, line
     assert not (tmp_path / "mlflow.db").exists()  # no MLflow run was opened
-    assert not ray.is_initialized()
+    assert ray_starts == []
 
 
 def test_validation_store_labels_are_checked_when_validating(toy_splits, tmp_path, capsys):
@@ -112,7 +111,7 @@ def test_validation_store_labels_are_checked_when_validating(toy_splits, tmp_pat
     assert "data.val_store" in line and "no labelled samples" in line
 
 
-def test_nan_particles_in_the_training_store_are_found_before_training(toy_splits, tmp_path, capsys):
+def test_nan_particles_in_the_training_store_are_found_before_training(ray_starts, toy_splits, tmp_path, capsys):
     """NaN written into the shard directly (as a faulty converter or a bit flip would), bypassing
     the writer's own check; the checksum record is dropped so only the sanity check can see it."""
     bad = tmp_path / "nan.zarr"
@@ -127,11 +126,11 @@ def test_nan_particles_in_the_training_store_are_found_before_training(toy_split
     rc = main(["--allow-unverified", *train_argv(toy_splits, tmp_path, f"data.train_store={bad}")])
     line = one_line_error(capsys, rc)
     assert line.startswith(f"clrdist: error: data.train_store: {bad}") and "sanity" in line, line
-    assert not ray.is_initialized()
+    assert ray_starts == []
 
 
 @pytest.mark.parametrize("every_epochs, ok", [(None, False), (2, False), (1, True)])  # Tune: every epoch
-def test_sweep_metric_must_be_reported_by_the_configured_evaluation(toy_splits, tmp_path,
+def test_sweep_metric_must_be_reported_by_the_configured_evaluation(ray_starts, toy_splits, tmp_path,
                                                                     every_epochs, ok):
     sweep = tmp_path / "sweep.yaml"
     overrides = [o for o in tiny_overrides(toy_splits, tmp_path) if not o.startswith("eval.every")]
@@ -144,4 +143,4 @@ def test_sweep_metric_must_be_reported_by_the_configured_evaluation(toy_splits, 
     else:
         with pytest.raises(ConfigError, match="'val_lct_auc' is reported only during validation"):
             load_sweep(sweep)
-    assert not ray.is_initialized()
+    assert ray_starts == []

@@ -112,20 +112,15 @@ def _spec(tmp_path, toy_splits, *extra_overrides, storage="runs/tune"):
     return load_sweep(p)
 
 
-def test_a_sweep_whose_store_does_not_resolve_is_refused_before_ray(toy_splits, tmp_path,
-                                                                    monkeypatch):
+def test_a_sweep_whose_store_does_not_resolve_is_refused_before_ray(ray_starts, toy_splits,
+                                                                    tmp_path, monkeypatch):
     """demo_out/train.zarr does not exist where the trials run: every trial failed with a
     traceback; now the sweep is refused before Ray starts, naming the key and the store."""
-    import clrdist.cluster
-
-    started = []
-    # another test in this process may have left Ray running: watch the sweep's own start instead
-    monkeypatch.setattr(clrdist.cluster, "ensure_ray", lambda *a, **k: started.append(a))
     monkeypatch.chdir(tmp_path)
     spec = _spec(tmp_path, toy_splits, "data.train_store=demo_out/train.zarr")
     with pytest.raises(ConfigError, match=rf"data.train_store: {tmp_path}/demo_out/train.zarr: no such store \(where the trials run\); give absolute paths"):
         run_sweep(spec)
-    assert started == []
+    assert ray_starts == []
 
 
 def test_a_sweep_in_a_job_copy_needs_absolute_paths(toy_splits, tmp_path, monkeypatch):
