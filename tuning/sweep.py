@@ -1,9 +1,10 @@
 """Run a Ray Tune sweep described by a YAML file (see clrdist/tune.py for the format).
 
     python tuning/sweep.py tuning/jetclr_temperature.yaml [--set data.train_store=...]
+    python tuning/sweep.py tuning/jetclr_temperature.yaml --stores demo_out   # after make demo
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python tuning/sweep.py tuning/jetclr_temperature.yaml --storage-path $PWD/runs/tune \
-        --set data.train_store=$PWD/demo_out/train.zarr ...   (docs/cluster.md)
+        --stores $PWD/demo_out --set tracking.uri=sqlite:///$PWD/mlflow.db   (docs/cluster.md)
 
 Under ``ray job submit`` the sweep runs in a temporary copy of the working directory without
 git-ignored files: stores, the tracking store and Tune's storage need absolute paths (checked
@@ -19,10 +20,12 @@ summary line.
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from clrdist.errors import ClrdistError
 from clrdist.tune import load_sweep, run_sweep
 
+STORES = ("train", "val", "eval_train", "eval_test")  # data.<name>_store = DIR/<name>.zarr
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped with its state saved; run again to resume
 
 
@@ -31,14 +34,22 @@ def main(argv=None) -> int:
     ap.add_argument("sweep", help="sweep YAML")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override applied to every trial's config (repeatable)")
+    ap.add_argument("--stores", default=None, metavar="DIR",
+                    help="take the four stores from DIR (train, val, eval_train, eval_test .zarr, "
+                         "as clrdist demo and clrdist data split write them); relative to where "
+                         "the sweep runs")
     ap.add_argument("--storage-path", default=None,
                     help="Tune's storage folder (default: the sweep file's storage_path); an "
                          "absolute path on a shared file system under ray job submit")
     ap.add_argument("--no-resume", action="store_true",
                     help="start a new sweep even if storage_path/name holds a stopped one")
     args = ap.parse_args(argv)
+    overrides = list(args.set)
+    if args.stores:  # before --set, which may still change one of them
+        overrides[:0] = [f"data.{name}_store={Path(args.stores) / f'{name}.zarr'}"
+                         for name in STORES]
     try:
-        spec = load_sweep(args.sweep, args.set)  # every trial config validated before Ray starts
+        spec = load_sweep(args.sweep, overrides)  # every trial config validated before Ray starts
         if args.storage_path:
             spec.storage_path = args.storage_path
         # Tune stops gracefully on SIGUSR1 (SLURM's --signal=B:USR1@N warning); run_sweep turns
