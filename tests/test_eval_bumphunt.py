@@ -154,18 +154,65 @@ def test_mjj_dependence_measures_features_that_track_mjj():
 
 def test_hunt_refuses_features_that_predict_mjj_and_the_flatness_check_sees_the_sculpting():
     mjj, x, _ = _tracking(8000, 9, 0.3)
+    raw = dict(FAST, decorrelate="none")
     with pytest.raises(MjjCorrelationError, match=r"correlation 0\.9\d+.*allow_mjj_correlated"):
-        blind_scan(mjj, x, n_toys=0, **FAST)
+        blind_scan(mjj, x, n_toys=0, **raw)
     with pytest.raises(MjjCorrelationError):  # the one-window hunt too (sideband events only)
-        cwola_hunt(mjj, x, sr=SR, mjj_range=RANGE, classifier="linear", sqrt_s=13000)
+        cwola_hunt(mjj, x, sr=SR, mjj_range=RANGE, classifier="linear", sqrt_s=13000,
+                   decorrelate="none")
     # overridden: it runs, says how correlated its inputs were, and its efficiency is not flat
-    res = blind_scan(mjj, x, n_toys=0, allow_mjj_correlated=True, **FAST)
+    res = blind_scan(mjj, x, n_toys=0, allow_mjj_correlated=True, **raw)
     assert res.mjj_corr > 0.9 and res.mjj_corr_allowed
     assert res.flatness_p < 1e-6
     # the same spectrum with independent features: flat within errors
     mjj2, x2, _ = dijet_toy(8000, 0, seed=9)
     res2 = blind_scan(mjj2, x2, n_toys=0, **FAST)
     assert res2.flatness_p > 1e-3 and not res2.mjj_corr_allowed
+
+
+def _bent(n, seed):
+    """Background whose features track ln m_jj in location and width, nonlinearly: feature 0 a
+    quadratic in ln m_jj (correlation ~0.9), feature 1's spread growing with m_jj."""
+    mjj, x, y = dijet_toy(n, 0, seed=seed)
+    u = np.log(mjj / 3000.0)
+    x[:, 0] = 3 * u - 2 * u ** 2 + 0.3 * x[:, 0]
+    x[:, 1] = x[:, 1] * (1 + 2 * u)
+    return mjj, x, y
+
+
+def test_sideband_decorrelation_flattens_features_that_track_mjj_and_keeps_a_resonance():
+    mjj, x, _ = _bent(8000, 9)
+    assert mjj_dependence(mjj, x).corr > 0.8
+    res = blind_scan(mjj, x, n_toys=0, **FAST)  # decorrelate="sideband" is the default
+    assert res.mjj_corr < 0.1 and not res.mjj_corr_allowed  # the guard sees decorrelated inputs
+    assert res.flatness_p > 1e-3  # and the selections are flat where the raw ones sculpt
+    raw = blind_scan(mjj, x, n_toys=0, allow_mjj_correlated=True, **dict(FAST, decorrelate="none"))
+    assert raw.flatness_p < 1e-6
+    # fitted outside each SR only: a resonance whose events sit apart in feature 2 survives it
+    ms, xs, _ = dijet_toy(0, 400, seed=10)  # at 3500 +- 150 GeV, feature 0 at +2.5
+    u = np.log(ms / 3000.0)  # features 0 and 1 as the background's there, feature 2 apart
+    xs[:, 2] = xs[:, 0]
+    xs[:, 0] = 3 * u - 2 * u ** 2 + 0.3 * np.random.default_rng(12).normal(size=len(ms))
+    xs[:, 1] = xs[:, 1] * (1 + 2 * u)
+    withsig = blind_scan(np.r_[mjj, ms], np.r_[x, xs], n_toys=0, **FAST)
+    best = withsig.windows[withsig.best[0]]
+    assert withsig.edges[best.lo] <= 3500 <= withsig.edges[best.hi] and withsig.max_z > 5
+    with pytest.raises(ValueError, match="decorrelate: 'pca'"):
+        blind_scan(mjj, x, n_toys=0, **dict(FAST, decorrelate="pca"))
+
+
+def test_decorrelation_ignores_the_events_it_does_not_fit_on():
+    rng = np.random.default_rng(0)
+    mjj = rng.uniform(2500, 6000, 4000)
+    x = np.log(mjj)[:, None] + rng.normal(0, 0.1, (4000, 1))
+    fit_on = (mjj < 3300) | (mjj > 3700)
+    bumped = x.copy()
+    bumped[~fit_on] += 5.0  # whatever the SR holds, it is not fitted: it stays 50 sd apart
+    d0 = bumphunt.decorrelate_mjj(mjj, x, fit_on)
+    bumped_out = bumphunt.decorrelate_mjj(mjj, bumped, fit_on)
+    np.testing.assert_allclose(bumped_out[fit_on], d0[fit_on])
+    assert np.all(bumped_out[~fit_on] - d0[~fit_on] > 40)
+    assert abs(np.corrcoef(np.log(mjj), d0[:, 0])[0, 1]) < 0.05 and abs(d0.std() - 1) < 0.1
 
 
 def test_background_only_selection_efficiency_is_flat_in_mjj():
@@ -222,10 +269,12 @@ def test_blind_scan_background_only_is_not_globally_significant():
 
 def test_global_significance_is_not_capped_by_the_toy_count():
     mjj, x, _ = dijet_toy(12000, 400, seed=6)
-    # a signal this strong (3%, at 2.5 sigma in one feature) trips the m_jj check by itself
+    # a signal this strong (3%, at 2.5 sigma in one feature) trips the m_jj check by itself on
+    # the raw features; decorrelated (the default), the smooth fit takes up most of that
     with pytest.raises(MjjCorrelationError, match=r"R\^2 0\.0\d\d"):
-        blind_scan(mjj, x, n_toys=20, seed=0, **FAST)
-    res = blind_scan(mjj, x, n_toys=20, seed=0, allow_mjj_correlated=True, **FAST)
+        blind_scan(mjj, x, n_toys=20, seed=0, **dict(FAST, decorrelate="none"))
+    res = blind_scan(mjj, x, n_toys=20, seed=0, **FAST)
+    assert not res.mjj_corr_allowed
     assert res.max_z > 6 and res.significance.from_fit
     assert res.global_z > 4 > stats.norm.isf(1 / 21)  # 20 toys alone cap it at 1.67
 

@@ -3,6 +3,12 @@
 The signal region is never taken from the truth labels. :func:`blind_scan` slides a window over
 the whole m_jj spectrum and, per window:
 
+0a. Decorrelation (``decorrelate="sideband"``, the default): per window, each feature's mean and
+   spread are fitted as quadratics in ln m_jj over the events outside the SR, and every event's
+   feature is standardised by them (:func:`decorrelate_mjj`). The SR's own events never enter
+   the fit, so a resonance cannot be fitted away; a representation that tracks m_jj through
+   its jets' angular size (about 1/pT) loses that first- and second-moment dependence.
+   ``"none"`` hunts on the features as given.
 0. Sculpting guard (before anything is trained): an out-of-fold regression of ln m_jj on the
    features (:func:`mjj_dependence`, gradient-boosted trees, k = 3). The SR-vs-SB classifier
    learns any m_jj information in its inputs and makes a bump of background where there was
@@ -156,6 +162,49 @@ def check_mjj_dependence(mjj: np.ndarray, x: np.ndarray, *, max_corr: float = MA
             f"can trip this check by itself: then the R^2 is small and the override is right)",
             corr=dep.corr)
     return dep
+
+
+DECORRELATIONS = ("sideband", "none")
+
+
+def decorrelate_mjj(mjj: np.ndarray, x: np.ndarray, fit_on: np.ndarray, *,
+                    degree: int = 2) -> np.ndarray:
+    """Features with their smooth m_jj dependence removed, fitted on the events ``fit_on`` only.
+
+    Per feature, the mean and the log of the squared residual are fitted as polynomials of
+    degree ``degree`` in ln m_jj by least squares over the ``fit_on`` events (a hunt passes the
+    events outside its signal region, so a resonance inside it cannot be fitted away); every
+    event's feature becomes (x - mean(m_jj)) / spread(m_jj). What remains correlated with m_jj
+    is higher-order (the shape of a feature's distribution, not its location or width); the
+    guard (:func:`mjj_dependence`) and the flatness test measure it. mjj: (n,) GeV; x: (n, D);
+    fit_on: (n,) bool."""
+    t = np.log(np.asarray(mjj, dtype=np.float64))
+    fit_on = np.asarray(fit_on, bool)
+    if fit_on.sum() <= 2 * (degree + 1):
+        raise ValueError(f"m_jj decorrelation needs more than {2 * (degree + 1)} events to fit "
+                         f"on; got {int(fit_on.sum())}")
+    t0, ts = t[fit_on].mean(), max(float(t[fit_on].std()), 1e-12)
+    v = np.vander((t - t0) / ts, degree + 1)
+    x = np.asarray(x, dtype=np.float64)
+    mean_coef = np.linalg.lstsq(v[fit_on], x[fit_on], rcond=None)[0]
+    r = x - v @ mean_coef
+    floor = 1e-12 * max(float(np.var(r[fit_on])), 1e-300)
+    var_coef = np.linalg.lstsq(v[fit_on], np.log(r[fit_on] ** 2 + floor), rcond=None)[0]
+    log_var = v @ var_coef
+    lv_fit = log_var[fit_on]  # no extrapolated spread beyond what the fitted events had
+    log_var = np.clip(log_var, lv_fit.min(axis=0), lv_fit.max(axis=0))
+    out = r * np.exp(-0.5 * log_var)
+    # E[ln r^2] is ln var - 1.27 for a normal r: the fit gives the spread's shape, not its scale
+    return out / np.maximum(out[fit_on].std(axis=0), 1e-300)
+
+
+def _features_for(decorrelate: str, mjj: np.ndarray, x: np.ndarray,
+                  fit_on: np.ndarray) -> np.ndarray:
+    if decorrelate == "none":
+        return x
+    if decorrelate == "sideband":
+        return decorrelate_mjj(mjj, x, fit_on)
+    raise ValueError(f"decorrelate: {decorrelate!r}; known: {list(DECORRELATIONS)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,7 +518,7 @@ def cwola_hunt(mjj: np.ndarray, features: np.ndarray, *, sr: tuple[float, float]
                sqrt_s: float, efficiencies: Sequence[float] = EFFICIENCIES,
                classifier: str = "mlp", k: int = 5, seed: int = 0, prefix: str = "bumphunt",
                max_mjj_corr: float = MAX_MJJ_CORR, allow_mjj_correlated: bool = False,
-               figures: bool = True) -> EvalResult:
+               decorrelate: str = "sideband", figures: bool = True) -> EvalResult:
     """CWoLa bump hunt in one given signal region (for a blind search use :func:`blind_scan`).
 
     mjj: (n,) dijet invariant mass in GeV; features: (n, D) per-event features (e.g. the
@@ -488,6 +537,7 @@ def cwola_hunt(mjj: np.ndarray, features: np.ndarray, *, sr: tuple[float, float]
                          f"{n_bins} bins over {mjj_range} GeV")
     b = _bins(mjj, edges)
     outside_sr = (b < lo_bin) | (b >= hi_bin)
+    x = _features_for(decorrelate, mjj, x, outside_sr)
     dep = check_mjj_dependence(mjj[outside_sr], x[outside_sr], max_corr=max_mjj_corr,
                                allow=allow_mjj_correlated, seed=seed)
     w = Window(lo_bin, hi_bin, sb_bins)
@@ -550,13 +600,14 @@ class ScanResult:
         return float(min(1.0, np.min(p) * p.size)) if p.size else 1.0
 
 
-def _scan(b, x, windows, effs, edges, sqrt_s, *, k, classifier, seed):
+def _scan(b, mjj, x, windows, effs, edges, sqrt_s, *, k, classifier, seed, decorrelate):
     n_bins = len(edges) - 1
     z = np.full((len(windows), len(effs)), np.nan)
     flat = np.ones((len(windows), len(effs)))
     rows, counts, losses, refs = [], {}, [], []
     for wi, w in enumerate(windows):
-        sels, fs = window_selections(b, x, w, effs, k=k, classifier=classifier,
+        xw = _features_for(decorrelate, mjj, x, (b < w.lo) | (b >= w.hi))  # fitted outside SR
+        sels, fs = window_selections(b, xw, w, effs, k=k, classifier=classifier,
                                      seed=seed + 1009 * wi)
         losses.append(fs.val_loss)
         refs.append(fs.val_loss_ref)
@@ -580,8 +631,8 @@ def blind_scan(mjj: np.ndarray, features: np.ndarray, *, mjj_range: tuple[float,
                sqrt_s: float, n_bins: int = 16, sr_bins: int = 2, sb_bins: int = 2,
                efficiencies: Sequence[float] = SCAN_EFFICIENCIES, classifier: str = "mlp",
                k: int = 5, n_toys: int = 100, n_full_toys: int = 0, seed: int = 0,
-               max_mjj_corr: float = MAX_MJJ_CORR, allow_mjj_correlated: bool = False
-               ) -> ScanResult:
+               max_mjj_corr: float = MAX_MJJ_CORR, allow_mjj_correlated: bool = False,
+               decorrelate: str = "sideband") -> ScanResult:
     """Slide the SR over the whole m_jj range; local Z per window and efficiency; global Z from
     background-only toys (module docstring). mjj: (n,) GeV; features: (n, D); sqrt_s: GeV.
     ``n_toys``: smooth toys (refits only); ``n_full_toys``: whole hunts on permuted m_jj."""
@@ -592,19 +643,24 @@ def blind_scan(mjj: np.ndarray, features: np.ndarray, *, mjj_range: tuple[float,
     if not windows:
         raise ValueError(f"no signal region of {sr_bins} bins with {sb_bins} sideband bins each "
                          f"side fits in {n_bins} bins")
-    dep = check_mjj_dependence(mjj, x, max_corr=max_mjj_corr, allow=allow_mjj_correlated,
-                               seed=seed)
+    # the guard sees what the classifiers will see: the features decorrelated over all events
+    # (each window refits the decorrelation without its SR)
+    dep = check_mjj_dependence(mjj, _features_for(decorrelate, mjj, x, np.ones(len(mjj), bool)),
+                               max_corr=max_mjj_corr, allow=allow_mjj_correlated, seed=seed)
     effs = tuple(float(e) for e in efficiencies)
-    z, flat, rows, counts, val_loss, val_ref = _scan(b, x, windows, effs, edges, sqrt_s, k=k,
-                                                     classifier=classifier, seed=seed)
+    z, flat, rows, counts, val_loss, val_ref = _scan(b, mjj, x, windows, effs, edges, sqrt_s,
+                                                     k=k, classifier=classifier, seed=seed,
+                                                     decorrelate=decorrelate)
     max_z = _nanmax(z)
     best = np.unravel_index(int(np.nanargmax(np.nan_to_num(z, nan=-np.inf))), z.shape)
     n_tests = z.size
     toys = lee_toys(counts, windows, effs, edges, sqrt_s, n_toys=n_toys, seed=seed)
     rng = np.random.default_rng([seed, 0xF011])
-    full = np.array([_nanmax(_scan(b[rng.permutation(len(b))], x, windows, effs, edges, sqrt_s,
-                                   k=k, classifier=classifier, seed=seed + 7919 * (t + 1))[0])
-                     for t in range(n_full_toys)])
+    perms = [rng.permutation(len(b)) for _ in range(n_full_toys)]
+    full = np.array([_nanmax(_scan(b[pm], mjj[pm], x, windows, effs, edges, sqrt_s, k=k,
+                                   classifier=classifier, seed=seed + 7919 * (t + 1),
+                                   decorrelate=decorrelate)[0])
+                     for t, pm in enumerate(perms)])
     sig = global_significance(max_z, toys, n_tests)
     full_sig = global_significance(max_z, full, n_tests) if n_full_toys else None
     return ScanResult(windows=windows, edges=edges, efficiencies=effs, z=z, flat_p=flat,
