@@ -191,15 +191,47 @@ def test_preflight_tells_locked_from_not_a_database(tmp_path):
         tracking.check_uri(f"sqlite:///{garbage}")
 
 
-@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root writes read-only files")
 def test_preflight_refuses_a_read_only_store(tmp_path):
-    """A read-only store passed preflight and failed after training."""
-    db = tmp_path / "mlflow.db"
-    uri = f"sqlite:///{db}"
-    tracking.end_run(uri, tracking.start_run(uri, "x", {}))
-    db.chmod(0o444)
-    with pytest.raises(tracking.TrackingError, match="the tracking store is not writable"):
-        tracking.check_uri(uri)
+    """A read-only store passed preflight and failed after training. Root writes read-only files,
+    so as root the check runs as the unprivileged user nobody (setpriv), in a folder it can read."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    if os.geteuid() != 0:
+        db = tmp_path / "mlflow.db"
+        uri = f"sqlite:///{db}"
+        tracking.end_run(uri, tracking.start_run(uri, "x", {}))
+        db.chmod(0o444)
+        with pytest.raises(tracking.TrackingError, match="the tracking store is not writable"):
+            tracking.check_uri(uri)
+        return
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
+    if not shutil.which("setpriv") or subprocess.run(
+            [*drop, "-c", "import clrdist.tracking"], capture_output=True, timeout=120,
+            cwd="/").returncode != 0:
+        pytest.skip("running as root, and the user nobody cannot run this checkout's Python "
+                    "(no setpriv, or the checkout is not readable by others)")
+    d = Path(tempfile.mkdtemp(prefix="clrdist-ro-"))
+    try:
+        d.chmod(0o755)
+        db = d / "mlflow.db"
+        uri = f"sqlite:///{db}"
+        tracking.end_run(uri, tracking.start_run(uri, "x", {}))
+        db.chmod(0o444)
+        code = ("import sys\nfrom clrdist import tracking\n"
+                "try:\n    tracking.check_uri(sys.argv[1])\nexcept tracking.TrackingError as e:\n"
+                "    print(e)\n    sys.exit(3)\n")
+        r = subprocess.run([*drop, "-c", code, uri], capture_output=True, text=True,
+                           timeout=120, cwd=d, env={**os.environ, "HOME": str(d)})
+        assert r.returncode == 3, (r.stdout, r.stderr[-2000:])
+        assert "the tracking store is not writable" in r.stdout and str(db) in r.stdout
+        tracking.check_uri(uri)  # root may write it: the check is about who runs, not the mode
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_eval_with_a_mistyped_uri_creates_nothing(tmp_path, capsys):
