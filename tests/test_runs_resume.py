@@ -14,7 +14,7 @@ import time
 
 import pytest
 import torch
-from _continuity import NO_DROPOUT, assert_same_run
+from _continuity import assert_same_run
 from _train_toys import CONFIGS, tiny_overrides
 
 from clrdist import tracking
@@ -106,7 +106,7 @@ def the_run(uri):
 
 def test_killed_driver_is_marked_killed_leaves_no_ray_process_and_the_same_command_resumes(
         toy_splits, tmp_path):
-    sets = ["optim.epochs=3", "checkpoint.every_steps=2", NO_DROPOUT]
+    sets = ["optim.epochs=3", "checkpoint.every_steps=2"]
     argv = driver_argv(toy_splits, tmp_path, *sets, "tracking.run_name=resume-me")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc, cluster = driver_with_a_checkpoint(argv, tmp_path)

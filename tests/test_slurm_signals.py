@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from _continuity import NO_DROPOUT, assert_same_run
+from _continuity import assert_same_run
 from _train_toys import tiny_config
 
 from clrdist import tracking
@@ -30,7 +30,7 @@ ENGINES = {"ddp": ["scaling.engine=ddp"],
 def test_sigusr1_checkpoints_and_the_rerun_finishes_the_same_run(ray_cluster, toy_splits, tmp_path,
                                                                  engine):
     sets = ["optim.epochs=2", "data.batch_size=32", "eval.lct=false", "eval.every_epochs=null",
-            NO_DROPOUT, *ENGINES[engine]]
+            *ENGINES[engine]]
     cfg = tiny_config(toy_splits, tmp_path, *sets, "tracking.run_name=preempt-local")
     uri = tracking.resolve_uri(cfg.tracking.uri)
 

@@ -146,3 +146,31 @@ def test_compiled_encoder_equals_eager():
     for a, b in zip(outs[0][1], outs[1][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
     assert set(dict(compiled.named_parameters())) == set(dict(eager.named_parameters()))
+
+
+def test_seed_step_makes_dropout_and_views_a_function_of_seed_rank_and_step():
+    """A resumed run draws what the uninterrupted one drew: dropout masks (torch's global
+    generator) and views (the step's generator) depend on (seed, rank, step) only."""
+    from clrdist.train.inputs import view_inputs
+    from clrdist.train.loop import seed_step
+
+    cfg = load_config(CONFIGS / "demo.yaml", [*SMALL, "model.dropout=0.5", "data.n_particles=16",
+                                              "augment.slots=20"])
+    model = initial_model(cfg.model, 0).train()
+    views = build_views(cfg)
+    batch = jet_batch(8)
+    gen = torch.Generator()
+
+    def forward(step, rank=0):
+        seed_step(gen, 7, rank, step)
+        x, mask = view_inputs(batch["particles"], batch["mask"], cfg, views, gen, device="cpu")
+        return model(x, mask)[1]
+
+    a = forward(5)
+    torch.rand(1000)  # whatever ran in between (another step, an evaluation)
+    assert torch.equal(forward(5), a)
+    assert not torch.allclose(forward(6), a) and not torch.allclose(forward(5, rank=1), a)
+    model.eval()
+    seed_step(gen, 7, 0, 5)
+    x, mask = view_inputs(batch["particles"], batch["mask"], cfg, views, gen, device="cpu")
+    assert not torch.allclose(model(x, mask)[1], a)  # dropout was on in training mode

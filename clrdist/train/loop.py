@@ -44,6 +44,16 @@ def augment_seed(seed: int, rank: int, step: int) -> int:
     return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1)
 
 
+def seed_step(gen: torch.Generator, seed: int, rank: int, step: int) -> None:
+    """Every random number of one step from (seed, rank, step): the views' ``gen``, and torch's
+    global generators, which dropout (and any loss drawing without a generator) uses. A resumed
+    run then draws what the uninterrupted one drew, and no checkpoint needs to carry an RNG
+    state. ``torch.manual_seed`` sets the CUDA generators' seed and offset on the host: no sync."""
+    s = augment_seed(seed, rank, step)
+    gen.manual_seed(s)
+    torch.manual_seed((s ^ 0x5EED_D50F) % (2**63 - 1))
+
+
 # validation during training scores at most this many samples of each set (the quick LCT of
 # clrdist.eval.runner.evaluate_during_training uses the first 20000), fewer with eval.lct_max_samples
 VALIDATION_SAMPLES = 20_000
@@ -205,7 +215,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         epoch_loss, epoch_batches = torch.zeros((), device=device), 0
         for batch in prefetch(stream):
             # -- one step: views -> encode -> loss (float32) -> backward -> optimiser (step.py) --
-            gen.manual_seed(augment_seed(cfg.seed, rank, step))
+            seed_step(gen, cfg.seed, rank, step)
             out = train_step(engine, loss_fn, views, batch, gen, cfg, precision,
                              step=step + 1, guard=guard, device=device)
             step += 1
