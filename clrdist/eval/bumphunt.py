@@ -3,14 +3,15 @@
 The signal region is never taken from the truth labels. :func:`blind_scan` slides a window over
 the whole m_jj spectrum and, per window:
 
-0a. Decorrelation (``decorrelate="sideband"``, the default): per window, each feature's mean and
-   spread are fitted as quadratics in ln m_jj over the events outside the SR, and every event's
-   feature is standardised by them (:func:`decorrelate_mjj`). The SR's own events never enter
-   the fit, so a resonance cannot be fitted away; a representation that tracks m_jj through
-   its jets' angular size (about 1/pT) loses that first- and second-moment dependence.
+0a. Decorrelation (``decorrelate="sideband"``, the default): per window, each feature's mean is
+   fitted as a quadratic in ln m_jj over the events outside the SR and subtracted from every
+   event (:func:`decorrelate_mjj`). The SR's own events never enter the fit, so a resonance
+   cannot be fitted away; a representation that tracks m_jj through its jets' angular size
+   (about 1/pT) loses that dependence of its mean, so no linear combination of it does either.
    ``"none"`` hunts on the features as given.
 0. Sculpting guard (before anything is trained): an out-of-fold regression of ln m_jj on the
-   features (:func:`mjj_dependence`, gradient-boosted trees, k = 3). The SR-vs-SB classifier
+   (decorrelated) features by gradient-boosted trees (:func:`mjj_dependence`, k = 3: the most
+   sensitive family; after decorrelation a linear model finds nothing by construction). The SR-vs-SB classifier
    learns any m_jj information in its inputs and makes a bump of background where there was
    none; the look-elsewhere toys cannot reproduce such a bump. When the regression's
    out-of-fold correlation exceeds ``max_mjj_corr`` (0.1) the hunt is refused
@@ -122,14 +123,35 @@ class MjjDependence:
     n: int  # events used
 
 
-def mjj_dependence(mjj: np.ndarray, x: np.ndarray, *, k: int = 3, seed: int = 0,
-                   max_samples: int = 20000) -> MjjDependence:
-    """How well the features x (n, D) predict ln m_jj (n,), out of fold: gradient-boosted
-    regression trees (nonlinear, scale-free in x) trained on k - 1 folds predict the k-th. A
-    signal at a share f of the events adds little to the explained variance (of order f), but
-    the correlation of the shrunk predictions grows faster: a toy signal of 3% at 2.5 sigma in
-    one feature gives R^2 0.005 and correlation 0.11 (tested), above the default limit."""
+def _make_regressor(kind: str, seed: int):
     from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.linear_model import RidgeCV
+    from sklearn.neural_network import MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if kind == "gbdt":
+        return HistGradientBoostingRegressor(max_iter=50, max_leaf_nodes=15, learning_rate=0.15,
+                                             early_stopping=False, random_state=seed)
+    if kind == "linear":
+        return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 7)))
+    if kind == "mlp":
+        return make_pipeline(StandardScaler(), MLPRegressor(
+            hidden_layer_sizes=(64, 32), early_stopping=True, n_iter_no_change=10,
+            max_iter=300, batch_size=256, random_state=seed))
+    raise KeyError(f"unknown regressor {kind!r}; known: ['gbdt', 'linear', 'mlp']")
+
+
+def mjj_dependence(mjj: np.ndarray, x: np.ndarray, *, k: int = 3, seed: int = 0,
+                   max_samples: int = 20000, kind: str = "gbdt") -> MjjDependence:
+    """How well the features x (n, D) predict ln m_jj (n,), out of fold: a regressor of the
+    family ``kind`` (``gbdt`` gradient-boosted trees, the default and the most sensitive;
+    ``linear`` ridge; ``mlp``) trained on k - 1 folds predicts the k-th. After decorrelation a
+    linear model finds nothing by construction, while trees still find m_jj in the shapes of
+    the features' distributions (docs/bumphunt.md: 0.70 for an encoder reading absolute pT). A signal at a share f of the events adds little
+    to the explained variance (of order f), but the correlation of the shrunk predictions grows
+    faster: a toy signal of 3% at 2.5 sigma in one feature gives R^2 0.005 and correlation 0.11
+    with trees (tested), above the default limit."""
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng([seed, 0x3a1])
@@ -138,8 +160,7 @@ def mjj_dependence(mjj: np.ndarray, x: np.ndarray, *, k: int = 3, seed: int = 0,
     fold = np.arange(len(idx)) % k
     pred = np.empty(len(idx))
     for g in range(k):
-        reg = HistGradientBoostingRegressor(max_iter=50, max_leaf_nodes=15, learning_rate=0.15,
-                                            early_stopping=False, random_state=seed)
+        reg = _make_regressor(kind, seed)
         with threadpool_limits(1):  # OpenMP on a loaded machine: 50x slower with all cores
             reg.fit(xx[fold != g], t[fold != g])
             pred[fold == g] = reg.predict(xx[fold == g])
@@ -149,13 +170,14 @@ def mjj_dependence(mjj: np.ndarray, x: np.ndarray, *, k: int = 3, seed: int = 0,
 
 
 def check_mjj_dependence(mjj: np.ndarray, x: np.ndarray, *, max_corr: float = MAX_MJJ_CORR,
-                         allow: bool = False, seed: int = 0) -> MjjDependence:
-    """:func:`mjj_dependence`, refused above ``max_corr`` unless ``allow``."""
-    dep = mjj_dependence(mjj, x, seed=seed)
+                         allow: bool = False, seed: int = 0, kind: str = "gbdt") -> MjjDependence:
+    """:func:`mjj_dependence` (regressor family ``kind``), refused above ``max_corr`` unless
+    ``allow``."""
+    dep = mjj_dependence(mjj, x, seed=seed, kind=kind)
     if dep.corr > max_corr and not allow:
         raise MjjCorrelationError(
             f"bump hunt refused: the {x.shape[1]} features predict m_jj (out-of-fold correlation "
-            f"{dep.corr:.3f} of a regression of ln m_jj on them, R^2 {dep.r2:.3f}, {dep.n} events; "
+            f"{dep.corr:.3f} of a {kind} regression of ln m_jj on them, R^2 {dep.r2:.3f}, {dep.n} events; "
             f"limit {max_corr}); the SR-vs-SB classifier would sculpt a bump. Use inputs without an "
             f"absolute scale (model.input_features: ptfrac) or pass allow_mjj_correlated=True (a "
             f"strong localised signal, a few % of the events and well separated in the features, "
@@ -169,15 +191,17 @@ DECORRELATIONS = ("sideband", "none")
 
 def decorrelate_mjj(mjj: np.ndarray, x: np.ndarray, fit_on: np.ndarray, *,
                     degree: int = 2) -> np.ndarray:
-    """Features with their smooth m_jj dependence removed, fitted on the events ``fit_on`` only.
+    """Features with their mean's smooth m_jj dependence removed, fitted on ``fit_on`` only.
 
-    Per feature, the mean and the log of the squared residual are fitted as polynomials of
-    degree ``degree`` in ln m_jj by least squares over the ``fit_on`` events (a hunt passes the
-    events outside its signal region, so a resonance inside it cannot be fitted away); every
-    event's feature becomes (x - mean(m_jj)) / spread(m_jj). What remains correlated with m_jj
-    is higher-order (the shape of a feature's distribution, not its location or width); the
-    guard (:func:`mjj_dependence`) and the flatness test measure it. mjj: (n,) GeV; x: (n, D);
-    fit_on: (n,) bool."""
+    Per feature, the mean is fitted as a polynomial of degree ``degree`` in ln m_jj by least
+    squares over the ``fit_on`` events (a hunt passes the events outside its signal region, so a
+    resonance inside it cannot be fitted away), and subtracted from every event. Then every
+    linear combination of the features has a mean flat in m_jj (to that order): what a linear
+    SR-vs-SB classifier could sculpt from. Widths are left alone: standardising each feature's
+    spread as well was measured to make the selections of untrained encoders less flat, since
+    the spread of a combination depends on the features' covariances, not on their own spreads
+    (docs/bumphunt.md). What remains is measured by the guard and the flatness test.
+    mjj: (n,) GeV; x: (n, D); fit_on: (n,) bool."""
     t = np.log(np.asarray(mjj, dtype=np.float64))
     fit_on = np.asarray(fit_on, bool)
     if fit_on.sum() <= 2 * (degree + 1):
@@ -186,16 +210,7 @@ def decorrelate_mjj(mjj: np.ndarray, x: np.ndarray, fit_on: np.ndarray, *,
     t0, ts = t[fit_on].mean(), max(float(t[fit_on].std()), 1e-12)
     v = np.vander((t - t0) / ts, degree + 1)
     x = np.asarray(x, dtype=np.float64)
-    mean_coef = np.linalg.lstsq(v[fit_on], x[fit_on], rcond=None)[0]
-    r = x - v @ mean_coef
-    floor = 1e-12 * max(float(np.var(r[fit_on])), 1e-300)
-    var_coef = np.linalg.lstsq(v[fit_on], np.log(r[fit_on] ** 2 + floor), rcond=None)[0]
-    log_var = v @ var_coef
-    lv_fit = log_var[fit_on]  # no extrapolated spread beyond what the fitted events had
-    log_var = np.clip(log_var, lv_fit.min(axis=0), lv_fit.max(axis=0))
-    out = r * np.exp(-0.5 * log_var)
-    # E[ln r^2] is ln var - 1.27 for a normal r: the fit gives the spread's shape, not its scale
-    return out / np.maximum(out[fit_on].std(axis=0), 1e-300)
+    return x - v @ np.linalg.lstsq(v[fit_on], x[fit_on], rcond=None)[0]
 
 
 def _features_for(decorrelate: str, mjj: np.ndarray, x: np.ndarray,
