@@ -36,7 +36,7 @@ class ConfigError(ClrdistError, ValueError):
 
 # model.input_features -> the model input columns it makes from (pT, eta, phi); the store's extra
 # particle features follow them (clrdist.physics.frame.input_features)
-INPUT_FEATURES = {"pt": 3, "log": 6, "ptfrac": 5}
+INPUT_FEATURES = {"pt": 3, "log": 6, "ptfrac": 5, "boost": 5}
 
 
 class _Section(BaseModel):
@@ -116,8 +116,9 @@ class ModelConfig(_Section):
     input_dim: int = Field(3, gt=0)  # model input width: 3 for input_features pt, 6 for log (+ extras)
     # per-particle inputs: pt = [pT/data.pt_scale, d_eta, d_phi] (JetCLR); log = [z, ln z, ln pT,
     # d_eta, d_phi, Delta R] scaled to order one (Particle Transformer); ptfrac = log without
-    # ln pT (5 columns, no absolute scale: for the m_jj bump hunt); physics/frame.py
-    input_features: Literal["pt", "log", "ptfrac"] = "pt"
+    # ln pT (5 columns, no absolute scale: for the m_jj bump hunt); boost = ptfrac with angles in
+    # units of the jet's angular size m/pT (no absolute angle either); physics/frame.py
+    input_features: Literal["pt", "log", "ptfrac", "boost"] = "pt"
     model_dim: int = Field(64, gt=0)  # transformer width (JetCLR: 1000, DarkCLR: 128)
     ff_dim: int = Field(128, gt=0)  # feed-forward width
     heads: int = Field(4, gt=0)  # attention heads; must divide model_dim

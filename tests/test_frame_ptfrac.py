@@ -45,3 +45,34 @@ def test_ptfrac_config_needs_five_input_columns():
     assert cfg.model.input_features == "ptfrac"
     with pytest.raises(Exception, match="input_dim"):
         load_config("configs/demo.yaml", ["model.input_features=ptfrac", "model.input_dim=4"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), scale=st.floats(0.05, 50.0), kappa=st.floats(0.1, 3.0))
+def test_boost_features_are_invariant_under_pt_and_angle_scales(seed, scale, kappa):
+    """A boost along the jet axis (small angles): every pT x lambda, every angle / lambda. The
+    boost features see the same jet; ptfrac sees its angles shrink."""
+    x, m = _jets(seed)
+    frame = to_model_frame(x, m)
+    boosted = frame.clone()
+    boosted[..., 0] *= scale
+    boosted[..., 1:3] *= kappa
+    a = input_features(frame, m, "boost", 600.0)
+    b = input_features(boosted, m, "boost", 600.0)
+    assert a.shape[-1] == INPUT_FEATURES["boost"] == 5
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert (a[~m] == 0).all()
+    p_a, p_b = (input_features(t, m, "ptfrac", 600.0) for t in (frame, boosted))
+    if abs(kappa - 1) > 0.05:
+        assert not torch.allclose(p_a[..., 2:], p_b[..., 2:], atol=1e-3)
+
+
+def test_jet_angular_size_is_m_over_pt_for_a_two_prong_jet():
+    from clrdist.physics.frame import jet_angular_size
+
+    # two massless prongs with pT fractions z, 1 - z at angle d: m^2 ~ z (1-z) pT^2 d^2
+    z, d = 0.3, 0.4
+    x = torch.tensor([[[z * 1000, 0.0, 0.0], [(1 - z) * 1000, d, 0.0]]])
+    m = torch.ones(1, 2, dtype=torch.bool)
+    theta = float(jet_angular_size(x, m))
+    assert theta == pytest.approx(np.sqrt(z * (1 - z)) * d, rel=1e-5)

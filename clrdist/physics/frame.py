@@ -97,12 +97,17 @@ def input_features(x: torch.Tensor, mask: torch.Tensor, kind: str, pt_scale: flo
     [z, 0.7 (ln z + 4.7), 0.7 (ln pT/GeV - 1.7), 5 d_eta, 5 d_phi, 5 Delta R] with z = pT / sum pT
     of the jet, each of order one for R = 0.8 jets. kind "ptfrac": "log" without ln pT, so no
     absolute scale: what a bump hunt in m_jj may see (its SR-vs-sideband classifier learns any
-    m_jj information in its inputs; clrdist/eval/bumphunt.py). Column 0 is linear in pT in both (pT-weighted
-    pooling and the log-pT attention bias read it). Extra store features follow unchanged;
+    m_jj information in its inputs; clrdist/eval/bumphunt.py). kind "boost": "ptfrac" with the
+    angles in units of the jet's own angular size (:func:`_boost_features`), so no absolute angle
+    either: a jet's angular size shrinks as m/pT, which is how a ptfrac representation still
+    knows m_jj. Column 0 is linear in pT in all (pT-weighted pooling and the log-pT attention
+    bias read it). Extra store features follow unchanged;
     padding is zero.
     """
     if kind == "pt":
         return scale_pt(x, pt_scale)
+    if kind == "boost":
+        return _boost_features(x, mask)
     if kind not in ("log", "ptfrac"):
         raise ValueError(f"unknown input features {kind!r}; known: {', '.join(INPUT_FEATURES)}")
     tiny = torch.finfo(x.dtype).tiny
@@ -112,5 +117,37 @@ def input_features(x: torch.Tensor, mask: torch.Tensor, kind: str, pt_scale: flo
             _ANGLE * deta, _ANGLE * dphi, _ANGLE * torch.sqrt(deta.square() + dphi.square())]
     if kind == "ptfrac":  # no absolute scale: the same inputs for a jet with every pT x lambda
         del cols[2]
+    out = torch.cat([torch.stack(cols, -1), x[..., 3:]], -1)
+    return torch.where(mask.unsqueeze(-1), out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+def jet_angular_size(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1) the pT-weighted angular spread of each jet, theta_J = sqrt(sum_ij z_i z_j
+    Delta R_ij^2 / 2), with z the pT fractions: m_J / pT_J for massless constituents at small
+    angles. Computed as sum_i z_i |r_i|^2 - |sum_i z_i r_i|^2 (r = (d_eta, d_phi)): O(P), and
+    the same wherever the frame's origin is."""
+    tiny = torch.finfo(x.dtype).tiny
+    pt = x[..., 0] * mask
+    z = pt / pt.sum(1, keepdim=True).clamp_min(tiny)
+    r = x[..., 1:3]
+    mean = (z.unsqueeze(-1) * r).sum(1)  # (B, 2)
+    spread = (z * r.square().sum(-1)).sum(1) - mean.square().sum(-1)
+    return spread.clamp_min(0).sqrt().clamp_min(1e-6).unsqueeze(1)
+
+
+_BOOST_ANGLE = 0.5  # angles in units of 2 theta_J: a jet's core spans about +-2
+
+
+def _boost_features(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[z, 0.7 (ln z + 4.7), d_eta, d_phi, Delta R] with the angles divided by 2 theta_J
+    (:func:`jet_angular_size`): the same inputs for a jet with every pT times lambda and every
+    angle times kappa (a boost along the jet axis, at small angles). Extras follow; padding 0."""
+    tiny = torch.finfo(x.dtype).tiny
+    pt = x[..., 0]
+    z = pt / (pt * mask).sum(1, keepdim=True).clamp_min(tiny)
+    unit = _BOOST_ANGLE / jet_angular_size(x, mask)
+    deta, dphi = x[..., 1] * unit, x[..., 2] * unit
+    cols = [z, 0.7 * (torch.log(z.clamp_min(tiny)) + 4.7), deta, dphi,
+            torch.sqrt(deta.square() + dphi.square())]
     out = torch.cat([torch.stack(cols, -1), x[..., 3:]], -1)
     return torch.where(mask.unsqueeze(-1), out, torch.zeros((), dtype=out.dtype, device=out.device))
