@@ -10,8 +10,9 @@ found blind, next to its references. Writes ``results.json`` (and prints it).
    file this bench wrote, and the first events of a larger file are the events a smaller run
    makes: a shard's seed depends on the master seed, process and shard index only). The hunt
    runs in m_jj 2.8-6 TeV (below it, the pT cut's turn-on).
-2. Encoder: each jet alone (the hardest 50 constituents), ``model.input_features: ptfrac``
-   (pT fractions, angles to the jet axis: no absolute scale), trained with the demo recipe on the
+2. Encoder: each jet alone (the hardest 50 constituents), ``model.input_features: boost``
+   (pT fractions, angles to the jet axis in units of the jet's angular size m/pT: no absolute
+   scale, no absolute angle; ``--inputs ptfrac`` keeps the angles absolute), trained with the demo recipe on the
    QCD jets of the hunt sample (no labels; the signal is not in it) for ``--train-seconds``. An
    event's representation is the two jets' representations side by side.
 3. Feature sets hunted on the same events: the trained representation, the untrained encoder
@@ -51,7 +52,7 @@ SIZES = {  # per mode: events, training seconds, toys, classifier folds, bins
     "quick": dict(n_qcd=10000, n_sig=1000, train_s=60.0, n_toys=40, n_full_toys=2, k=3, n_bins=12),
     "full": dict(n_qcd=24000, n_sig=3000, train_s=300.0, n_toys=200, n_full_toys=5, k=3, n_bins=12),
 }
-ENCODER = ["model.input_features=ptfrac", "model.input_dim=5", "data.n_particles=50",
+ENCODER = ["model.input_features=boost", "model.input_dim=5", "data.n_particles=50",
            "model.model_dim=32", "model.ff_dim=64", "model.head_dims=[32]", "model.output_dim=16"]
 
 
@@ -178,7 +179,7 @@ def hunt_one(task: dict) -> dict:
                             seed=task["seed"], classifier=task["classifier"], k=task["k"],
                             n_bins=task["n_bins"], n_toys=task["n_toys"],
                             n_full_toys=task["n_full_toys"], allow_mjj_correlated=True,
-                            decorrelate=task.get("decorrelate", "sideband"))
+                            decorrelate=task.get("decorrelate", "none"))
     in_range = (m >= MJJ_RANGE[0]) & (m < MJJ_RANGE[1])
     per_eps = {}
     for ei, eps in enumerate(res.efficiencies):
@@ -260,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="processes (generation, hunts)")
     ap.add_argument("--train-seconds", type=float, default=None)
     ap.add_argument("--init-seeds", type=int, default=5, help="untrained encoders")
+    ap.add_argument("--inputs", choices=("ptfrac", "boost"), default="boost",
+                    help="the encoder's model.input_features (both without an absolute scale; "
+                         "boost also without an absolute angle)")
     args = ap.parse_args(argv)
     import torch
 
@@ -294,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. encoder: trained on the QCD jets (both jets of every event)
     t0 = time.perf_counter()
-    cfg = load_config(DEMO, ENCODER)
+    encoder = [o if not o.startswith("model.input_features=") else
+               f"model.input_features={args.inputs}" for o in ENCODER]
+    cfg = load_config(DEMO, encoder)
     p, m, half = jets_of(ev, "qcd")
     jets_p = np.concatenate([p[:, :half], p[:, half:]])
     jets_m = np.concatenate([m[:, :half], m[:, half:]])
@@ -315,8 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     sets["raw m_J, tau21"] = (raw_b, raw_s, "gbdt")
     sets["supervised"] = (*supervised_scores(raw_b, raw_s, seed=0), "linear")
     # the guard on inputs with an absolute scale: an untrained encoder reading pT / 600 GeV
-    cfg_pt = load_config(DEMO, ENCODER + ["model.input_features=pt", "model.input_dim=3"])
+    cfg_pt = load_config(DEMO, encoder + ["model.input_features=pt", "model.input_dim=3"])
     pt_rep = event_reps(initial_model(cfg_pt.model, 100), cfg_pt, ev, "qcd")
+    # and on the other scale-free inputs: ptfrac (no absolute pT; angles absolute)
+    other = "ptfrac" if args.inputs == "boost" else "boost"
+    cfg_o = load_config(DEMO, encoder + [f"model.input_features={other}"])
+    other_rep = event_reps(initial_model(cfg_o.model, 100), cfg_o, ev, "qcd")
     timing["encode_s"] = round(time.perf_counter() - t0, 1)
 
     # the guard's regression of ln m_jj on each feature set: as given, and after the hunt's
@@ -330,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         return round(mjj_dependence(m, xx).corr, 4)
 
     guard_sets = {**{name: xb for name, (xb, _, _) in sets.items()},
-                  "untrained, absolute-pT inputs (pt)": pt_rep}
+                  "untrained, absolute-pT inputs (pt)": pt_rep,
+                  f"untrained seed 100, {other} inputs": other_rep}
     guard = {name: corr(x, True) for name, x in guard_sets.items()}
     guard_raw = {name: corr(x, False) for name, x in guard_sets.items()}
 
@@ -340,19 +351,19 @@ def main(argv: list[str] | None = None) -> int:
                   classifier=clf, k=size["k"], n_bins=size["n_bins"], n_toys=size["n_toys"],
                   n_full_toys=size["n_full_toys"] if (name == "representation" and f == 0) else 0)
              for name, (xb, xs, clf) in sets.items() for f in FRACTIONS]
-    # the trained representation's background-only hunt without the decorrelation: what it fixes
-    tasks.append({**tasks[0], "set": "representation, not decorrelated", "decorrelate": "none",
+    # the trained representation's background-only hunt with the optional decorrelation
+    tasks.append({**tasks[0], "set": "representation, decorrelated", "decorrelate": "sideband",
                   "n_full_toys": 0})
     rep_b = sets["representation"][0]
     flat_tasks = [dict(name=name, mjj_b=mjj_b, x_b=xb, decorrelate=dec, permute=perm,
                        n_bins=size["n_bins"], k=size["k"])
                   for name, xb, dec, perm in (
-                      ("representation", rep_b, "sideband", 0),
-                      ("representation, not decorrelated", rep_b, "none", 0),
-                      ("representation, m_jj permuted (null)", rep_b, "sideband", 1),
-                      ("untrained seed 100", sets["untrained seed 100"][0], "sideband", 0),
-                      ("untrained seed 100, not decorrelated", sets["untrained seed 100"][0],
-                       "none", 0))]
+                      ("representation", rep_b, "none", 0),
+                      ("representation, decorrelated", rep_b, "sideband", 0),
+                      ("representation, m_jj permuted (null)", rep_b, "none", 1),
+                      ("untrained seed 100", sets["untrained seed 100"][0], "none", 0),
+                      ("untrained seed 100, decorrelated", sets["untrained seed 100"][0],
+                       "sideband", 0))]
     with ProcessPoolExecutor(args.workers) as ex:
         rows = list(ex.map(hunt_one, tasks))
         flatness = list(ex.map(flatness_over_seeds, flat_tasks))
@@ -383,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                       "f_at_3sigma_global": at_3sigma(rs, "global_z"), "mjj_corr": guard[name]})
     results = {
         "mode": mode, "sizes": size, "generation_seed": args.seed, "mjj_range_gev": MJJ_RANGE,
-        "sqrt_s_gev": SQRT_S, "encoder": {"overrides": ENCODER, **train_info},
+        "sqrt_s_gev": SQRT_S, "encoder": {"overrides": encoder, **train_info},
         "background_only": {
             "features": "representation", "max_local_z": bkg["max_local_z"],
             "global_z": bkg["global_z"], "global_p": bkg["global_p"],

@@ -183,10 +183,10 @@ def _bent(n, seed):
 def test_sideband_decorrelation_flattens_features_that_track_mjj_and_keeps_a_resonance():
     mjj, x, _ = _bent(8000, 9)
     assert mjj_dependence(mjj, x).corr > 0.8
-    res = blind_scan(mjj, x, n_toys=0, **FAST)  # decorrelate="sideband" is the default
+    res = blind_scan(mjj, x, n_toys=0, **dict(FAST, decorrelate="sideband"))
     assert res.mjj_corr < 0.1 and not res.mjj_corr_allowed  # the guard sees decorrelated inputs
     assert res.flatness_p > 1e-3  # and the selections are flat where the raw ones sculpt
-    raw = blind_scan(mjj, x, n_toys=0, allow_mjj_correlated=True, **dict(FAST, decorrelate="none"))
+    raw = blind_scan(mjj, x, n_toys=0, allow_mjj_correlated=True, **FAST)  # as given (default)
     assert raw.flatness_p < 1e-6
     # fitted outside each SR only: a resonance whose events sit apart in feature 2 survives it
     ms, xs, _ = dijet_toy(0, 400, seed=10)  # at 3500 +- 150 GeV, feature 0 at +2.5
@@ -196,7 +196,7 @@ def test_sideband_decorrelation_flattens_features_that_track_mjj_and_keeps_a_res
     xs[:, 1] = xs[:, 1] + 2 * u
     # (5% of the events, well apart in feature 2: strong enough to trip the guard by itself)
     withsig = blind_scan(np.r_[mjj, ms], np.r_[x, xs], n_toys=0, allow_mjj_correlated=True,
-                         **FAST)
+                         **dict(FAST, decorrelate="sideband"))
     best = withsig.windows[withsig.best[0]]
     assert withsig.edges[best.lo] <= 3500 <= withsig.edges[best.hi] and withsig.max_z > 5
     with pytest.raises(ValueError, match="decorrelate: 'pca'"):
@@ -271,12 +271,10 @@ def test_blind_scan_background_only_is_not_globally_significant():
 
 def test_global_significance_is_not_capped_by_the_toy_count():
     mjj, x, _ = dijet_toy(12000, 400, seed=6)
-    # a signal this strong (3%, at 2.5 sigma in one feature) trips the m_jj check by itself on
-    # the raw features; decorrelated (the default), the smooth fit takes up most of that
+    # a signal this strong (3%, at 2.5 sigma in one feature) trips the m_jj check by itself
     with pytest.raises(MjjCorrelationError, match=r"gbdt regression .*R\^2 0\.0\d\d"):
-        blind_scan(mjj, x, n_toys=20, seed=0, **dict(FAST, decorrelate="none", classifier="gbdt"))
-    res = blind_scan(mjj, x, n_toys=20, seed=0, **FAST)
-    assert not res.mjj_corr_allowed
+        blind_scan(mjj, x, n_toys=20, seed=0, **FAST)
+    res = blind_scan(mjj, x, n_toys=20, seed=0, allow_mjj_correlated=True, **FAST)
     assert res.max_z > 6 and res.significance.from_fit
     assert res.global_z > 4 > stats.norm.isf(1 / 21)  # 20 toys alone cap it at 1.67
 

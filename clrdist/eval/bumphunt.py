@@ -3,12 +3,14 @@
 The signal region is never taken from the truth labels. :func:`blind_scan` slides a window over
 the whole m_jj spectrum and, per window:
 
-0a. Decorrelation (``decorrelate="sideband"``, the default): per window, each feature's mean is
-   fitted as a quadratic in ln m_jj over the events outside the SR and subtracted from every
-   event (:func:`decorrelate_mjj`). The SR's own events never enter the fit, so a resonance
-   cannot be fitted away; a representation that tracks m_jj through its jets' angular size
-   (about 1/pT) loses that dependence of its mean, so no linear combination of it does either.
-   ``"none"`` hunts on the features as given.
+0a. Optional decorrelation (``decorrelate="sideband"``; the default ``"none"`` hunts on the
+   features as given): per window, each feature's mean is fitted as a quadratic in ln m_jj over
+   the events outside the SR and subtracted from every event (:func:`decorrelate_mjj`). The SR's
+   own events never enter the fit, so a resonance cannot be fitted away. It helps features whose
+   mean tracks m_jj (a ptfrac representation, whose jets' angular size goes as 1/pT) and hurts
+   features that barely depend on m_jj (docs/bumphunt.md: the fit's own errors add m_jj
+   dependence that trees find); the remedy for representations is inputs without an absolute
+   angle (``model.input_features: boost``).
 0. Sculpting guard (before anything is trained): an out-of-fold regression of ln m_jj on the
    (decorrelated) features by gradient-boosted trees (:func:`mjj_dependence`, k = 3: the most
    sensitive family; after decorrelation a linear model finds nothing by construction). The SR-vs-SB classifier
@@ -18,8 +20,8 @@ the whole m_jj spectrum and, per window:
    (:class:`MjjCorrelationError`, the measured correlation in the message) unless
    ``allow_mjj_correlated=True``; the correlation is reported either way (``_mjj_corr``).
    Representations for the hunt should come from inputs without an absolute scale (each jet
-   encoded alone, ``model.input_features: ptfrac``: pT fractions and angles relative to the
-   jet axis; docs/bumphunt.md).
+   encoded alone, ``model.input_features: boost``: pT fractions, and angles relative to the jet
+   axis in units of the jet's own angular size m/pT; docs/bumphunt.md).
 1. Bins: log-spaced m_jj bins; the signal region (SR) is ``sr_bins`` bins, the classifier's
    sidebands (SB) the ``sb_bins`` bins on each side.
 2. A classifier learns SR (class 1) vs SB (class 0) from the event features (the
@@ -91,7 +93,7 @@ SCAN_EFFICIENCIES = (1.0, 0.1, 0.01)
 SIGNAL_FRACTIONS = (0.0, 0.001, 0.003, 0.01)  # f = 0 (control), then LHCO-like signal shares
 MAX_MJJ_CORR = 0.1  # refuse features whose out-of-fold ln m_jj regression correlates more
 # (Pythia dijets, docs/bumphunt.md: m_J and tau21 at 0.10 already sculpt visibly; an encoder
-# reading pT / 600 GeV 0.15; untrained ptfrac encoders 0.05-0.09 and flat, trained 0.11)
+# reading pT / 600 GeV 0.15; a ptfrac representation 0.14 trained; boost inputs 0.02 trained)
 MIN_TAIL = 10  # toys at or above the observed maximum for the empirical global p
 
 
@@ -179,7 +181,7 @@ def check_mjj_dependence(mjj: np.ndarray, x: np.ndarray, *, max_corr: float = MA
             f"bump hunt refused: the {x.shape[1]} features predict m_jj (out-of-fold correlation "
             f"{dep.corr:.3f} of a {kind} regression of ln m_jj on them, R^2 {dep.r2:.3f}, {dep.n} events; "
             f"limit {max_corr}); the SR-vs-SB classifier would sculpt a bump. Use inputs without an "
-            f"absolute scale (model.input_features: ptfrac) or pass allow_mjj_correlated=True (a "
+            f"absolute scale (model.input_features: boost) or pass allow_mjj_correlated=True (a "
             f"strong localised signal, a few % of the events and well separated in the features, "
             f"can trip this check by itself: then the R^2 is small and the override is right)",
             corr=dep.corr)
@@ -533,7 +535,7 @@ def cwola_hunt(mjj: np.ndarray, features: np.ndarray, *, sr: tuple[float, float]
                sqrt_s: float, efficiencies: Sequence[float] = EFFICIENCIES,
                classifier: str = "mlp", k: int = 5, seed: int = 0, prefix: str = "bumphunt",
                max_mjj_corr: float = MAX_MJJ_CORR, allow_mjj_correlated: bool = False,
-               decorrelate: str = "sideband", figures: bool = True) -> EvalResult:
+               decorrelate: str = "none", figures: bool = True) -> EvalResult:
     """CWoLa bump hunt in one given signal region (for a blind search use :func:`blind_scan`).
 
     mjj: (n,) dijet invariant mass in GeV; features: (n, D) per-event features (e.g. the
@@ -647,7 +649,7 @@ def blind_scan(mjj: np.ndarray, features: np.ndarray, *, mjj_range: tuple[float,
                efficiencies: Sequence[float] = SCAN_EFFICIENCIES, classifier: str = "mlp",
                k: int = 5, n_toys: int = 100, n_full_toys: int = 0, seed: int = 0,
                max_mjj_corr: float = MAX_MJJ_CORR, allow_mjj_correlated: bool = False,
-               decorrelate: str = "sideband") -> ScanResult:
+               decorrelate: str = "none") -> ScanResult:
     """Slide the SR over the whole m_jj range; local Z per window and efficiency; global Z from
     background-only toys (module docstring). mjj: (n,) GeV; features: (n, D); sqrt_s: GeV.
     ``n_toys``: smooth toys (refits only); ``n_full_toys``: whole hunts on permuted m_jj."""
