@@ -86,7 +86,7 @@ def test_a_failed_fit_is_reported_not_zero(monkeypatch):
     fit = fit_sidebands(edges, counts, (5, 7), 13000)
     assert not fit.ok and "populated bins" in fit.problem and np.isnan(fit.n_bkg)
     # in a hunt: a selection of 3 events cannot be fitted; the row says so and Z is nan, not 0
-    monkeypatch.setattr(bumphunt, "select", lambda score, fold, in_sb, eps: (
+    monkeypatch.setattr(bumphunt.selection, "select", lambda score, fold, in_sb, eps: (
         np.ones(len(score), bool) if eps >= 1 else np.arange(len(score)) < 3))
     mjj, x, _ = dijet_toy(3000, 0, seed=2)
     m = cwola_hunt(mjj, x, sr=SR, mjj_range=RANGE, classifier="linear", sqrt_s=13000,

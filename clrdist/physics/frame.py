@@ -97,7 +97,7 @@ def input_features(x: torch.Tensor, mask: torch.Tensor, kind: str, pt_scale: flo
     [z, 0.7 (ln z + 4.7), 0.7 (ln pT/GeV - 1.7), 5 d_eta, 5 d_phi, 5 Delta R] with z = pT / sum pT
     of the jet, each of order one for R = 0.8 jets. kind "ptfrac": "log" without ln pT, so no
     absolute scale: what a bump hunt in m_jj may see (its SR-vs-sideband classifier learns any
-    m_jj information in its inputs; clrdist/eval/bumphunt.py). kind "boost": "ptfrac" with the
+    m_jj information in its inputs; clrdist/eval/bumphunt/). kind "boost": "ptfrac" with the
     angles in units of the jet's own angular size (:func:`_boost_features`), so no absolute angle
     either: a jet's angular size shrinks as m/pT, which is how a ptfrac representation still
     knows m_jj. Column 0 is linear in pT in all (pT-weighted pooling and the log-pT attention
