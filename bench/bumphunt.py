@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in sets:
         rs = [r for r in rows if r["features"] == name]
         reach.append({"name": name, "f_at_3sigma_local": at_3sigma(rs, "max_local_z"),
-                      "f_at_3sigma_global": at_3sigma(rs, "global_z"), "mjj_corr": guard[name]})
+                      "f_at_3sigma_global": at_3sigma(rs, "global_z"), "mjj_corr": guard_raw[name]})
     results = {
         "mode": mode, "sizes": size, "generation_seed": args.seed, "mjj_range_gev": MJJ_RANGE,
         "sqrt_s_gev": SQRT_S, "encoder": {"overrides": encoder, **train_info},
