@@ -36,7 +36,7 @@ from clrdist.models import initial_model
 from clrdist.models.encode import model_inputs
 from clrdist.precision import resolve
 from clrdist.train.engine import LocalEngine, LossGuard
-from clrdist.train.step import build_views, prepare_model, train_step
+from clrdist.train.step import build_views, prepare_model, seed_step, train_step
 
 CONFIG = "configs/darkclr_svj_cpu.yaml"
 PUBLISHED = {"auc": 0.76, "inv_eps_b_at_0.2": 73.0}  # DarkCLR, 100k jets, 150 epochs
@@ -145,7 +145,7 @@ def main(argv=None) -> dict:
             idx = np.sort(order[s:s + bs])
             batch = {k: train[k][idx] for k in ("particles", "mask", "label")}
             t0 = time.process_time()
-            gen.manual_seed(cfg.seed * 1_000_003 + step)
+            seed_step(gen, cfg.seed, 0, step)  # as the loop does before every step
             out = train_step(engine, loss_fn, views, batch, gen, cfg, precision, step=step + 1,
                              guard=guard, device=device)
             cpu += time.process_time() - t0

@@ -191,13 +191,15 @@ class Stepper:
     def __call__(self, batch: dict):
         import torch
 
-        self.n += 1
         if self._product is not None:
+            self._product.seed_step(self.gen, self.cfg.seed, 0, self.n)  # as the loop does
+            self.n += 1
             return self._product.train_step(self.engine, self.loss_fn, self.views, batch,
                                             self.gen, self.cfg, self.precision, step=self.n,
                                             guard=self.guard, device=self.dev)
         from clrdist.train.inputs import view_inputs
 
+        self.n += 1
         x, m = view_inputs(batch["particles"], batch["mask"], self.cfg, self.views, self.gen,
                            device=self.dev)
         with torch.autocast(self.dev.type, dtype=self.autocast or torch.float32,

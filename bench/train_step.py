@@ -37,7 +37,7 @@ from clrdist.physics.frame import to_model_frame
 from clrdist.precision import resolve
 from clrdist.runtime import tune_malloc
 from clrdist.train.engine import LocalEngine, LossGuard
-from clrdist.train.step import build_views, default_sync_free, prepare_model, train_step
+from clrdist.train.step import build_views, default_sync_free, prepare_model, seed_step, train_step
 
 PT_SCALE = 600.0
 
@@ -101,6 +101,7 @@ class Ours:
 
     def step(self, batch) -> None:
         self.precision.apply_global()
+        seed_step(self.gen, self.cfg.seed, 0, self.n)  # as the loop does before every step
         self.n += 1
         train_step(self.engine, self.loss, self.views, batch, self.gen, self.cfg, self.precision,
                    step=self.n, guard=self.guard, device=self.device)

@@ -1,7 +1,7 @@
 """Does a resumed run continue the same run? Compare it with the same run uninterrupted.
 
 Both runs have the same config and seed, dropout on (every step reseeds torch's generators from
-(seed, rank, step): clrdist.train.loop.seed_step). The resumed run must end with the uninterrupted
+(seed, rank, step): clrdist.train.step.seed_step). The resumed run must end with the uninterrupted
 run's weights, optimiser state (the full state, or every rank's ZeRO shard) and scheduler, and
 log the same training loss at every step, within ``TOL``; a re-initialised model is checked to
 sit many times ``TOL`` away, so the comparison can fail.

@@ -22,10 +22,10 @@ import json
 import sys
 from pathlib import Path
 
+from clrdist.data.cli import SPLIT_NAMES
 from clrdist.errors import ClrdistError
 from clrdist.tune import load_sweep, run_sweep
 
-STORES = ("train", "val", "eval_train", "eval_test")  # data.<name>_store = DIR/<name>.zarr
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped with its state saved; run again to resume
 
 
@@ -46,8 +46,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     overrides = list(args.set)
     if args.stores:  # before --set, which may still change one of them
+        # data.<name>_store = DIR/<name>.zarr for the four stores `clrdist data split` writes
         overrides[:0] = [f"data.{name}_store={Path(args.stores) / f'{name}.zarr'}"
-                         for name in STORES]
+                         for name in SPLIT_NAMES[4]]
     try:
         spec = load_sweep(args.sweep, overrides)  # every trial config validated before Ray starts
         if args.storage_path:

@@ -88,6 +88,7 @@ def keep_hardest(x: torch.Tensor, mask: torch.Tensor, n: int) -> tuple[torch.Ten
 
 
 _ANGLE = 5.0  # eta, phi offsets and Delta R in units of 0.2 (a jet of R = 0.8 spans about +-4)
+_BOOST_ANGLE = 0.5  # boost: in units of 2 theta_J (a jet's core spans about +-2)
 
 
 def input_features(x: torch.Tensor, mask: torch.Tensor, kind: str, pt_scale: float) -> torch.Tensor:
@@ -98,7 +99,7 @@ def input_features(x: torch.Tensor, mask: torch.Tensor, kind: str, pt_scale: flo
     of the jet, each of order one for R = 0.8 jets. kind "ptfrac": "log" without ln pT, so no
     absolute scale: what a bump hunt in m_jj may see (its SR-vs-sideband classifier learns any
     m_jj information in its inputs; clrdist/eval/bumphunt/). kind "boost": "ptfrac" with the
-    angles in units of the jet's own angular size (:func:`_boost_features`), so no absolute angle
+    angles in units of 2 theta_J, the jet's own angular size (:func:`jet_angular_size`), so no absolute angle
     either: a jet's angular size shrinks as m/pT, which is how a ptfrac representation still
     knows m_jj. Column 0 is linear in pT in all (pT-weighted pooling and the log-pT attention
     bias read it). Extra store features follow unchanged;
@@ -106,16 +107,18 @@ def input_features(x: torch.Tensor, mask: torch.Tensor, kind: str, pt_scale: flo
     """
     if kind == "pt":
         return scale_pt(x, pt_scale)
-    if kind == "boost":
-        return _boost_features(x, mask)
-    if kind not in ("log", "ptfrac"):
+    if kind not in ("log", "ptfrac", "boost"):
         raise ValueError(f"unknown input features {kind!r}; known: {', '.join(INPUT_FEATURES)}")
     tiny = torch.finfo(x.dtype).tiny
-    pt, deta, dphi = x[..., 0], x[..., 1], x[..., 2]
+    pt = x[..., 0]
     z = pt / (pt * mask).sum(1, keepdim=True).clamp_min(tiny)
+    # boost: angles in units of 2 theta_J, the same for every angle x kappa (a boost along the
+    # jet axis at small angles); else in units of 0.2
+    unit = _BOOST_ANGLE / _angular_size(z * mask, x[..., 1:3]) if kind == "boost" else _ANGLE
+    deta, dphi = x[..., 1], x[..., 2]
     cols = [z, 0.7 * (torch.log(z.clamp_min(tiny)) + 4.7), 0.7 * (torch.log(pt.clamp_min(tiny)) - 1.7),
-            _ANGLE * deta, _ANGLE * dphi, _ANGLE * torch.sqrt(deta.square() + dphi.square())]
-    if kind == "ptfrac":  # no absolute scale: the same inputs for a jet with every pT x lambda
+            unit * deta, unit * dphi, unit * torch.sqrt(deta.square() + dphi.square())]
+    if kind != "log":  # no absolute scale: the same inputs for a jet with every pT x lambda
         del cols[2]
     out = torch.cat([torch.stack(cols, -1), x[..., 3:]], -1)
     return torch.where(mask.unsqueeze(-1), out, torch.zeros((), dtype=out.dtype, device=out.device))
@@ -126,28 +129,14 @@ def jet_angular_size(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     Delta R_ij^2 / 2), with z the pT fractions: m_J / pT_J for massless constituents at small
     angles. Computed as sum_i z_i |r_i|^2 - |sum_i z_i r_i|^2 (r = (d_eta, d_phi)): O(P), and
     the same wherever the frame's origin is."""
-    tiny = torch.finfo(x.dtype).tiny
     pt = x[..., 0] * mask
-    z = pt / pt.sum(1, keepdim=True).clamp_min(tiny)
-    r = x[..., 1:3]
+    return _angular_size(pt / pt.sum(1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny),
+                         x[..., 1:3])
+
+
+def _angular_size(z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """theta_J (B, 1) from the pT fractions z (B, P; zero for padding) and angles r (B, P, 2)."""
     mean = (z.unsqueeze(-1) * r).sum(1)  # (B, 2)
     spread = (z * r.square().sum(-1)).sum(1) - mean.square().sum(-1)
     return spread.clamp_min(0).sqrt().clamp_min(1e-6).unsqueeze(1)
 
-
-_BOOST_ANGLE = 0.5  # angles in units of 2 theta_J: a jet's core spans about +-2
-
-
-def _boost_features(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[z, 0.7 (ln z + 4.7), d_eta, d_phi, Delta R] with the angles divided by 2 theta_J
-    (:func:`jet_angular_size`): the same inputs for a jet with every pT times lambda and every
-    angle times kappa (a boost along the jet axis, at small angles). Extras follow; padding 0."""
-    tiny = torch.finfo(x.dtype).tiny
-    pt = x[..., 0]
-    z = pt / (pt * mask).sum(1, keepdim=True).clamp_min(tiny)
-    unit = _BOOST_ANGLE / jet_angular_size(x, mask)
-    deta, dphi = x[..., 1] * unit, x[..., 2] * unit
-    cols = [z, 0.7 * (torch.log(z.clamp_min(tiny)) + 4.7), deta, dphi,
-            torch.sqrt(deta.square() + dphi.square())]
-    out = torch.cat([torch.stack(cols, -1), x[..., 3:]], -1)
-    return torch.where(mask.unsqueeze(-1), out, torch.zeros((), dtype=out.dtype, device=out.device))

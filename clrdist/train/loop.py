@@ -28,7 +28,13 @@ from clrdist.runtime import tune_malloc
 from clrdist.train import checkpoint, preempt
 from clrdist.train.cadence import Cadence
 from clrdist.train.engine import LossGuard, build_engine
-from clrdist.train.step import build_views, default_sync_free, prepare_model, train_step
+from clrdist.train.step import (
+    build_views,
+    default_sync_free,
+    prepare_model,
+    seed_step,
+    train_step,
+)
 
 
 def say(message: str) -> None:
@@ -37,21 +43,6 @@ def say(message: str) -> None:
     the line through the root logger, so it would reach the driver twice."""
     sys.stdout.write(f"[clrdist] {message}\n")
     sys.stdout.flush()
-
-
-def augment_seed(seed: int, rank: int, step: int) -> int:
-    """Augmentation randomness is a pure function of (seed, rank, step): exact on resume."""
-    return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1)
-
-
-def seed_step(gen: torch.Generator, seed: int, rank: int, step: int) -> None:
-    """Every random number of one step from (seed, rank, step): the views' ``gen``, and torch's
-    global generators, which dropout (and any loss drawing without a generator) uses. A resumed
-    run then draws what the uninterrupted one drew, and no checkpoint needs to carry an RNG
-    state. ``torch.manual_seed`` sets the CUDA generators' seed and offset on the host: no sync."""
-    s = augment_seed(seed, rank, step)
-    gen.manual_seed(s)
-    torch.manual_seed((s ^ 0x5EED_D50F) % (2**63 - 1))
 
 
 # validation during training scores at most this many samples of each set (the quick LCT of

@@ -32,7 +32,22 @@ from clrdist.train.engine import Engine, LossGuard
 from clrdist.train.inputs import view_inputs
 
 __all__ = ["StepOutput", "build_views", "set_sync_free", "prepare_model", "compute_loss",
-           "train_step", "default_sync_free"]
+           "train_step", "default_sync_free", "seed_step"]
+
+
+def augment_seed(seed: int, rank: int, step: int) -> int:
+    """Augmentation randomness is a pure function of (seed, rank, step): exact on resume."""
+    return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1)
+
+
+def seed_step(gen: torch.Generator, seed: int, rank: int, step: int) -> None:
+    """Every random number of one step from (seed, rank, step): the views' ``gen``, and torch's
+    global generators, which dropout (and any loss drawing without a generator) uses. A resumed
+    run then draws what the uninterrupted one drew, and no checkpoint needs to carry an RNG
+    state. ``torch.manual_seed`` sets the CUDA generators' seed and offset on the host: no sync."""
+    s = augment_seed(seed, rank, step)
+    gen.manual_seed(s)
+    torch.manual_seed((s ^ 0x5EED_D50F) % (2**63 - 1))
 
 
 def default_sync_free(device: str | torch.device) -> bool:

@@ -29,35 +29,17 @@ class MjjDependence:
     n: int  # events used
 
 
-def _make_regressor(kind: str, seed: int):
-    from sklearn.ensemble import HistGradientBoostingRegressor
-    from sklearn.linear_model import RidgeCV
-    from sklearn.neural_network import MLPRegressor
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    if kind == "gbdt":
-        return HistGradientBoostingRegressor(max_iter=50, max_leaf_nodes=15, learning_rate=0.15,
-                                             early_stopping=False, random_state=seed)
-    if kind == "linear":
-        return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 7)))
-    if kind == "mlp":
-        return make_pipeline(StandardScaler(), MLPRegressor(
-            hidden_layer_sizes=(64, 32), early_stopping=True, n_iter_no_change=10,
-            max_iter=300, batch_size=256, random_state=seed))
-    raise KeyError(f"unknown regressor {kind!r}; known: ['gbdt', 'linear', 'mlp']")
-
-
 def mjj_dependence(mjj: np.ndarray, x: np.ndarray, *, k: int = 3, seed: int = 0,
-                   max_samples: int = 20000, kind: str = "gbdt") -> MjjDependence:
-    """How well the features x (n, D) predict ln m_jj (n,), out of fold: a regressor of the
-    family ``kind`` (``gbdt`` gradient-boosted trees, the default and the most sensitive;
-    ``linear`` ridge; ``mlp``) trained on k - 1 folds predicts the k-th. After decorrelation a
-    linear model finds nothing by construction, while trees still find m_jj in the shapes of
-    the features' distributions (docs/bumphunt.md: 0.70 for an encoder reading absolute pT). A signal at a share f of the events adds little
-    to the explained variance (of order f), but the correlation of the shrunk predictions grows
-    faster: a toy signal of 3% at 2.5 sigma in one feature gives R^2 0.005 and correlation 0.11
-    with trees (tested), above the default limit."""
+                   max_samples: int = 20000) -> MjjDependence:
+    """How well the features x (n, D) predict ln m_jj (n,), out of fold: gradient-boosted
+    regression trees trained on k - 1 folds predict the k-th. Trees, because they are the most
+    sensitive: after decorrelation a linear model finds nothing by construction, while trees
+    still find m_jj in the shapes of the features' distributions (docs/bumphunt.md: 0.70 for an
+    encoder reading absolute pT). A signal at a share f of the events adds little to the
+    explained variance (of order f), but the correlation of the shrunk predictions grows faster:
+    a toy signal of 3% at 2.5 sigma in one feature gives R^2 0.005 and correlation 0.11 (tested),
+    above the default limit."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng([seed, 0x3a1])
@@ -66,7 +48,8 @@ def mjj_dependence(mjj: np.ndarray, x: np.ndarray, *, k: int = 3, seed: int = 0,
     fold = np.arange(len(idx)) % k
     pred = np.empty(len(idx))
     for g in range(k):
-        reg = _make_regressor(kind, seed)
+        reg = HistGradientBoostingRegressor(max_iter=50, max_leaf_nodes=15, learning_rate=0.15,
+                                            early_stopping=False, random_state=seed)
         with threadpool_limits(1):  # OpenMP on a loaded machine: 50x slower with all cores
             reg.fit(xx[fold != g], t[fold != g])
             pred[fold == g] = reg.predict(xx[fold == g])
@@ -76,14 +59,13 @@ def mjj_dependence(mjj: np.ndarray, x: np.ndarray, *, k: int = 3, seed: int = 0,
 
 
 def check_mjj_dependence(mjj: np.ndarray, x: np.ndarray, *, max_corr: float = MAX_MJJ_CORR,
-                         allow: bool = False, seed: int = 0, kind: str = "gbdt") -> MjjDependence:
-    """:func:`mjj_dependence` (regressor family ``kind``), refused above ``max_corr`` unless
-    ``allow``."""
-    dep = mjj_dependence(mjj, x, seed=seed, kind=kind)
+                         allow: bool = False, seed: int = 0) -> MjjDependence:
+    """:func:`mjj_dependence`, refused above ``max_corr`` unless ``allow``."""
+    dep = mjj_dependence(mjj, x, seed=seed)
     if dep.corr > max_corr and not allow:
         raise MjjCorrelationError(
             f"bump hunt refused: the {x.shape[1]} features predict m_jj (out-of-fold correlation "
-            f"{dep.corr:.3f} of a {kind} regression of ln m_jj on them, R^2 {dep.r2:.3f}, {dep.n} events; "
+            f"{dep.corr:.3f} of a gbdt regression of ln m_jj on them, R^2 {dep.r2:.3f}, {dep.n} events; "
             f"limit {max_corr}); the SR-vs-SB classifier would sculpt a bump. Use inputs without an "
             f"absolute scale (model.input_features: boost) or pass allow_mjj_correlated=True (a "
             f"strong localised signal, a few % of the events and well separated in the features, "

@@ -122,6 +122,13 @@ class ScanResult:
     n_failed_fits: int
 
     @property
+    def flatness_p_by_eps(self) -> dict[float, float]:
+        """{eps < 1: Bonferroni-combined p of that efficiency's flatness tests over the windows}."""
+        n = len(self.windows)
+        return {eps: float(min(1.0, self.flat_p[:, i].min() * n))
+                for i, eps in enumerate(self.efficiencies) if eps < 1}
+
+    @property
     def flatness_p(self) -> float:
         """Bonferroni-combined p-value of all (window, eps < 1) flatness tests."""
         p = self.flat_p[:, [i for i, e in enumerate(self.efficiencies) if e < 1]]
