@@ -122,11 +122,11 @@ def quiet_console(log_file: str | Path, *, verbose: bool = False,
     log = ConsoleLog(path, console, file)
 
     root = logging.getLogger()
-    moved = []  # (logger, its console handlers, its propagate flag)
+    moved = []  # (logger, its handlers before, its console handlers, its propagate flag)
     for logger in list(logging.root.manager.loggerDict.values()):
         if isinstance(logger, logging.Logger) and any(_is_console(h) for h in logger.handlers):
             mine = [h for h in logger.handlers if _is_console(h)]
-            moved.append((logger, mine, logger.propagate))
+            moved.append((logger, list(logger.handlers), mine, logger.propagate))
             for h in mine:
                 logger.removeHandler(h)
             logger.propagate = True  # to the root logger, hence the file
@@ -155,8 +155,10 @@ def quiet_console(log_file: str | Path, *, verbose: bool = False,
             h.removeFilter(_is_clrdist)
         if added is not None:
             root.removeHandler(added)
-        for logger, handlers, propagate in moved:
-            for h in handlers:
-                logger.addHandler(h)
+        for logger, before, mine, propagate in moved:
+            # the console handlers back in their places; any handler added meanwhile stays, last
+            now = logger.handlers
+            logger.handlers = ([h for h in before if h in mine or h in now]
+                               + [h for h in now if h not in before])
             logger.propagate = propagate
         file.close()
