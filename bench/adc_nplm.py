@@ -19,8 +19,10 @@ Steps, all on the same events in one run:
    model inputs (pT / pt_scale, eta, phi per slot), and the untrained encoder for
    ``--init-seeds`` initialisations.
 4. NPLM (``clrdist.eval.nplm.run_toys``, Gaussian-kernel model, M centres, one kernel width per
-   representation): the chi2's degrees of freedom are fitted on one set of reference-only toys
-   and checked (KS) on an independent second set; signal-injected toys at each ``--n-sig`` give
+   representation; the penalty lam, unless ``--lam``, the smallest that keeps the fitting toys
+   chi2-like, ``clrdist.eval.nplm.choose_lambda``, as ``clrdist eval`` does): the chi2's degrees
+   of freedom are fitted on one set of reference-only toys and checked (KS) on an independent
+   second set; signal-injected toys at each ``--n-sig`` give
    Z = Phi^-1(F_chi2(t; dof)) per toy; the median Z per point.
 5. The signal count at median Z = 3 (log-linear interpolation between grid points) per
    representation and signal, with a bootstrap uncertainty (toys resampled, dof refitted), and
@@ -47,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.results import write_results  # noqa: E402
 from clrdist.config import load_config  # noqa: E402
 from clrdist.data.store import open_store  # noqa: E402
-from clrdist.eval.nplm import fit_dof, kernel_width, run_toys, z_chi2  # noqa: E402
+from clrdist.eval.nplm import choose_lambda, fit_dof, kernel_width, run_toys, z_chi2  # noqa: E402
 from clrdist.losses import build_loss  # noqa: E402
 from clrdist.models import initial_model  # noqa: E402
 from clrdist.models.encode import make_encoder, model_inputs  # noqa: E402
@@ -126,18 +128,24 @@ def crossing(n_grid: np.ndarray, z_med: np.ndarray, target: float = Z_TARGET) ->
 
 def nplm_curves(rep_bkg: np.ndarray, rep_sig: dict[int, np.ndarray], *, n_ref: int,
                 n_data: int, n_sig: list[int], toys_null: int, toys_sig: int, M: int,
-                seed: int) -> dict:
+                seed: int, lam: float | None = None) -> dict:
     """Null toys (two independent sets), the dof and its KS check, and per signal the Z of
-    every signal-injected toy at every grid point."""
+    every signal-injected toy at every grid point. ``lam`` None: the kernel penalty is chosen
+    on the dof-fitting toys (``clrdist.eval.nplm.choose_lambda``), as ``clrdist eval`` does."""
     from scipy import stats
 
     z = (rep_bkg - rep_bkg.mean(0)) / np.maximum(rep_bkg.std(0), 1e-12)
     sigma = kernel_width(torch.as_tensor(z[:n_ref]), seed=seed)  # one width for every toy
     kw = dict(n_ref=n_ref, n_data=n_data, model="kernel", M=M, sigma=sigma)
-    t_fit = run_toys(rep_bkg, None, n_toys=toys_null, seed=seed, **kw)
+    if lam is None:
+        lam, t_fit, tried = choose_lambda(rep_bkg, n_toys=toys_null, seed=seed, **kw)
+    else:
+        t_fit, tried = run_toys(rep_bkg, None, n_toys=toys_null, seed=seed, lam=lam, **kw), {}
+    kw["lam"] = lam
     t_check = run_toys(rep_bkg, None, n_toys=toys_null, seed=seed + 1, **kw)
     dof = fit_dof(t_fit)
-    out = {"sigma": float(sigma), "dof": dof, "t_null_fit": t_fit, "t_null_check": t_check,
+    out = {"sigma": float(sigma), "lam": lam, "lam_ks_tried": tried, "dof": dof,
+           "t_null_fit": t_fit, "t_null_check": t_check,
            "ks_pvalue": float(stats.kstest(t_check, stats.chi2(dof).cdf).pvalue), "t_sig": {}}
     for lab, sig in rep_sig.items():
         out["t_sig"][lab] = np.stack([
@@ -209,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--toys-null", type=int, default=40, help="per null set (two sets)")
     p.add_argument("--toys-sig", type=int, default=10, help="per grid point and signal")
     p.add_argument("--M", type=int, default=200, help="kernel centres")
+    p.add_argument("--lam", type=float, default=None,
+                   help="kernel penalty (default: chosen on the null toys, as clrdist eval does)")
     p.add_argument("--init-seeds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bootstrap", type=int, default=200)
@@ -256,9 +266,12 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     for rep_name, (rb, rs) in reps.items():
         c = nplm_curves(rb, rs, n_ref=a.n_ref, n_data=a.n_data, n_sig=list(n_grid),
-                        toys_null=a.toys_null, toys_sig=a.toys_sig, M=a.M, seed=a.seed)
-        print(f"{rep_name}: dof {c['dof']:.1f}, KS p (independent null toys) "
-              f"{c['ks_pvalue']:.3f}", flush=True)
+                        toys_null=a.toys_null, toys_sig=a.toys_sig, M=a.M, seed=a.seed,
+                        lam=a.lam)
+        tried = ", ".join(f"{k:g}: KS {ks:.3f} var/2dof {v:.2f}"
+                          for k, (ks, v) in c["lam_ks_tried"].items())
+        print(f"{rep_name}: lam {c['lam']:g} ({tried}), dof {c['dof']:.1f}, KS p (independent "
+              f"null toys) {c['ks_pvalue']:.3f}", flush=True)
         t_null_max = max(c["t_null_fit"].max(), c["t_null_check"].max())
         for s in sig_labels:
             n3, z_med, boots = z3_with_bootstrap(c, s, n_grid, a.bootstrap, rng)
@@ -266,7 +279,8 @@ def main(argv: list[str] | None = None) -> dict:
             boots_by[(rep_name, s)] = boots
             mid, err = _summary(boots)
             rows.append({"name": f"{rep_name} / {names[s]}", "representation": rep_name,
-                         "signal": names[s], "dim": int(rb.shape[1]), "dof": round(c["dof"], 2),
+                         "signal": names[s], "dim": int(rb.shape[1]), "lam": c["lam"],
+                         "dof": round(c["dof"], 2),
                          "ks_pvalue_independent": round(c["ks_pvalue"], 4),
                          "n_sig_z3": None if n3 is None else round(n3, 1),
                          "n_sig_z3_err": None if err is None else round(err, 1),

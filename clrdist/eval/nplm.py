@@ -20,6 +20,13 @@ Models for f:
 
 Calibration: reference-only toys give the null distribution of t; a chi2 with free degrees of
 freedom (loc 0, scale 1) is fitted to one set of them and checked (KS) on an independent set.
+The kernel model's penalty lam, unless given, is the smallest of ``LAM_GRID`` whose fitting toys
+follow their fitted chi2 (KS p >= ``LAM_KS`` and variance <= ``LAM_VAR`` x 2 dof, since KS is
+blind to a tail of a few toys; :func:`choose_lambda`): lam as small as possible
+while t stays chi2-distributed (Letizia et al. 2022). Too small a lam at small N_R lets single
+isolated data events (discrete raw features: empty object slots, rare multiplicities) carry a
+spike of f, and the null t grows a tail far beyond any chi2 (ADC2021-like raw features, N_R 1000,
+M 100: median t 135 but a maximum of 1866 at lam 1e-6; chi2-like from lam 1e-4, docs/events.md).
 Signal-injected toys (Poisson(N_sig) signal events) give the empirical Z from
 p = (k + 1) / (n + 1) (k of the n null toys of both sets at or above t) and, only when the
 evaluation is calibrated (KS p-value of the independent null toys against the fitted chi2 > 0.01
@@ -34,7 +41,7 @@ Metric names (prefix ``nplm`` by default): ``nplm_calibrated`` (1 / 0), ``nplm_d
 ``nplm_z_emp_median``, ``nplm_z_chi2_median`` and ``nplm_z_chi2_at_median_t`` (calibrated only),
 ``nplm_n_ref``, ``nplm_n_data``, ``nplm_n_sig``, ``nplm_n_toys_null``, ``nplm_n_toys_sig``,
 ``nplm_n_toys_dof``,
-``nplm_sigma``, ``nplm_M``; figure ``nplm_t.png``; table ``nplm_toys``.
+``nplm_sigma``, ``nplm_M``, ``nplm_lam`` (kernel); figure ``nplm_t.png``; table ``nplm_toys``.
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ from scipy import stats
 from clrdist.eval.metrics import EvalResult, binary_labels
 
 KS_MIN = 0.01  # null toys vs the fitted chi2: below this KS p-value the chi2 Z is not quoted
+LAM_GRID = (1e-6, 1e-5, 1e-4, 1e-3)  # kernel penalties choose_lambda tries, smallest first
+LAM_KS = 0.1  # ... taking the first whose fitting toys follow their own fitted chi2 this well
+LAM_VAR = 2.0  # ... and whose t varies at most this many times a chi2's 2 dof (KS misses tails)
 
 # ---------------------------------------------------------------------------------------------
 # test statistic
@@ -532,6 +542,28 @@ def fit_dof(t_null: np.ndarray) -> float:
     return float(dof)
 
 
+def choose_lambda(background, *, n_toys: int, seed: int, grid: tuple[float, ...] = LAM_GRID,
+                  converged: list[bool] | None = None, **kw) -> tuple[float, np.ndarray, dict]:
+    """The kernel penalty: the smallest lam of ``grid`` whose ``n_toys`` reference-only toys
+    follow the chi2 fitted to them (KS p >= ``LAM_KS`` and var t <= ``LAM_VAR`` x 2 dof: a
+    chi2's variance is twice its dof, a tail of isolated spikes inflates it), else the largest.
+    Returns (lam, its toys' t, {lam tried: (KS p, var t / 2 dof)}); the toys are the
+    dof-fitting set, so the chi2 is then checked on other toys. ``converged`` receives the
+    chosen toys' flags; ``kw`` go to :func:`run_toys`."""
+    tried: dict[float, tuple[float, float]] = {}
+    for lam in grid:
+        flags: list[bool] = []
+        t = run_toys(background, None, n_toys=n_toys, seed=seed, converged=flags, lam=lam, **kw)
+        dof = fit_dof(t)
+        ks, spread = float(stats.kstest(t, stats.chi2(dof).cdf).pvalue), float(t.var() / (2 * dof))
+        tried[lam] = (ks, spread)
+        if (ks >= LAM_KS and spread <= LAM_VAR) or lam == grid[-1]:
+            break
+    if converged is not None:
+        converged.extend(flags)
+    return lam, t, tried
+
+
 def z_chi2(t: np.ndarray, dof: float) -> np.ndarray:
     """Z = Phi^-1(F_chi2(t; dof)), computed from the survival function for large t."""
     return stats.norm.isf(stats.chi2.sf(np.asarray(t, float), dof))
@@ -588,7 +620,13 @@ def nplm_evaluation(rep: np.ndarray, label: np.ndarray, *, n_ref: int = 5000,
     kw = dict(n_ref=n_ref, n_data=n_data, model=model, device=device, **model_kw)
     converged: list[bool] = []
     n_toys_dof = n_toys_null if n_toys_dof is None else n_toys_dof
-    t_dof = run_toys(bkg, None, n_toys=n_toys_dof, seed=seed + 2, converged=converged, **kw)
+    if model == "kernel" and kw.get("lam") is None:  # the smallest penalty that keeps t chi2-like
+        kw.pop("lam", None)
+        lam, t_dof, _ = choose_lambda(bkg, n_toys=n_toys_dof, seed=seed + 2, converged=converged,
+                                      **kw)
+        kw["lam"] = lam
+    else:
+        t_dof = run_toys(bkg, None, n_toys=n_toys_dof, seed=seed + 2, converged=converged, **kw)
     t0 = run_toys(bkg, None, n_toys=n_toys_null, seed=seed, converged=converged, **kw)
     t1 = run_toys(bkg, sig, n_sig=n_sig, n_toys=n_toys_sig, seed=seed + 1, converged=converged,
                   **kw)
@@ -615,6 +653,7 @@ def nplm_evaluation(rep: np.ndarray, label: np.ndarray, *, n_ref: int = 5000,
         metrics[f"{p}_z_chi2_at_median_t"] = float(z_chi2(np.median(t1), dof))
     if model == "kernel":
         metrics[f"{p}_M"], metrics[f"{p}_sigma"] = float(M), float(model_kw["sigma"])
+        metrics[f"{p}_lam"] = float(kw.get("lam", 1e-6))
     tables = {f"{p}_toys": [{"kind": "null_dof", "t": float(v)} for v in t_dof]
               + [{"kind": "null", "t": float(v)} for v in t0]
               + [{"kind": "signal", "t": float(v)} for v in t1]}
