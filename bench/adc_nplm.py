@@ -169,6 +169,13 @@ def z3_with_bootstrap(curves: dict, lab: int, n_grid: np.ndarray, n_boot: int, r
     return crossing(n_grid, z_med), z_med, boots
 
 
+def finite_mean(rows: list[np.ndarray]) -> np.ndarray:
+    """Per column, the mean of the finite values (NaN where none is: a count beyond the grid)."""
+    a = np.asarray(rows, dtype=float)
+    ok = np.isfinite(a)
+    return np.where(ok.any(0), np.where(ok, a, 0.0).sum(0) / np.maximum(ok.sum(0), 1), np.nan)
+
+
 def _summary(boots: np.ndarray) -> tuple[float | None, float | None]:
     ok = boots[np.isfinite(boots)]
     if len(ok) < 0.5 * len(boots):
@@ -224,6 +231,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--bootstrap", type=int, default=200)
     p.add_argument("--out-dir", default="bench_out/adc_nplm")
     p.add_argument("--json", default="docs/results/adc_nplm.json")
+    p.add_argument("--tracking-uri", default=None,
+                   help="also log the rows, the results file and one median-Z plot per signal "
+                        "to this MLflow store (e.g. sqlite:///mlflow.db; experiment adc_nplm)")
     a = p.parse_args(argv)
     t_start = time.perf_counter()
     torch.set_num_threads(1)
@@ -297,8 +307,8 @@ def main(argv: list[str] | None = None) -> dict:
             if ref == "embedding":
                 b_ref = boots_by[("embedding", s)]
             else:
-                b_ref = np.nanmean([boots_by[(f"untrained_{i}", s)] for i in range(a.init_seeds)],
-                                   axis=0) if a.init_seeds else np.full(a.bootstrap, np.nan)
+                b_ref = finite_mean([boots_by[(f"untrained_{i}", s)] for i in range(a.init_seeds)]
+                                    ) if a.init_seeds else np.full(a.bootstrap, np.nan)
             ratio = boots_by[("raw", s)] / b_ref
             mid, err = _summary(ratio)
             rows.append({"name": f"ratio raw / {ref} / {names[s]}", "representation":
@@ -318,7 +328,42 @@ def main(argv: list[str] | None = None) -> dict:
               "rows": rows}
     write_results(a.json, result, argv)
     print(f"wrote {a.json} and {out_dir}/nplm_z_*.png", flush=True)
+    if a.tracking_uri:
+        run_id = log_to_mlflow(a.tracking_uri, result, a.json,
+                               [out_dir / f"nplm_z_{names[s]}.png" for s in sig_labels])
+        print(f"MLflow run {run_id} in {a.tracking_uri} (experiment adc_nplm)", flush=True)
     return result
+
+
+def metric_key(name: str) -> str:
+    """A row's name as an MLflow metric key: 'raw / embedding / Ato4l' -> 'raw_embedding.Ato4l'."""
+    *rep, signal = name.split(" / ")
+    return "_".join(r.replace(" ", "_") for r in rep) + "." + signal
+
+
+def log_to_mlflow(uri: str, result: dict, results_file: str, plots: list[Path]) -> str:
+    """One MLflow run: the sizes as params, every row's n(Z=3) / ratio (with errors) and KS p
+    as metrics, the results file and the per-signal median-Z plots as artifacts."""
+    from clrdist import tracking
+
+    params = {k: result[k] for k in ("config", "loss", "epochs", "mask_value", "train_events",
+                                     "pool_events", "n_ref", "n_data", "M", "toys_null_per_set",
+                                     "toys_sig", "init_seeds")}
+    run_id = tracking.start_run(uri, "adc_nplm", params,
+                                run_name=f"adc_nplm-{result['loss']}-{result['epochs']}ep")
+    metrics = {}
+    for row in result["rows"]:
+        key = metric_key(row["name"])
+        for field in ("n_sig_z3", "n_sig_z3_err", "ratio", "ratio_err", "lam",
+                      "ks_pvalue_independent"):
+            if row.get(field) is not None:
+                metrics[f"{field}.{key}"] = float(row[field])
+    tracking.log_metrics(uri, run_id, metrics)
+    tracking.log_artifact_file(uri, run_id, results_file)
+    for plot in plots:
+        tracking.log_artifact_file(uri, run_id, plot, "figures")
+    tracking.end_run(uri, run_id)
+    return run_id
 
 
 if __name__ == "__main__":

@@ -13,3 +13,40 @@ def test_crossing_interpolates_in_log_signal_count():
     assert crossing(grid, np.array([0.5, 1.0, 2.9])) is None  # beyond the grid
     # the first crossing counts, not a later dip
     assert crossing(grid, np.array([1.0, 3.0, 2.0])) == pytest.approx(100.0)
+
+
+def test_adc_nplm_runs_end_to_end_and_logs_a_plot_per_signal_to_mlflow(tmp_path):
+    """The bench on small converted ADC2021-layout files (random events; no physics expected):
+    the results file has every representation's rows with the chosen kernel penalty, and the
+    MLflow run holds the rows as metrics, the results file and one median-Z plot per signal."""
+    from test_convert import adc_events, write_adc
+
+    from bench.adc_nplm import main
+    from clrdist import tracking
+    from clrdist.data.convert import convert
+
+    bkg = convert("adc2021", [write_adc(tmp_path / "background_for_training.h5",
+                                        adc_events(600, seed=1))],
+                  tmp_path / "bkg.zarr", progress=False)
+    sig = convert("adc2021", [write_adc(tmp_path / "Ato4l_lepFilter_13TeV.h5", adc_events(60, 2)),
+                              write_adc(tmp_path / "leptoquark_LOWMASS.h5", adc_events(60, 3))],
+                  tmp_path / "sig.zarr", progress=False)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    out = main(["--background", str(bkg), "--signals", str(sig), "--epochs", "1",
+                "--n-ref", "200", "--n-data", "20", "--M", "20", "--n-sig", "5,20",
+                "--toys-null", "8", "--toys-sig", "3", "--bootstrap", "10", "--init-seeds", "1",
+                "--out-dir", str(tmp_path / "out"), "--json", str(tmp_path / "r.json"),
+                "--tracking-uri", uri])
+    names = {r["name"] for r in out["rows"]}
+    for rep in ("embedding", "raw", "untrained_0"):
+        assert {f"{rep} / Ato4l", f"{rep} / leptoquark"} <= names
+    assert all(r["lam"] in (1e-6, 1e-5, 1e-4, 1e-3) for r in out["rows"] if "lam" in r)
+    c = tracking.client(uri)
+    (exp,) = [e for e in c.search_experiments() if e.name == "adc_nplm"]
+    (run,) = c.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["n_ref"] == "200"
+    assert "lam.raw.Ato4l" in run.data.metrics and "ks_pvalue_independent.embedding.Ato4l" in \
+        run.data.metrics
+    figures = {a.path for a in c.list_artifacts(run.info.run_id, "figures")}
+    assert figures == {"figures/nplm_z_Ato4l.png", "figures/nplm_z_leptoquark.png"}
+    assert {a.path for a in c.list_artifacts(run.info.run_id)} >= {"r.json", "figures"}
