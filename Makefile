@@ -31,7 +31,7 @@ demo: $(STAMP)
 # Test tiers (docs/development.md): unit, integration, slow, cluster.
 # `make test`: every tier but the cluster one (real Ray, MLflow, Zarr, DeepSpeed).
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not cluster" --durations=15 tests
+	$(PY) -m pytest -q -m "not cluster" --durations=30 tests
 
 # The cluster tier: the real two-node SLURM tests (as root they install slurm-wlm + munge with
 # apt, and skip, saying why, where that is impossible). CI runs it after `make test`.

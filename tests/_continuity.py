@@ -7,15 +7,62 @@ log the same training loss at every step, within ``TOL``; a re-initialised model
 sit many times ``TOL`` away, so the comparison can fail.
 """
 
+import json
 import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from _train_toys import CONFIGS, tiny_overrides
 
 from clrdist import tracking
 from clrdist.models import initial_model
 from clrdist.train import checkpoint
 
 TOL = 1e-5  # max |resumed - uninterrupted| / (1 + max |uninterrupted|), per tensor
+
+# The run the killed-driver test (tests/test_runs_resume.py) and the SIGUSR1 tests
+# (tests/test_slurm_signals.py) interrupt: 2 workers x 18 steps x 2 epochs on the toy splits,
+# a checkpoint every 6 steps. With the same engine it is the same run in both, so their one
+# uninterrupted reference for DDP is computed once (the ``ddp_reference`` fixture, conftest.py).
+RESUME_SETS = ("optim.epochs=2", "data.batch_size=32", "eval.lct=false", "eval.every_epochs=null",
+               "checkpoint.every_steps=6")
+
+
+def driver_argv(stores: Path, tmp: Path, *more: str) -> list[str]:
+    """`clrdist train configs/demo.yaml --json` on the toy splits, writing under ``tmp``."""
+    sets = [*tiny_overrides(stores, tmp), *more]
+    return [sys.executable, "-m", "clrdist.cli", "train", str(CONFIGS / "demo.yaml"), "--json",
+            *[a for o in sets for a in ("--set", o)]]
+
+
+def json_summary(stdout: str) -> dict:
+    """The --json summary among Ray's forwarded worker lines: from a line "{" to a line "}"."""
+    lines = stdout.splitlines()
+    start = lines.index("{")
+    return json.loads("\n".join(lines[start:lines.index("}", start) + 1]))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An uninterrupted run: its final checkpoint and its MLflow run."""
+    checkpoint: str
+    tracking_uri: str
+    run_id: str
+
+
+def uninterrupted(stores: Path, tmp: Path, *sets: str) -> Reference:
+    """The run never interrupted: `clrdist train` in its own process and Ray cluster."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never a test's cluster
+    done = subprocess.run(driver_argv(stores, tmp, *sets, "tracking.run_name=uninterrupted"),
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json_summary(done.stdout)
+    assert summary["resumed"] is False
+    return Reference(summary["checkpoint"], f"sqlite:///{tmp / 'mlflow.db'}", summary["run_id"])
 
 
 def flat(obj, prefix: str = "") -> dict[str, torch.Tensor]:

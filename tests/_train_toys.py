@@ -17,6 +17,9 @@ def tiny_overrides(stores: Path, tmp: Path) -> list[str]:
         "data.batch_size=64", "data.shuffle_buffer=512", "augment.slots=null",  # 50-slot toys
         "model.model_dim=32", "model.ff_dim=64", "model.head_dims=[32]", "model.output_dim=16",
         "optim.epochs=2", "optim.warmup_steps=2", "tracking.log_every=2", "eval.every_epochs=1",
+        # after training only the LCT (configs/demo.yaml adds the baselines, CWoLa and NPLM, half a
+        # minute per run here): a test that checks another evaluation switches it on
+        "eval.baselines=false", "eval.cwola=false", "eval.nplm=false",
         f"checkpoint.storage_path={tmp / 'ray'}",
         f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
     ]

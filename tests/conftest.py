@@ -30,6 +30,16 @@ def toy_splits(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="session")
+def ddp_reference(toy_splits, tmp_path_factory):
+    """The DDP run of tests/_continuity.RESUME_SETS never interrupted, in its own process and Ray
+    cluster: the killed-driver and the SIGUSR1 DDP tests both compare their resumed run with it."""
+    from _continuity import RESUME_SETS, uninterrupted
+
+    return uninterrupted(toy_splits, tmp_path_factory.mktemp("uninterrupted"), *RESUME_SETS,
+                         "scaling.engine=ddp")
+
+
 TIERS = ("integration", "slow", "cluster")
 
 

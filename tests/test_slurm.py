@@ -181,8 +181,7 @@ def test_sbatch_trains_with_workers_on_both_nodes(slurm, toy_splits, tmp_path):
 # (b) -------------------------------------------------------------------------------------------
 def sweep_spec(toy_splits, tmp: Path, name: str, temps: list[float]) -> Path:
     # trials train one epoch (val_lct_auc, the metric, after it) and evaluate nothing else
-    overrides = [*tiny_overrides(toy_splits, tmp), "optim.epochs=1", "eval.lct=false",
-                 "eval.baselines=false", "eval.cwola=false", "eval.nplm=false"]
+    overrides = [*tiny_overrides(toy_splits, tmp), "optim.epochs=1", "eval.lct=false"]
     spec = {"name": name, "base_config": str(CONFIGS / "demo.yaml"), "overrides": overrides,
             "space": {"loss.temperature": {"grid": temps}}, "scheduler": "fifo",
             "max_concurrent_trials": 1, "storage_path": str(tmp / "tune")}

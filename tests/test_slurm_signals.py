@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from _continuity import assert_same_run
+from _continuity import RESUME_SETS, Reference, assert_same_run
 from _train_toys import tiny_config
 
 from clrdist import tracking
@@ -28,9 +28,8 @@ ENGINES = {"ddp": ["scaling.engine=ddp"],
 
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_sigusr1_checkpoints_and_the_rerun_finishes_the_same_run(ray_cluster, toy_splits, tmp_path,
-                                                                 engine):
-    sets = ["optim.epochs=2", "data.batch_size=32", "eval.lct=false", "eval.every_epochs=null",
-            *ENGINES[engine]]
+                                                                 engine, request):
+    sets = [*RESUME_SETS, *ENGINES[engine]]
     cfg = tiny_config(toy_splits, tmp_path, *sets, "tracking.run_name=preempt-local")
     uri = tracking.resolve_uri(cfg.tracking.uri)
 
@@ -71,10 +70,14 @@ def test_sigusr1_checkpoints_and_the_rerun_finishes_the_same_run(ray_cluster, to
     assert len(steps()) == len(set(steps()))
 
     # -- continuity: the same run uninterrupted ends with the same weights, moments and losses --
-    (tmp_path / "straight").mkdir()
-    straight_cfg = tiny_config(toy_splits, tmp_path / "straight", *sets,
-                               "tracking.run_name=uninterrupted")
-    straight = train(straight_cfg)
-    assert not straight.resumed
-    assert_same_run(result.checkpoint_path, straight.checkpoint_path, cfg, uri, result.run_id,
-                    straight.tracking_uri, straight.run_id)
+    # (for DDP the killed-driver test's reference: the same config, computed once)
+    if engine == "ddp":
+        ref = request.getfixturevalue("ddp_reference")
+    else:
+        (tmp_path / "straight").mkdir()
+        straight = train(tiny_config(toy_splits, tmp_path / "straight", *sets,
+                                     "tracking.run_name=uninterrupted"))
+        assert not straight.resumed
+        ref = Reference(straight.checkpoint_path, straight.tracking_uri, straight.run_id)
+    assert_same_run(result.checkpoint_path, ref.checkpoint, cfg, uri, result.run_id,
+                    ref.tracking_uri, ref.run_id)

@@ -53,55 +53,53 @@ def sweep_file(tmp_path, toy_splits, space: str, extra: str) -> str:
 
 
 @pytest.mark.integration
-def test_grid_sweep_is_one_parent_run_with_nested_trials(ray_cluster, toy_splits, tmp_path):
-    path = sweep_file(tmp_path, toy_splits, "  loss.temperature: {grid: [0.1, 0.5]}",
-                      "scheduler: fifo\n")
-    result = run_sweep(load_sweep(path))
-    rows = result.rows
-    assert not result.resumed and not result.interrupted
-    assert sorted(r["params"]["loss.temperature"] for r in rows) == [0.1, 0.5]
-    for r in rows:
-        assert r["error"] is None and r["epoch"] == 1 and 0.0 <= r["val_lct_auc"] <= 1.0
-    uri = result.tracking_uri
-    parent = tracking.get_run(uri, result.parent_run_id)
-    assert parent["status"] == "FINISHED" and parent["tags"]["clrdist.sweep_role"] == "parent"
-    assert parent["params"]["sweep.search"] == "grid"
-    assert parent["params"]["space.loss.temperature"] == '{"grid": [0.1, 0.5]}'
-    best = max(rows, key=lambda r: r["val_lct_auc"])
-    assert parent["metrics"]["best_val_lct_auc"] == pytest.approx(best["val_lct_auc"])
-    assert parent["tags"]["clrdist.best_run_id"] == best["run_id"]
-    assert float(parent["tags"]["best.loss.temperature"]) == best["params"]["loss.temperature"]
-    best_cfg = tracking._load_json_artifact(uri, result.parent_run_id, "best_config.json")
-    assert best_cfg["config"]["loss"]["temperature"] == best["params"]["loss.temperature"]
-    # one nested run per trial: its params, the per-epoch validation metric, the sweep's tags
-    children = tracking.child_runs(uri, result.parent_run_id)
-    assert sorted(c["run_id"] for c in children) == sorted(r["run_id"] for r in rows)
-    for c in children:
-        assert c["status"] == "FINISHED" and c["tags"]["clrdist.sweep"] == "t"
-        assert [s for s, _ in tracking.metric_history(uri, c["run_id"], "val_lct_auc")] == [1]
-    assert sorted(float(c["params"]["loss.temperature"]) for c in children) == [0.1, 0.5]
-
-
-@pytest.mark.integration
-def test_optuna_tpe_with_asha_and_a_concurrency_limit(ray_cluster, toy_splits, tmp_path):
+def test_a_sweep_is_one_parent_run_with_nested_trials(ray_cluster, toy_splits, tmp_path):
+    """One real sweep (Optuna TPE, ASHA, one trial at a time; Ray Train in every trial): one
+    parent MLflow run with a nested run per trial, the best trial and its config on the parent.
+    Grid search runs end to end in tests/test_slurm.py (the cluster tier); one sweep here, because
+    each trial is a full Ray Train run (~1 min on 2 cores)."""
     path = sweep_file(tmp_path, toy_splits, "  loss.temperature: {loguniform: [0.05, 0.5]}",
                       "search: optuna\nnum_samples: 2\nmax_concurrent_trials: 1\n"
                       "scheduler: asha\ngrace_period: 1\n")
     result = run_sweep(load_sweep(path))
-    assert len(result.rows) == 2 and all(r["error"] is None for r in result.rows)
-    temps = [r["params"]["loss.temperature"] for r in result.rows]
+    rows = result.rows
+    assert not result.resumed and not result.interrupted
+    assert len(rows) == 2
+    for r in rows:
+        assert r["error"] is None and r["epoch"] == 1 and 0.0 <= r["val_lct_auc"] <= 1.0
+    temps = [r["params"]["loss.temperature"] for r in rows]
     assert len(set(temps)) == 2 and all(0.05 <= t <= 0.5 for t in temps)
-    children = tracking.child_runs(result.tracking_uri, result.parent_run_id)
-    # ASHA may stop a trial at its epoch-1 rung (KILLED); the first one always goes on
-    assert len(children) == 2 and children[0]["status"] == "FINISHED"
-    assert all(c["status"] in ("FINISHED", "KILLED") for c in children)
-    # the limit: one trial at a time, so no two nested runs overlap in time
-    c = tracking.client(result.tracking_uri)
+
+    # the parent: the sweep's settings, the best trial and its config
+    uri = result.tracking_uri
+    parent = tracking.get_run(uri, result.parent_run_id)
+    assert parent["status"] == "FINISHED" and parent["tags"]["clrdist.sweep_role"] == "parent"
+    assert parent["params"]["sweep.search"] == "optuna"
+    assert parent["params"]["space.loss.temperature"] == '{"loguniform": [0.05, 0.5]}'
+    best = max(rows, key=lambda r: r["val_lct_auc"])
+    assert parent["metrics"]["best_val_lct_auc"] == pytest.approx(best["val_lct_auc"])
+    assert parent["tags"]["clrdist.best_run_id"] == best["run_id"]
+    assert float(parent["tags"]["best.loss.temperature"]) == pytest.approx(
+        best["params"]["loss.temperature"])
+    best_cfg = tracking._load_json_artifact(uri, result.parent_run_id, "best_config.json")
+    assert best_cfg["config"]["loss"]["temperature"] == pytest.approx(
+        best["params"]["loss.temperature"])
+
+    # one nested run per trial: its params, the per-epoch validation metric, the sweep's tags;
+    # ASHA may stop a trial at its epoch-1 rung (KILLED), the first one always goes on
+    children = tracking.child_runs(uri, result.parent_run_id)
+    assert sorted(c["run_id"] for c in children) == sorted(r["run_id"] for r in rows)
+    assert children[0]["status"] == "FINISHED"
+    for c in children:
+        assert c["status"] in ("FINISHED", "KILLED") and c["tags"]["clrdist.sweep"] == "t"
+        assert [s for s, _ in tracking.metric_history(uri, c["run_id"], "val_lct_auc")] == [1]
+    assert sorted(float(c["params"]["loss.temperature"]) for c in children) == \
+        pytest.approx(sorted(temps))
+    # the concurrency limit: one trial at a time, so no two nested runs overlap in time
+    c = tracking.client(uri)
     spans = sorted((c.get_run(ch["run_id"]).info.start_time, c.get_run(ch["run_id"]).info.end_time)
                    for ch in children)
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False))
-    assert tracking.get_run(result.tracking_uri, result.parent_run_id)["params"]["sweep.search"] \
-        == "optuna"
 
 
 def _spec(tmp_path, toy_splits, *extra_overrides, storage="runs/tune"):
