@@ -107,7 +107,8 @@ def summary_table(m: dict[str, float], title: str) -> Table:
     """LCT AUC and 1/eps_B at eps_S = 0.5, the idealised CWoLa AUC (linear, f = 0.1) and the
     NPLM median Z of each row, the untrained one over its init seeds."""
     table = Table(title=title)
-    cols = ("", "LCT AUC", "1/eps_B at eps_S=0.5", "CWoLa AUC (f=0.1)", "NPLM median Z")
+    cols = ("", "LCT AUC", "1/eps_B at eps_S=0.5", "CWoLa AUC (f=0.1)",
+            "NPLM median Z (empirical)")
     for col in cols:
         table.add_column(col, justify="left" if not col else "right")
     for label, prefix, tag in ROWS:
@@ -125,14 +126,27 @@ def summary_table(m: dict[str, float], title: str) -> Table:
 
 def nplm_line(m: dict[str, float]) -> str | None:
     """The NPLM median Z of the representation and the raw inputs: the chi2 Z when both are
-    calibrated, else the empirical Z (``nplm_z_emp_median``, always there); None without NPLM."""
+    calibrated, else the empirical Z (``nplm_z_emp_median``, always there, the table's column);
+    None without NPLM. The chi2 line says how it differs from the table's empirical Z."""
     if "nplm_z_emp_median" not in m:
         return None
     chi2 = "nplm_z_chi2_median" in m and ("nplm_raw_z_emp_median" not in m
                                           or "nplm_raw_z_chi2_median" in m)
-    key, name = ("z_chi2_median", "chi2") if chi2 else ("z_emp_median", "empirical")
+    key, name = ("z_chi2_median", "chi2") if chi2 else ("z_emp_median", "empirical, as in the table")
+    if chi2:
+        n_null = int(m.get("nplm_n_toys_null", 0) + m.get("nplm_n_toys_dof", 0))
+        if n_null:
+            name += (f"; the table's empirical Z cannot exceed {z_empirical_max(n_null):.2f} "
+                     f"with {n_null} null toys")
     return (f"NPLM median Z ({name}): representation {m['nplm_' + key]:.2f}, raw inputs "
             f"{m.get('nplm_raw_' + key, float('nan')):.2f}")
+
+
+def z_empirical_max(n_null: int) -> float:
+    """The largest empirical Z n_null null toys allow: p = 1 / (n_null + 1)."""
+    from scipy import stats
+
+    return float(stats.norm.isf(1.0 / (n_null + 1)))
 
 
 def learned(m: dict[str, float]) -> bool:

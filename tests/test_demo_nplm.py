@@ -23,6 +23,19 @@ def test_nplm_line_shows_the_metrics_nplm_writes():
     want = m[f"nplm_z_{key}_median"], m[f"nplm_raw_z_{key}_median"]
     assert line is not None and "nan" not in line
     assert f"{want[0]:.2f}" in line and f"{want[1]:.2f}" in line
+    # calibrated here: the chi2 line says how it differs from the table's empirical column
+    assert key == "chi2" and "the table's empirical Z cannot exceed 1.43 with 12 null toys" in line
+
+
+def test_the_empirical_z_is_bounded_by_the_null_toys():
+    from scipy import stats
+
+    from clrdist.demo import z_empirical_max
+    from clrdist.eval.nplm import z_empirical
+
+    t_null = np.arange(40.0)
+    assert z_empirical_max(40) == z_empirical(np.array([1e9]), t_null)[0]
+    assert z_empirical_max(40) == stats.norm.isf(1 / 41)
 
 
 def test_an_uncalibrated_nplm_is_shown_with_its_empirical_z():
