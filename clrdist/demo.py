@@ -138,8 +138,12 @@ def nplm_line(m: dict[str, float]) -> str | None:
         if n_null:
             name += (f"; the table's empirical Z cannot exceed {z_empirical_max(n_null):.2f} "
                      f"with {n_null} null toys")
-    return (f"NPLM median Z ({name}): representation {m['nplm_' + key]:.2f}, raw inputs "
-            f"{m.get('nplm_raw_' + key, float('nan')):.2f}")
+    def z(prefix: str) -> str:  # the median and its bootstrap error over the signal toys
+        err = m.get(f"{prefix}_{key}_std")
+        return f"{m.get(f'{prefix}_{key}', float('nan')):.2f}" + \
+            (f" +- {err:.2f}" if err is not None else "")
+
+    return f"NPLM median Z ({name}): representation {z('nplm')}, raw inputs {z('nplm_raw')}"
 
 
 def z_empirical_max(n_null: int) -> float:

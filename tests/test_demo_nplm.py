@@ -25,6 +25,8 @@ def test_nplm_line_shows_the_metrics_nplm_writes():
     assert f"{want[0]:.2f}" in line and f"{want[1]:.2f}" in line
     # calibrated here: the chi2 line says how it differs from the table's empirical column
     assert key == "chi2" and "the table's empirical Z cannot exceed 1.43 with 12 null toys" in line
+    # each median with its bootstrap error over the signal toys
+    assert f"{want[0]:.2f} +- {m['nplm_z_chi2_median_std']:.2f}" in line
 
 
 def test_the_empirical_z_is_bounded_by_the_null_toys():

@@ -131,6 +131,17 @@ def test_network_trains_until_its_loss_has_converged():
     assert not short.converged and short.steps == 50 and short.t < tight.t
 
 
+def test_median_z_errors_come_from_resampling_the_signal_toys():
+    from clrdist.eval.nplm import median_error
+
+    z = np.random.default_rng(0).normal(2.0, 1.0, 400)
+    # the median of n normal draws has standard error sqrt(pi / 2n) sigma
+    assert median_error(z, seed=0) == pytest.approx(np.sqrt(np.pi / 800), rel=0.2)
+    assert median_error(z[:1], seed=0) == 0.0
+    assert median_error(np.full(10, 3.0), seed=0) == 0.0
+    assert np.isfinite(median_error(np.r_[np.full(5, np.inf), z[:5]], seed=0))  # chi2 Z overflow
+
+
 def test_uncalibrated_evaluation_reports_only_the_empirical_z():
     bkg, sig = pools(seed=7, n_bkg=4000, n_sig=500)
     x, y = np.r_[bkg, sig], np.r_[np.zeros(4000, np.int8), np.ones(500, np.int8)]
@@ -138,10 +149,12 @@ def test_uncalibrated_evaluation_reports_only_the_empirical_z():
     ok = nplm_evaluation(x, y, M=20, **kw).metrics
     assert ok["nplm_calibrated"] == 1.0 and ok["nplm_n_unconverged"] == 0
     assert "nplm_z_chi2_median" in ok and ok["nplm_ks_pvalue"] > 0.01
+    assert ok["nplm_z_emp_median_std"] >= 0 and ok["nplm_z_chi2_median_std"] > 0
     # network fits cut short: not converged -> not calibrated -> no chi2 Z, only the empirical one
     bad = nplm_evaluation(x, y, model="network", max_steps=20, **kw).metrics
     assert bad["nplm_calibrated"] == 0.0 and bad["nplm_n_unconverged"] == 45
     assert "nplm_z_chi2_median" not in bad and "nplm_z_chi2_at_median_t" not in bad
+    assert "nplm_z_chi2_median_std" not in bad and "nplm_z_emp_median_std" in bad
     assert np.isfinite(bad["nplm_z_emp_median"])
 
 

@@ -39,6 +39,8 @@ float32; the network model as stacked per-toy weights), on CPUs one by one in fl
 Metric names (prefix ``nplm`` by default): ``nplm_calibrated`` (1 / 0), ``nplm_dof``,
 ``nplm_ks_pvalue``, ``nplm_n_unconverged``, ``nplm_t_null_median``, ``nplm_t_sig_median``,
 ``nplm_z_emp_median``, ``nplm_z_chi2_median`` and ``nplm_z_chi2_at_median_t`` (calibrated only),
+the medians' bootstrap errors over the signal toys ``nplm_z_emp_median_std`` and
+``nplm_z_chi2_median_std``,
 ``nplm_n_ref``, ``nplm_n_data``, ``nplm_n_sig``, ``nplm_n_toys_null``, ``nplm_n_toys_sig``,
 ``nplm_n_toys_dof``,
 ``nplm_sigma``, ``nplm_M``, ``nplm_lam`` (kernel); figure ``nplm_t.png``; table ``nplm_toys``.
@@ -644,12 +646,14 @@ def nplm_evaluation(rep: np.ndarray, label: np.ndarray, *, n_ref: int = 5000,
         f"{p}_t_null_median": float(np.median(t_null)),
         f"{p}_t_sig_median": float(np.median(t1)),
         f"{p}_z_emp_median": float(np.median(ze)),
+        f"{p}_z_emp_median_std": median_error(ze, seed),
         f"{p}_n_ref": float(n_ref), f"{p}_n_data": float(n_data), f"{p}_n_sig": float(n_sig),
         f"{p}_n_toys_null": float(n_toys_null), f"{p}_n_toys_sig": float(n_toys_sig),
         f"{p}_n_toys_dof": float(n_toys_dof),
     }
     if calibrated:
         metrics[f"{p}_z_chi2_median"] = float(np.median(z_chi2(t1, dof)))
+        metrics[f"{p}_z_chi2_median_std"] = median_error(z_chi2(t1, dof), seed)
         metrics[f"{p}_z_chi2_at_median_t"] = float(z_chi2(np.median(t1), dof))
     if model == "kernel":
         metrics[f"{p}_M"], metrics[f"{p}_sigma"] = float(M), float(model_kw["sigma"])
@@ -659,6 +663,20 @@ def nplm_evaluation(rep: np.ndarray, label: np.ndarray, *, n_ref: int = 5000,
               + [{"kind": "signal", "t": float(v)} for v in t1]}
     figs = {f"{p}_t.png": t_figure(t_null, t1, dof)} if figures else {}
     return EvalResult(metrics=metrics, figures=figs, tables=tables)
+
+
+def median_error(z: np.ndarray, seed: int, n_boot: int = 200) -> float:
+    """The statistical error of a median Z from its finite number of signal toys: the standard
+    deviation of the median over ``n_boot`` bootstrap resamplings of the toys (0 for one toy)."""
+    z = np.asarray(z, dtype=np.float64)
+    if len(z) < 2:
+        return 0.0
+    # a chi2 Z beyond double precision (sf underflows to 0) is +inf; count it as 40 here
+    z = np.where(np.isnan(z), np.nan, np.clip(z, -40.0, 40.0))
+    if np.isnan(z).any():
+        return float("nan")
+    rng = np.random.default_rng(seed + 7919)
+    return float(np.std(np.median(rng.choice(z, size=(n_boot, len(z))), axis=1)))
 
 
 def t_figure(t_null: np.ndarray, t_sig: np.ndarray, dof: float):
