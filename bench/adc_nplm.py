@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.results import write_results  # noqa: E402
 from clrdist.config import load_config  # noqa: E402
 from clrdist.data.store import open_store  # noqa: E402
-from clrdist.eval.nplm import choose_lambda, fit_dof, kernel_width, run_toys, z_chi2  # noqa: E402
+from clrdist.eval.nplm import calibrate_null, fit_dof, kernel_width, run_toys, z_chi2  # noqa: E402
 from clrdist.losses import build_loss  # noqa: E402
 from clrdist.models import initial_model  # noqa: E402
 from clrdist.models.encode import make_encoder, model_inputs  # noqa: E402
@@ -131,22 +131,16 @@ def nplm_curves(rep_bkg: np.ndarray, rep_sig: dict[int, np.ndarray], *, n_ref: i
                 seed: int, lam: float | None = None) -> dict:
     """Null toys (two independent sets), the dof and its KS check, and per signal the Z of
     every signal-injected toy at every grid point. ``lam`` None: the kernel penalty is chosen
-    on the dof-fitting toys (``clrdist.eval.nplm.choose_lambda``), as ``clrdist eval`` does."""
-    from scipy import stats
-
+    on the dof-fitting toys (``clrdist.eval.nplm.calibrate_null``, as ``clrdist eval`` does)."""
     z = (rep_bkg - rep_bkg.mean(0)) / np.maximum(rep_bkg.std(0), 1e-12)
     sigma = kernel_width(torch.as_tensor(z[:n_ref]), seed=seed)  # one width for every toy
     kw = dict(n_ref=n_ref, n_data=n_data, model="kernel", M=M, sigma=sigma)
-    if lam is None:
-        lam, t_fit, tried = choose_lambda(rep_bkg, n_toys=toys_null, seed=seed, **kw)
-    else:
-        t_fit, tried = run_toys(rep_bkg, None, n_toys=toys_null, seed=seed, lam=lam, **kw), {}
-    kw["lam"] = lam
-    t_check = run_toys(rep_bkg, None, n_toys=toys_null, seed=seed + 1, **kw)
-    dof = fit_dof(t_fit)
-    out = {"sigma": float(sigma), "lam": lam, "lam_ks_tried": tried, "dof": dof,
-           "t_null_fit": t_fit, "t_null_check": t_check,
-           "ks_pvalue": float(stats.kstest(t_check, stats.chi2(dof).cdf).pvalue), "t_sig": {}}
+    cal = calibrate_null(rep_bkg, n_toys_dof=toys_null, n_toys_check=toys_null, seed_dof=seed,
+                         seed_check=seed + 1, lam=lam, **kw)
+    kw["lam"] = cal.lam
+    out = {"sigma": float(sigma), "lam": cal.lam, "lam_tried": cal.lam_tried, "dof": cal.dof,
+           "t_null_fit": cal.t_dof, "t_null_check": cal.t_check, "ks_pvalue": cal.ks_pvalue,
+           "t_sig": {}}
     for lab, sig in rep_sig.items():
         out["t_sig"][lab] = np.stack([
             run_toys(rep_bkg, sig, n_sig=ns, n_toys=toys_sig, seed=seed + 10 + 7 * k + 1000 * lab,
@@ -279,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
                         toys_null=a.toys_null, toys_sig=a.toys_sig, M=a.M, seed=a.seed,
                         lam=a.lam)
         tried = ", ".join(f"{k:g}: KS {ks:.3f} var/2dof {v:.2f}"
-                          for k, (ks, v) in c["lam_ks_tried"].items())
+                          for k, (ks, v) in c["lam_tried"].items())
         print(f"{rep_name}: lam {c['lam']:g} ({tried}), dof {c['dof']:.1f}, KS p (independent "
               f"null toys) {c['ks_pvalue']:.3f}", flush=True)
         t_null_max = max(c["t_null_fit"].max(), c["t_null_check"].max())

@@ -134,6 +134,8 @@ def nplm_line(m: dict[str, float]) -> str | None:
                                           or "nplm_raw_z_chi2_median" in m)
     key, name = ("z_chi2_median", "chi2") if chi2 else ("z_emp_median", "empirical, as in the table")
     if chi2:
+        from clrdist.eval.nplm import z_empirical_max  # torch + scipy: only once NPLM has run
+
         n_null = int(m.get("nplm_n_toys_null", 0) + m.get("nplm_n_toys_dof", 0))
         if n_null:
             name += (f"; the table's empirical Z cannot exceed {z_empirical_max(n_null):.2f} "
@@ -144,13 +146,6 @@ def nplm_line(m: dict[str, float]) -> str | None:
             (f" +- {err:.2f}" if err is not None else "")
 
     return f"NPLM median Z ({name}): representation {z('nplm')}, raw inputs {z('nplm_raw')}"
-
-
-def z_empirical_max(n_null: int) -> float:
-    """The largest empirical Z n_null null toys allow: p = 1 / (n_null + 1)."""
-    from scipy import stats
-
-    return float(stats.norm.isf(1.0 / (n_null + 1)))
 
 
 def learned(m: dict[str, float]) -> bool:

@@ -32,8 +32,7 @@ def test_nplm_line_shows_the_metrics_nplm_writes():
 def test_the_empirical_z_is_bounded_by_the_null_toys():
     from scipy import stats
 
-    from clrdist.demo import z_empirical_max
-    from clrdist.eval.nplm import z_empirical
+    from clrdist.eval.nplm import z_empirical, z_empirical_max
 
     t_null = np.arange(40.0)
     assert z_empirical_max(40) == z_empirical(np.array([1e9]), t_null)[0]

@@ -566,6 +566,38 @@ def choose_lambda(background, *, n_toys: int, seed: int, grid: tuple[float, ...]
     return lam, t, tried
 
 
+@dataclass
+class NullCalibration:
+    """Reference-only toys in two independent sets: the chi2 fitted to one, checked on the other."""
+    lam: float | None  # the kernel penalty used (None: network model)
+    lam_tried: dict[float, tuple[float, float]]  # choose_lambda's {lam: (KS p, var t / 2 dof)}
+    t_dof: np.ndarray  # the toys the dof is fitted on
+    t_check: np.ndarray  # the independent toys the KS test runs on
+    dof: float
+    ks_pvalue: float
+
+
+def calibrate_null(background, *, n_toys_dof: int, n_toys_check: int, seed_dof: int,
+                   seed_check: int, converged: list[bool] | None = None,
+                   **kw) -> NullCalibration:
+    """The null calibration of NPLM: for the kernel model without a given ``lam`` the penalty
+    from :func:`choose_lambda` (on the dof-fitting toys), the chi2's dof fitted on ``n_toys_dof``
+    toys and its KS p-value on ``n_toys_check`` other ones. ``kw`` go to :func:`run_toys`."""
+    tried: dict[float, tuple[float, float]] = {}
+    if kw.get("model", "kernel") == "kernel" and kw.get("lam") is None:
+        kw.pop("lam", None)
+        kw["lam"], t_dof, tried = choose_lambda(background, n_toys=n_toys_dof, seed=seed_dof,
+                                                converged=converged, **kw)
+    else:
+        t_dof = run_toys(background, None, n_toys=n_toys_dof, seed=seed_dof, converged=converged,
+                         **kw)
+    t_check = run_toys(background, None, n_toys=n_toys_check, seed=seed_check,
+                       converged=converged, **kw)
+    dof = fit_dof(t_dof)
+    return NullCalibration(lam=kw.get("lam"), lam_tried=tried, t_dof=t_dof, t_check=t_check,
+                           dof=dof, ks_pvalue=float(stats.kstest(t_check, stats.chi2(dof).cdf).pvalue))
+
+
 def z_chi2(t: np.ndarray, dof: float) -> np.ndarray:
     """Z = Phi^-1(F_chi2(t; dof)), computed from the survival function for large t."""
     return stats.norm.isf(stats.chi2.sf(np.asarray(t, float), dof))
@@ -579,6 +611,11 @@ def z_empirical(t: np.ndarray, t_null: np.ndarray) -> np.ndarray:
     above = len(tn) - np.searchsorted(tn, np.asarray(t, float), side="left")
     p = (above + 1) / (len(tn) + 1)
     return stats.norm.isf(p)
+
+
+def z_empirical_max(n_null: int) -> float:
+    """The largest Z :func:`z_empirical` gives with ``n_null`` null toys: p = 1 / (n_null + 1)."""
+    return float(stats.norm.isf(1.0 / (n_null + 1)))
 
 
 def nplm_evaluation(rep: np.ndarray, label: np.ndarray, *, n_ref: int = 5000,
@@ -622,18 +659,13 @@ def nplm_evaluation(rep: np.ndarray, label: np.ndarray, *, n_ref: int = 5000,
     kw = dict(n_ref=n_ref, n_data=n_data, model=model, device=device, **model_kw)
     converged: list[bool] = []
     n_toys_dof = n_toys_null if n_toys_dof is None else n_toys_dof
-    if model == "kernel" and kw.get("lam") is None:  # the smallest penalty that keeps t chi2-like
-        kw.pop("lam", None)
-        lam, t_dof, _ = choose_lambda(bkg, n_toys=n_toys_dof, seed=seed + 2, converged=converged,
-                                      **kw)
-        kw["lam"] = lam
-    else:
-        t_dof = run_toys(bkg, None, n_toys=n_toys_dof, seed=seed + 2, converged=converged, **kw)
-    t0 = run_toys(bkg, None, n_toys=n_toys_null, seed=seed, converged=converged, **kw)
+    cal = calibrate_null(bkg, n_toys_dof=n_toys_dof, n_toys_check=n_toys_null, seed_dof=seed + 2,
+                         seed_check=seed, converged=converged, **kw)
+    if cal.lam is not None:  # the kernel's signal toys use the calibration's penalty
+        kw["lam"] = cal.lam
+    t_dof, t0, dof, ks = cal.t_dof, cal.t_check, cal.dof, cal.ks_pvalue  # ks: toys the fit has not seen
     t1 = run_toys(bkg, sig, n_sig=n_sig, n_toys=n_toys_sig, seed=seed + 1, converged=converged,
                   **kw)
-    dof = fit_dof(t_dof)
-    ks = stats.kstest(t0, stats.chi2(dof).cdf).pvalue  # toys the fit has not seen
     n_unconverged = len(converged) - sum(converged)
     # the chi2 Z is quoted only when the null toys follow the fitted chi2 and every fit converged
     calibrated = ks > KS_MIN and n_unconverged == 0
@@ -652,12 +684,13 @@ def nplm_evaluation(rep: np.ndarray, label: np.ndarray, *, n_ref: int = 5000,
         f"{p}_n_toys_dof": float(n_toys_dof),
     }
     if calibrated:
-        metrics[f"{p}_z_chi2_median"] = float(np.median(z_chi2(t1, dof)))
-        metrics[f"{p}_z_chi2_median_std"] = median_error(z_chi2(t1, dof), seed)
+        zc = z_chi2(t1, dof)
+        metrics[f"{p}_z_chi2_median"] = float(np.median(zc))
+        metrics[f"{p}_z_chi2_median_std"] = median_error(zc, seed)
         metrics[f"{p}_z_chi2_at_median_t"] = float(z_chi2(np.median(t1), dof))
     if model == "kernel":
         metrics[f"{p}_M"], metrics[f"{p}_sigma"] = float(M), float(model_kw["sigma"])
-        metrics[f"{p}_lam"] = float(kw.get("lam", 1e-6))
+        metrics[f"{p}_lam"] = float(cal.lam)
     tables = {f"{p}_toys": [{"kind": "null_dof", "t": float(v)} for v in t_dof]
               + [{"kind": "null", "t": float(v)} for v in t0]
               + [{"kind": "signal", "t": float(v)} for v in t1]}
@@ -671,10 +704,9 @@ def median_error(z: np.ndarray, seed: int, n_boot: int = 200) -> float:
     z = np.asarray(z, dtype=np.float64)
     if len(z) < 2:
         return 0.0
-    # a chi2 Z beyond double precision (sf underflows to 0) is +inf; count it as 40 here
-    z = np.where(np.isnan(z), np.nan, np.clip(z, -40.0, 40.0))
     if np.isnan(z).any():
         return float("nan")
+    z = np.clip(z, -40.0, 40.0)  # a chi2 Z beyond double precision (sf underflows to 0) is inf
     rng = np.random.default_rng(seed + 7919)
     return float(np.std(np.median(rng.choice(z, size=(n_boot, len(z))), axis=1)))
 
