@@ -12,7 +12,6 @@ import math
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from _train_toys import CONFIGS, tiny_overrides
 from clrdist import tracking
 from clrdist.models import initial_model
 from clrdist.train import checkpoint
+from clrdist.train.trainer import TrainResult
 
 TOL = 1e-5  # max |resumed - uninterrupted| / (1 + max |uninterrupted|), per tensor
 
@@ -46,15 +46,7 @@ def json_summary(stdout: str) -> dict:
     return json.loads("\n".join(lines[start:lines.index("}", start) + 1]))
 
 
-@dataclass(frozen=True)
-class Reference:
-    """An uninterrupted run: its final checkpoint and its MLflow run."""
-    checkpoint: str
-    tracking_uri: str
-    run_id: str
-
-
-def uninterrupted(stores: Path, tmp: Path, *sets: str) -> Reference:
+def uninterrupted(stores: Path, tmp: Path, *sets: str) -> TrainResult:
     """The run never interrupted: `clrdist train` in its own process and Ray cluster."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never a test's cluster
     done = subprocess.run(driver_argv(stores, tmp, *sets, "tracking.run_name=uninterrupted"),
@@ -62,7 +54,8 @@ def uninterrupted(stores: Path, tmp: Path, *sets: str) -> Reference:
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json_summary(done.stdout)
     assert summary["resumed"] is False
-    return Reference(summary["checkpoint"], f"sqlite:///{tmp / 'mlflow.db'}", summary["run_id"])
+    return TrainResult(run_id=summary["run_id"], checkpoint_path=summary["checkpoint"],
+                       tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
 
 
 def flat(obj, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -135,8 +135,8 @@ def test_killed_driver_is_marked_killed_leaves_no_ray_process_and_the_same_comma
     assert max(steps) == total - total % 2 and steps >= set(range(killed_at + 2, total, 2))
 
     # -- continuity: the same command never interrupted ends with the same run -------------------
-    cfg = checkpoint.load_model(ddp_reference.checkpoint)[1]
-    assert_same_run(summary["checkpoint"], ddp_reference.checkpoint, cfg, uri, run_id,
+    cfg = checkpoint.load_model(ddp_reference.checkpoint_path)[1]
+    assert_same_run(summary["checkpoint"], ddp_reference.checkpoint_path, cfg, uri, run_id,
                     ddp_reference.tracking_uri, ddp_reference.run_id)
 
 

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from _continuity import RESUME_SETS, Reference, assert_same_run
+from _continuity import RESUME_SETS, assert_same_run
 from _train_toys import tiny_config
 
 from clrdist import tracking
@@ -75,9 +75,8 @@ def test_sigusr1_checkpoints_and_the_rerun_finishes_the_same_run(ray_cluster, to
         ref = request.getfixturevalue("ddp_reference")
     else:
         (tmp_path / "straight").mkdir()
-        straight = train(tiny_config(toy_splits, tmp_path / "straight", *sets,
-                                     "tracking.run_name=uninterrupted"))
-        assert not straight.resumed
-        ref = Reference(straight.checkpoint_path, straight.tracking_uri, straight.run_id)
-    assert_same_run(result.checkpoint_path, ref.checkpoint, cfg, uri, result.run_id,
+        ref = train(tiny_config(toy_splits, tmp_path / "straight", *sets,
+                                "tracking.run_name=uninterrupted"))
+        assert not ref.resumed
+    assert_same_run(result.checkpoint_path, ref.checkpoint_path, cfg, uri, result.run_id,
                     ref.tracking_uri, ref.run_id)
