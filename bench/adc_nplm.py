@@ -284,6 +284,9 @@ def main(argv: list[str] | None = None) -> dict:
             mid, err = _summary(boots)
             rows.append({"name": f"{rep_name} / {names[s]}", "representation": rep_name,
                          "signal": names[s], "dim": int(rb.shape[1]), "lam": c["lam"],
+                         # every penalty tried: KS p of its fitting toys, var t / 2 dof (chi2: 1)
+                         "lam_tried": {f"{k:g}": [round(ks, 4), round(v, 2)]
+                                       for k, (ks, v) in c["lam_tried"].items()},
                          "dof": round(c["dof"], 2),
                          "ks_pvalue_independent": round(c["ks_pvalue"], 4),
                          "n_sig_z3": None if n3 is None else round(n3, 1),

@@ -26,7 +26,7 @@ blind to a tail of a few toys; :func:`choose_lambda`): lam as small as possible
 while t stays chi2-distributed (Letizia et al. 2022). Too small a lam at small N_R lets single
 isolated data events (discrete raw features: empty object slots, rare multiplicities) carry a
 spike of f, and the null t grows a tail far beyond any chi2 (ADC2021-like raw features, N_R 1000,
-M 100: median t 135 but a maximum of 1866 at lam 1e-6; chi2-like from lam 1e-4, docs/events.md).
+M 100: var t / 2 dof 356 at lam 1e-6, a chi2 has 1; chi2-like from lam 1e-4, docs/events.md).
 Signal-injected toys (Poisson(N_sig) signal events) give the empirical Z from
 p = (k + 1) / (n + 1) (k of the n null toys of both sets at or above t) and, only when the
 evaluation is calibrated (KS p-value of the independent null toys against the fitted chi2 > 0.01
