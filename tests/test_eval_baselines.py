@@ -112,3 +112,24 @@ def test_dijet_store_observables_and_event_defaults():
     tr, te = mixed(100, seed=40), mixed(100, seed=41)
     m = run_baselines(tr, te, kind="event", figures=False).metrics
     assert "baseline_raw_auc" in m and "baseline_jet_obs_auc" not in m
+
+
+def test_the_supervised_encoder_joins_the_lct_and_anomaly_comparison_figures():
+    from clrdist.eval.baselines import SUPERVISED_LABEL
+    from clrdist.eval.runner import Context, run_evaluations
+
+    def encode(batch):  # jet observables as a stand-in representation
+        obs = jet_observables(batch)
+        return np.c_[np.log(obs[:, 0] + 1), obs[:, 1:]]
+
+    tr, te = mixed(200, seed=50), mixed(200, seed=51)
+    ctx = Context(n_boot=0, model_factory=TinyDeepSet, init_encode=encode, n_particles=10)
+    res = run_evaluations(encode, train_data=tr, test_data=te,
+                          which={"lct", "baselines", "anomaly"}, context=ctx,
+                          options={"baselines": {"which": ["supervised"],
+                                                 "supervised_max_epochs": 20},
+                                   "anomaly": {"methods": ["znorm"]}})
+    for evaluation, figure in (("lct", "lct_roc.png"), ("anomaly", "anomaly_znorm_roc.png")):
+        legend = res[evaluation].figures[figure].axes[0].get_legend().texts
+        assert {t.get_text() for t in legend} == {"trained", "untrained (init seed 0)",
+                                                   "raw inputs", SUPERVISED_LABEL, "random"}

@@ -152,8 +152,9 @@ def test_every_evaluation_runs_next_to_untrained_seeds_and_raw_inputs():
     seeds = [0, 1, 2, 3, 4]
     ctx = Context(n_boot=0, init_encoders=[untrained(s) for s in seeds], init_seeds=seeds,
                   n_particles=10)
-    opts = {"cwola": {"fractions": (0.0, 0.5), "classifiers": ("linear",), "n_repeats": 1}}
-    res = run_evaluations(encode, train_data=tr, test_data=te, which={"lct", "cwola"},
+    opts = {"cwola": {"fractions": (0.0, 0.5), "classifiers": ("linear",), "n_repeats": 1},
+            "anomaly": {"methods": ["znorm"]}}
+    res = run_evaluations(encode, train_data=tr, test_data=te, which={"lct", "cwola", "anomaly"},
                           context=ctx, options=opts)
     m = res["lct"].metrics
     per_seed = [r["lct_init_auc"] for r in res["lct"].tables["lct_init_seeds"]]
@@ -174,3 +175,7 @@ def test_every_evaluation_runs_next_to_untrained_seeds_and_raw_inputs():
     assert {t.get_text() for t in cw} == {"trained (linear)", "untrained (init seed 0) (linear)",
                                           "raw inputs (linear)"}
     assert "cwola_init_scan" in res["cwola"].tables and "cwola_raw_scan" in res["cwola"].tables
+    an = res["anomaly"].figures["anomaly_znorm_roc.png"].axes[0].get_legend().texts
+    assert {t.get_text() for t in an} == labels  # the label-free score next to its references
+    assert "anomaly_ae_roc.png" not in res["anomaly"].figures  # a method not run draws nothing
+    assert res["anomaly"].metrics["anomaly_init_n_seeds"] == 5

@@ -44,11 +44,17 @@ def nplm(inp: Inputs, **options: Any) -> EvalResult:
 
 
 def anomaly(inp: Inputs, **options: Any) -> EvalResult:
+    """Its ROC curves go into the comparison figures ``anomaly_<method>_roc.png``."""
     from clrdist.eval.anomaly import anomaly_scores
 
-    return anomaly_scores(inp.rep_train, inp.y_train, inp.rep_test, inp.y_test, seed=inp.seed,
-                          label_names=inp.ctx.label_names,
-                          **{**options, "figures": _figures(inp, options)})
+    curves: dict = {}
+    res = anomaly_scores(inp.rep_train, inp.y_train, inp.rep_test, inp.y_test, seed=inp.seed,
+                         label_names=inp.ctx.label_names, curves_out=curves,
+                         **{**options, "figures": _figures(inp, options)})
+    if options.get("figures", True):
+        for method, r in curves.items():
+            inp.curve(f"anomaly_{method}", r)
+    return res
 
 
 def nae(inp: Inputs, **options: Any) -> EvalResult | None:

@@ -11,7 +11,9 @@
 Metric names: ``anomaly_znorm_*`` and ``anomaly_ae_*`` with the suffixes of ``roc_metrics``
 (``auc``, ``inv_eps_b_at_0.2`` — DarkCLR's working point — ``0.3``, ``0.5``, ``max_sic``,
 ``fpr_at_tpr_0.5``), ``anomaly_ae_final_loss``; figures ``anomaly_roc.png``,
-``anomaly_scores.png``.
+``anomaly_scores.png``, and (through ``clrdist eval``'s runner) one ROC per method with the
+trained representation, the untrained encoder, the raw inputs and the supervised encoder
+together: ``anomaly_znorm_roc.png``, ``anomaly_ae_roc.png``.
 """
 
 from __future__ import annotations
@@ -102,14 +104,15 @@ def anomaly_scores(rep_train: np.ndarray, y_train: np.ndarray, rep_test: np.ndar
                    ae_batch_size: int = 4096, device: str | None = None,
                    eps_s: tuple[float, ...] = (0.2, 0.3, 0.5), figures: bool = True,
                    label_names: dict[int, str] | None = None,
-                   prefix: str = "anomaly") -> EvalResult:
+                   prefix: str = "anomaly", curves_out: dict[str, Roc] | None = None
+                   ) -> EvalResult:
     """Anomaly scores on the test set and their ROC metrics against the test labels.
 
     rep_*: (n, D) representations; y_*: store labels (-1 unknown, 0 background, >= 1 signal).
     The autoencoder trains on ``rep_train`` (background only unless ``train_on="all"``; the
     unknown-label samples count as background-like data when ``train_on="all"``).
     Metric names are ``<prefix>_znorm_*``, ``<prefix>_ae_*`` (``anomaly_init`` for the untrained
-    encoder's reference).
+    encoder's reference). ``curves_out`` (a dict) receives each method's ROC curve by method.
     """
     keep_te, yte = binary_labels(y_test)
     x_te = np.asarray(rep_test)[keep_te]
@@ -140,6 +143,8 @@ def anomaly_scores(rep_train: np.ndarray, y_train: np.ndarray, rep_test: np.ndar
                                           names=label_names, eps_s=eps_s))
         curves[{"znorm": "|z|", "ae": "autoencoder"}[method]] = r
         scores[method] = s
+        if curves_out is not None:
+            curves_out[method] = r
     figs = {}
     if figures:
         figs["anomaly_roc.png"] = roc_figure(curves, "label-free anomaly scores")

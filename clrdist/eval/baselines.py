@@ -243,10 +243,12 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
 
 
 SUPERVISED_LABEL = "supervised (same encoder, eval_train labels)"
+ANOMALY_FIGURES = ("anomaly_znorm", "anomaly_ae")  # the runner's curves of clrdist.eval.anomaly
 
 
 def evaluate(inp: Inputs, **options: Any) -> EvalResult:
-    """The runner's adapter; the supervised encoder's ROC joins the LCT's comparison figures."""
+    """The runner's adapter; the supervised encoder's ROC joins the comparison figures of the LCT
+    and of the anomaly scores (the ceiling a label-free score can approach)."""
     ctx, curves = inp.ctx, {}
     res = run_baselines(inp.train_data, inp.test_data, seed=inp.seed,
                         feature_names=list(ctx.feature_names), kind=ctx.kind,
@@ -254,5 +256,6 @@ def evaluate(inp: Inputs, **options: Any) -> EvalResult:
                         rep_train=inp.rep_train, rep_test=inp.rep_test, curves_out=curves,
                         **options)
     if "supervised encoder" in curves:
-        inp.curve("lct", curves["supervised encoder"], label=SUPERVISED_LABEL)
+        for figure in ("lct", *ANOMALY_FIGURES):
+            inp.curve(figure, curves["supervised encoder"], label=SUPERVISED_LABEL)
     return res

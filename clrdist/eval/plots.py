@@ -109,11 +109,17 @@ def reference_figures(curves: Mapping[str, Mapping[str, object]],
     - ``cwola``: test AUC and max SIC vs the signal fraction, per classifier, with the
       supervised encoder's AUC as a line when the baselines ran;
     - ``nplm``: the signal toys' empirical Z (``nplm_z.png``: median and 16-84% band);
+    - ``anomaly``: one ROC per label-free score (``anomaly_znorm_roc.png``,
+      ``anomaly_ae_roc.png``), drawn when the trained representation has that curve;
     - ``bumphunt``: the global Z of the blind hunt vs the signal fraction."""
     out: dict[str, dict[str, Figure]] = {}
     if curves.get("lct"):
         out["lct"] = {"lct_roc.png": roc_figure(curves["lct"], "linear classifier test"),
                       "lct_sic.png": sic_figure(curves["lct"], "linear classifier test")}
+    for key, title in (("anomaly_znorm", "anomaly score |z|"),
+                       ("anomaly_ae", "anomaly score: autoencoder on the representation")):
+        if "trained" in curves.get(key, {}):  # the representation ran it (not only the ceiling)
+            out.setdefault("anomaly", {})[f"{key}_roc.png"] = roc_figure(curves[key], title)
     if curves.get("cwola"):
         sup = getattr(results.get("baselines"), "metrics", {}).get("baseline_supervised_auc")
         figs = {}
