@@ -20,3 +20,23 @@ def test_substructure_orders_jets_by_mass():
     f = np.array([[3500, 100, 500, 0.2, 0.5, 0.6], [3000, 300, 50, 0.7, 0.4, 0.3]], float)
     np.testing.assert_array_equal(substructure(f, names),
                                   [[500, 100, 0.6, 0.2], [300, 50, 0.7, 0.3]])
+
+
+def test_flatness_verdict_flags_a_group_whose_p_values_sit_below_its_null():
+    from bench.bumphunt import flatness_verdict
+
+    rng = np.random.default_rng(0)
+    null = [{"group": "null", "eps_0.1": list(rng.uniform(size=16)),
+             "eps_0.01": list(rng.uniform(size=16)), "combined": list(rng.uniform(size=16))}]
+    flat = [{"group": "trained", "eps_0.1": list(rng.uniform(size=16)),
+             "eps_0.01": list(rng.uniform(size=16)), "combined": list(rng.uniform(size=16))}]
+    sculpting = [{"group": "trained", "eps_0.1": list(rng.uniform(size=16)),
+                  "eps_0.01": list(rng.uniform(0, 0.01, size=16)),
+                  "combined": list(rng.uniform(0, 0.02, size=16))}]
+    ok = {r["name"]: r for r in flatness_verdict(flat + null, "trained")}
+    bad = {r["name"]: r for r in flatness_verdict(sculpting + null, "trained")}
+    assert set(ok) == {"eps 0.1", "eps 0.01", "combined"}
+    assert all(r["mannwhitney_p_smaller"] > 0.05 for r in ok.values())
+    assert bad["eps 0.01"]["mannwhitney_p_smaller"] < 1e-4
+    assert bad["eps 0.01"]["share_below_0.01"] == 1.0 and bad["eps 0.01"]["n_hunts"] == 16
+    assert bad["eps 0.1"]["mannwhitney_p_smaller"] > 0.05
