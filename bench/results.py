@@ -10,7 +10,13 @@ becomes a results file through
     python -m bench.results docs/results/NAME.json -- python bench/nplm.py --toys 2
 
 which runs it (no shell), takes the last JSON object it printed and writes it with the header
-(``command`` is the wrapped command).
+(``command`` is the wrapped command). A command that writes its numbers to a file instead (the
+demo's ``summary.json``) names it with ``--json-file``:
+
+    python -m bench.results docs/results/demo.json --json-file demo_out/summary.json -- \
+        .venv/bin/clrdist demo
+
+(the file must be written by this run: one older than the command's start is refused).
 """
 
 from __future__ import annotations
@@ -88,18 +94,28 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="run a command that prints one JSON object and "
                                              "write it as a results file")
     ap.add_argument("out", help="results file, e.g. docs/results/nplm.json")
-    ap.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
-    args = ap.parse_args(argv)
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    ap.add_argument("--json-file", type=Path, default=None,
+                    help="take the numbers from this JSON file, written by the command, instead "
+                         "of its standard output")
+    ap.usage = "%(prog)s [-h] [--json-file FILE] out -- COMMAND ARGS..."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cut = argv.index("--") if "--" in argv else len(argv)  # by hand: the command has options too
+    args, cmd = ap.parse_args(argv[:cut]), argv[cut + 1:]
     if not cmd:
         ap.error("no command after --")
-    run = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    started = datetime.datetime.now().timestamp()
+    run = subprocess.run(cmd, stdout=None if args.json_file else subprocess.PIPE, text=True)
     if run.returncode != 0:
         print(f"bench.results: {shlex.join(cmd)} exited {run.returncode}; nothing written",
               file=sys.stderr)
         return run.returncode
     try:
-        numbers = last_json_object(run.stdout)
+        if args.json_file is None:
+            numbers = last_json_object(run.stdout)
+        elif not args.json_file.is_file() or args.json_file.stat().st_mtime < started:
+            raise ValueError(f"{args.json_file}: not written by this run")
+        else:
+            numbers = json.loads(args.json_file.read_text())
     except ValueError as err:
         print(f"bench.results: {shlex.join(cmd)}: {err}; nothing written", file=sys.stderr)
         return 2

@@ -90,37 +90,61 @@ ROWS = (
 )
 
 
+def _err_key(key: str) -> str:
+    """The bootstrap (or repeat) error's metric name: ``<key>_std``; the CWoLa scan names it
+    before the fraction (``cwola_linear_auc_std_f_0.1``)."""
+    head, sep, tail = key.rpartition("_f_")
+    return f"{head}_std_f_{tail}" if sep and key.startswith("cwola") else f"{key}_std"
+
+
 def _cell(m: dict[str, float], key: str, fmt: str) -> str:
-    """value +- bootstrap error; for the untrained reference over several init seeds, the mean
-    +- the seeds' std and [min, max]."""
+    """value +- error (bootstrap, or CWoLa's repeats); for the untrained reference over several
+    init seeds, the mean +- the seeds' std and [min, max]."""
     v = m.get(key)
     if v is None:
         return "-"
     if f"{key}_seed_std" in m:
         return (f"{format(v, fmt)} +- {format(m[key + '_seed_std'], fmt)} "
                 f"[{format(m[key + '_min'], fmt)}, {format(m[key + '_max'], fmt)}]")
-    err = m.get(f"{key}_std")
+    err = m.get(_err_key(key))
     return format(v, fmt) + (f" +- {format(err, fmt)}" if err is not None else "")
+
+
+COLUMNS = (  # (header, metric suffix after the row's prefix, format); searches: reference tag
+    ("LCT AUC", "auc", ".4f"),
+    ("1/eps_B at eps_S=0.5", "inv_eps_b_at_0.5", ".1f"),
+    ("CWoLa AUC (f=0.1)", "cwola{tag}_linear_auc_f_0.1", ".3f"),
+    ("NPLM median Z (empirical)", "nplm{tag}_z_emp_median", ".2f"),
+)
+
+
+def summary_rows(m: dict[str, float]) -> list[dict[str, str]]:
+    """The summary table as rows of formatted cells ({"name": ..., header: cell}), the same for
+    the console and for ``summary.json`` (whose ``rows`` the README's table is made from)."""
+    rows = []
+    for label, prefix, tag in ROWS:
+        if f"{prefix}_auc" not in m:
+            continue
+        n = int(m.get("lct_init_n_seeds", 1))
+        row = {"name": label + (f" ({n} init seeds)" if tag == "_init" and n > 1 else "")}
+        for header, key, fmt in COLUMNS:
+            if "{tag}" in key:
+                row[header] = "-" if tag is None else _cell(m, key.format(tag=tag), fmt)
+            else:
+                row[header] = _cell(m, f"{prefix}_{key}", fmt)
+        rows.append(row)
+    return rows
 
 
 def summary_table(m: dict[str, float], title: str) -> Table:
     """LCT AUC and 1/eps_B at eps_S = 0.5, the idealised CWoLa AUC (linear, f = 0.1) and the
     NPLM median Z of each row, the untrained one over its init seeds."""
     table = Table(title=title)
-    cols = ("", "LCT AUC", "1/eps_B at eps_S=0.5", "CWoLa AUC (f=0.1)",
-            "NPLM median Z (empirical)")
-    for col in cols:
-        table.add_column(col, justify="left" if not col else "right")
-    for label, prefix, tag in ROWS:
-        if f"{prefix}_auc" not in m:
-            continue
-        searches = ["-", "-"] if tag is None else [
-            _cell(m, f"cwola{tag}_linear_auc_f_0.1", ".3f"),
-            _cell(m, f"nplm{tag}_z_emp_median", ".2f")]
-        n = int(m.get("lct_init_n_seeds", 1))
-        table.add_row(label + (f" ({n} init seeds)" if tag == "_init" and n > 1 else ""),
-                      _cell(m, f"{prefix}_auc", ".4f"),
-                      _cell(m, f"{prefix}_inv_eps_b_at_0.5", ".1f"), *searches)
+    table.add_column("", justify="left")
+    for header, _, _ in COLUMNS:
+        table.add_column(header, justify="right")
+    for row in summary_rows(m):
+        table.add_row(*row.values())
     return table
 
 
@@ -158,15 +182,18 @@ def learned(m: dict[str, float]) -> bool:
             > m["lct_init_auc"] + m.get("lct_init_auc_std", 0.0))
 
 
-def verdict(m: dict[str, float]) -> str:
-    """One line: the trained LCT against the untrained seeds' distribution."""
+def verdict(m: dict[str, float], *, markup: bool = True) -> str:
+    """One line: the trained LCT against the untrained seeds' distribution (``markup``: with the
+    console's colours)."""
     n = int(m.get("lct_init_n_seeds", 1))
     spread = (f"untrained {m['lct_init_auc']:.4f} +- {m.get('lct_init_auc_seed_std', 0):.4f} "
               f"(mean +- std of {n} init seeds, max {m.get('lct_init_auc_max', m['lct_init_auc']):.4f}, "
               f"bootstrap +- {m.get('lct_init_auc_std', 0):.4f})")
-    head = ("[green]the trained representation beats every untrained initialisation[/green]"
-            if learned(m) else
-            "[red]the trained representation does NOT beat every untrained initialisation[/red]")
+    head, colour = (("the trained representation beats every untrained initialisation", "green")
+                    if learned(m) else ("the trained representation does NOT beat every "
+                                        "untrained initialisation", "red"))
+    if markup:
+        head = f"[{colour}]{head}[/{colour}]"
     sd = m.get("lct_init_auc_seed_std") or 0.0
     gap = (m["lct_auc"] - m["lct_init_auc"]) / sd if sd > 0 else float("nan")
     return (f"{head}: LCT AUC {m['lct_auc']:.4f} +- {m.get('lct_auc_std', 0):.4f} vs {spread}; "
@@ -230,6 +257,9 @@ def _run_demo(log, out_dir: str, n_per_class: int | None, epochs: int | None, wo
         "data": source,
         "n_per_class": n_per_class,
         "learned": learned(m),
+        "rows": summary_rows(m),
+        "verdict": verdict(m, markup=False),
+        "nplm_line": nplm_line(m),
         **{k: v for k, v in sorted(m.items())
            # the physics numbers, not their sample counts (lct_n_train, nplm_n_toys, ...)
            if k.split("_")[0] in ("lct", "baseline", "ceiling", "cwola", "nplm") and "n" not in k.split("_")},

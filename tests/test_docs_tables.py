@@ -112,3 +112,19 @@ def test_a_json_printing_command_becomes_a_results_file(tmp_path):
     assert results.main([str(tmp_path / "no.json"), "--", sys.executable, "-c", "print(1)"]) == 2
     assert results.main([str(tmp_path / "no.json"), "--", sys.executable, "-c", "exit(3)"]) == 3
     assert not (tmp_path / "no.json").exists()
+
+
+def test_a_command_that_writes_a_json_file_becomes_a_results_file(tmp_path):
+    import sys
+
+    from bench import results
+
+    out, summary = tmp_path / "r.json", tmp_path / "summary.json"
+    code = f"import json; open({str(summary)!r}, 'w').write(json.dumps({{'rows': [1]}}))"
+    assert results.main([str(out), "--json-file", str(summary), "--", sys.executable, "-c",
+                         code]) == 0
+    assert json.loads(out.read_text())["rows"] == [1]
+    # a file this run did not write (left over from an earlier one) is refused
+    assert results.main([str(tmp_path / "no.json"), "--json-file", str(summary), "--",
+                         sys.executable, "-c", "pass"]) == 2
+    assert not (tmp_path / "no.json").exists()
