@@ -11,8 +11,10 @@ One file per concern:
   default jet selection and collision energy;
 - :mod:`.plan`: :class:`GenerationConfig` (the typed request; errors name the field), the plan
   of shards and their seeds, the provenance;
-- :mod:`.events`: one shard's event loop (Pythia, the two clustering back-ends, selection,
-  features); the only module that imports pythia8mc;
+- :mod:`.events`: one jet or dijet shard's event loop (selection, truth matching, features);
+- :mod:`.event_store`: one event-store shard (the ADC2021 objects and features);
+- :mod:`.pythia`: Pythia and the two clustering back-ends; the only module that imports
+  pythia8mc;
 - :mod:`.fanout`: the shards as Ray tasks, written in order into one store.
 
 Labels: ``qcd`` is 0, the other processes 1, 2, ... in the order given (names in the store's
