@@ -148,6 +148,17 @@ def summary_table(m: dict[str, float], title: str) -> Table:
     return table
 
 
+def cwola_line(m: dict[str, float]) -> str | None:
+    """The idealised CWoLa AUC (linear) of the representation at f = 0.01, 0.1 and 1, each with
+    its repeats' std; None without the scan."""
+    keys = [k for k in ("cwola_linear_auc_f_0.01", "cwola_linear_auc_f_0.1",
+                        "cwola_linear_auc_f_1") if k in m]
+    if not keys:
+        return None
+    return "CWoLa (idealised, linear): AUC " + ", ".join(
+        f"{_cell(m, k, '.3f')} at f = {k.rsplit('_', 1)[1]}" for k in keys)
+
+
 def nplm_line(m: dict[str, float]) -> str | None:
     """The NPLM median Z of the representation and the raw inputs: the chi2 Z when both are
     calibrated, else the empirical Z (``nplm_z_emp_median``, always there, the table's column);
@@ -258,8 +269,10 @@ def _run_demo(log, out_dir: str, n_per_class: int | None, epochs: int | None, wo
         "n_per_class": n_per_class,
         "learned": learned(m),
         "rows": summary_rows(m),
-        "verdict": verdict(m, markup=False),
-        "nplm_line": nplm_line(m),
+        # the lines under the table, as the console shows them (the README's come from here)
+        "lines": [{"name": name, "text": text} for name, text in (
+            ("verdict", verdict(m, markup=False)), ("CWoLa", cwola_line(m)),
+            ("NPLM", nplm_line(m))) if text],
         **{k: v for k, v in sorted(m.items())
            # the physics numbers, not their sample counts (lct_n_train, nplm_n_toys, ...)
            if k.split("_")[0] in ("lct", "baseline", "ceiling", "cwola", "nplm") and "n" not in k.split("_")},
@@ -268,16 +281,13 @@ def _run_demo(log, out_dir: str, n_per_class: int | None, epochs: int | None, wo
         "tracking_uri": result.tracking_uri,
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    summary["lines"].append({"name": "wall time", "text": f"{summary['seconds']} s"})
     console.print(summary_table(m, f"clrdist demo: {source}, {n_per_class} top + {n_per_class} "
                                    "QCD jets (eval_test, bootstrap errors)"))
     console.print(verdict(m))
-    if "cwola_linear_auc_f_0.1" in m:
-        console.print("CWoLa (idealised, linear): AUC "
-                      + ", ".join(f"{m[k]:.3f} at f = {k.rsplit('_', 1)[1]}"
-                                  for k in ("cwola_linear_auc_f_0.01", "cwola_linear_auc_f_0.1",
-                                            "cwola_linear_auc_f_1") if k in m))
-    if nplm_line(m):
-        console.print(nplm_line(m))
+    for line in (cwola_line(m), nplm_line(m)):
+        if line:
+            console.print(line)
     console.print(f"MLflow run {result.run_id}")
     console.print(f"wall time {summary['seconds']} s; stores in {out}; checkpoint "
                   f"{summary['checkpoint']}")

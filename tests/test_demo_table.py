@@ -1,7 +1,7 @@
 """The demo's summary: one set of rows for the console table and summary.json (the README's
 table), each value with its error, the untrained one with its seed spread."""
 
-from clrdist.demo import summary_rows, summary_table, verdict
+from clrdist.demo import cwola_line, summary_rows, summary_table, verdict
 
 M = {
     "lct_auc": 0.9616, "lct_auc_std": 0.0031, "lct_inv_eps_b_at_0.5": 47.2,
@@ -36,3 +36,12 @@ def test_the_verdict_is_plain_text_for_the_results_file():
     assert line.startswith("the trained representation beats every untrained initialisation:")
     assert "[green]" in verdict(M) and "[" not in line.split(":")[0]
     assert "3.6 seed standard deviations" in line
+
+
+def test_the_cwola_line_shows_each_fraction_with_its_repeat_error():
+    m = {"cwola_linear_auc_f_0.01": 0.505, "cwola_linear_auc_std_f_0.01": 0.02,
+         "cwola_linear_auc_f_0.1": 0.808, "cwola_linear_auc_std_f_0.1": 0.036,
+         "cwola_linear_auc_f_1": 0.959}
+    assert cwola_line(m) == ("CWoLa (idealised, linear): AUC 0.505 +- 0.020 at f = 0.01, "
+                             "0.808 +- 0.036 at f = 0.1, 0.959 at f = 1")
+    assert cwola_line({"lct_auc": 0.9}) is None

@@ -231,6 +231,8 @@ def test_demo_learns_on_pythia_jets_and_keeps_the_console_quiet(tmp_path):
                 "cwola_linear_auc_f_1", "nplm_dof", "nplm_raw_dof", "val_lct_auc",
                 "val_lct_init_auc", "train_pos_top1"):
         assert key in m, key
+    assert "cwola_linear_auc_std_f_0.1" in m  # the CWoLa cells carry their repeats' error
+    assert [line["name"] for line in summary["lines"]] == ["verdict", "CWoLa", "NPLM", "wall time"]
     assert run["tags"]["clrdist.collapse"] == "false"
 
     # -- the console: clrdist's lines, the table and the verdict; the rest in demo.log ------------
