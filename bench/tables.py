@@ -22,6 +22,16 @@ The marker may carry a YAML spec after the path (``rows`` and ``columns`` are op
       - LCT AUC: "{lct_auc:.3f} +- {lct_auc_err:.3f}"   # header: template over the row's keys
     -->
 
+For one object of many numbers (a run's ``metrics``), ``grid`` spells the table out: its
+first list is the header, each further list one row of templates over that object:
+
+    <!-- table: results/run.json
+    rows: metrics                   # key path to the object
+    grid:
+      - [metric, trained, untrained]
+      - [LCT AUC, "{lct_auc:.3f}", "{lct_init_auc:.3f}"]
+    -->
+
 A template's fields are row keys (a key with dots is tried whole first, then as a path);
 ``{key:.3f}`` formats numbers, a missing or null value prints "-"; a part in square brackets,
 ``"{auc:.3f}[ +- {err:.3f}]"``, is left out where one of its fields has no value. Under the table a line
@@ -139,6 +149,21 @@ def columns_of(spec: dict, rows: list[dict], where: str) -> list[tuple[str, str]
     return out
 
 
+def grid_lines(data: dict, spec: dict, where: str) -> list[str]:
+    """A ``grid`` table: the header, then one row of templates each over the object at ``rows``."""
+    obj = lookup(data, str(spec.get("rows", "rows")), where)
+    grid = spec["grid"]
+    if not isinstance(obj, dict):
+        raise TableError(f"{where}: {spec.get('rows', 'rows')!r} is not an object")
+    if (not isinstance(grid, list) or len(grid) < 2 or not all(isinstance(r, list) for r in grid)
+            or len({len(r) for r in grid}) != 1):
+        raise TableError(f"{where}: grid must be a header and rows, lists of equal length")
+    return ["| " + " | ".join(str(h) for h in grid[0]) + " |",
+            "| " + " | ".join("---" for _ in grid[0]) + " |",
+            *("| " + " | ".join(render_cell(str(t), obj, where) for t in r) + " |"
+              for r in grid[1:])]
+
+
 def render(spec_text: str, md_path: Path) -> str:
     """The Markdown (table + footer) that belongs between one marker pair."""
     first, _, rest = spec_text.strip().partition("\n")
@@ -162,11 +187,15 @@ def render(spec_text: str, md_path: Path) -> str:
     for key in ("command", "machine", "date"):
         if key not in data:
             raise TableError(f"{where}: {path.name} has no top-level {key!r}")
-    rows = rows_of(data, spec, where)
-    cols = columns_of(spec, rows, where)
-    lines = ["| " + " | ".join(h for h, _ in cols) + " |",
-             "| " + " | ".join("---" for _ in cols) + " |"]
-    lines += ["| " + " | ".join(render_cell(t, r, where) for _, t in cols) + " |" for r in rows]
+    if "grid" in spec:
+        lines = grid_lines(data, spec, where)
+    else:
+        rows = rows_of(data, spec, where)
+        cols = columns_of(spec, rows, where)
+        lines = ["| " + " | ".join(h for h, _ in cols) + " |",
+                 "| " + " | ".join("---" for _ in cols) + " |"]
+        lines += ["| " + " | ".join(render_cell(t, r, where) for _, t in cols) + " |"
+                  for r in rows]
     if spec.get("footer", True):
         machine = data["machine"]
         if isinstance(machine, dict):

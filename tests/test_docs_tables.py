@@ -128,3 +128,24 @@ def test_a_command_that_writes_a_json_file_becomes_a_results_file(tmp_path):
     assert results.main([str(tmp_path / "no.json"), "--json-file", str(summary), "--",
                          sys.executable, "-c", "pass"]) == 2
     assert not (tmp_path / "no.json").exists()
+
+
+def test_a_grid_spells_out_a_table_over_one_object(tmp_path):
+    from bench import tables
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "run.json").write_text(json.dumps(
+        {"command": "c", "machine": "m", "date": "d",
+         "metrics": {"lct_auc": 0.8214, "lct_init_auc": 0.808, "z_auc": None}}))
+    md = tmp_path / "doc.md"
+    md.write_text("<!-- table: results/run.json\nrows: metrics\nfooter: false\ngrid:\n"
+                  "  - [metric, trained, untrained]\n"
+                  "  - [LCT AUC, '{lct_auc:.3f}', '{lct_init_auc:.3f}']\n"
+                  "  - ['|z| AUC', '{z_auc:.3f}', '{nope:.3f}']\n"
+                  "-->\n<!-- end table -->\n")
+    assert tables.main([str(md)]) == 0
+    assert ("| metric | trained | untrained |\n| --- | --- | --- |\n"
+            "| LCT AUC | 0.821 | 0.808 |\n| |z| AUC | - | - |") in md.read_text()
+    md.write_text("<!-- table: results/run.json\nrows: metrics\ngrid: [[a, b], [c]]\n-->\n"
+                  "<!-- end table -->\n")
+    assert tables.main([str(md), "--check"]) == 1
