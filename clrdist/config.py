@@ -28,15 +28,11 @@ from pydantic import (
 
 from clrdist.errors import PLAIN_NAME, ClrdistError
 from clrdist.eval.registry import EVALUATIONS, check_names, validate_options
+from clrdist.physics import INPUT_FEATURES
 
 
 class ConfigError(ClrdistError, ValueError):
     """A configuration that cannot be used; the message names the dotted key and the problem."""
-
-
-# model.input_features -> the model input columns it makes from (pT, eta, phi); the store's extra
-# particle features follow them (clrdist.physics.frame.input_features)
-INPUT_FEATURES = {"pt": 3, "log": 6, "ptfrac": 5, "boost": 5}
 
 
 class _Section(BaseModel):

@@ -6,7 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clrdist.config import INPUT_FEATURES, load_config
+from clrdist.config import load_config
+from clrdist.physics import INPUT_FEATURES
 from clrdist.physics.frame import input_features, to_model_frame
 
 

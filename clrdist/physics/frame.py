@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from clrdist.config import INPUT_FEATURES
+from clrdist.physics import INPUT_FEATURES
 
 __all__ = ["wrap_phi", "centroid", "to_model_frame", "scale_pt", "keep_hardest", "input_features",
            "INPUT_FEATURES"]
