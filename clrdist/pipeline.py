@@ -2,7 +2,7 @@
 ``ray job submit`` jobs run.
 
 ``train_and_evaluate(cfg)`` trains (:mod:`clrdist.train.trainer`), runs the evaluations
-``eval.*`` asks for on the final checkpoint (:mod:`clrdist.eval.trained`) and logs them into the
+``eval.*`` asks for on the final checkpoint (:mod:`clrdist.evaluation`) and logs them into the
 same MLflow run, which ends FINISHED only after the evaluation (FAILED at stage ``evaluation``
 when it fails). ``evaluate_run(uri, run_id, which)`` evaluates a finished run's checkpoint
 again, and logs into that run (``clrdist eval RUN_ID``).
@@ -60,7 +60,7 @@ def evaluate_checkpoint(checkpoint_path: str, which: set[str], *,
                         cfg: RunConfig | None = None) -> dict[str, Any]:
     """Run the evaluations in ``which`` on a checkpoint's model, on the evaluation stores of
     ``cfg`` (default: the checkpoint's own config)."""
-    from clrdist.eval.trained import evaluate_trained
+    from clrdist.evaluation import evaluate_trained
     from clrdist.train.checkpoint import load_model
 
     model, trained_cfg = load_model(checkpoint_path)

@@ -7,7 +7,7 @@ import torch
 
 from clrdist.config import load_config
 from clrdist.data.toy import toy_dataset
-from clrdist.eval.trained import DEVICE_EVALUATIONS, on_device
+from clrdist.evaluation import DEVICE_EVALUATIONS, on_device
 from clrdist.models import initial_model
 from clrdist.models.encode import encode_dtype, make_encoder, model_inputs, resolve_device
 

@@ -11,7 +11,8 @@ from clrdist.config import ConfigError, load_config
 from clrdist.data.split import split_store
 from clrdist.data.store import StoreError, open_store
 from clrdist.data.toy import write_toy_store
-from clrdist.eval.held_out import check_final_stores, check_held_out
+from clrdist.eval.held_out import check_held_out
+from clrdist.eval_checks import check_final_stores
 from clrdist.losses import build_loss
 
 
@@ -214,7 +215,7 @@ def test_lhco_like_resonance_defaults_to_13_tev():
 
 def test_bump_hunt_energy_comes_from_the_store_provenance(tmp_path):
     from clrdist.data.store import StoreWriter
-    from clrdist.eval.trained import collision_energy
+    from clrdist.evaluation import collision_energy
 
     def store(name, ecm):
         with StoreWriter(tmp_path / name, kind="dijet", particle_features=["pt", "eta", "phi"],

@@ -28,11 +28,11 @@ def imported_by(module: str) -> set[str]:
 def test_training_imports_no_evaluation_driver(module):
     loaded = imported_by(module)
     assert module in loaded
-    assert not loaded & {"clrdist.pipeline", "clrdist.eval.trained", "clrdist.eval.runner"}, loaded
+    assert not loaded & {"clrdist.pipeline", "clrdist.evaluation", "clrdist.eval.runner"}, loaded
 
 
 def test_evaluation_imports_no_training():
-    loaded = imported_by("clrdist.eval.trained")
+    loaded = imported_by("clrdist.evaluation")
     assert not {m for m in loaded if m.startswith("clrdist.train")}, loaded
 
 

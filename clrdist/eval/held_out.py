@@ -4,16 +4,14 @@ An evaluation is only as honest as its stores: a test store that shares samples 
 training store, with the store the classifiers are fitted on, or with the validation store
 (that a sweep selected on) makes the numbers meaningless. These checks refuse every pair of
 stores they cannot prove disjoint; training runs them before any cluster starts
-(``clrdist.train.trainer.preflight``) and evaluation again before it reads a store.
+(``clrdist.train.trainer.preflight``) and evaluation again before it reads a store, on the
+stores the run's config names (``clrdist.eval_checks``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from clrdist.config import ConfigError, RunConfig
 from clrdist.data.store import SampleStore, StoreError, open_store
 
 
@@ -87,34 +85,3 @@ def check_labelled(path: str, key: str) -> None:
         raise StoreError(f"{key}: {path} has {what}; the evaluations need background (0) "
                          "and signal (>= 1)")
 
-
-def check_final_stores(cfg: RunConfig) -> tuple[SampleStore, SampleStore]:
-    """The (eval_train, eval_test) stores of the final evaluation, after refusing a test store
-    that is, or may share samples with, the validation store (Tune selected on it), the
-    training store or eval_train."""
-    d = cfg.data
-    if not (d.eval_train_store and d.eval_test_store):
-        raise ConfigError("data.eval_train_store / data.eval_test_store: both are needed to evaluate")
-    if d.val_store and Path(d.val_store).resolve() == Path(d.eval_test_store).resolve():
-        raise ConfigError(f"data.eval_test_store: {d.eval_test_store} is the validation store "
-                          "(data.val_store); the final numbers need a test store apart from it")
-    store, test_store = open_store(d.eval_train_store), open_store(d.eval_test_store)
-    check_held_out(d.train_store, store, test_store, *([d.val_store] if d.val_store else []))
-    return store, test_store
-
-
-def check_evaluation_stores(cfg: RunConfig, *, final: bool) -> None:
-    """The stores the evaluations of a run will read, before any training: the validation pair
-    (eval_train, val_store) when ``eval.every_epochs`` validates, and with ``final`` the final
-    pair (eval_train, eval_test); each labelled with both classes and held out from training
-    and from each other (:func:`check_final_stores` covers the validation store too)."""
-    d = cfg.data
-    during = bool(cfg.eval.every_epochs and d.val_store and d.eval_train_store)
-    keys = ["eval_train_store", "eval_test_store"] if final else []
-    keys += ["eval_train_store", "val_store"] if during else []
-    for key in dict.fromkeys(keys):
-        check_labelled(getattr(d, key), f"data.{key}")
-    if final:
-        check_final_stores(cfg)
-    elif during:
-        check_held_out(d.train_store, d.eval_train_store, d.val_store)

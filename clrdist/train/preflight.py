@@ -12,7 +12,7 @@ from clrdist import tracking
 from clrdist.cluster import ClusterError, check_ray_address
 from clrdist.config import ConfigError, RunConfig
 from clrdist.data.store import StoreError, open_store
-from clrdist.eval.held_out import check_evaluation_stores
+from clrdist.eval_checks import check_evaluation_stores
 
 
 def _open(path: str, key: str):

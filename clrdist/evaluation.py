@@ -1,7 +1,9 @@
 """A trained model on its run's evaluation stores: the post-training evaluation.
 
-``evaluate_trained(model, trained_cfg, which)`` reads the labelled eval_train / eval_test stores
-(after :func:`clrdist.eval.held_out.check_final_stores`), encodes them into representations
+The application's side of :mod:`clrdist.eval`: the config says which stores, encoders and
+options; the library runs the evaluations on arrays. ``evaluate_trained(model, trained_cfg,
+which)`` reads the labelled eval_train / eval_test stores (after
+:func:`clrdist.eval_checks.check_final_stores`), encodes them into representations
 (not projection-head outputs) and runs the evaluations in ``which`` through
 :func:`clrdist.eval.runner.run_evaluations`, next to the same architecture untrained.
 ``eval.device`` (auto: the GPU when there is one) is where the encoders run and where the
@@ -11,6 +13,7 @@ evaluations that fit torch models (NPLM, anomaly AE, NAE, jet images, mimickers'
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -18,11 +21,12 @@ import numpy as np
 import torch
 
 from clrdist.config import RunConfig
-from clrdist.data.store import SampleStore, StoreError
-from clrdist.eval.held_out import check_final_stores
+from clrdist.data.store import SampleStore, StoreError, open_store
+from clrdist.eval.held_out import check_labelled
 from clrdist.eval.metrics import EvalResult
 from clrdist.eval.registry import check_names
 from clrdist.eval.runner import Context, run_evaluations
+from clrdist.eval_checks import check_final_stores
 from clrdist.models import initial_model
 from clrdist.models.encode import Representation, make_encoder, numpy_inputs, resolve_device
 
@@ -95,11 +99,6 @@ def _label_stores(context: Context, model: torch.nn.Module, trained_cfg: RunConf
                   cfg: RunConfig) -> None:
     """The training store's labelled jets, the validation store (early stopping) and a fresh
     copy of the trained encoder, for the ceiling and the fine-tuning."""
-    import copy
-
-    from clrdist.data.store import open_store
-    from clrdist.eval.held_out import check_labelled
-
     for key in ("train_store", "val_store"):
         if not getattr(cfg.data, key):
             raise StoreError(f"data.{key}: the ceiling and --finetune need it (labelled)")
