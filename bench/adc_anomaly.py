@@ -34,7 +34,7 @@ from bench.results import write_results  # noqa: E402
 from clrdist.config import load_config  # noqa: E402
 from clrdist.data.store import open_store  # noqa: E402
 from clrdist.eval.anomaly import anomaly_scores  # noqa: E402
-from clrdist.models import initial_model  # noqa: E402
+from clrdist.factory import initial_model  # noqa: E402
 from clrdist.models.encode import make_encoder, model_inputs  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "anomalyclr_adc2021_cpu.yaml"

@@ -50,8 +50,7 @@ from bench.results import write_results  # noqa: E402
 from clrdist.config import load_config  # noqa: E402
 from clrdist.data.store import open_store  # noqa: E402
 from clrdist.eval.nplm import calibrate_null, fit_dof, kernel_width, run_toys, z_chi2  # noqa: E402
-from clrdist.losses import build_loss  # noqa: E402
-from clrdist.models import initial_model  # noqa: E402
+from clrdist.factory import build_loss, initial_model  # noqa: E402
 from clrdist.models.encode import make_encoder, model_inputs  # noqa: E402
 from clrdist.physics.augment import build_view  # noqa: E402
 from clrdist.train.inputs import view_inputs  # noqa: E402

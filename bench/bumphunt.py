@@ -100,8 +100,7 @@ def jets_of(ev: dict, proc: str) -> tuple[np.ndarray, np.ndarray, int]:
 def train_encoder(cfg, particles: np.ndarray, mask: np.ndarray, seconds: float, seed: int):
     import torch
 
-    from clrdist.losses import build_loss
-    from clrdist.models import initial_model
+    from clrdist.factory import build_loss, initial_model
     from clrdist.physics.augment import build_view
     from clrdist.train.inputs import view_inputs
 
@@ -299,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     from clrdist.config import load_config
     from clrdist.data.schema import GENERATED_DIJET_FEATURES
     from clrdist.eval.bumphunt import MAX_MJJ_CORR, decorrelate_mjj, mjj_dependence
-    from clrdist.models import initial_model
+    from clrdist.factory import initial_model
 
     torch.set_num_threads(1)
     mode = "quick" if args.quick else "full"

@@ -31,12 +31,11 @@ from clrdist.config import load_config
 from clrdist.data.store import open_store
 from clrdist.eval.metrics import binary_labels, roc_metrics
 from clrdist.eval.mimic import jet_mass_pt
-from clrdist.losses import build_loss
-from clrdist.models import initial_model
+from clrdist.factory import build_loss, build_views, initial_model
 from clrdist.models.encode import model_inputs
 from clrdist.precision import resolve
 from clrdist.train.engine import LocalEngine, LossGuard
-from clrdist.train.step import build_views, prepare_model, seed_step, train_step
+from clrdist.train.step import prepare_model, seed_step, train_step
 
 CONFIG = "configs/darkclr_svj_cpu.yaml"
 PUBLISHED = {"auc": 0.76, "inv_eps_b_at_0.2": 73.0}  # DarkCLR, 100k jets, 150 epochs

@@ -24,8 +24,7 @@ from bench.results import write_results
 from clrdist.config import load_config
 from clrdist.data.toy import toy_jets
 from clrdist.diagnostics import global_diagnostics
-from clrdist.losses import build_loss
-from clrdist.models import build_model
+from clrdist.factory import build_loss, build_model
 from clrdist.physics.augment import build_view
 from clrdist.train.inputs import view_inputs
 

@@ -151,8 +151,7 @@ class Stepper:
     def __init__(self, cfg, dev, precision: str, *, seed: int = 0, sync_free: bool | None = None):
         import torch
 
-        from clrdist.losses import build_loss
-        from clrdist.models import initial_model
+        from clrdist.factory import build_loss, initial_model
 
         self.cfg, self.dev, self.n = cfg, dev, 0
         self.gen = torch.Generator(device=dev).manual_seed(seed)
@@ -160,13 +159,14 @@ class Stepper:
         self.loss_fn = build_loss(cfg.loss).to(dev)
         try:
             from clrdist import precision as prec
+            from clrdist.factory import build_views
             from clrdist.train import step as product
             from clrdist.train.engine import LocalEngine, LossGuard
 
             self.source = "clrdist.train.step"
             self.precision = prec.resolve({"tf32": "fp32"}.get(precision, precision), dev)
             sync_free = product.default_sync_free(dev) if sync_free is None else sync_free
-            self.views = product.build_views(cfg, fixed=sync_free)
+            self.views = build_views(cfg, fixed=sync_free)
             model = product.prepare_model(model, sync_free=sync_free)
             # fused AdamW (CUDA's default) keeps its step counts on the device
             self.engine = LocalEngine(model, cfg, total_steps=10**6, device=dev,
@@ -299,8 +299,7 @@ def stage_parity(a, dev, budget):
 
     import torch
 
-    from clrdist.losses import build_loss
-    from clrdist.models import initial_model
+    from clrdist.factory import build_loss, initial_model
     from clrdist.train.inputs import view_inputs
 
     rows = []
@@ -464,7 +463,7 @@ def stage_quality(a, dev, budget):
     from clrdist.eval.baselines import raw_inputs
     from clrdist.eval.lct import linear_scores
     from clrdist.eval.metrics import roc_metrics
-    from clrdist.models import initial_model
+    from clrdist.factory import initial_model
     from clrdist.models.encode import make_encoder
 
     cfg = run_config("darkclr", sizes(a.quick)["darkclr"], 32 if a.quick else 256, "bf16")

@@ -46,8 +46,7 @@ from bench.results import cpu_model, write_results  # noqa: E402
 from clrdist.config import load_config  # noqa: E402
 from clrdist.data.store import open_store  # noqa: E402
 from clrdist.eval.runner import evaluate_during_training  # noqa: E402
-from clrdist.losses import build_loss  # noqa: E402
-from clrdist.models import initial_model  # noqa: E402
+from clrdist.factory import build_loss, initial_model  # noqa: E402
 from clrdist.models.encode import make_encoder  # noqa: E402
 from clrdist.physics.augment import build_view  # noqa: E402
 from clrdist.runtime import tune_malloc  # noqa: E402

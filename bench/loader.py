@@ -72,8 +72,7 @@ def train_step_rate(store, steps: int) -> tuple[float, dict, str]:
            "output_dim": 512, "dropout": 0.1, "batch_size": BATCH, "n_particles": 50}
     try:  # the project's own model, loss and input frame when they are importable
         from clrdist.config import LossConfig, ModelConfig
-        from clrdist.losses import build_loss
-        from clrdist.models import build_model
+        from clrdist.factory import build_loss, build_model
         from clrdist.physics.frame import scale_pt, to_model_frame
 
         model = build_model(ModelConfig(model_dim=128, ff_dim=512, heads=4, layers=4,

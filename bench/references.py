@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from clrdist.data.store import open_store
     from clrdist.demo import SPLITS, make_jets
     from clrdist.eval.runner import Context, run_evaluations
-    from clrdist.models import initial_model
+    from clrdist.factory import initial_model
     from clrdist.models.encode import make_encoder
 
     cfg = load_config(args.config)

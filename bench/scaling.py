@@ -42,8 +42,7 @@ def worker(rank: int, world: int, master: str, port: int, args: argparse.Namespa
     from bench.train_step import synthetic_jets
     from clrdist.config import LossConfig, ModelConfig
     from clrdist.distributed import all_gather_with_grad
-    from clrdist.losses import build_loss
-    from clrdist.models import build_model
+    from clrdist.factory import build_loss, build_model
 
     os.sched_setaffinity(0, {rank % os.cpu_count()})
     torch.set_num_threads(1)

@@ -41,8 +41,7 @@ from bench.results import write_results  # noqa: E402
 from clrdist.config import load_config  # noqa: E402
 from clrdist.eval.openworld import openworld_evaluation  # noqa: E402
 from clrdist.eval.runner import evaluate_during_training  # noqa: E402
-from clrdist.losses import build_loss  # noqa: E402
-from clrdist.models import initial_model  # noqa: E402
+from clrdist.factory import build_loss, initial_model  # noqa: E402
 from clrdist.models.encode import make_encoder, model_inputs  # noqa: E402
 from clrdist.physics.augment import build_view  # noqa: E402
 from clrdist.train.inputs import view_inputs  # noqa: E402

@@ -30,14 +30,13 @@ import torch
 
 from bench import reference_jetclr as ref
 from clrdist.config import load_config
-from clrdist.losses import build_loss
-from clrdist.models import initial_model
+from clrdist.factory import build_loss, build_views, initial_model
 from clrdist.physics.augment import apply_views
 from clrdist.physics.frame import to_model_frame
 from clrdist.precision import resolve
 from clrdist.runtime import tune_malloc
 from clrdist.train.engine import LocalEngine, LossGuard
-from clrdist.train.step import build_views, default_sync_free, prepare_model, seed_step, train_step
+from clrdist.train.step import default_sync_free, prepare_model, seed_step, train_step
 
 PT_SCALE = 600.0
 

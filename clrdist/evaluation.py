@@ -27,7 +27,7 @@ from clrdist.eval.metrics import EvalResult
 from clrdist.eval.registry import check_names
 from clrdist.eval.runner import Context, run_evaluations
 from clrdist.eval_checks import check_final_stores
-from clrdist.models import initial_model
+from clrdist.factory import build_model, initial_model
 from clrdist.models.encode import Representation, make_encoder, numpy_inputs, resolve_device
 
 # evaluations that fit torch models and take a ``device`` option
@@ -71,7 +71,7 @@ def evaluate_trained(model: torch.nn.Module, trained_cfg: RunConfig, which: set[
         init_encoders=[make_encoder(m, trained_cfg, device=device) for m in untrained],
         init_seeds=seeds,
         # the supervised baseline: a fresh encoder of the run's size on the run's inputs
-        model_factory=lambda: Representation(trained_cfg),
+        model_factory=lambda: Representation(build_model(trained_cfg.model)),
         supervised_prepare=lambda particles, mask: numpy_inputs(particles, mask, trained_cfg),
         known_classes=trained_cfg.loss.known_classes)
     if which & {"ceiling", "finetune"}:  # the labels of the jets the encoder was trained on
@@ -107,7 +107,9 @@ def _label_stores(context: Context, model: torch.nn.Module, trained_cfg: RunConf
     context.val_data = open_store(cfg.data.val_store).read_all()
 
     def pretrained() -> Representation:
-        rep = Representation(trained_cfg)
+        # a fresh encoder is built first only for its draws from torch's generator, which the
+        # fine-tuning's head and dropout then continue from (the recorded numbers depend on it)
+        rep = Representation(build_model(trained_cfg.model))
         rep.model = copy.deepcopy(model).cpu().train()  # fine-tuning runs on the CPU
         return rep
     context.pretrained = pretrained

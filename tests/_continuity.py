@@ -18,7 +18,7 @@ import torch
 from _train_toys import CONFIGS, tiny_overrides
 
 from clrdist import tracking
-from clrdist.models import initial_model
+from clrdist.factory import initial_model
 from clrdist.train import checkpoint
 from clrdist.train.trainer import TrainResult
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from clrdist.config import load_config
-from clrdist.losses import build_loss
-from clrdist.models import build_model
+from clrdist.factory import build_loss, build_model
 from clrdist.models.encode import model_inputs
 from clrdist.physics.augment import build_view
 from clrdist.train.inputs import view_inputs

@@ -9,7 +9,7 @@ import torch
 
 import clrdist
 from clrdist.config import RunConfig
-from clrdist.models import build_model
+from clrdist.factory import build_model
 from clrdist.train import checkpoint
 from clrdist.train.checkpoint import CheckpointError
 
@@ -184,7 +184,7 @@ def test_latest_checkpoint_is_the_highest_complete_step(cfg, tmp_path):
 
 
 def test_training_state_adds_a_stateful_loss_and_evaluation_uses_the_losss_network(cfg):
-    from clrdist.losses import build_loss
+    from clrdist.factory import build_loss
 
     class Engine:
         def __init__(self, model):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from clrdist.config import ConfigError, config_from_dict, load_config
-from clrdist.losses import LOSSES, build_loss
-from clrdist.models import build_model
+from clrdist.factory import build_loss, build_model
+from clrdist.losses import LOSSES
 from clrdist.physics.augment import build_view
 from clrdist.train.inputs import view_inputs
 

@@ -8,9 +8,8 @@ import torch
 from _gloo import ddp_vs_one_process, on_ranks
 
 from clrdist.config import LossConfig, ModelConfig
-from clrdist.losses import build_loss
+from clrdist.factory import build_loss, build_model
 from clrdist.losses.dino import DINOLoss, dino_cross_entropy, teacher_momentum
-from clrdist.models import build_model
 
 
 def loop_dino(student, teacher, centre, ts, tt):

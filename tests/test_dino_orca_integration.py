@@ -6,7 +6,7 @@ import torch
 from _train_toys import tiny_config
 
 from clrdist import tracking
-from clrdist.models import build_model
+from clrdist.factory import build_model
 from clrdist.pipeline import train_and_evaluate
 from clrdist.train import checkpoint
 from clrdist.train.loop import load_validation, validate

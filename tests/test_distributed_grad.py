@@ -16,8 +16,8 @@ from _gloo import ddp_vs_one_process, on_ranks
 
 from clrdist.config import LossConfig, ModelConfig
 from clrdist.distributed import all_gather_with_grad, get_rank, get_world_size, is_rank_zero
-from clrdist.losses import LOSSES, build_loss
-from clrdist.models import build_model
+from clrdist.factory import build_loss, build_model
+from clrdist.losses import LOSSES
 
 P = 10  # as in _gloo.global_batch
 MODELS = {

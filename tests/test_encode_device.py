@@ -8,7 +8,7 @@ import torch
 from clrdist.config import load_config
 from clrdist.data.toy import toy_dataset
 from clrdist.evaluation import DEVICE_EVALUATIONS, on_device
-from clrdist.models import initial_model
+from clrdist.factory import initial_model
 from clrdist.models.encode import encode_dtype, make_encoder, model_inputs, resolve_device
 
 SMALL = ["model.model_dim=16", "model.ff_dim=32", "model.layers=1", "model.heads=2",

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from clrdist.config import RunConfig
-from clrdist.models import build_model
+from clrdist.factory import build_model
 from clrdist.train import checkpoint
 from clrdist.train.engine import DDPEngine, LossGuard, NonFiniteLoss, lr_lambda
 

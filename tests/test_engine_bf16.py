@@ -21,7 +21,7 @@ from test_engine import (  # noqa: F401  (gloo_world_of_one: the fixture, used b
 )
 
 from clrdist.data.toy import toy_dataset
-from clrdist.models import build_model
+from clrdist.factory import build_model
 from clrdist.models.encode import make_encoder
 from clrdist.precision import resolve
 from clrdist.train import checkpoint

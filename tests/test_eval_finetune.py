@@ -10,6 +10,7 @@ from _eval_toys import mixed
 
 from clrdist.config import load_config
 from clrdist.eval.finetune import fit_classifier, label_efficiency, label_subset, supervised_ceiling
+from clrdist.factory import build_model
 from clrdist.models.encode import Representation, numpy_inputs
 
 CFG = load_config(None, ["model.model_dim=16", "model.ff_dim=32", "model.heads=2",
@@ -21,7 +22,7 @@ def prepare(p, m):
 
 
 def factory():
-    return Representation(CFG)
+    return Representation(build_model(CFG.model))
 
 
 def test_label_subset_keeps_both_classes_and_the_fraction():

@@ -13,7 +13,7 @@ from clrdist.data.store import StoreError, open_store
 from clrdist.data.toy import write_toy_store
 from clrdist.eval.held_out import check_held_out
 from clrdist.eval_checks import check_final_stores
-from clrdist.losses import build_loss
+from clrdist.factory import build_loss
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from clrdist.config import LossConfig
-from clrdist.losses import LOSSES, anomalyclr, anomalyclr_plus, build_loss, nt_xent, supcon
+from clrdist.factory import build_loss
+from clrdist.losses import LOSSES, anomalyclr, anomalyclr_plus, nt_xent, supcon
 
 # the (z1, z2[, z_anom, labels]) losses; dino and orca need the model's inputs and have their
 # own tests (tests/test_dino.py, tests/test_orca.py)

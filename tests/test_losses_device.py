@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from clrdist.config import LossConfig
-from clrdist.losses import LOSSES, build_loss
+from clrdist.factory import build_loss
+from clrdist.losses import LOSSES
 from clrdist.syncs import count_syncs
 
 META = torch.device("meta")

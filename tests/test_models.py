@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from clrdist.config import ModelConfig
-from clrdist.models import ContrastiveModel, DenseEncoder, TransformerEncoder, build_model
+from clrdist.factory import build_model
+from clrdist.models import ContrastiveModel, DenseEncoder, TransformerEncoder
 
 SMALL = dict(model_dim=32, ff_dim=64, heads=4, layers=2, head_dims=[32], output_dim=16, dropout=0.0)
 

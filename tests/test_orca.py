@@ -10,9 +10,8 @@ from _gloo import ddp_vs_one_process, on_ranks
 
 from clrdist.config import LossConfig, ModelConfig
 from clrdist.eval.openworld import cluster_accuracy, openworld_evaluation
-from clrdist.losses import build_loss
+from clrdist.factory import build_loss, build_model
 from clrdist.losses.orca import ORCALoss
-from clrdist.models import build_model
 
 KNOWN = [0, 1]
 
@@ -197,7 +196,7 @@ def test_orca_learns_on_pythia_jets():
     1 and novel clustering accuracy 0.5)."""
     pytest.importorskip("pythia8mc")
     from bench import selfsup
-    from clrdist.models import initial_model
+    from clrdist.factory import initial_model
 
     train_set, test = selfsup.halves(selfsup.pythia_jets(300, 23))
     cfg = selfsup.config("orca")

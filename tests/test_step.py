@@ -11,12 +11,11 @@ import torch
 
 from clrdist.config import load_config
 from clrdist.data.toy import toy_jets
-from clrdist.losses import build_loss
-from clrdist.models import initial_model
+from clrdist.factory import build_loss, build_views, initial_model
 from clrdist.precision import resolve
 from clrdist.syncs import count_syncs
 from clrdist.train.engine import LocalEngine, LossGuard
-from clrdist.train.step import build_views, set_sync_free, train_step
+from clrdist.train.step import set_sync_free, train_step
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SMALL = ["model.model_dim=16", "model.ff_dim=32", "model.heads=2", "model.layers=1",

@@ -20,7 +20,7 @@ from _train_toys import CONFIGS, tiny_config
 from clrdist import tracking
 from clrdist.cli import main
 from clrdist.data.store import open_store
-from clrdist.models import build_model
+from clrdist.factory import build_model
 from clrdist.pipeline import train_and_evaluate
 from clrdist.train import checkpoint
 from clrdist.train.trainer import train

@@ -9,7 +9,7 @@ import torch
 
 from clrdist.config import load_config
 from clrdist.data.toy import toy_dataset
-from clrdist.models import initial_model
+from clrdist.factory import initial_model
 
 pytest.importorskip("ray")
 

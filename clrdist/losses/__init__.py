@@ -4,7 +4,7 @@
     dino.py         DINO self-distillation (teacher, centre)
     orca.py         ORCA open-world semi-supervised learning
 
-``build_loss(cfg)`` makes one from a ``loss`` config section (any object with its fields).
+``LOSSES`` names them; ``clrdist.factory.build_loss`` makes one from a ``loss`` config section.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from clrdist.losses.dino import DINOLoss
 from clrdist.losses.orca import ORCALoss
 
 __all__ = ["Loss", "nt_xent", "anomalyclr", "anomalyclr_plus", "supcon", "NTXentLoss",
-           "AnomalyCLRLoss", "AnomalyCLRPlusLoss", "SupConLoss", "DINOLoss", "ORCALoss", "LOSSES",
-           "build_loss"]
+           "AnomalyCLRLoss", "AnomalyCLRPlusLoss", "SupConLoss", "DINOLoss", "ORCALoss", "LOSSES"]
 
 LOSSES: dict[str, type[Loss]] = {
     "nt_xent": NTXentLoss,
@@ -36,13 +35,3 @@ LOSSES: dict[str, type[Loss]] = {
     "orca": ORCALoss,  # classifier head, adaptive margin
 }
 
-
-def build_loss(cfg) -> Loss:
-    """A ``loss`` config section -> loss module; unknown name -> KeyError listing the known ones.
-    ``keep_positive: null`` (the config default) leaves the denominator to the loss's published
-    form (``published_keep_positive``), never to one global default."""
-    try:
-        cls = LOSSES[cfg.name]
-    except KeyError:
-        raise KeyError(f"unknown loss {cfg.name!r}; known: {', '.join(sorted(LOSSES))}") from None
-    return cls.from_config(cfg)

@@ -57,11 +57,6 @@ class Loss(nn.Module):
     min_output_dim: int = 1
     step_count: int | None = None  # optimiser steps seen, for losses that count_steps()
 
-    @classmethod
-    def from_config(cls, cfg) -> Loss:
-        """The loss from a ``loss`` config section (its own fields; base: no fields)."""
-        return cls()
-
     def attach(self, model: nn.Module, total_steps: int) -> None:
         """Called once before the first step with the (unwrapped) trained model, on its device:
         the loss's state (buffers, submodules) moves there."""

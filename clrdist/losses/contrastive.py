@@ -133,7 +133,7 @@ def supcon(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, *, temperat
         return (-log_prob.sum(1) / positive.sum(1)).mean()
 
 
-# ---- modules built from the config ------------------------------------------------------------
+# ---- the loss modules (LOSSES) ----------------------------------------------------------------
 
 class _Contrastive(Loss):
     published_keep_positive = True  # the denominator of the loss's paper (keep_positive=None)
@@ -144,10 +144,6 @@ class _Contrastive(Loss):
         if keep_positive is None:
             keep_positive = self.published_keep_positive
         self.temperature, self.keep_positive, self.gather = temperature, keep_positive, gather
-
-    @classmethod
-    def from_config(cls, cfg) -> _Contrastive:
-        return cls(temperature=cfg.temperature, keep_positive=cfg.keep_positive, gather=cfg.gather)
 
     def _need_anom(self, z_anom):
         if z_anom is None:

@@ -89,12 +89,6 @@ class DINOLoss(Loss):
         self.register_buffer("centre", torch.zeros(0))
         self.count_steps()
 
-    @classmethod
-    def from_config(cls, cfg) -> DINOLoss:
-        return cls(temperature=cfg.temperature, teacher_temperature=cfg.teacher_temperature,
-                   centre_momentum=cfg.centre_momentum, teacher_momentum=cfg.teacher_momentum,
-                   gather=cfg.gather)
-
     def attach(self, model: nn.Module, total_steps: int) -> None:
         self.teacher = copy.deepcopy(model).eval()
         for p in self.teacher.parameters():

@@ -93,11 +93,6 @@ class ORCALoss(Loss):
         self.register_buffer("uncertainty", torch.tensor(float("nan"), dtype=torch.float64))
         self.count_steps()
 
-    @classmethod
-    def from_config(cls, cfg) -> ORCALoss:
-        return cls(known_classes=cfg.known_classes, labelled_fraction=cfg.labelled_fraction,
-                   temperature=cfg.temperature, gather=cfg.gather)
-
     def head_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Store labels -> index of the known class (its head), -1 for every other label."""
         out = torch.full_like(labels, -1, dtype=torch.long)

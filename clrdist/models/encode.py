@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from clrdist.config import RunConfig
-from clrdist.models import build_model
 from clrdist.physics.frame import input_features, to_model_frame
 
 # encode(samples) -> (n, D) float32 representations; samples: a SampleStore.read_all() dict
@@ -118,12 +117,13 @@ def make_encoder(model: torch.nn.Module, cfg: RunConfig, batch_size: int = 2048,
 
 
 class Representation(torch.nn.Module):
-    """A fresh encoder of a run's architecture, ``(x, mask) -> (B, D) representation``: the
-    supervised baseline trains it on the labels (inputs from :func:`numpy_inputs`)."""
+    """``model``'s representation as a module, ``(x, mask) -> (B, D)`` (not the projection
+    head's output): the supervised baseline trains a fresh one on the labels (inputs from
+    :func:`numpy_inputs`), the fine-tuning a copy of the trained one."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, model: torch.nn.Module):
         super().__init__()
-        self.model = build_model(cfg.model)
+        self.model = model
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.model.represent(x, mask)

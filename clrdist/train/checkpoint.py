@@ -33,6 +33,7 @@ import torch
 import clrdist
 from clrdist.config import RunConfig, config_from_dict
 from clrdist.errors import ClrdistError, first_line
+from clrdist.factory import build_loss, build_model
 
 
 class CheckpointError(ClrdistError):
@@ -209,9 +210,6 @@ def training_state(engine: Any, loss_fn: torch.nn.Module) -> dict[str, Any]:
 def evaluated_model(state: dict[str, Any], cfg: RunConfig) -> torch.nn.Module:
     """The network evaluation uses, in eval mode: the run's loss picks it from the checkpoint's
     model and loss state (``Loss.eval_model``: DINO's teacher, else the trained model)."""
-    from clrdist.losses import build_loss
-    from clrdist.models import build_model
-
     model = build_model(cfg.model)
     model.load_state_dict(state["model"])
     loss = build_loss(cfg.loss)

@@ -21,20 +21,13 @@ from clrdist.data.store import open_store
 from clrdist.data.stream import DevicePrefetcher, ShardedStream
 from clrdist.diagnostics import global_diagnostics, is_collapsed
 from clrdist.distributed import gather_shards, get_rank, get_world_size
-from clrdist.losses import build_loss
-from clrdist.models import initial_model
+from clrdist.factory import build_loss, build_views, initial_model
 from clrdist.precision import resolve
 from clrdist.runtime import tune_malloc
 from clrdist.train import checkpoint, preempt
 from clrdist.train.cadence import Cadence
 from clrdist.train.engine import LossGuard, build_engine
-from clrdist.train.step import (
-    build_views,
-    default_sync_free,
-    prepare_model,
-    seed_step,
-    train_step,
-)
+from clrdist.train.step import default_sync_free, prepare_model, seed_step, train_step
 
 
 def say(message: str) -> None:

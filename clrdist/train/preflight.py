@@ -13,6 +13,8 @@ from clrdist.cluster import ClusterError, check_ray_address
 from clrdist.config import ConfigError, RunConfig
 from clrdist.data.store import StoreError, open_store
 from clrdist.eval_checks import check_evaluation_stores
+from clrdist.factory import build_loss, build_model
+from clrdist.physics.augment import build_view
 
 
 def _open(path: str, key: str):
@@ -82,10 +84,6 @@ def check_train_sample(store) -> None:
 
 def check_components(cfg: RunConfig) -> None:
     """Every registered name resolves and the views fit the loss (cheap: builds on CPU)."""
-    from clrdist.losses import build_loss
-    from clrdist.models import build_model
-    from clrdist.physics.augment import build_view
-
     try:
         loss = build_loss(cfg.loss)
     except KeyError as e:

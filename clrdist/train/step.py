@@ -26,12 +26,12 @@ from torch import nn
 
 from clrdist.config import RunConfig
 from clrdist.models.transformer import TransformerEncoder
-from clrdist.physics.augment import View, build_view
+from clrdist.physics.augment import View
 from clrdist.precision import Precision, fp32_region
 from clrdist.train.engine import Engine, LossGuard
 from clrdist.train.inputs import view_inputs
 
-__all__ = ["StepOutput", "build_views", "set_sync_free", "prepare_model", "compute_loss",
+__all__ = ["StepOutput", "set_sync_free", "prepare_model", "compute_loss",
            "train_step", "default_sync_free", "seed_step"]
 
 
@@ -53,14 +53,6 @@ def seed_step(gen: torch.Generator, seed: int, rank: int, step: int) -> None:
 def default_sync_free(device: str | torch.device) -> bool:
     """Sync-free (fixed-shape) step on every device but the CPU."""
     return torch.device(device).type != "cpu"
-
-
-def build_views(cfg: RunConfig, *, fixed: bool | None = None) -> list[View]:
-    """The run's views in order: ``augment.views``, ``augment.local_views`` (student only, DINO),
-    then ``augment.anomaly_view``; ``fixed`` as in :class:`clrdist.physics.augment.View`."""
-    a = cfg.augment
-    specs = [*a.views, *a.local_views] + ([a.anomaly_view] if a.anomaly_view else [])
-    return [build_view(v, a.strength, a.backend, fixed) for v in specs]
 
 
 def set_sync_free(model: nn.Module, sync_free: bool) -> nn.Module:

@@ -1,0 +1,98 @@
+"""The one place a run's config becomes library objects: model, loss, views.
+
+The library packages (``data``, ``physics``, ``models``, ``losses``, ``eval``) take plain
+arguments and never read a config (docs/internals.md, "Layers"); training, evaluation, the
+benchmarks and the tests build what a config describes through these functions:
+
+    model = initial_model(cfg.model, cfg.seed)      # build_model(cfg.model), seeded as training
+    loss = build_loss(cfg.loss)
+    views = build_views(cfg, fixed=sync_free)
+
+The engine (DDP / DeepSpeed) is training's own and reads the config itself:
+``clrdist.train.engine.build_engine``. It is not built here because the evaluation
+(``clrdist.evaluation``) imports this module and must not load training.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from clrdist.config import LossConfig, ModelConfig, RunConfig
+from clrdist.losses import LOSSES, Loss
+from clrdist.models import ContrastiveModel, DenseEncoder, ProjectionHead, TransformerEncoder
+from clrdist.models.prototypes import CosineClassifier, DINOHead
+from clrdist.physics.augment import View, build_view
+
+__all__ = ["ENCODERS", "HEADS", "LOSS_FIELDS", "build_model", "initial_model", "build_loss",
+           "build_views"]
+
+
+def _transformer(cfg: ModelConfig) -> TransformerEncoder:
+    return TransformerEncoder(
+        input_dim=cfg.input_dim, model_dim=cfg.model_dim, ff_dim=cfg.ff_dim, heads=cfg.heads,
+        layers=cfg.layers, dropout=cfg.dropout, pooling=cfg.pooling, log_pt_bias=cfg.log_pt_bias,
+        log_pt_bias_scale=cfg.log_pt_bias_scale, norm_first=cfg.norm_first, embed_pt=cfg.embed_pt,
+        buckets=cfg.buckets)
+
+
+def _dense(cfg: ModelConfig) -> DenseEncoder:
+    return DenseEncoder(input_dim=cfg.dense_input_dim, dims=cfg.dense_dims, norm=cfg.dense_norm)
+
+
+ENCODERS = {"transformer": _transformer, "dense": _dense}
+# model.head -> the head: an MLP projection, or the prototype heads of DINO and ORCA
+HEADS = {"dino": DINOHead, "cosine": CosineClassifier}
+
+
+def build_model(cfg: ModelConfig) -> ContrastiveModel:
+    """ModelConfig -> ContrastiveModel(encoder, projection head)."""
+    try:
+        make = ENCODERS[cfg.encoder]
+    except KeyError:
+        raise KeyError(f"unknown encoder {cfg.encoder!r}; known: {', '.join(sorted(ENCODERS))}") from None
+    encoder = make(cfg)
+    if cfg.head == "mlp":
+        head = ProjectionHead(encoder.out_dim, cfg.head_dims, cfg.output_dim,
+                              batchnorm=cfg.head_batchnorm)
+    else:
+        head = HEADS[cfg.head](encoder.out_dim, cfg.head_dims, cfg.output_dim)
+    return ContrastiveModel(encoder, head)
+
+
+def initial_model(cfg: ModelConfig, seed: int) -> ContrastiveModel:
+    """The model exactly as training starts it (the untrained reference of every evaluation):
+    ``torch.manual_seed(seed)``, then ``build_model``. Reseeds torch's global generator."""
+    torch.manual_seed(seed)
+    return build_model(cfg)
+
+
+_CONTRASTIVE = ("temperature", "keep_positive", "gather")
+# loss.name -> the fields of the loss section its class takes (keywords of the same name)
+LOSS_FIELDS: dict[str, tuple[str, ...]] = {
+    "nt_xent": _CONTRASTIVE,
+    "anomalyclr": _CONTRASTIVE,
+    "anomalyclr_plus": _CONTRASTIVE,
+    "supcon": _CONTRASTIVE,
+    "dino": ("temperature", "teacher_temperature", "centre_momentum", "teacher_momentum", "gather"),
+    "orca": ("known_classes", "labelled_fraction", "temperature", "gather"),
+}
+
+
+def build_loss(cfg: LossConfig) -> Loss:
+    """A ``loss`` config section -> loss module; unknown name -> KeyError listing the known ones.
+    ``keep_positive: null`` (the config default) leaves the denominator to the loss's published
+    form (``published_keep_positive``), never to one global default."""
+    try:
+        cls = LOSSES[cfg.name]
+    except KeyError:
+        raise KeyError(f"unknown loss {cfg.name!r}; known: {', '.join(sorted(LOSSES))}") from None
+    return cls(**{f: getattr(cfg, f) for f in LOSS_FIELDS[cfg.name]})
+
+
+def build_views(cfg: RunConfig, *, fixed: bool | None = None) -> list[View]:
+    """The run's views in order: ``augment.views``, ``augment.local_views`` (student only, DINO),
+    then ``augment.anomaly_view``; ``fixed`` as in :class:`clrdist.physics.augment.View`."""
+    a = cfg.augment
+    specs = [*a.views, *a.local_views] + ([a.anomaly_view] if a.anomaly_view else [])
+    return [build_view(v, a.strength, a.backend, fixed) for v in specs]
+

@@ -1,0 +1,57 @@
+"""clrdist.factory: the config -> objects step the library never takes itself."""
+
+import inspect
+
+import pytest
+
+from clrdist.config import LossConfig, ModelConfig, load_config
+from clrdist.factory import (
+    ENCODERS,
+    HEADS,
+    LOSS_FIELDS,
+    build_loss,
+    build_model,
+    build_views,
+    initial_model,
+)
+from clrdist.losses import LOSSES
+
+
+def test_every_loss_takes_the_loss_fields_the_factory_passes():
+    assert set(LOSS_FIELDS) == set(LOSSES)
+    for name, fields in LOSS_FIELDS.items():
+        params = inspect.signature(LOSSES[name]).parameters
+        assert set(fields) <= set(params), (name, set(fields) - set(params))
+        assert set(fields) <= set(LossConfig.model_fields), name
+
+
+def test_build_loss_passes_the_section_fields():
+    loss = build_loss(LossConfig(name="dino", temperature=0.2, centre_momentum=0.8, gather=False))
+    assert (loss.temperature, loss.centre_momentum, loss.gather) == (0.2, 0.8, False)
+    orca = build_loss(LossConfig(name="orca", known_classes=[0, 2], labelled_fraction=0.3))
+    assert orca.known == [0, 2] and orca.labelled_fraction == 0.3
+    with pytest.raises(KeyError, match="unknown loss 'ntxent'; known: anomalyclr"):
+        build_loss(LossConfig.model_construct(name="ntxent"))
+
+
+def test_every_encoder_and_head_the_config_names_is_built():
+    encoders = ModelConfig.model_fields["encoder"].annotation.__args__
+    heads = ModelConfig.model_fields["head"].annotation.__args__
+    assert set(encoders) == set(ENCODERS) and set(heads) == set(HEADS) | {"mlp"}
+    small = dict(model_dim=8, ff_dim=8, heads=2, layers=1, head_dims=[8], output_dim=4,
+                 dense_input_dim=6, dense_dims=[8, 4])
+    for enc in encoders:
+        for head in heads:
+            model = build_model(ModelConfig(encoder=enc, head=head, **small))
+            assert type(model.head).__name__ == ("ProjectionHead" if head == "mlp"
+                                                 else HEADS[head].__name__)
+
+
+def test_initial_model_is_seeded_and_views_come_in_config_order():
+    cfg = load_config(None, ["model.model_dim=8", "model.ff_dim=8", "model.heads=2",
+                             "model.layers=1"])
+    a, b = initial_model(cfg.model, 3), initial_model(cfg.model, 3)
+    assert all((p == q).all() for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    views = build_views(cfg)
+    assert len(views) == len(cfg.augment.views) + len(cfg.augment.local_views) + bool(
+        cfg.augment.anomaly_view)
