@@ -34,8 +34,8 @@ from bench.results import write_results  # noqa: E402
 from clrdist.config import load_config  # noqa: E402
 from clrdist.data.store import open_store  # noqa: E402
 from clrdist.eval.anomaly import anomaly_scores  # noqa: E402
-from clrdist.factory import initial_model  # noqa: E402
-from clrdist.models.encode import make_encoder, model_inputs  # noqa: E402
+from clrdist.factory import build_encoder, initial_model, input_transform  # noqa: E402
+from clrdist.models.encode import model_inputs  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "anomalyclr_adc2021_cpu.yaml"
 
@@ -69,12 +69,12 @@ def main(argv: list[str] | None = None) -> dict:
     t_train = time.perf_counter() - t0
 
     def raw(d: dict) -> np.ndarray:
-        x, _ = model_inputs(d["particles"], d["mask"], cfg)
+        x, _ = model_inputs(d["particles"], d["mask"], input_transform(cfg))
         return x.reshape(len(x), -1).numpy()
 
-    encoders = {"trained": make_encoder(model, cfg), "raw": raw}
+    encoders = {"trained": build_encoder(model, cfg), "raw": raw}
     for s in range(a.init_seeds):
-        encoders[f"untrained_{s}"] = make_encoder(initial_model(cfg.model, 1000 + s), cfg)
+        encoders[f"untrained_{s}"] = build_encoder(initial_model(cfg.model, 1000 + s), cfg)
     rows, inv = [], {}
     for rep_name, enc in encoders.items():
         r_fit, r_test = enc(ae_fit), enc(test)

@@ -50,8 +50,8 @@ from bench.results import write_results  # noqa: E402
 from clrdist.config import load_config  # noqa: E402
 from clrdist.data.store import open_store  # noqa: E402
 from clrdist.eval.nplm import calibrate_null, fit_dof, kernel_width, run_toys, z_chi2  # noqa: E402
-from clrdist.factory import build_loss, initial_model  # noqa: E402
-from clrdist.models.encode import make_encoder, model_inputs  # noqa: E402
+from clrdist.factory import build_encoder, build_loss, initial_model, input_transform  # noqa: E402
+from clrdist.models.encode import model_inputs  # noqa: E402
 from clrdist.physics.augment import build_view  # noqa: E402
 from clrdist.train.inputs import view_inputs  # noqa: E402
 
@@ -63,7 +63,7 @@ def masked_views(particles, mask, cfg, p: float, value: float, generator: torch.
                  n_views: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Naive masking with a sentinel: every number of every *real* object replaced by ``value``
     with probability p (empty slots stay zero), so a masked object is not an absent one."""
-    x, m = model_inputs(particles, mask, cfg)
+    x, m = model_inputs(particles, mask, input_transform(cfg))
     views = []
     for _ in range(n_views):
         hit = (torch.rand(x.shape, generator=generator) < p) & m[..., None]
@@ -255,12 +255,12 @@ def main(argv: list[str] | None = None) -> dict:
                               for s in sig_labels}
 
     def raw(d: dict) -> np.ndarray:
-        x, _ = model_inputs(d["particles"], d["mask"], cfg)
+        x, _ = model_inputs(d["particles"], d["mask"], input_transform(cfg))
         return x.reshape(len(x), -1).numpy().astype(np.float64)
 
-    reps = {"embedding": rep_of(make_encoder(model, cfg)), "raw": rep_of(raw)}
+    reps = {"embedding": rep_of(build_encoder(model, cfg)), "raw": rep_of(raw)}
     for s in range(a.init_seeds):
-        reps[f"untrained_{s}"] = rep_of(make_encoder(initial_model(cfg.model, 1000 + s), cfg))
+        reps[f"untrained_{s}"] = rep_of(build_encoder(initial_model(cfg.model, 1000 + s), cfg))
     n_grid = np.array([int(x) for x in a.n_sig.split(",")])
     rng = np.random.default_rng(a.seed)
     out_dir = Path(a.out_dir)

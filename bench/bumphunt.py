@@ -129,9 +129,9 @@ def train_encoder(cfg, particles: np.ndarray, mask: np.ndarray, seconds: float, 
 
 def event_reps(model, cfg, ev: dict, proc: str) -> np.ndarray:
     """(n, 2 D): both jets' representations, leading jet first."""
-    from clrdist.models.encode import make_encoder
+    from clrdist.factory import build_encoder
 
-    enc = make_encoder(model, cfg)
+    enc = build_encoder(model, cfg)
     p, m, half = jets_of(ev, proc)
     return np.concatenate([enc({"particles": p[:, :half], "mask": m[:, :half]}),
                            enc({"particles": p[:, half:], "mask": m[:, half:]})], 1)

@@ -31,7 +31,7 @@ from clrdist.config import load_config
 from clrdist.data.store import open_store
 from clrdist.eval.metrics import binary_labels, roc_metrics
 from clrdist.eval.mimic import jet_mass_pt
-from clrdist.factory import build_loss, build_views, initial_model
+from clrdist.factory import build_loss, build_views, initial_model, input_transform
 from clrdist.models.encode import model_inputs
 from clrdist.precision import resolve
 from clrdist.train.engine import LocalEngine, LossGuard
@@ -102,7 +102,8 @@ def main(argv=None) -> dict:
     labels = np.asarray(ev["label"]).reshape(-1)
     x_ev, m_ev = model_inputs(torch.as_tensor(ev["particles"][:, :cfg.data.n_particles],
                                               dtype=torch.float32),
-                              torch.as_tensor(ev["mask"][:, :cfg.data.n_particles]), cfg)
+                              torch.as_tensor(ev["mask"][:, :cfg.data.n_particles]),
+                              input_transform(cfg))
 
     rows: list[dict] = []
     for name, s in (("raw: jet mass", jet_mass_pt(ev["particles"], ev["mask"])[:, 0]),

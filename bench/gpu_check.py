@@ -463,8 +463,7 @@ def stage_quality(a, dev, budget):
     from clrdist.eval.baselines import raw_inputs
     from clrdist.eval.lct import linear_scores
     from clrdist.eval.metrics import roc_metrics
-    from clrdist.factory import initial_model
-    from clrdist.models.encode import make_encoder
+    from clrdist.factory import build_encoder, initial_model
 
     cfg = run_config("darkclr", sizes(a.quick)["darkclr"], 32 if a.quick else 256, "bf16")
     cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"name": "nt_xent"}),
@@ -479,7 +478,7 @@ def stage_quality(a, dev, budget):
 
     raw = roc_metrics(va["label"], linear_scores(raw_inputs(tr, "jet"), tr["label"],
                                                  raw_inputs(va, "jet"), seed=0), "raw")[0]["raw_auc"]
-    untrained = [lct(make_encoder(initial_model(cfg.model, s), cfg, device=dev))
+    untrained = [lct(build_encoder(initial_model(cfg.model, s), cfg, device=dev))
                  for s in range(3 if a.quick else 5)]
     step = Stepper(cfg, dev, "bf16")
     B = cfg.data.batch_size
@@ -496,7 +495,7 @@ def stage_quality(a, dev, budget):
     def point() -> dict:
         t = time.perf_counter()
         row = {"jets_seen": seen, "train_seconds": trained_s(),
-               "val_lct_auc": lct(make_encoder(step.model, cfg, device=dev))}
+               "val_lct_auc": lct(build_encoder(step.model, cfg, device=dev))}
         step.model.train()
         evaluating[0] += time.perf_counter() - t
         return row

@@ -46,8 +46,7 @@ from bench.results import cpu_model, write_results  # noqa: E402
 from clrdist.config import load_config  # noqa: E402
 from clrdist.data.store import open_store  # noqa: E402
 from clrdist.eval.runner import evaluate_during_training  # noqa: E402
-from clrdist.factory import build_loss, initial_model  # noqa: E402
-from clrdist.models.encode import make_encoder  # noqa: E402
+from clrdist.factory import build_encoder, build_loss, initial_model  # noqa: E402
 from clrdist.physics.augment import build_view  # noqa: E402
 from clrdist.runtime import tune_malloc  # noqa: E402
 from clrdist.train.inputs import view_inputs  # noqa: E402
@@ -104,7 +103,7 @@ class Recipe:
         self.seconds += time.perf_counter() - t0
 
     def validate(self, fit: dict, val: dict) -> float:
-        encode = make_encoder(self.model, self.cfg)
+        encode = build_encoder(self.model, self.cfg)
         auc = evaluate_during_training(encode(fit), fit["label"], encode(val), val["label"])["lct_auc"]
         self.curve.append((round(self.seconds, 1), self.jets, round(auc, 4)))
         return auc

@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from clrdist.data.store import open_store
     from clrdist.demo import SPLITS, make_jets
     from clrdist.eval.runner import Context, run_evaluations
-    from clrdist.factory import initial_model
-    from clrdist.models.encode import make_encoder
+    from clrdist.factory import build_encoder, initial_model
 
     cfg = load_config(args.config)
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         te = open_store(Path(tmp) / "eval_test.zarr").read_all()
     seeds = list(range(args.seeds))
     with torch.random.fork_rng():
-        encoders = [make_encoder(initial_model(cfg.model, s), cfg) for s in seeds]
+        encoders = [build_encoder(initial_model(cfg.model, s), cfg) for s in seeds]
     ctx = Context(seed=0, init_encoders=encoders, init_seeds=seeds, n_particles=cfg.data.n_particles)
     res = run_evaluations(encoders[0], train_data=tr, test_data=te, which={"lct"}, context=ctx,
                           options={"lct": {"figures": False}})["lct"]

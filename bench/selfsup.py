@@ -41,8 +41,8 @@ from bench.results import write_results  # noqa: E402
 from clrdist.config import load_config  # noqa: E402
 from clrdist.eval.openworld import openworld_evaluation  # noqa: E402
 from clrdist.eval.runner import evaluate_during_training  # noqa: E402
-from clrdist.factory import build_loss, initial_model  # noqa: E402
-from clrdist.models.encode import make_encoder, model_inputs  # noqa: E402
+from clrdist.factory import build_encoder, build_loss, initial_model, input_transform  # noqa: E402
+from clrdist.models.encode import model_inputs  # noqa: E402
 from clrdist.physics.augment import build_view  # noqa: E402
 from clrdist.train.inputs import view_inputs  # noqa: E402
 
@@ -117,7 +117,7 @@ def train(cfg, jets: dict, steps: int, seed: int = 0) -> torch.nn.Module:
 
 @torch.no_grad()
 def orca_metrics(model: torch.nn.Module, cfg, test: dict) -> dict[str, float]:
-    x, m = model_inputs(test["particles"], test["mask"], cfg)
+    x, m = model_inputs(test["particles"], test["mask"], input_transform(cfg))
     probs = torch.softmax(model.eval()(x, m)[1].double(), 1).numpy()  # as clrdist eval --orca
     res = openworld_evaluation(probs, test["label"], known=cfg.loss.known_classes,
                                label_names={1: "top", 2: "w"}).metrics
@@ -130,9 +130,10 @@ def lct_auc(model: torch.nn.Module | None, cfg, fit: dict, score: dict) -> float
     None: the raw inputs (flattened model inputs)."""
     fit, score = ({k: v[s["label"] < 2] for k, v in s.items()} for s in (fit, score))
     if model is None:
-        rep = lambda s: model_inputs(s["particles"], s["mask"], cfg)[0].flatten(1).numpy()  # noqa: E731
+        inputs = input_transform(cfg)
+        rep = lambda s: model_inputs(s["particles"], s["mask"], inputs)[0].flatten(1).numpy()  # noqa: E731
     else:
-        rep = make_encoder(model, cfg)
+        rep = build_encoder(model, cfg)
     return float(evaluate_during_training(rep(fit), fit["label"], rep(score),
                                           score["label"])["lct_auc"])
 

@@ -27,8 +27,8 @@ from clrdist.eval.metrics import EvalResult
 from clrdist.eval.registry import check_names
 from clrdist.eval.runner import Context, run_evaluations
 from clrdist.eval_checks import check_final_stores
-from clrdist.factory import build_model, initial_model
-from clrdist.models.encode import Representation, make_encoder, numpy_inputs, resolve_device
+from clrdist.factory import build_encoder, build_model, initial_model, input_transform
+from clrdist.models.encode import Representation, numpy_inputs, resolve_device
 
 # evaluations that fit torch models and take a ``device`` option
 DEVICE_EVALUATIONS = ("nplm", "anomaly", "nae", "images", "mimic")
@@ -62,24 +62,25 @@ def evaluate_trained(model: torch.nn.Module, trained_cfg: RunConfig, which: set[
     with torch.random.fork_rng():
         untrained = [initial_model(trained_cfg.model, s) for s in seeds]
     device = resolve_device(cfg.eval.device)  # the GPU when there is one (eval.device: auto)
+    inputs = input_transform(trained_cfg)  # the run's input transform
     context = Context(
         batch_size=ENCODE_BATCH if device.type != "cpu" else Context.batch_size,
         seed=cfg.seed, feature_names=store.feature_names, kind=store.kind,
         label_names=store.label_names,  # per-signal metrics of lct / anomaly / nae / ...
         n_particles=trained_cfg.data.n_particles,
         ecm=collision_energy(store, test_store),  # the bump hunt's sqrt(s)
-        init_encoders=[make_encoder(m, trained_cfg, device=device) for m in untrained],
+        init_encoders=[build_encoder(m, trained_cfg, device=device) for m in untrained],
         init_seeds=seeds,
         # the supervised baseline: a fresh encoder of the run's size on the run's inputs
         model_factory=lambda: Representation(build_model(trained_cfg.model)),
-        supervised_prepare=lambda particles, mask: numpy_inputs(particles, mask, trained_cfg),
+        supervised_prepare=lambda particles, mask: numpy_inputs(particles, mask, inputs),
         known_classes=trained_cfg.loss.known_classes)
     if which & {"ceiling", "finetune"}:  # the labels of the jets the encoder was trained on
         _label_stores(context, model, trained_cfg, cfg)
     if trained_cfg.loss.name == "orca":  # ORCA's head is its classifier over known + novel classes
         context.head = lambda rep: _head_probabilities(model, rep)
         context.init_heads = [lambda rep, m=m: _head_probabilities(m, rep) for m in untrained]
-    return run_evaluations(make_encoder(model, trained_cfg, device=device),
+    return run_evaluations(build_encoder(model, trained_cfg, device=device),
                            train_data=train_data, test_data=test_data, which=set(which),
                            context=context, options=on_device(cfg.eval.options, which, device))
 

@@ -1,4 +1,4 @@
-"""The one place a run's config becomes library objects: model, loss, views.
+"""The one place a run's config becomes library objects: model, loss, views, input transform.
 
 The library packages (``data``, ``physics``, ``models``, ``losses``, ``eval``) take plain
 arguments and never read a config (docs/internals.md, "Layers"); training, evaluation, the
@@ -7,6 +7,8 @@ benchmarks and the tests build what a config describes through these functions:
     model = initial_model(cfg.model, cfg.seed)      # build_model(cfg.model), seeded as training
     loss = build_loss(cfg.loss)
     views = build_views(cfg, fixed=sync_free)
+    x, mask = model_inputs(particles, mask, input_transform(cfg))   # clrdist.models.encode
+    encode = build_encoder(model, cfg, device="auto")               # samples -> representations
 
 The engine (DDP / DeepSpeed) is training's own and reads the config itself:
 ``clrdist.train.engine.build_engine``. It is not built here because the evaluation
@@ -16,15 +18,17 @@ The engine (DDP / DeepSpeed) is training's own and reads the config itself:
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from clrdist.config import LossConfig, ModelConfig, RunConfig
 from clrdist.losses import LOSSES, Loss
 from clrdist.models import ContrastiveModel, DenseEncoder, ProjectionHead, TransformerEncoder
+from clrdist.models.encode import Encoder, InputTransform, make_encoder
 from clrdist.models.prototypes import CosineClassifier, DINOHead
 from clrdist.physics.augment import View, build_view
 
 __all__ = ["ENCODERS", "HEADS", "LOSS_FIELDS", "build_model", "initial_model", "build_loss",
-           "build_views"]
+           "build_views", "input_transform", "build_encoder"]
 
 
 def _transformer(cfg: ModelConfig) -> TransformerEncoder:
@@ -96,3 +100,20 @@ def build_views(cfg: RunConfig, *, fixed: bool | None = None) -> list[View]:
     specs = [*a.views, *a.local_views] + ([a.anomaly_view] if a.anomaly_view else [])
     return [build_view(v, a.strength, a.backend, fixed) for v in specs]
 
+
+
+def input_transform(cfg: RunConfig) -> InputTransform:
+    """The run's input transform: the hardest ``data.n_particles``, ``model.frame``,
+    ``model.input_features``, pT / ``data.pt_scale``."""
+    return InputTransform(n_particles=cfg.data.n_particles, frame=cfg.model.frame,
+                          features=cfg.model.input_features, pt_scale=cfg.data.pt_scale)
+
+
+def build_encoder(model: nn.Module, cfg: RunConfig, batch_size: int = 2048,
+                  device: str | torch.device = "cpu", autocast: torch.dtype | str | None = "run"
+                  ) -> Encoder:
+    """``models.encode.make_encoder`` through the run's input transform; ``autocast="run"``:
+    the run's ``scaling.precision`` (bf16 on GPUs when it trains in bf16 or auto), else a dtype
+    or None (fp32)."""
+    precision = cfg.scaling.precision if autocast == "run" else autocast
+    return make_encoder(model, input_transform(cfg), batch_size, device, precision)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from clrdist.config import load_config
-from clrdist.factory import build_loss, build_model
+from clrdist.factory import build_loss, build_model, input_transform
 from clrdist.models.encode import model_inputs
 from clrdist.physics.augment import build_view
 from clrdist.train.inputs import view_inputs
@@ -53,6 +53,6 @@ def test_event_views_keep_the_slot_layout():
     p, mask = _events()
     views = [build_view(v) for v in cfg.augment.views]
     xs, ms = view_inputs(p, mask, cfg, views, torch.Generator().manual_seed(0))
-    x0, m0 = model_inputs(p, mask, cfg)
+    x0, m0 = model_inputs(p, mask, input_transform(cfg))
     assert torch.equal(xs[:6], x0) and torch.equal(ms[6:], m0)
     assert torch.equal(ms[:6], torch.as_tensor(mask))

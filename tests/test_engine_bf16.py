@@ -21,8 +21,7 @@ from test_engine import (  # noqa: F401  (gloo_world_of_one: the fixture, used b
 )
 
 from clrdist.data.toy import toy_dataset
-from clrdist.factory import build_model
-from clrdist.models.encode import make_encoder
+from clrdist.factory import build_encoder, build_model
 from clrdist.precision import resolve
 from clrdist.train import checkpoint
 from clrdist.train.engine import deepspeed_bf16
@@ -102,8 +101,8 @@ def test_validation_runs_on_the_deepspeed_bf16_module():
     # what validation encodes is the fp32 encoder of the same weights, to bf16 rounding
     fp32 = build_model(cfg.model)
     fp32.load_state_dict({k: v.float() for k, v in engine.module.state_dict().items()})
-    ours = make_encoder(engine.module, cfg, autocast=torch.bfloat16)(val[1])
-    ref = make_encoder(fp32, cfg, autocast=None)(val[1])
+    ours = build_encoder(engine.module, cfg, autocast=torch.bfloat16)(val[1])
+    ref = build_encoder(fp32, cfg, autocast=None)(val[1])
     assert ours.dtype == np.float32 and ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, rtol=0.05, atol=0.05 * np.abs(ref).max())
     engine.train()  # training goes on after validation

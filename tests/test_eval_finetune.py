@@ -10,7 +10,7 @@ from _eval_toys import mixed
 
 from clrdist.config import load_config
 from clrdist.eval.finetune import fit_classifier, label_efficiency, label_subset, supervised_ceiling
-from clrdist.factory import build_model
+from clrdist.factory import build_model, input_transform
 from clrdist.models.encode import Representation, numpy_inputs
 
 CFG = load_config(None, ["model.model_dim=16", "model.ff_dim=32", "model.heads=2",
@@ -18,7 +18,7 @@ CFG = load_config(None, ["model.model_dim=16", "model.ff_dim=32", "model.heads=2
 
 
 def prepare(p, m):
-    return numpy_inputs(p, m, CFG)
+    return numpy_inputs(p, m, input_transform(CFG))
 
 
 def factory():

@@ -13,8 +13,10 @@ from clrdist.factory import (
     build_model,
     build_views,
     initial_model,
+    input_transform,
 )
 from clrdist.losses import LOSSES
+from clrdist.models.encode import InputTransform
 
 
 def test_every_loss_takes_the_loss_fields_the_factory_passes():
@@ -55,3 +57,10 @@ def test_initial_model_is_seeded_and_views_come_in_config_order():
     views = build_views(cfg)
     assert len(views) == len(cfg.augment.views) + len(cfg.augment.local_views) + bool(
         cfg.augment.anomaly_view)
+
+
+def test_input_transform_reads_the_four_fields_the_model_inputs_depend_on():
+    cfg = load_config(None, ["data.n_particles=20", "data.pt_scale=300", "model.frame=event",
+                             "model.input_features=log", "model.input_dim=6"])
+    assert input_transform(cfg) == InputTransform(n_particles=20, frame="event", features="log",
+                                                  pt_scale=300.0)

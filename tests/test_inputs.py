@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from clrdist.config import load_config
+from clrdist.factory import input_transform
 from clrdist.models.encode import model_inputs
 from clrdist.physics.augment import build_view
 from clrdist.train.inputs import view_inputs
@@ -29,7 +30,7 @@ def _views(cfg, p, mask):
 def test_collinear_splits_act_on_jets_that_fill_the_model_slots_only_with_room():
     p, mask = _full_jets()  # 60 constituents each, the model sees 50
     base = load_config(None, [SPLIT, "data.n_particles=50"])
-    x0, m0 = model_inputs(p, mask, base)
+    x0, m0 = model_inputs(p, mask, input_transform(base))
     x, m = _views(base, p, mask)  # no room: nothing to split, views equal the input
     assert x.shape == (16, 50, 3) and bool(m.all())
     assert torch.equal(x[:8], x0) and torch.equal(x[8:], x0)
@@ -48,7 +49,7 @@ def test_log_features_reach_the_model_in_training_and_evaluation_alike():
     p, mask = _full_jets(n=30)
     cfg = load_config(None, ["model.input_features=log", "model.input_dim=6",
                              "augment.views=[[], []]"])
-    x0, _ = model_inputs(p, mask, cfg)
+    x0, _ = model_inputs(p, mask, input_transform(cfg))
     x, _ = _views(cfg, p, mask)  # identity views
     assert x0.shape == (8, 50, 6)
     assert torch.allclose(x[:8], x0) and torch.allclose(x[8:], x0)

@@ -93,14 +93,14 @@ def supervised_reference(cfg) -> dict:
     """A supervised encoder of the trials' architecture on the eval stores (early stopping)."""
     from clrdist.data.store import open_store
     from clrdist.eval.baselines import run_baselines
-    from clrdist.factory import build_model
+    from clrdist.factory import build_model, input_transform
     from clrdist.models.encode import Representation, numpy_inputs
 
     tr = open_store(cfg.data.eval_train_store).read_all()
     te = open_store(cfg.data.eval_test_store).read_all()
     m = run_baselines(tr, te, seed=cfg.seed, which=["supervised"], figures=False,
                       model_factory=lambda: Representation(build_model(cfg.model)),
-                      supervised_prepare=lambda p, k: numpy_inputs(p, k, cfg)).metrics
+                      supervised_prepare=lambda p, k: numpy_inputs(p, k, input_transform(cfg))).metrics
     return {"n": 1, "auc": m["baseline_supervised_auc"], "auc_err": float("nan"),
             "inv": m["baseline_supervised_inv_eps_b_at_0.5"], "inv_err": float("nan"),
             "epochs": m["baseline_supervised_epochs"]}

@@ -14,7 +14,8 @@ told apart by meta.json's record of state.pt: :func:`latest_checkpoint` never li
 naming the file.
 
 Nothing here imports Ray, so ``clrdist eval`` and notebooks can load checkpoints directly;
-``clrdist.models.encode.make_encoder`` turns the loaded model into an encoder of store samples.
+``clrdist.factory.build_encoder(model, cfg)`` turns the loaded model into an encoder of store
+samples.
 """
 
 from __future__ import annotations

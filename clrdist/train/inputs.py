@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from clrdist.config import RunConfig
+from clrdist.factory import input_transform
 from clrdist.models.encode import as_input_features, in_model_frame
 from clrdist.physics.augment import View, apply_views
 from clrdist.physics.frame import keep_hardest
@@ -29,12 +30,12 @@ def view_inputs(particles: np.ndarray | torch.Tensor, mask: np.ndarray | torch.T
     layout's slot is the object type) and becomes ``model.input_features``. Identical consecutive views are
     computed in one call by ``apply_views``.
     """
-    n = cfg.data.n_particles
-    x, m = in_model_frame(particles, mask, cfg, device, cfg.augment.slots or n)
+    n, inputs = cfg.data.n_particles, input_transform(cfg)
+    x, m = in_model_frame(particles, mask, inputs, device, cfg.augment.slots or n)
     views_out = apply_views(views, x, m, generator)
     if cfg.model.frame == "event":  # fixed slot layout (the slot is the object type): no re-sort
         viewed = [(xv[:, :n], mv[:, :n]) for xv, mv in views_out]
     else:
         viewed = [keep_hardest(xv, mv, n) for xv, mv in views_out]
     xs, ms = torch.cat([xv for xv, _ in viewed]), torch.cat([mv for _, mv in viewed])
-    return as_input_features(xs, ms, cfg), ms
+    return as_input_features(xs, ms, inputs), ms

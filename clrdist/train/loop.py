@@ -21,7 +21,7 @@ from clrdist.data.store import open_store
 from clrdist.data.stream import DevicePrefetcher, ShardedStream
 from clrdist.diagnostics import global_diagnostics, is_collapsed
 from clrdist.distributed import gather_shards, get_rank, get_world_size
-from clrdist.factory import build_loss, build_views, initial_model
+from clrdist.factory import build_encoder, build_loss, build_views, initial_model
 from clrdist.precision import resolve
 from clrdist.runtime import tune_malloc
 from clrdist.train import checkpoint, preempt
@@ -60,13 +60,13 @@ def validate(engine, cfg, val, device, model=None) -> dict[str, float]:
     ``model``: the network evaluation uses when it is not the trained one (DINO's teacher).
     Every rank takes part (a collective): each encodes every world-th sample, rank 0 gathers
     and fits the quick LCT; the other ranks return {}."""
+    # imported here: training's modules must not load the evaluation runner (tests/test_pipeline.py)
     from clrdist.eval.runner import evaluate_during_training
-    from clrdist.models.encode import make_encoder
 
     net = engine.module if model is None else model
     # weights DeepSpeed converted to bf16 get bf16 inputs through autocast (float32 stores)
     low = next(net.parameters()).dtype == torch.bfloat16
-    encode = make_encoder(net, cfg, device=device, autocast=torch.bfloat16 if low else "run")
+    encode = build_encoder(net, cfg, device=device, autocast=torch.bfloat16 if low else "run")
     (tr, te) = val
     rank, world = get_rank(), get_world_size()
 
