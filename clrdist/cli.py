@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from clrdist import __version__
+from clrdist import __version__, data_cli
 from clrdist.errors import ClrdistError
 
 
@@ -95,8 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="make, import and inspect sample stores")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    from clrdist.data import cli as data_cli
-
     data_cli.register(data_sub)  # convert, info, split, toy, generate
 
     t = sub.add_parser("train", help="contrastive training with Ray Train")

@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from clrdist.data.cli import SPLIT_NAMES
+from clrdist.data_cli import SPLIT_NAMES
 from clrdist.errors import ClrdistError
 from clrdist.tune import load_sweep, run_sweep
 

@@ -1,8 +1,11 @@
 """``clrdist data convert|info|split|toy|generate``: registered into the ``data`` sub-command.
 
-Handlers return an exit status; user errors are raised as ``ClrdistError`` subclasses and
-printed as one line by :func:`clrdist.cli.main`. The library names its arguments in errors
-(``n_jets``, ``overwrite=True``); the handlers here name the flags the user typed instead.
+The command line of :mod:`clrdist.data` (which parses no arguments itself), beside
+:mod:`clrdist.cli`. Handlers return an exit status; user errors are raised as ``ClrdistError``
+subclasses and printed as one line by :func:`clrdist.cli.main`. The library names its arguments
+in errors (``n_jets``, ``overwrite=True``); the handlers here name the flags the user typed
+instead. Each handler imports the library modules it runs (zarr, rich, the generation and its
+Ray fan-out) inside itself, so that ``clrdist --help`` and the other commands load none of them.
 """
 
 from __future__ import annotations
