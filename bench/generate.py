@@ -85,7 +85,7 @@ def ray_scaling(n: int, seed: int, repeats: int) -> dict:
     import ray
 
     from clrdist.cluster import ensure_ray
-    from clrdist.data.generation import generate_store
+    from clrdist.generation_fanout import generate_store
 
     started = ensure_ray(2, log_to_driver=False)  # local: at least 2 CPUs
     try:

@@ -178,13 +178,9 @@ def _cmd_toy(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from clrdist.data.generation import (
-        GenerationConfig,
-        GenerationError,
-        pythia_available,
-        write_generated_store,
-    )
+    from clrdist.data.generation import GenerationConfig, GenerationError, pythia_available
     from clrdist.data.generation.processes import default_jet
+    from clrdist.generation_fanout import write_generated_store
 
     if not pythia_available():
         raise GenerationError("pythia8mc is not installed; install the generation extra: "

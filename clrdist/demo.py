@@ -63,7 +63,7 @@ def make_jets(source: str, path: Path, n_per_class: int, seed: int, workers: int
               slots: int) -> None:
     """Top and QCD jets with up to ``slots`` constituents each (room for collinear splits)."""
     if source == "pythia":
-        from clrdist.data.generation import generate_store
+        from clrdist.generation_fanout import generate_store
 
         generate_store(["top", "qcd"], n_per_class, path, seed=seed, workers=workers,
                        n_particles=slots, overwrite=True)

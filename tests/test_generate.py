@@ -19,17 +19,13 @@ pytest.importorskip("pythia8mc")
 pytest.importorskip("fastjet")
 ray = pytest.importorskip("ray")
 
-from clrdist.data.generation import (  # noqa: E402
-    GenerationConfig,
-    GenerationError,
-    generate_store,
-    make_plan,
-)
+from clrdist.data.generation import GenerationConfig, GenerationError, make_plan  # noqa: E402
 from clrdist.data.generation.events import generate_shard, make_pythia  # noqa: E402
 from clrdist.data.generation.plan import ShardSpec, shard_records  # noqa: E402
 from clrdist.data.jets import JetDef, cluster_antikt, pack_constituents  # noqa: E402
 from clrdist.data.schema import GENERATED_DIJET_FEATURES, generated_features  # noqa: E402
 from clrdist.data.store import open_store  # noqa: E402
+from clrdist.generation_fanout import generate_store  # noqa: E402
 
 N_JETS = 300  # per process; median mass error ~ 1.25 sigma/sqrt(N) ~ 2 GeV (top), 3 GeV (QCD)
 

@@ -1,9 +1,12 @@
-"""Pythia 8 + FastJet event generation, fanned out as Ray tasks, written to a sample store.
+"""Pythia 8 + FastJet event generation, shard by shard, written to a sample store.
 
     clrdist data generate top qcd --jets 100000 --out data/toptag.zarr --seed 1
 
-    from clrdist.data.generation import generate_store
+    from clrdist.generation_fanout import generate_store
     generate_store(["top", "qcd"], 100_000, "data/toptag.zarr", seed=1)
+
+The shards run as Ray tasks in :mod:`clrdist.generation_fanout` (the application layer); this
+package does the work of one shard and writes the store, and imports no Ray.
 
 One file per concern:
 
@@ -15,7 +18,7 @@ One file per concern:
 - :mod:`.event_store`: one event-store shard (the ADC2021 objects and features);
 - :mod:`.pythia`: Pythia and the two clustering back-ends; the only module that imports
   pythia8mc;
-- :mod:`.fanout`: the shards as Ray tasks, written in order into one store.
+- :mod:`.output`: the store's writer, and each finished shard appended to it in shard order.
 
 Labels: ``qcd`` is 0, the other processes 1, 2, ... in the order given (names in the store's
 ``label_names``). Feature names: :mod:`clrdist.data.schema`. docs/generation.md has the physics.
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import importlib.util
 
-from clrdist.data.generation.fanout import generate_store, write_generated_store
 from clrdist.data.generation.plan import GenerationConfig, GenerationError, make_plan
 from clrdist.data.generation.processes import PROCESSES
 
@@ -33,10 +35,8 @@ __all__ = [
     "PROCESSES",
     "GenerationConfig",
     "GenerationError",
-    "generate_store",
     "make_plan",
     "pythia_available",
-    "write_generated_store",
 ]
 
 

@@ -1,11 +1,15 @@
 """A store from a generation config: the plan's shards as Ray tasks, written in shard order.
 
-Ray is started or joined by :func:`clrdist.cluster.ensure_ray` (``RAY_ADDRESS``, as under
-``ray job submit``, joins that cluster) and imported inside the functions that use it. At most
-``workers`` tasks run at once; finished shards are written in task order, and the writer puts
-the samples in the random order ``sample_order(n, seed)``, so the same config gives the same
-store whatever the number of workers. A failed shard fails the whole command and nothing
-appears at the output path.
+The application's side of :mod:`clrdist.data.generation`, which does the work of one shard
+(``events.generate_shard``) and writes the store (``output``) without Ray. Ray is started or
+joined by :func:`clrdist.cluster.ensure_ray` (``RAY_ADDRESS``, as under ``ray job submit``,
+joins that cluster). At most ``workers`` tasks run at once; finished shards are written in
+task order, and the writer puts the samples in the random order ``sample_order(n, seed)``, so
+the same config gives the same store whatever the number of workers. A failed shard fails the
+whole command and nothing appears at the output path.
+
+    from clrdist.generation_fanout import generate_store
+    generate_store(["top", "qcd"], 100_000, "data/toptag.zarr", seed=1)
 """
 
 from __future__ import annotations
@@ -14,18 +18,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import ray
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
+from clrdist.cluster import ensure_ray
 from clrdist.data.generation.events import generate_shard
+from clrdist.data.generation.output import append_shard, generated_store_writer
 from clrdist.data.generation.plan import (
     GenerationConfig,
     GenerationError,
     Plan,
     ShardSpec,
     make_plan,
-    provenance,
 )
-from clrdist.data.schema import PARTICLE_FEATURES, generated_features
 
 
 def generate_store(processes: list[str], n_jets: int, out, *, workers: int | None = None,
@@ -48,23 +60,11 @@ def write_generated_store(config: GenerationConfig, out, *, workers: int | None 
                           chunk_size: int = 4096, overwrite: bool = False, progress: bool = True,
                           stats: dict | None = None) -> Path:
     """:func:`generate_store` for a config already built."""
-    from clrdist.data.store import StoreWriter
-
     plan = make_plan(config)
     out = Path(out)
-    label_names = {v: k for k, v in plan.labels.items()}
-    if plan.kind == "event":  # the converter's label names: one schema for ADC2021 stores
-        from clrdist.data.convert import ADC_LABELS
-
-        label_names = dict(ADC_LABELS)
     # the writer first: an existing output is refused before Ray starts
-    with StoreWriter(
-        out, kind=plan.kind, particle_features=PARTICLE_FEATURES,
-        feature_names=generated_features(plan.kind, invisible="svj" in plan.labels),
-        label_names=label_names, n_particles=config.n_slots,
-        chunk_size=chunk_size, provenance=provenance(config, plan), overwrite=overwrite,
-        shuffle_seed=config.seed,  # random sample order (not process by process): i.i.d. batches
-    ) as writer:
+    with generated_store_writer(config, plan, out, chunk_size=chunk_size,
+                                overwrite=overwrite) as writer:
         run_shards(plan, writer, workers=workers, progress=progress, stats=stats)
     return out
 
@@ -73,31 +73,18 @@ def run_shards(plan: Plan, writer, *, workers: int | None, progress: bool,
                stats: dict | None) -> None:
     """Run the plan's shards as Ray tasks, ``workers`` at a time (default: the cluster's CPUs),
     and append each finished shard to ``writer`` in shard order."""
-    import ray
-
-    from clrdist.cluster import ensure_ray
-
     started_ray = ensure_ray(workers or 0, log_to_driver=False)
     try:
         window = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         task = ray.remote(num_cpus=1, max_retries=0)(_remote_shard)
-        _keep_window_full(ray, task, plan, writer, window, progress, stats)
+        _keep_window_full(task, plan, writer, window, progress, stats)
     finally:
         if started_ray:
             ray.shutdown()
 
 
-def _keep_window_full(ray, task, plan: Plan, writer, window: int, progress: bool, stats) -> None:
+def _keep_window_full(task, plan: Plan, writer, window: int, progress: bool, stats) -> None:
     """Keep ``window`` tasks in flight; write finished shards in task order."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     shards = plan.shards
     unit = "jets" if plan.kind == "jet" else "events"
     bar = Progress(
@@ -128,15 +115,7 @@ def _keep_window_full(ray, task, plan: Plan, writer, window: int, progress: bool
                 if counter is not None:
                     bar.update(tid, completed=max(finished, ray.get(counter.total.remote())))
                 while next_write in done:
-                    res = done.pop(next_write)
-                    spec = shards[next_write]
-                    label = np.full(spec.n, plan.labels[spec.process], dtype=np.int8)
-                    writer.append(res["particles"], res["mask"], label, res["features"])
-                    if stats is not None:
-                        stats.setdefault("shards", []).append(
-                            {"process": spec.process, "subprocess": spec.pythia_process,
-                             **res["stats"]}
-                        )
+                    append_shard(writer, plan, next_write, done.pop(next_write), stats)
                     next_write += 1
     finally:
         for ref in pending:
