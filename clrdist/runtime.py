@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from clrdist.procs import proc_stat, process_start_time
+
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 64 << 20  # blocks below 64 MiB come from the heap
@@ -89,18 +91,6 @@ def child_pids(pid: int | None = None) -> set[int]:
     return {p for p, (ppid, _) in _proc_table().items() if ppid == pid}
 
 
-def proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, parent pid, start time in clock ticks since boot) of ``pid`` from /proc/<pid>/stat
-    (Linux), None if there is no such process or it cannot be read. The one /proc parser: the
-    start time with the pid is an identity that survives pid reuse."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            rest = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces and ')'
-        return rest[0], int(rest[1]), int(rest[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def _proc_table() -> dict[int, tuple[int, int]]:
     """pid -> (parent pid, start time in clock ticks) for every process we can see (Linux)."""
     table = {}
@@ -108,13 +98,6 @@ def _proc_table() -> dict[int, tuple[int, int]]:
         if d.isdigit() and (st := proc_stat(int(d))) is not None:
             table[int(d)] = st[1:]
     return table
-
-
-def process_start_time(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot; None: no such process): with the pid, an
-    identity that survives pid reuse."""
-    st = proc_stat(pid)
-    return st[2] if st else None
 
 
 def _running(pid: int, start: int) -> bool:

@@ -12,8 +12,9 @@ import os
 import socket
 from pathlib import Path
 
-from clrdist import runtime, tracking
+from clrdist import tracking
 from clrdist.config import ConfigError, RunConfig
+from clrdist.procs import process_start_time
 
 
 def resolve_paths(cfg: RunConfig, base: str | Path | None = None) -> RunConfig:
@@ -40,7 +41,7 @@ def ray_run_name(cfg: RunConfig, run_id: str) -> str:
 def _driver_tags() -> dict[str, str]:
     pid = os.getpid()
     return {"clrdist.driver_host": socket.gethostname(), "clrdist.driver_pid": str(pid),
-            "clrdist.driver_start": str(runtime.process_start_time(pid))}
+            "clrdist.driver_start": str(process_start_time(pid))}
 
 
 def _driver_alive(tags: dict[str, str]) -> bool | None:
@@ -51,7 +52,7 @@ def _driver_alive(tags: dict[str, str]) -> bool | None:
         pid = int(tags.get("clrdist.driver_pid", ""))
     except ValueError:
         return None
-    return str(runtime.process_start_time(pid)) == tags.get("clrdist.driver_start")
+    return str(process_start_time(pid)) == tags.get("clrdist.driver_start")
 
 
 def _config_diff(a: dict, b: dict) -> list[str]:

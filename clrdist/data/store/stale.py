@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 
 from clrdist.data.store.base import _OWNER_FILE, log
-from clrdist.runtime import process_start_time
+from clrdist.procs import process_start_time
 
 
 def _proc_start(pid: int) -> str | None:
