@@ -398,7 +398,7 @@ def stage_loader(a, dev, budget):
     stream = ShardedStream(store, batch_size=B, seed=0, num_threads=2)
     stream.set_epoch(0)
     try:  # the training loop's path: pinned copies one batch ahead
-        from clrdist.data.stream import DevicePrefetcher
+        from clrdist.data.prefetch import DevicePrefetcher
 
         batches, path = DevicePrefetcher(dev)(stream), "DevicePrefetcher"
     except ImportError:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from clrdist.data.stream import DevicePrefetcher, ShardedStream
+from clrdist.data.prefetch import DevicePrefetcher
+from clrdist.data.stream import ShardedStream
 from clrdist.precision import fp32_region, resolve
 from tests.test_stream import epoch_ids, ids, store  # noqa: F401  (the module's store fixture)
 

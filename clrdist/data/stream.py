@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clrdist.data.prefetch import DevicePrefetcher as DevicePrefetcher  # re-exported
+from clrdist.data.prefetch import DevicePrefetcher as DevicePrefetcher  # re-exported (old path)
 from clrdist.data.store import ARRAYS, SampleStore, StoreError, open_store
 
 _STATE_VERSION = 1

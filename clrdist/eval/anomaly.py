@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from clrdist.eval.metrics import EvalResult, Roc, binary_labels, per_signal_metrics, roc_metrics
-from clrdist.eval.nplm import single_thread_on_cpu
+from clrdist.eval.nplm.network import single_thread_on_cpu
 from clrdist.eval.plots import new_figure, roc_figure
 
 AE_WIDTHS = (256, 128, 64, 32, 16)  # AnomalyCLR encoder widths; decoder mirrors them

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from clrdist.eval.metrics import EvalResult, per_signal_metrics, roc_metrics
-from clrdist.eval.nplm import single_thread_on_cpu
+from clrdist.eval.nplm.network import single_thread_on_cpu
 
 IMAGE_SIZE = 40  # pixels per side (Heimel et al., Bradshaw et al.)
 IMAGE_EXTENT = 1.0  # half-width of the image in eta and phi

@@ -29,7 +29,7 @@ from torch import nn
 
 from clrdist.eval.jetimages import image_ae_scores, signal_metrics
 from clrdist.eval.metrics import EvalResult, auc
-from clrdist.eval.nplm import single_thread_on_cpu
+from clrdist.eval.nplm.network import single_thread_on_cpu
 from clrdist.physics.observables import efps, import_energyflow, jet_p4, pt_eta_phi
 
 

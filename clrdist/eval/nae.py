@@ -35,7 +35,7 @@ from clrdist.eval.jetimages import (
     signal_metrics,
 )
 from clrdist.eval.metrics import EvalResult
-from clrdist.eval.nplm import single_thread_on_cpu
+from clrdist.eval.nplm.network import single_thread_on_cpu
 
 
 class MLPAE(nn.Module):

@@ -17,8 +17,9 @@ import torch
 
 from clrdist import tracking
 from clrdist.config import config_from_dict
+from clrdist.data.prefetch import DevicePrefetcher
 from clrdist.data.store import open_store
-from clrdist.data.stream import DevicePrefetcher, ShardedStream
+from clrdist.data.stream import ShardedStream
 from clrdist.diagnostics import global_diagnostics, is_collapsed
 from clrdist.distributed import gather_shards, get_rank, get_world_size
 from clrdist.factory import build_encoder, build_loss, build_views, initial_model
