@@ -19,6 +19,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +224,23 @@ def label_tags(saw_labels: bool) -> dict[str, str]:
 def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     c = client(uri)
     _retry("set tags", uri, lambda: c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of one store, bound: what a training worker writes through (no I/O until used)."""
+
+    uri: str
+    run_id: str
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        log_metrics(self.uri, self.run_id, metrics, step=step)
+
+    def flush(self, seconds: float | None = None) -> None:
+        flush_metrics(self.uri, self.run_id, seconds)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        set_tags(self.uri, self.run_id, tags)
 
 
 def log_eval(uri: str, run_id: str, results: Mapping[str, Any], step: int | None = None) -> None:
