@@ -73,15 +73,16 @@ def test_a_run_whose_loss_sits_at_the_collapse_value_is_tagged(tmp_path, capsys)
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_id = tracking.start_run(uri, "diag", {"a": 1})
+    run = tracking.Run(uri, run_id)
     loss_fn, n = NTXentLoss(), 256
-    flag_collapse(loss_fn, collapse_value(n) * 1.01, n, uri, run_id, warm=False)  # in warm-up
+    flag_collapse(loss_fn, collapse_value(n) * 1.01, n, run, warm=False)  # in warm-up
     assert "clrdist.collapse" not in tracking.get_run(uri, run_id)["tags"]
-    flag_collapse(loss_fn, collapse_value(n) * 1.01, n, uri, run_id, warm=True)
+    flag_collapse(loss_fn, collapse_value(n) * 1.01, n, run, warm=True)
     tags = tracking.get_run(uri, run_id)["tags"]
     assert tags["clrdist.collapse"] == "true"
     assert float(tags["clrdist.collapse_reference"]) == pytest.approx(math.log(511), abs=1e-4)
     assert "collapsed projection" in capsys.readouterr().out
-    flag_collapse(loss_fn, 0.5 * collapse_value(n), n, uri, run_id, warm=True)  # it learns
+    flag_collapse(loss_fn, 0.5 * collapse_value(n), n, run, warm=True)  # it learns
     assert tracking.get_run(uri, run_id)["tags"]["clrdist.collapse"] == "false"
 
 

@@ -7,8 +7,8 @@ Rank-0 side effects (MLflow, the model checkpoint) sit behind the one ``master``
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray.train
@@ -16,7 +16,7 @@ import ray.train.torch
 import torch
 
 from clrdist import tracking
-from clrdist.config import config_from_dict
+from clrdist.config import RunConfig, config_from_dict
 from clrdist.data.prefetch import DevicePrefetcher
 from clrdist.data.store import open_store
 from clrdist.data.stream import ShardedStream
@@ -25,9 +25,10 @@ from clrdist.distributed import gather_shards, get_rank, get_world_size
 from clrdist.factory import build_encoder, build_loss, build_views, initial_model
 from clrdist.precision import resolve
 from clrdist.runtime import tune_malloc
-from clrdist.train import checkpoint, preempt
+from clrdist.train import preempt
 from clrdist.train.cadence import Cadence
 from clrdist.train.engine import LossGuard, build_engine
+from clrdist.train.state import TrainState
 from clrdist.train.step import default_sync_free, prepare_model, seed_step, train_step
 
 
@@ -99,7 +100,7 @@ def validation_references(engine, cfg, val, device) -> dict[str, float]:
             | {f"val_lct_raw_{k.removeprefix('lct_')}": v for k, v in raw.items()})
 
 
-def flag_collapse(loss_fn, mean_loss: float, n_global: int, uri: str, run_id: str, *,
+def flag_collapse(loss_fn, mean_loss: float, n_global: int, run: tracking.Run, *,
                   warm: bool) -> None:
     """Tag the run ``clrdist.collapse`` (and warn) while an epoch after warm-up ends with the loss
     within 2% of a collapsed projection's, log(2N - 1) for NT-Xent; the tag follows the latest
@@ -112,28 +113,49 @@ def flag_collapse(loss_fn, mean_loss: float, n_global: int, uri: str, run_id: st
         say(f"WARNING: epoch loss {mean_loss:.4f} is within 2% of {ref:.4f}, the loss of a "
             f"collapsed projection (log(2N - 1), N = {n_global}): the representation is not "
             "learning (diagnostics: train_pos_top1, train_z_std)")
-    tracking.set_tags(uri, run_id, {"clrdist.collapse": "true" if flagged else "false",
-                                    "clrdist.collapse_reference": f"{ref:.4f}"})
+    run.set_tags({"clrdist.collapse": "true" if flagged else "false",
+                  "clrdist.collapse_reference": f"{ref:.4f}"})
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+@dataclass
+class Worker:
+    """What the loop's pieces share besides the :class:`TrainState`: this rank, the run it logs
+    to (rank 0), the step's ingredients, validation and the throughput clock."""
+    cfg: RunConfig
+    run: tracking.Run
+    device: torch.device
+    rank: int
+    world: int
+    views: Any
+    gen: torch.Generator
+    precision: Any
+    total_steps: int
+    stop_file: str | None  # the driver's stop request on preemption (preempt.py)
+    val: tuple[dict, dict] | None = None
+    last_val: dict[str, float] = field(default_factory=dict)  # in every report (Ray Tune)
+    t_log: float = 0.0
+    jets_since_log: int = 0
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def log_step(self, step: int) -> bool:
+        return step % self.cfg.tracking.log_every == 0
+
+
+def setup(config: dict[str, Any]) -> tuple[Worker, TrainState]:
+    """Data (this rank's equal share of every epoch), model, loss and views (identical initial
+    weights on every rank), precision, prefetcher and loss guard."""
     cfg = config_from_dict(config["run_config"], source="train_loop_config")
     tune_malloc()  # steady per-step allocations (clrdist.runtime)
-    uri, run_id = config["tracking_uri"], config["mlflow_run_id"]
-    stop_file = config.get("stop_file")  # the driver's stop request on preemption (preempt.py)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    master = rank == 0
     device = ray.train.torch.get_device()
-
-    # -- data: this rank's equal share of every epoch ------------------------------------------
     stream = ShardedStream(cfg.data.train_store, batch_size=cfg.data.batch_size, rank=rank,
                            world_size=world, seed=cfg.seed, shuffle_buffer=cfg.data.shuffle_buffer,
                            num_threads=cfg.data.loader_threads)
-    steps_per_epoch = stream.batches_per_epoch()
-    total_steps = min(cfg.optim.max_steps or 10**12, steps_per_epoch * cfg.optim.epochs)
-
-    # -- model, loss, views (identical initial weights on every rank) ----------------------------
+    total_steps = min(cfg.optim.max_steps or 10**12, stream.batches_per_epoch() * cfg.optim.epochs)
     engine = build_engine(initial_model(cfg.model, cfg.seed), cfg, total_steps)
     loss_fn = build_loss(cfg.loss)
     loss_fn.attach(engine.module, total_steps)  # DINO: the teacher starts as a copy of the student
@@ -143,122 +165,125 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     views = build_views(cfg, fixed=sync_free)
     precision = resolve(cfg.scaling.precision, device)  # one policy: clrdist/precision.py
     precision.apply_global()
-    if master:
+    if rank == 0:
         say(f"precision {precision.name} on {device.type}")
     prefetch = DevicePrefetcher(device)  # pinned, non-blocking host -> device copies
     gen = torch.Generator(device=device)
     guard = LossGuard(device)  # remembers the first non-finite loss (engine.py)
+    w = Worker(cfg, tracking.Run(config["tracking_uri"], config["mlflow_run_id"]), device, rank,
+               world, views, gen, precision, total_steps, config.get("stop_file"))
+    return w, TrainState(engine, loss_fn, stream, prefetch, cfg, rank, guard)
 
+
+def log_references(w: Worker, st: TrainState) -> None:
+    """Before the first step: the validation references, once (every rank encodes)."""
+    refs = validation_references(st.engine, w.cfg, w.val, w.device)
+    if w.master:
+        w.run.log_metrics(refs, step=0)
+    w.last_val = {k.replace("val_lct_init_", "val_lct_"): v for k, v in refs.items()
+                  if k.startswith("val_lct_init_")}  # at step 0 the model is the untrained one
+
+
+def log_step(w: Worker, st: TrainState, out) -> None:
+    """At a logging step: every rank joins the diagnostics' gather; rank 0 logs (is the loss
+    learning? diagnostics.py) with the throughput since the last logging step."""
+    diag = global_diagnostics(out.z.chunk(len(w.views)), out.rep.chunk(len(w.views))[0])
+    if not w.master:
+        return
+    now = time.perf_counter()
+    metrics = out.metrics()  # one host read of every term and the gradient norm
+    metrics.update({f"train_{k}": v for k, v in diag.items()})
+    metrics.update(epoch=st.epoch, jets_per_s=w.jets_since_log / (now - w.t_log))
+    w.run.log_metrics(metrics, step=st.step)
+    w.t_log, w.jets_since_log = now, 0
+
+
+def preempted(w: Worker, st: TrainState, out) -> bool:
+    """At logging steps the ranks agree on a stop request (preempt.py); on one: a checkpoint."""
+    if not (w.stop_file and w.log_step(st.step) and st.step < w.total_steps
+            and preempt.agree(preempt.requested(w.stop_file), w.device)):
+        return False
+    st.report({"loss": float(out.terms["loss"].detach()), "step": st.step, "epoch": st.epoch,
+               "preempted": 1.0}, mid=True)
+    if w.master:
+        say(f"stop requested: checkpoint at step {st.step}, stopping")
+    return True
+
+
+def run_epoch(w: Worker, st: TrainState) -> tuple[torch.Tensor, int] | None:
+    """The steps of one epoch (or what is left of it): (summed loss on the device, batches), or
+    None when the ranks stopped on a preemption request."""
+    cfg = w.cfg
+    epoch_loss, epoch_batches = torch.zeros((), device=w.device), 0
+    for batch in st.prefetcher(st.stream):
+        # -- one step: views -> encode -> loss (float32) -> backward -> optimiser (step.py) --
+        seed_step(w.gen, cfg.seed, w.rank, st.step)
+        out = train_step(st.engine, st.loss_fn, w.views, batch, w.gen, cfg, w.precision,
+                         step=st.step + 1, guard=st.guard, device=w.device)
+        st.step += 1
+        logging_step = w.log_step(st.step)
+        if logging_step:
+            st.guard.check()  # every rank: stop at the first log point after a non-finite loss
+        epoch_loss += out.terms["loss"].detach()  # stays on the device: no sync per step
+        epoch_batches += 1
+        w.jets_since_log += out.jets * w.world
+        if logging_step:
+            log_step(w, st, out)
+        # -- checkpoint inside the epoch when the cadence asks (steps, minutes) ----------------
+        if st.step < w.total_steps and st.cadence.in_epoch(st.step, logging_step):
+            st.report({"loss": float(out.terms["loss"].detach()), "step": st.step,
+                       "epoch": st.epoch, **w.last_val}, mid=True)
+        if preempted(w, st, out):
+            return None
+        if st.step >= w.total_steps:
+            break
+    return epoch_loss, epoch_batches
+
+
+def end_epoch(w: Worker, st: TrainState, epoch_loss: torch.Tensor, epoch_batches: int) -> None:
+    """The epoch boundary: validation (every rank), the epoch's loss, the collapse flag and the
+    epoch line (rank 0), and the report, with a checkpoint when the cadence asks."""
+    cfg = w.cfg
+    st.epoch += 1
+    mean_loss = float(epoch_loss) / max(1, epoch_batches)
+    epoch_metrics = {"loss": mean_loss, "step": st.step, "epoch": st.epoch}
+    if w.val is not None and st.epoch % cfg.eval.every_epochs == 0:  # every rank takes part
+        # what evaluation will use: DINO's teacher, else the trained model
+        val_metrics = validate(st.engine, cfg, w.val, w.device, st.loss_fn.eval_model(st.engine.module))
+        st.engine.train()
+        if w.master:
+            w.run.log_metrics(val_metrics, step=st.epoch)
+            epoch_metrics.update(val_metrics)  # Ray Tune schedulers read rank 0's metrics
+            w.last_val = val_metrics
+    if w.master:
+        w.run.log_metrics({"epoch_loss": mean_loss}, step=st.step)
+        flag_collapse(st.loss_fn, mean_loss, cfg.data.batch_size * w.world, w.run,
+                      warm=st.step - epoch_batches >= cfg.optim.warmup_steps)
+        say(f"epoch {st.epoch}/{cfg.optim.epochs} step {st.step} loss {mean_loss:.4f}"
+            + "".join(f" {k} {v:.4f}" for k, v in epoch_metrics.items()
+                      if k.startswith("val_") and k.endswith("_auc")))
+    final = st.epoch >= cfg.optim.epochs or st.step >= w.total_steps
+    st.report(epoch_metrics, mid=False, save=st.cadence.at_epoch_end(st.epoch, final))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    w, st = setup(config)
     # -- resume from the last checkpoint, if Ray Train restarted us ------------------------------
-    step, epoch, mid_epoch = 0, 0, False
-    if (ckpt := ray.train.get_checkpoint()) is not None:
-        with ckpt.as_directory() as d:
-            state, meta = checkpoint.load(d)
-            engine.load_state_dict(state)
-            if "loss" in state:  # a stateful loss's state (DINO: teacher, centre)
-                loss_fn.load_state_dict(state["loss"])
-            if (own := checkpoint.load_rank_state(d, rank)) is not None:
-                engine.load_rank_state(own)  # ZeRO 1/2: this rank's optimiser shard
-            step, epoch, mid_epoch = meta["step"], meta["epoch"], meta.get("mid_epoch", False)
-            if mid_epoch and (s := checkpoint.load_stream_state(d, rank)) is not None:
-                stream.load_state_dict(s)
-        if master:
-            say(f"resumed from step {step} (epoch {epoch}) of {ckpt.path}")
-
-    cadence = Cadence.from_config(cfg.checkpoint, device)  # steps, minutes, epochs, the end
-
-    def report(metrics: dict[str, float], *, mid: bool, save: bool = True) -> None:
-        """Every rank reports (it is a barrier); with ``save`` each writes its stream position,
-        rank 0 the model."""
-        guard.check()  # never a checkpoint after a non-finite loss
-        if not save:
-            ray.train.report(metrics)  # metrics only (Ray Tune's schedulers read them)
-            return
-        cadence.saved()
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint.save(tmp, state=checkpoint.training_state(engine, loss_fn) if master else None, step=step,
-                            epoch=epoch, cfg=cfg, rank=rank, stream_state=prefetch.stream_state(),
-                            mid_epoch=mid, rank_state=engine.rank_state())
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
+    if st.restore(ckpt := ray.train.get_checkpoint(), w.rank) and w.master:
+        say(f"resumed from step {st.step} (epoch {st.epoch}) of {ckpt.path}")
+    st.cadence = Cadence.from_config(w.cfg.checkpoint, w.device)  # steps, minutes, epochs, the end
     # -- validation during training (every rank encodes, rank 0 fits and logs) -----------------
-    val = load_validation(cfg) if cfg.eval.every_epochs else None
-    last_val: dict[str, float] = {}  # the latest val_* metrics, in every report (Ray Tune)
-    if val is not None and step == 0:  # before the first step: the references, once
-        refs = validation_references(engine, cfg, val, device)
-        if master:
-            tracking.log_metrics(uri, run_id, refs, step=0)
-        last_val = {k.replace("val_lct_init_", "val_lct_"): v for k, v in refs.items()
-                    if k.startswith("val_lct_init_")}  # at step 0 the model is the untrained one
-
-    engine.train()
-    t_log, jets_since_log = time.perf_counter(), 0
-    while epoch < cfg.optim.epochs and step < total_steps:
-        if not mid_epoch:
-            stream.set_epoch(epoch)
-        mid_epoch = False
-        epoch_loss, epoch_batches = torch.zeros((), device=device), 0
-        for batch in prefetch(stream):
-            # -- one step: views -> encode -> loss (float32) -> backward -> optimiser (step.py) --
-            seed_step(gen, cfg.seed, rank, step)
-            out = train_step(engine, loss_fn, views, batch, gen, cfg, precision,
-                             step=step + 1, guard=guard, device=device)
-            step += 1
-            if step % cfg.tracking.log_every == 0:
-                guard.check()  # every rank: stop at the first log point after a non-finite loss
-            epoch_loss += out.terms["loss"].detach()  # stays on the device: no sync per step
-            epoch_batches += 1
-            jets_since_log += out.jets * world
-
-            # -- log (rank 0) -----------------------------------------------------------------
-            if step % cfg.tracking.log_every == 0:
-                # every rank joins the gather; rank 0 logs (is the loss learning? diagnostics.py)
-                diag = global_diagnostics(out.z.chunk(len(views)), out.rep.chunk(len(views))[0])
-            if master and step % cfg.tracking.log_every == 0:
-                now = time.perf_counter()
-                metrics = out.metrics()  # one host read of every term and the gradient norm
-                metrics.update({f"train_{k}": v for k, v in diag.items()})
-                metrics.update(epoch=epoch, jets_per_s=jets_since_log / (now - t_log))
-                tracking.log_metrics(uri, run_id, metrics, step=step)
-                t_log, jets_since_log = now, 0
-            terms = out.terms
-
-            # -- checkpoint inside the epoch when the cadence asks (steps, minutes) -------------
-            if step < total_steps and cadence.in_epoch(step, step % cfg.tracking.log_every == 0):
-                report({"loss": float(terms["loss"].detach()), "step": step, "epoch": epoch,
-                        **last_val}, mid=True)
-
-            # -- preemption: at logging steps the ranks agree on a stop request (preempt.py) ---
-            if stop_file and step % cfg.tracking.log_every == 0 and step < total_steps \
-                    and preempt.agree(preempt.requested(stop_file), device):
-                report({"loss": float(terms["loss"].detach()), "step": step, "epoch": epoch,
-                        "preempted": 1.0}, mid=True)
-                if master:
-                    say(f"stop requested: checkpoint at step {step}, stopping")
-                return
-            if step >= total_steps:
-                break
-
-        # -- end of epoch: checkpoint at the boundary -------------------------------------------
-        epoch += 1
-        mean_loss = float(epoch_loss) / max(1, epoch_batches)
-        epoch_metrics = {"loss": mean_loss, "step": step, "epoch": epoch}
-        if val is not None and epoch % cfg.eval.every_epochs == 0:  # every rank takes part
-            # what evaluation will use: DINO's teacher, else the trained model
-            val_metrics = validate(engine, cfg, val, device, loss_fn.eval_model(engine.module))
-            engine.train()
-            if master:
-                tracking.log_metrics(uri, run_id, val_metrics, step=epoch)
-                epoch_metrics.update(val_metrics)  # Ray Tune schedulers read rank 0's metrics
-                last_val = val_metrics
-        if master:
-            tracking.log_metrics(uri, run_id, {"epoch_loss": mean_loss}, step=step)
-            flag_collapse(loss_fn, mean_loss, cfg.data.batch_size * world, uri, run_id,
-                          warm=step - epoch_batches >= cfg.optim.warmup_steps)
-            say(f"epoch {epoch}/{cfg.optim.epochs} step {step} loss {mean_loss:.4f}"
-                + "".join(f" {k} {v:.4f}" for k, v in epoch_metrics.items()
-                          if k.startswith("val_") and k.endswith("_auc")))
-        final = epoch >= cfg.optim.epochs or step >= total_steps
-        report(epoch_metrics, mid=False, save=cadence.at_epoch_end(epoch, final))
-    if master:  # metrics a busy tracking store delayed: written now, or the run fails saying why
-        tracking.flush_metrics(uri, run_id)
+    w.val = load_validation(w.cfg) if w.cfg.eval.every_epochs else None
+    if w.val is not None and st.step == 0:
+        log_references(w, st)
+    st.engine.train()
+    w.t_log, w.jets_since_log = time.perf_counter(), 0
+    while st.epoch < w.cfg.optim.epochs and st.step < w.total_steps:
+        if not st.mid_epoch:
+            st.stream.set_epoch(st.epoch)
+        st.mid_epoch = False
+        if (summed := run_epoch(w, st)) is None:
+            return  # preempted: a checkpoint is written, the driver resumes later
+        end_epoch(w, st, *summed)
+    if w.master:  # metrics a busy tracking store delayed: written now, or the run fails saying why
+        w.run.flush()
