@@ -82,37 +82,24 @@ def check_train_sample(store) -> None:
         raise StoreError(f"data.train_store: {e}") from None
 
 
-def check_components(cfg: RunConfig) -> None:
-    """Every registered name resolves and the views fit the loss (cheap: builds on CPU)."""
+def _check_view(view, where: str, cfg: RunConfig) -> None:
     try:
-        loss = build_loss(cfg.loss)
-    except KeyError as e:
-        raise ConfigError(f"loss.name: {e.args[0]}") from None
-    check_augment_params(cfg)
-    for i, view in enumerate(cfg.augment.views):
-        try:
-            build_view(view, cfg.augment.strength, cfg.augment.backend)
-        except KeyError as e:
-            raise ConfigError(f"augment.views.{i}: {e.args[0]}") from None
-        except TypeError as e:
-            raise ConfigError(f"augment.views.{i}: {e}") from None
-    if cfg.augment.anomaly_view:
-        try:
-            build_view(cfg.augment.anomaly_view, cfg.augment.strength, cfg.augment.backend)
-        except (KeyError, TypeError) as e:
-            raise ConfigError(f"augment.anomaly_view: {e.args[0] if isinstance(e, KeyError) else e}") from None
-    if cfg.augment.backend == "kernel":
-        from clrdist.physics import kernel
+        build_view(view, cfg.augment.strength, cfg.augment.backend)
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"{where}: {e.args[0] if isinstance(e, KeyError) else e}") from None
 
-        try:
-            kernel.require()
-        except kernel.KernelUnavailable as e:
-            raise ConfigError(f"augment.backend: {e}") from None
-    for i, view in enumerate(cfg.augment.local_views):
-        try:
-            build_view(view, cfg.augment.strength, cfg.augment.backend)
-        except (KeyError, TypeError) as e:
-            raise ConfigError(f"augment.local_views.{i}: {e.args[0] if isinstance(e, KeyError) else e}") from None
+
+def _check_kernel() -> None:
+    from clrdist.physics import kernel
+
+    try:
+        kernel.require()
+    except kernel.KernelUnavailable as e:
+        raise ConfigError(f"augment.backend: {e}") from None
+
+
+def _check_views_fit_loss(cfg: RunConfig, loss) -> None:
+    """The views and the output dimension are what the loss takes."""
     if cfg.augment.local_views and not loss.multi_view:
         raise ConfigError(f"augment.local_views: loss {cfg.loss.name!r} takes no local views (dino does)")
     if cfg.model.output_dim < loss.min_output_dim:  # ORCA: the known classes and a novel one
@@ -123,6 +110,24 @@ def check_components(cfg: RunConfig) -> None:
         raise ConfigError(f"augment.views: contrastive losses take 2 views, got {len(cfg.augment.views)}")
     if loss.needs_anomaly_view and not cfg.augment.anomaly_view:
         raise ConfigError(f"augment.anomaly_view: loss {cfg.loss.name!r} needs an anomaly view")
+
+
+def check_components(cfg: RunConfig) -> None:
+    """Every registered name resolves and the views fit the loss (cheap: builds on CPU)."""
+    try:
+        loss = build_loss(cfg.loss)
+    except KeyError as e:
+        raise ConfigError(f"loss.name: {e.args[0]}") from None
+    check_augment_params(cfg)
+    for i, view in enumerate(cfg.augment.views):
+        _check_view(view, f"augment.views.{i}", cfg)
+    if cfg.augment.anomaly_view:
+        _check_view(cfg.augment.anomaly_view, "augment.anomaly_view", cfg)
+    if cfg.augment.backend == "kernel":
+        _check_kernel()
+    for i, view in enumerate(cfg.augment.local_views):
+        _check_view(view, f"augment.local_views.{i}", cfg)
+    _check_views_fit_loss(cfg, loss)
     try:
         build_model(cfg.model)
     except (ValueError, KeyError) as e:
