@@ -220,17 +220,16 @@ def section_error(loc: tuple[Any, ...], kind: str, given: Any) -> tuple[str, str
 def drop_foreign(raw: dict[str, Any]) -> dict[str, Any]:
     """A stored run config (``RunConfig.to_dict`` before the sections were unions held every
     loss's and encoder's fields) without the fields its loss / encoder does not take: they
-    did nothing in that run. Changes ``raw`` in place and returns it."""
+    did nothing in that run. A new dict; ``raw`` is left as it is."""
+    raw = dict(raw)
     for section, (base, sections) in FAMILIES.items():
         part = raw.get(section)
-        if not isinstance(part, dict):
-            continue
-        member = sections.get(part.get(base.KEY, base.DEFAULT))
+        value = part.get(base.KEY, base.DEFAULT) if isinstance(part, dict) else None
+        member = sections.get(value) if isinstance(value, str) else None
         if member is None:
             continue
         every = {f for cls in sections.values() for f in cls.model_fields}
-        for key in [k for k in part if k in every and k not in member.model_fields]:
-            del part[key]
+        raw[section] = {k: v for k, v in part.items() if k in member.model_fields or k not in every}
     return raw
 
 

@@ -233,6 +233,7 @@ def test_the_config_round_trips_through_dict_yaml_and_flat_params(source, tmp_pa
 def test_a_stored_config_with_every_loss_and_encoder_field_still_resumes():
     """Runs stored before the unions hold each loss's and encoder's fields (they did nothing)."""
     from clrdist.config import config_from_dict, drop_foreign
+    from clrdist.train.resume import _config_diff  # --resume / run-name continuation compare so
 
     cfg = load_config(None, ["loss.name=dino", "model.encoder=dense", "model.head=dino"])
     old = cfg.to_dict()
@@ -241,6 +242,8 @@ def test_a_stored_config_with_every_loss_and_encoder_field_still_resumes():
     with pytest.raises(ConfigError, match="loss.keep_positive: not a field of loss 'dino'"):
         config_from_dict(old)
     assert config_from_dict(old, stored=True) == cfg
+    assert _config_diff(drop_foreign(old), cfg.to_dict()) == []
+    assert _config_diff(old, cfg.to_dict())  # without it the old fields would differ
     assert drop_foreign({"loss": {"temperature": 0.2, "teacher_momentum": 0.9}}) == {
         "loss": {"temperature": 0.2}}  # no name: nt_xent
 
