@@ -460,13 +460,14 @@ def stage_quality(a, dev, budget):
     to the untrained encoder and the raw inputs."""
     import numpy as np
 
+    from clrdist.config import LossConfig
     from clrdist.eval.baselines import raw_inputs
     from clrdist.eval.lct import linear_scores
     from clrdist.eval.metrics import roc_metrics
     from clrdist.factory import build_encoder, initial_model
 
     cfg = run_config("darkclr", sizes(a.quick)["darkclr"], 32 if a.quick else 256, "bf16")
-    cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"name": "nt_xent"}),
+    cfg = cfg.model_copy(update={"loss": LossConfig(**{**cfg.loss.model_dump(), "name": "nt_xent"}),
                                  "augment": cfg.augment.model_copy(update={"anomaly_view": None})})
     n_eval = 200 if a.quick else 10000
     tr, va = toy_batch(n_eval, cfg.data.n_particles, 7), toy_batch(n_eval, cfg.data.n_particles, 8)

@@ -25,7 +25,7 @@ from clrdist.errors import ClrdistError
 
 def _train_config(args: argparse.Namespace):
     """The config file with --set; with --resume and no file, the run's stored config."""
-    from clrdist.config import apply_override, config_from_dict, load_config
+    from clrdist.config import apply_override, config_from_dict, drop_foreign, load_config
 
     if not (args.resume and args.config is None):
         return load_config(args.config, args.set)  # validated before anything starts
@@ -34,7 +34,7 @@ def _train_config(args: argparse.Namespace):
     uri = load_config(None, [o for o in args.set if o.startswith("tracking.uri=")]).tracking.uri
     uri = tracking.check_uri(uri, create=False)
     tracking.get_run(uri, args.resume)  # a clear error for an unknown run
-    raw = tracking.download_config(uri, args.resume)
+    raw = drop_foreign(tracking.download_config(uri, args.resume))  # before --set: those must fit
     for override in args.set:
         apply_override(raw, override)
     return config_from_dict(raw, source=f"run {args.resume}")

@@ -17,8 +17,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     create_model,
@@ -26,6 +24,25 @@ from pydantic import (
     model_validator,
 )
 
+from clrdist.config_sections import (  # noqa: F401 - re-exported: clrdist.config names them all
+    CONTRASTIVE,
+    LOSS_SECTIONS,
+    MODEL_SECTIONS,
+    AnyLoss,
+    AnyModel,
+    ContrastiveLossConfig,
+    DenseModelConfig,
+    DINOLossConfig,
+    LossConfig,
+    ModelConfig,
+    ORCALossConfig,
+    TransformerModelConfig,
+    _Section,
+    drop_foreign,
+    drop_switched,
+    members,
+    section_error,
+)
 from clrdist.errors import PLAIN_NAME, ClrdistError
 from clrdist.eval.registry import EVALUATIONS, check_names, validate_options
 from clrdist.physics import INPUT_FEATURES
@@ -33,12 +50,6 @@ from clrdist.physics import INPUT_FEATURES
 
 class ConfigError(ClrdistError, ValueError):
     """A configuration that cannot be used; the message names the dotted key and the problem."""
-
-
-class _Section(BaseModel):
-    # Unknown keys fail (typos must never silently become defaults); assignments are validated;
-    # no float is NaN or infinite (optim.lr=.inf passed and trained nothing)
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeds; larger ones overflowed in the workers
@@ -105,60 +116,6 @@ class AugmentConfig(_Section):
     # JetCLR steps on CPU: "auto" = the fused C kernel where it builds, else torch ops; "kernel"
     # requires the kernel (checked before Ray starts); "torch" = torch ops (docs/core.md)
     backend: Literal["auto", "torch", "kernel"] = "auto"
-
-
-class ModelConfig(_Section):
-    encoder: Literal["transformer", "dense"] = "transformer"  # set encoder or 57-feature MLP
-    input_dim: int = Field(3, gt=0)  # model input width: 3 for input_features pt, 6 for log (+ extras)
-    # per-particle inputs: pt = [pT/data.pt_scale, d_eta, d_phi] (JetCLR); log = [z, ln z, ln pT,
-    # d_eta, d_phi, Delta R] scaled to order one (Particle Transformer); ptfrac = log without
-    # ln pT (5 columns, no absolute scale: for the m_jj bump hunt); boost = ptfrac with angles in
-    # units of the jet's angular size m/pT (no absolute angle either); physics/frame.py
-    input_features: Literal["pt", "log", "ptfrac", "boost"] = "pt"
-    model_dim: int = Field(64, gt=0)  # transformer width (JetCLR: 1000, DarkCLR: 128)
-    ff_dim: int = Field(128, gt=0)  # feed-forward width
-    heads: int = Field(4, gt=0)  # attention heads; must divide model_dim
-    layers: int = Field(2, gt=0)  # transformer layers
-    dropout: float = Field(0.1, ge=0, lt=1)  # dropout in the encoder
-    pooling: Literal["pt_sum", "mean"] = "pt_sum"  # pt_sum is needed, not enough, for IR/C safety (docs/core.md)
-    log_pt_bias: bool = False  # JetCLR additive attention bias 0.5 log(pT_j)
-    log_pt_bias_scale: float = Field(0.5, gt=0)  # bias = scale * log(pT_j); 1.0 weights keys by pT
-    embed_pt: bool = True  # pT enters the constituent embedding; False + bias scale 1 -> IR/C safe
-    norm_first: bool = True  # pre-norm (True) or post-norm (False) transformer blocks
-    head_dims: list[int] = Field(default_factory=lambda: [64])  # projection head hidden widths
-    output_dim: int = Field(32, gt=0)  # loss-space dimension (latent dimension for sweeps)
-    dense_dims: list[int] = Field(default_factory=lambda: [96, 64, 48])  # dense encoder widths
-    dense_input_dim: int = Field(57, gt=0)  # flattened event features (ADC2021: 19 objects x 3)
-    # dense hidden-layer norm: layer (exact under any worker count), batch (the paper's; synced on
-    # GPU only: on CPU each worker normalises its own rows), none
-    dense_norm: Literal["layer", "batch", "none"] = "layer"
-    frame: Literal["jet", "event"] = "jet"  # jet: centre on pT-weighted centroid; event: absolute
-    head_batchnorm: bool = False  # BatchNorm in the projection (expander) head's hidden layers
-    # mlp: projection head; dino: MLP -> L2-normed bottleneck -> output_dim prototypes (DINO);
-    # cosine: 10 x cosine classifier over output_dim = known + novel classes (ORCA)
-    head: Literal["mlp", "dino", "cosine"] = "mlp"
-    buckets: int = Field(1, ge=1)  # encode each batch in this many multiplicity groups (exact, faster)
-    compile: bool = False  # torch.compile the encoder (same results; faster on GPUs after warm-up)
-
-    @model_validator(mode="after")
-    def _heads_divide_width(self) -> ModelConfig:
-        if self.encoder == "transformer" and self.model_dim % self.heads:
-            raise ValueError(f"heads ({self.heads}) must divide model_dim ({self.model_dim})")
-        return self
-
-
-class LossConfig(_Section):
-    name: str = "nt_xent"  # registered loss (see clrdist.losses.LOSSES)
-    temperature: float = Field(0.1, gt=0)  # tau in exp(s/tau)
-    keep_positive: bool | None = None  # denominator keeps the positive; None = the loss's published form
-    gather: bool = True  # negatives all-gathered across workers
-    # DINO (name: dino); the student temperature is `temperature` (DINO: 0.1)
-    teacher_temperature: float = Field(0.04, gt=0)  # DINO teacher sharpening temperature
-    centre_momentum: float = Field(0.9, ge=0, lt=1)  # DINO centre EMA over global batch means
-    teacher_momentum: float = Field(0.996, ge=0, le=1)  # DINO teacher EMA at step 0 (cosine to 1)
-    # ORCA (name: orca); model.output_dim = len(known_classes) + number of novel classes
-    known_classes: list[int] = Field(default_factory=lambda: [0])  # store labels with known class
-    labelled_fraction: float = Field(0.5, gt=0, le=1)  # ORCA: known-class rows labelled per step
 
 
 class OptimConfig(_Section):
@@ -247,8 +204,8 @@ class RunConfig(_Section):
     seed: int = Field(0, ge=0, le=SEED_MAX)  # seeds data order, augmentations and initialisation
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
+    model: AnyModel = Field(default_factory=TransformerModelConfig)  # one per model.encoder
+    loss: AnyLoss = Field(default_factory=ContrastiveLossConfig)  # one per loss.name
     optim: OptimConfig = Field(default_factory=OptimConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
@@ -330,6 +287,10 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        # loss / model: the union's tag out of the key; a key of another loss / encoder named
+        named = section_error(e["loc"], e["type"], e.get("input"))
+        if named:
+            loc, msg = named[0], named[1] or msg
         lines.append(f"{source}: {loc}: {msg}")
     return "\n".join(lines)
 
@@ -355,8 +316,12 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
-    """Validate a nested dict into a RunConfig, raising ConfigError with dotted paths."""
+def config_from_dict(raw: dict[str, Any], source: str = "<config>", *,
+                     stored: bool = False) -> RunConfig:
+    """Validate a nested dict into a RunConfig, raising ConfigError with dotted paths.
+    ``stored``: a run's stored config (``drop_foreign``: older runs stored every loss's fields)."""
+    if stored:
+        raw = drop_foreign(raw)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
@@ -384,8 +349,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{source}: top level must be a mapping of sections")
         raw = loaded
-    for ov in overrides or []:
+    before = members(raw)  # an override switching loss.name / model.encoder drops the file's
+    for ov in overrides or []:  # keys the new loss / encoder does not take (drop_switched)
         apply_override(raw, ov)
+    drop_switched(raw, before, {ov.partition("=")[0].strip() for ov in overrides or []})
     return config_from_dict(raw, source)
 
 

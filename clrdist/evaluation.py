@@ -74,7 +74,7 @@ def evaluate_trained(model: torch.nn.Module, trained_cfg: RunConfig, which: set[
         # the supervised baseline: a fresh encoder of the run's size on the run's inputs
         model_factory=lambda: Representation(build_model(trained_cfg.model)),
         supervised_prepare=lambda particles, mask: numpy_inputs(particles, mask, inputs),
-        known_classes=trained_cfg.loss.known_classes)
+        known_classes=getattr(trained_cfg.loss, "known_classes", None))  # ORCA's
     if which & {"ceiling", "finetune"}:  # the labels of the jets the encoder was trained on
         _label_stores(context, model, trained_cfg, cfg)
     if trained_cfg.loss.name == "orca":  # ORCA's head is its classifier over known + novel classes

@@ -27,7 +27,7 @@ from clrdist.models.encode import Encoder, InputTransform, make_encoder
 from clrdist.models.prototypes import CosineClassifier, DINOHead
 from clrdist.physics.augment import View, build_view
 
-__all__ = ["ENCODERS", "HEADS", "LOSS_FIELDS", "build_model", "initial_model", "build_loss",
+__all__ = ["ENCODERS", "HEADS", "loss_fields", "build_model", "initial_model", "build_loss",
            "build_views", "input_transform", "build_encoder"]
 
 
@@ -70,16 +70,10 @@ def initial_model(cfg: ModelConfig, seed: int) -> ContrastiveModel:
     return build_model(cfg)
 
 
-_CONTRASTIVE = ("temperature", "keep_positive", "gather")
-# loss.name -> the fields of the loss section its class takes (keywords of the same name)
-LOSS_FIELDS: dict[str, tuple[str, ...]] = {
-    "nt_xent": _CONTRASTIVE,
-    "anomalyclr": _CONTRASTIVE,
-    "anomalyclr_plus": _CONTRASTIVE,
-    "supcon": _CONTRASTIVE,
-    "dino": ("temperature", "teacher_temperature", "centre_momentum", "teacher_momentum", "gather"),
-    "orca": ("known_classes", "labelled_fraction", "temperature", "gather"),
-}
+def loss_fields(cfg: LossConfig) -> dict[str, object]:
+    """The loss class's keywords: every field of the section's union member but ``name``
+    (``clrdist.config_sections``: each loss family's member holds exactly what it takes)."""
+    return {f: getattr(cfg, f) for f in type(cfg).model_fields if f != "name"}
 
 
 def build_loss(cfg: LossConfig) -> Loss:
@@ -90,7 +84,7 @@ def build_loss(cfg: LossConfig) -> Loss:
         cls = LOSSES[cfg.name]
     except KeyError:
         raise KeyError(f"unknown loss {cfg.name!r}; known: {', '.join(sorted(LOSSES))}") from None
-    return cls(**{f: getattr(cfg, f) for f in LOSS_FIELDS[cfg.name]})
+    return cls(**loss_fields(cfg))
 
 
 def build_views(cfg: RunConfig, *, fixed: bool | None = None) -> list[View]:

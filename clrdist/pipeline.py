@@ -93,7 +93,8 @@ def evaluate_run(uri: str, run_id: str, which: set[str], *, latest: bool = False
             raise ConfigError(f"run {run_id}: no complete checkpoint under "
                               f"{ray_dir or '(no clrdist.ray_run_dir tag)'}")
         ckpt = evaluated = str(found[0])
-    cfg = config_from_dict(tracking.download_config(uri, run_id), source=f"run {run_id}")
+    cfg = config_from_dict(tracking.download_config(uri, run_id), source=f"run {run_id}",
+                           stored=True)
     results = evaluate_checkpoint(ckpt, which, cfg=cfg)
     tracking.log_eval(uri, run_id, results)
     if evaluated:  # recorded once its evaluation is logged, not before

@@ -152,3 +152,120 @@ def test_augmentation_parameters_are_typed_by_their_signature(params, needle):
         check_augment_params(cfg)
     assert needle in str(err.value), str(err.value)
     check_augment_params(load_config(None, ["augment.views=[[{name: drop, params: {p: 1}}], [{name: rotate}]]"]))
+
+
+# ---- loss and model are discriminated unions (clrdist/config_sections.py) ----
+
+def test_a_key_of_another_loss_fails_naming_it(tmp_path):
+    p = tmp_path / "x.yaml"
+    p.write_text("loss: {name: nt_xent, teacher_momentum: 0.9}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    assert str(err.value) == (f"{p}: loss.teacher_momentum: not a field of loss 'nt_xent' "
+                              "(its fields: name, temperature, gather, keep_positive)")
+    with pytest.raises(ConfigError, match=r"^<defaults>: loss.keep_positive: not a field of "
+                                          r"loss 'dino' \(its fields: name, temperature"):
+        load_config(None, ["loss.name=dino", "loss.keep_positive=true"])
+    with pytest.raises(ConfigError, match="loss.known_classes: not a field of loss 'supcon'"):
+        load_config(None, ["loss.name=supcon", "loss.known_classes=[0]"])
+    with pytest.raises(ConfigError, match=r"^<defaults>: loss.temprature: unknown key$"):
+        load_config(None, ["loss.temprature=0.2"])  # a key of no loss stays a plain typo
+
+
+def test_a_key_of_another_encoder_fails_naming_it():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["model.dense_dims=[8, 4]"])  # encoder: transformer (the default)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("<defaults>: model.dense_dims: not a field of encoder 'transformer' "
+                          "(its fields: encoder, ")
+    with pytest.raises(ConfigError, match=r"^<defaults>: model.heads: not a field of encoder "
+                                          r"'dense' \(its fields: .*dense_dims"):
+        load_config(None, ["model.encoder=dense", "model.heads=8"])
+    # the fields every encoder takes are accepted under both
+    for enc in ("transformer", "dense"):
+        cfg = load_config(None, [f"model.encoder={enc}", "model.head=dino", "model.frame=event",
+                                 "model.head_dims=[8]", "model.output_dim=4", "model.compile=true"])
+        assert (cfg.model.encoder, cfg.model.head, cfg.model.frame) == (enc, "dino", "event")
+
+
+def test_unknown_loss_and_encoder_names_list_the_known_ones():
+    with pytest.raises(ConfigError, match=r"^<defaults>: loss.name: unknown loss 'ntxent'; known: "
+                                          r"anomalyclr, anomalyclr_plus, dino, nt_xent, orca, supcon$"):
+        load_config(None, ["loss.name=ntxent"])
+    with pytest.raises(ConfigError, match=r"^<defaults>: model.encoder: unknown encoder 'mlp'; "
+                                          r"known: dense, transformer$"):
+        load_config(None, ["model.encoder=mlp"])
+    with pytest.raises(ConfigError, match=r"^<defaults>: loss: Input should be a valid dictionary"):
+        load_config(None, ["loss=3"])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load_into_their_union_member(path):
+    from clrdist.config import LOSS_SECTIONS, MODEL_SECTIONS
+
+    cfg = load_config(path)
+    assert type(cfg.loss) is LOSS_SECTIONS[cfg.loss.name]
+    assert type(cfg.model) is MODEL_SECTIONS[cfg.model.encoder]
+
+
+ROUND_TRIPS = [[], ["loss.name=dino", "loss.teacher_momentum=0.9"],
+               ["loss.name=orca", "loss.known_classes=[0, 2]", "model.encoder=dense"],
+               ["loss.name=supcon", "loss.keep_positive=false", "model.model_dim=16"]]
+
+
+@pytest.mark.parametrize("source", [*CONFIGS, *map(tuple, ROUND_TRIPS)],
+                         ids=[p.name for p in CONFIGS] + [" ".join(o) or "defaults" for o in ROUND_TRIPS])
+def test_the_config_round_trips_through_dict_yaml_and_flat_params(source, tmp_path):
+    from clrdist.config import config_from_dict
+
+    cfg = load_config(source) if isinstance(source, Path) else load_config(None, list(source))
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg and type(again.loss) is type(cfg.loss)
+    assert type(again.model) is type(cfg.model)
+    save_config(cfg, tmp_path / "r.yaml")
+    assert load_config(tmp_path / "r.yaml") == cfg
+    flat = cfg.flat()  # MLflow params: the chosen member's fields only
+    assert {k.split(".", 1)[1] for k in flat if k.startswith("loss.")} == set(type(cfg.loss).model_fields)
+    assert {k.split(".", 1)[1] for k in flat if k.startswith("model.")} == set(type(cfg.model).model_fields)
+
+
+def test_a_stored_config_with_every_loss_and_encoder_field_still_resumes():
+    """Runs stored before the unions hold each loss's and encoder's fields (they did nothing)."""
+    from clrdist.config import config_from_dict, drop_foreign
+    from clrdist.train.resume import _config_diff  # --resume / run-name continuation compare so
+
+    cfg = load_config(None, ["loss.name=dino", "model.encoder=dense", "model.head=dino"])
+    old = cfg.to_dict()
+    old["loss"].update(keep_positive=None, known_classes=[0], labelled_fraction=0.5)
+    old["model"].update(model_dim=64, heads=4, layers=2, dropout=0.1, buckets=1)
+    with pytest.raises(ConfigError, match="loss.keep_positive: not a field of loss 'dino'"):
+        config_from_dict(old)
+    assert config_from_dict(old, stored=True) == cfg
+    assert _config_diff(drop_foreign(old), cfg.to_dict()) == []
+    assert _config_diff(old, cfg.to_dict())  # without it the old fields would differ
+    assert drop_foreign({"loss": {"temperature": 0.2, "teacher_momentum": 0.9}}) == {
+        "loss": {"temperature": 0.2}}  # no name: nt_xent
+
+
+def test_the_sections_build_their_member_and_validate_assignments():
+    from clrdist.config import DenseModelConfig, LossConfig, ModelConfig, ORCALossConfig
+
+    assert type(LossConfig(name="orca", known_classes=[0, 1])) is ORCALossConfig
+    assert type(ModelConfig(encoder="dense")) is DenseModelConfig
+    cfg = load_config()
+    cfg.loss = {"name": "dino", "teacher_momentum": 0.99}
+    assert cfg.loss.teacher_momentum == 0.99
+    with pytest.raises(ValueError, match="teacher_momentum"):
+        cfg.loss = {"name": "nt_xent", "teacher_momentum": 0.99}
+
+
+def test_an_override_switching_the_loss_drops_the_files_keys_of_the_old_one():
+    demo = CONFIGS[0].parent / "demo.yaml"  # nt_xent with keep_positive: true
+    cfg = load_config(demo, ["loss.name=dino"])
+    assert cfg.loss.name == "dino" and "keep_positive" not in type(cfg.loss).model_fields
+    assert load_config(demo, ["loss.name=anomalyclr"]).loss.keep_positive is True  # same family
+    with pytest.raises(ConfigError, match="loss.keep_positive: not a field of loss 'dino'"):
+        load_config(demo, ["loss.name=dino", "loss.keep_positive=true"])  # set with it: refused
+    dense = load_config(demo, ["model.encoder=dense"])
+    assert dense.model.encoder == "dense" and not hasattr(dense.model, "model_dim")

@@ -132,8 +132,9 @@ def test_configs_take_one_training_step_as_the_loop_does(name):
     from clrdist.physics.augment import build_view
     from clrdist.train.trainer import check_components
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml",
-                      ["model.model_dim=16", "model.ff_dim=16", "model.layers=1"])
+    shrink = [] if "dense" in name or "orca" in name else [  # the dense encoder is small already
+        "model.model_dim=16", "model.ff_dim=16", "model.layers=1"]
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml", shrink)
     check_components(cfg)
     g = torch.Generator().manual_seed(0)
     B = 8

@@ -18,8 +18,8 @@ from clrdist.train.engine import LocalEngine, LossGuard
 from clrdist.train.step import set_sync_free, train_step
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-SMALL = ["model.model_dim=16", "model.ff_dim=32", "model.heads=2", "model.layers=1",
-         "model.head_dims=[16]", "model.output_dim=8", "optim.grad_clip=1.0", "data.batch_size=16",
+TRANSFORMER = ["model.model_dim=16", "model.ff_dim=32", "model.heads=2", "model.layers=1"]
+SMALL = [*TRANSFORMER, "model.head_dims=[16]", "model.output_dim=8", "optim.grad_clip=1.0", "data.batch_size=16",
          "data.global_batch_size=null"]  # the published configs set the global batch
 
 
@@ -49,11 +49,13 @@ CASES = {
     "event_transformer": ("anomalyclr_adc2021.yaml", [], event_batch),
     "event_dense": ("adc2021_dense_masking.yaml", ["model.dense_dims=[16,8]"], event_batch),
 }
+DENSE = {"event_dense"}  # the transformer's fields are not the dense encoder's (config unions)
 
 
 def setup(case, sync_free=True, precision="fp32"):
     name, more, make = CASES[case]
-    cfg = load_config(CONFIGS / name, [*SMALL, *more])
+    small = SMALL[len(TRANSFORMER):] if case in DENSE else SMALL
+    cfg = load_config(CONFIGS / name, [*small, *more])
     model = set_sync_free(initial_model(cfg.model, 0), sync_free)
     engine = LocalEngine(model, cfg, total_steps=10, fused=sync_free)  # fused: as on CUDA
     views = build_views(cfg, fixed=sync_free)

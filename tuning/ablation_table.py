@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = [tracking.download_config(uri, t["run_id"]) for t in trials]
     rows = summarise([(c["augment"]["views"], t["metrics"]) for c, t in zip(configs, trials, strict=True)])
     if not args.no_supervised:
-        cfg = config_from_dict(configs[0], source=f"run {trials[0]['run_id']}")
+        cfg = config_from_dict(configs[0], source=f"run {trials[0]['run_id']}",
+                               stored=True)
         rows["supervised, same encoder"] = supervised_reference(cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -224,7 +224,7 @@ def load_model(directory: str | Path) -> tuple[torch.nn.Module, RunConfig]:
     """The trained model (eval mode, CPU; DINO: the teacher) and the config it was trained with."""
     state, meta = load(directory)
     source = Path(directory) / "meta.json"
-    cfg = config_from_dict(meta["config"], source=str(source))
+    cfg = config_from_dict(meta["config"], source=str(source), stored=True)
     try:
         return evaluated_model(state, cfg), cfg
     except (RuntimeError, KeyError, ValueError, TypeError) as e:

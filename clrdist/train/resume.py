@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 
 from clrdist import tracking
-from clrdist.config import ConfigError, RunConfig
+from clrdist.config import ConfigError, RunConfig, drop_foreign
 from clrdist.procs import process_start_time
 
 
@@ -94,7 +94,7 @@ def find_resumable(cfg: RunConfig, resume: str | None = None) -> dict | None:
         if alive is None and not resume:
             raise ConfigError(f"{what}: the run is RUNNING ({where}, not visible from here); if "
                               f"that driver is gone, continue with --resume {run['run_id']}")
-    diff = _config_diff(tracking.download_config(uri, run["run_id"]), cfg.to_dict())
+    diff = _config_diff(drop_foreign(tracking.download_config(uri, run["run_id"])), cfg.to_dict())
     if diff:
         raise ConfigError(f"{what}: the run was started with a different config (differs in "
                           f"{', '.join(diff[:5])}{', ...' if len(diff) > 5 else ''}); use another "
