@@ -269,7 +269,7 @@ def end_epoch(w: Worker, st: TrainState, epoch_loss: torch.Tensor, epoch_batches
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     w, st = setup(config)
     # -- resume from the last checkpoint, if Ray Train restarted us ------------------------------
-    if st.restore(ckpt := ray.train.get_checkpoint(), w.rank) and w.master:
+    if st.restore(ckpt := ray.train.get_checkpoint()) and w.master:
         say(f"resumed from step {st.step} (epoch {st.epoch}) of {ckpt.path}")
     st.cadence = Cadence.from_config(w.cfg.checkpoint, w.device)  # steps, minutes, epochs, the end
     # -- validation during training (every rank encodes, rank 0 fits and logs) -----------------

@@ -37,7 +37,7 @@ class TrainState:
     epoch: int = 0
     mid_epoch: bool = False
 
-    def restore(self, ckpt, rank: int) -> bool:
+    def restore(self, ckpt) -> bool:
         """Load a Ray Train checkpoint (None: nothing to load, False): the engine's state, the
         loss's state, this rank's ZeRO optimiser shard, the step and epoch, and for a checkpoint
         written inside an epoch this rank's stream position."""
@@ -48,11 +48,11 @@ class TrainState:
             self.engine.load_state_dict(state)
             if "loss" in state:  # a stateful loss's state (DINO: teacher, centre)
                 self.loss_fn.load_state_dict(state["loss"])
-            if (own := checkpoint.load_rank_state(d, rank)) is not None:
+            if (own := checkpoint.load_rank_state(d, self.rank)) is not None:
                 self.engine.load_rank_state(own)  # ZeRO 1/2: this rank's optimiser shard
             self.step, self.epoch = meta["step"], meta["epoch"]
             self.mid_epoch = meta.get("mid_epoch", False)
-            if self.mid_epoch and (s := checkpoint.load_stream_state(d, rank)) is not None:
+            if self.mid_epoch and (s := checkpoint.load_stream_state(d, self.rank)) is not None:
                 self.stream.load_state_dict(s)
         return True
 
