@@ -149,3 +149,17 @@ def test_a_grid_spells_out_a_table_over_one_object(tmp_path):
     md.write_text("<!-- table: results/run.json\nrows: metrics\ngrid: [[a, b], [c]]\n-->\n"
                   "<!-- end table -->\n")
     assert tables.main([str(md), "--check"]) == 1
+
+
+def test_a_grid_over_the_files_top_level(tmp_path):
+    """``rows: .`` is the results file itself: a bench that prints one flat object of numbers."""
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "bench.json").write_text(json.dumps(
+        {"command": "c", "machine": "m", "date": "d", "rate": 1234567, "cpu": {"rate": 2e6}}))
+    md = tmp_path / "doc.md"
+    md.write_text("<!-- table: results/bench.json\nrows: .\nfooter: false\ngrid:\n"
+                  "  - [quantity, wall, per CPU-s]\n"
+                  "  - [jets/s, '{rate:,.0f}', '{cpu.rate:,.0f}']\n"
+                  "-->\n<!-- end table -->\n")
+    assert tables.main([str(md)]) == 0
+    assert "| jets/s | 1,234,567 | 2,000,000 |" in md.read_text()
