@@ -65,19 +65,32 @@ def docs_files(root: Path = ROOT) -> list[Path]:
     return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
 
 
+_MISSING = object()
+
+
+def _find(cur, path: str):
+    """``cur[path]``, the rest of the path tried whole at every level before it is split at a
+    dot, so a nested key may hold dots (``mimic.auc_at_0.2``); list items by index."""
+    if isinstance(cur, dict) and path in cur:
+        return cur[path]
+    if isinstance(cur, list) and path.isdigit() and int(path) < len(cur):
+        return cur[int(path)]
+    for i, ch in enumerate(path):
+        if ch == ".":
+            inner = _find(cur, path[:i])
+            if inner is not _MISSING:
+                found = _find(inner, path[i + 1:])
+                if found is not _MISSING:
+                    return found
+    return _MISSING
+
+
 def lookup(data, path: str, where: str):
     """``data[path]``: a key with dots is tried whole first, then as a dotted path."""
-    if isinstance(data, dict) and path in data:
-        return data[path]
-    cur = data
-    for part in path.split("."):
-        if isinstance(cur, dict) and part in cur:
-            cur = cur[part]
-        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
-            cur = cur[int(part)]
-        else:
-            raise TableError(f"{where}: no key {path!r}")
-    return cur
+    found = _find(data, path)
+    if found is _MISSING:
+        raise TableError(f"{where}: no key {path!r}")
+    return found
 
 
 def cell(value, fmt: str | None) -> str:
