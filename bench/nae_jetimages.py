@@ -4,10 +4,10 @@ with background (label 0) and signal (label > 0) jets, e.g. Pythia semi-visible 
 
 The store's background is split in halves (fit / test, by position: stores are shuffled); the
 signal jets are all test jets. Reports AUC and 1/eps_B at eps_S = 0.2 (DarkCLR's working point)
-for the plain image autoencoder and the NAE, their settings, and the wall time of each. With
-``--mimic`` it also grows the EFP mimickers (HLN, PNN) of the image AE and reports, per signal
-label (e.g. top and W against QCD, as Bradshaw et al.), their AUCs, ADO with the AE and the EFPs
-selected in order.
+for the plain image autoencoder and the NAE (with the AUC's standard error from the sample sizes),
+their settings, and the wall time of each. With ``--mimic`` it also grows the EFP mimickers (HLN,
+PNN) of the image AE and reports, per signal label (e.g. top and W against QCD, as Bradshaw et
+al.), their AUCs, ADO with the AE and the EFPs selected in order.
 
     python bench/nae_jetimages.py STORE [--max-jets 4000] [--ae-epochs 30] [--nae-steps 200]
                                   [--langevin-steps 20] [--batch-size 128] [--mimic]
@@ -29,6 +29,13 @@ from clrdist.data.store import open_store  # noqa: E402
 from clrdist.eval.jetimages import image_ae_scores  # noqa: E402
 from clrdist.eval.mimic import mimic_evaluation  # noqa: E402
 from clrdist.eval.nae import nae_evaluation  # noqa: E402
+
+
+def auc_std_error(a: float, n_sig: int, n_bkg: int) -> float:
+    """Standard error of an AUC ``a`` from its sample sizes alone (Hanley and McNeil 1982)."""
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    return float(np.sqrt((a * (1 - a) + (n_sig - 1) * (q1 - a * a) + (n_bkg - 1) * (q2 - a * a))
+                         / (n_sig * n_bkg)))
 
 
 def main() -> None:
@@ -66,6 +73,7 @@ def main() -> None:
     ae = image_ae_scores(tr, te, seed=args.seed, epochs=args.ae_epochs).metrics
     out["ae_s"] = time.perf_counter() - t
     out["ae_auc"], out["ae_inv_eps_b_at_0.2"] = ae["images_ae_auc"], ae["images_ae_inv_eps_b_at_0.2"]
+    out["ae_auc_err"] = auc_std_error(out["ae_auc"], out["n_test_sig"], out["n_test_bkg"])
     if args.mimic:
         t = time.perf_counter()
         res = mimic_evaluation(tr, te, seed=args.seed, dmax=args.dmax, max_samples=args.mimic_jets,
@@ -88,6 +96,7 @@ def main() -> None:
                          langevin=lv).metrics
     out["nae_s"] = time.perf_counter() - t
     out["nae_auc"] = nae["nae_images_auc"]
+    out["nae_auc_err"] = auc_std_error(out["nae_auc"], out["n_test_sig"], out["n_test_bkg"])
     out["nae_inv_eps_b_at_0.2"] = nae["nae_images_inv_eps_b_at_0.2"]
     out["nae_e_pos"], out["nae_e_neg"] = nae["nae_images_e_pos"], nae["nae_images_e_neg"]
     print(json.dumps(out, indent=1))

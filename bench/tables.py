@@ -26,7 +26,7 @@ For one object of many numbers (a run's ``metrics``), ``grid`` spells the table 
 first list is the header, each further list one row of templates over that object:
 
     <!-- table: results/run.json
-    rows: metrics                   # key path to the object
+    rows: metrics                   # key path to the object; "." is the file's top level
     grid:
       - [metric, trained, untrained]
       - [LCT AUC, "{lct_auc:.3f}", "{lct_init_auc:.3f}"]
@@ -65,19 +65,32 @@ def docs_files(root: Path = ROOT) -> list[Path]:
     return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
 
 
+_MISSING = object()
+
+
+def _find(cur, path: str):
+    """``cur[path]``, the rest of the path tried whole at every level before it is split at a
+    dot, so a nested key may hold dots (``mimic.auc_at_0.2``); list items by index."""
+    if isinstance(cur, dict) and path in cur:
+        return cur[path]
+    if isinstance(cur, list) and path.isdigit() and int(path) < len(cur):
+        return cur[int(path)]
+    for i, ch in enumerate(path):
+        if ch == ".":
+            inner = _find(cur, path[:i])
+            if inner is not _MISSING:
+                found = _find(inner, path[i + 1:])
+                if found is not _MISSING:
+                    return found
+    return _MISSING
+
+
 def lookup(data, path: str, where: str):
     """``data[path]``: a key with dots is tried whole first, then as a dotted path."""
-    if isinstance(data, dict) and path in data:
-        return data[path]
-    cur = data
-    for part in path.split("."):
-        if isinstance(cur, dict) and part in cur:
-            cur = cur[part]
-        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
-            cur = cur[int(part)]
-        else:
-            raise TableError(f"{where}: no key {path!r}")
-    return cur
+    found = _find(data, path)
+    if found is _MISSING:
+        raise TableError(f"{where}: no key {path!r}")
+    return found
 
 
 def cell(value, fmt: str | None) -> str:
@@ -116,8 +129,14 @@ def render_cell(template: str, row: dict, where: str) -> str:
     return FIELD.sub(sub, template)
 
 
+def section(data: dict, spec: dict, where: str):
+    """What ``rows`` names: a key path into the file, or ``.`` for the whole file."""
+    path = str(spec.get("rows", "rows"))
+    return data if path == "." else lookup(data, path, where)
+
+
 def rows_of(data: dict, spec: dict, where: str) -> list[dict]:
-    rows = lookup(data, str(spec.get("rows", "rows")), where)
+    rows = section(data, spec, where)
     if isinstance(rows, dict):  # a dict of dicts: the keys become the rows' names
         rows = [{"name": k, **v} for k, v in rows.items() if isinstance(v, dict)]
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
@@ -151,7 +170,7 @@ def columns_of(spec: dict, rows: list[dict], where: str) -> list[tuple[str, str]
 
 def grid_lines(data: dict, spec: dict, where: str) -> list[str]:
     """A ``grid`` table: the header, then one row of templates each over the object at ``rows``."""
-    obj = lookup(data, str(spec.get("rows", "rows")), where)
+    obj = section(data, spec, where)
     grid = spec["grid"]
     if not isinstance(obj, dict):
         raise TableError(f"{where}: {spec.get('rows', 'rows')!r} is not an object")

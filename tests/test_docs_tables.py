@@ -149,3 +149,32 @@ def test_a_grid_spells_out_a_table_over_one_object(tmp_path):
     md.write_text("<!-- table: results/run.json\nrows: metrics\ngrid: [[a, b], [c]]\n-->\n"
                   "<!-- end table -->\n")
     assert tables.main([str(md), "--check"]) == 1
+
+
+def test_a_grid_over_the_files_top_level(tmp_path):
+    """``rows: .`` is the results file itself: a bench that prints one flat object of numbers."""
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "bench.json").write_text(json.dumps(
+        {"command": "c", "machine": "m", "date": "d", "rate": 1234567, "cpu": {"rate": 2e6}}))
+    md = tmp_path / "doc.md"
+    md.write_text("<!-- table: results/bench.json\nrows: .\nfooter: false\ngrid:\n"
+                  "  - [quantity, wall, per CPU-s]\n"
+                  "  - [jets/s, '{rate:,.0f}', '{cpu.rate:,.0f}']\n"
+                  "-->\n<!-- end table -->\n")
+    assert tables.main([str(md)]) == 0
+    assert "| jets/s | 1,234,567 | 2,000,000 |" in md.read_text()
+
+
+def test_nested_keys_with_dots_and_list_items(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "bench.json").write_text(json.dumps(
+        {"command": "c", "machine": "m", "date": "d",
+         "mimic": {"hln_inv_eps_b_at_0.2": 19.0}, "efps": {"hln": ["a", "b"], "pnn": []}}))
+    md = tmp_path / "doc.md"
+    md.write_text("<!-- table: results/bench.json\nrows: .\nfooter: false\ngrid:\n"
+                  "  - [x, y, z]\n"
+                  "  - ['{mimic.hln_inv_eps_b_at_0.2:.1f}', '{efps.hln.0}[, {efps.hln.1}]',"
+                  " 'none[{efps.pnn.0}]']\n"
+                  "-->\n<!-- end table -->\n")
+    assert tables.main([str(md)]) == 0
+    assert "| 19.0 | a, b | none |" in md.read_text()
