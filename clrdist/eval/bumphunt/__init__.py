@@ -97,6 +97,8 @@ from clrdist.eval.bumphunt.guard import (
     check_mjj_dependence,
     decorrelate_mjj,
     mjj_dependence,
+    whiten_dijet_given_jet_pt,
+    whiten_given_jet_pt,
 )
 from clrdist.eval.bumphunt.scan import (
     EFFICIENCIES,
@@ -127,5 +129,5 @@ __all__ = [
     "cwola_hunt", "decorrelate_mjj", "dijet_function", "efficiency_flatness", "fit_n_eff",
     "fit_sidebands", "fold_scores", "global_significance", "hunt_at_fractions", "hunt_mixture",
     "lee_toys", "log_bins", "mix_signal", "mjj_dependence", "scan_windows", "select",
-    "significance", "window_selections",
+    "significance", "whiten_dijet_given_jet_pt", "whiten_given_jet_pt", "window_selections",
 ]
