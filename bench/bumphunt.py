@@ -16,8 +16,10 @@ found blind, next to its references. Writes ``results.json`` (and prints it).
    QCD jets of the hunt sample (no labels; the signal is not in it) for ``--train-seconds``, at
    ``--train-seeds`` seeds (the first is hunted on; all enter the flatness check). An event's
    representation is the two jets' representations side by side.
-3. Feature sets hunted on the same events: the trained representation, the untrained encoder
-   (``--init-seeds`` seeds), the raw substructure features of the CWoLa hunting paper (m_J and
+3. Feature sets hunted on the same events: the trained representation as given and whitened
+   per jet against the jet's own pT (``whiten_dijet_given_jet_pt``, fitted on each hunt's
+   mixture: the hunted one, whose background-only hunt gets the whole-hunt toys), the untrained
+   encoder (``--init-seeds`` seeds; the first also whitened), the raw substructure features of the CWoLa hunting paper (m_J and
    tau21 of the heavier and the lighter jet) and an idealised supervised classifier (gradient-
    boosted trees on those features with truth labels, cross-fitted in two halves: its score is
    the hunt's one feature). The sculpting guard (ln m_jj regression) is measured for each, and
@@ -26,9 +28,9 @@ found blind, next to its references. Writes ``results.json`` (and prints it).
    events; local Z, global Z (smooth toys, extrapolated beyond them; for the representation's
    background-only hunt also whole-hunt toys with the classifier re-run), efficiency flatness;
    per feature set the fraction at which the local and global Z reach 3 (log-interpolated).
-5. Flatness on background only: each trained encoder's selection over ``FLATNESS_SEEDS`` hunt
-   seeds next to the same features with m_jj permuted (the test's null), and the verdict
-   (``flatness_verdict``: are the p-values smaller than the null's?).
+5. Flatness on background only (bench.bumphunt_flatness): each trained encoder and the first
+   untrained one, as given and whitened, over ``FLATNESS_SEEDS`` hunt seeds against
+   ``FLATNESS_PERMUTATIONS`` permutations of m_jj: an exact permutation test per efficiency.
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bumphunt_flatness import (  # noqa: E402
+    FLATNESS_PERMUTATIONS,
+    FLATNESS_SEEDS,
+    flatness_run,
+    permutation_verdict,
+)
 from bench.results import write_results  # noqa: E402
 
 DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
@@ -56,6 +64,8 @@ SIZES = {  # per mode: events, training seconds, toys, classifier folds, bins
     "quick": dict(n_qcd=10000, n_sig=1000, train_s=60.0, n_toys=40, n_full_toys=2, k=3, n_bins=12),
     "full": dict(n_qcd=24000, n_sig=3000, train_s=300.0, n_toys=200, n_full_toys=5, k=3, n_bins=12),
 }
+WHITE = ", pT-whitened"  # the feature set whitened per jet against the jet's pT
+HUNTED = f"representation{WHITE}"  # what the background-only summary reports
 ENCODER = ["model.input_dim=5", "data.n_particles=50",  # + model.input_features from --inputs
            "model.model_dim=32", "model.ff_dim=64", "model.head_dims=[32]", "model.output_dim=16"]
 
@@ -173,10 +183,15 @@ def supervised_scores(x_b: np.ndarray, x_s: np.ndarray, seed: int) -> tuple[np.n
 
 def hunt_one(task: dict) -> dict:
     """One blind hunt of one feature set at one injected fraction (a worker process)."""
-    from clrdist.eval.bumphunt import hunt_mixture, mix_signal
+    from clrdist.eval.bumphunt import hunt_mixture, mix_signal, whiten_dijet_given_jet_pt
 
-    m, x, truth = mix_signal(task["mjj_b"], task["x_b"], task["mjj_s"], task["x_s"],
-                             task["fraction"], seed=task["seed"])
+    xb, xs, white = task["x_b"], task["x_s"], task.get("whiten", False)
+    if white:  # each jet's pT rides along through the mixing, then whitens the mixture
+        xb, xs = np.c_[xb, task["pt_b"]], np.c_[xs, task["pt_s"]]
+    m, x, truth = mix_signal(task["mjj_b"], xb, task["mjj_s"], xs, task["fraction"],
+                             seed=task["seed"])
+    if white:
+        x = whiten_dijet_given_jet_pt(x[:, :-2], x[:, -2], x[:, -1])
     t0 = time.perf_counter()
     met, res = hunt_mixture(m, x, truth, sqrt_s=SQRT_S, mjj_range=MJJ_RANGE, prefix="h",
                             seed=task["seed"], classifier=task["classifier"], k=task["k"],
@@ -193,62 +208,6 @@ def hunt_one(task: dict) -> dict:
            **{k: round(v, 4) for k, v in per_eps.items()},
            "passes_guard": bool(not res.mjj_corr_allowed), "seconds": round(time.perf_counter() - t0, 1)}
     return row
-
-
-FLATNESS_SEEDS = 8  # hunt seeds (fold assignments) per flatness check
-
-
-def flatness_over_seeds(task: dict) -> dict:
-    """Background-only efficiency flatness of one feature set over several hunt seeds (the
-    folds, and so the classifiers and thresholds, change with the seed; n_toys = 0): the
-    Bonferroni-combined p and the per-efficiency ones. With ``permute``, m_jj is shuffled over
-    the events first: the test's own null distribution for these features."""
-    from clrdist.eval.bumphunt import blind_scan
-
-    mjj, x = task["mjj_b"], task["x_b"]
-    inside = (mjj >= MJJ_RANGE[0]) & (mjj < MJJ_RANGE[1])
-    mjj, x = mjj[inside], x[inside]
-    if task["permute"]:
-        mjj = mjj[np.random.default_rng(task["permute"]).permutation(len(mjj))]
-    out = {"name": task["name"], "group": task["group"], "combined": [], "eps_0.1": [],
-           "eps_0.01": []}
-    for seed in range(FLATNESS_SEEDS):
-        res = blind_scan(mjj, x, mjj_range=MJJ_RANGE, sqrt_s=SQRT_S, n_bins=task["n_bins"],
-                         classifier="linear", k=task["k"], n_toys=0, seed=seed,
-                         allow_mjj_correlated=True, decorrelate=task["decorrelate"])
-        out["combined"].append(round(res.flatness_p, 4))
-        for eps, p in res.flatness_p_by_eps.items():
-            out[f"eps_{eps:g}"].append(round(p, 4))
-    out["min_combined"] = min(out["combined"])
-    out["median_combined"] = float(np.median(out["combined"]))
-    return out
-
-
-def flatness_verdict(flatness: list[dict], group: str, null: str = "null") -> list[dict]:
-    """Is the selection of the feature sets in ``group`` as flat as the same features with m_jj
-    permuted? Per efficiency (and combined), their flatness p-values over every training and
-    hunt seed, pooled, against the pooled p-values of the ``null`` group: the one-sided
-    Mann-Whitney p that they are smaller (a sculpting selection gives small flatness p far more
-    often than the null does), and the share below 0.01. The pools hold Bonferroni-combined p's
-    (conservative, not uniform), which is why the comparison is with the null's own
-    distribution and not with a uniform one."""
-    from scipy import stats
-
-    out = []
-    for key in ("eps_0.1", "eps_0.01", "combined"):
-        a = [p for r in flatness if r["group"] == group for p in r[key]]
-        b = [p for r in flatness if r["group"] == null for p in r[key]]
-        if not a or not b:
-            continue
-        out.append({"name": key.replace("_", " "), "group": group, "n_hunts": len(a),
-                    "median": round(float(np.median(a)), 3), "min": min(a),
-                    "share_below_0.01": round(float(np.mean(np.less(a, 0.01))), 3),
-                    "null_n_hunts": len(b), "null_median": round(float(np.median(b)), 3),
-                    "null_min": min(b),
-                    "null_share_below_0.01": round(float(np.mean(np.less(b, 0.01))), 3),
-                    "mannwhitney_p_smaller": round(float(
-                        stats.mannwhitneyu(a, b, alternative="less").pvalue), 4)})
-    return out
 
 
 BKG_KEYS = ("max_local_z", "global_z", "global_z_full_toys", "flatness_p", "flatness_p_eps_0.1",
@@ -297,7 +256,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from clrdist.config import load_config
     from clrdist.data.schema import GENERATED_DIJET_FEATURES
-    from clrdist.eval.bumphunt import MAX_MJJ_CORR, decorrelate_mjj, mjj_dependence
+    from clrdist.eval.bumphunt import (
+        MAX_MJJ_CORR,
+        decorrelate_mjj,
+        mjj_dependence,
+        whiten_dijet_given_jet_pt,
+    )
     from clrdist.factory import initial_model
 
     torch.set_num_threads(1)
@@ -338,13 +302,22 @@ def main(argv: list[str] | None = None) -> int:
     timing["train_s"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
+    col = {n: i for i, n in enumerate(names)}
+    pts = {proc: ev[f"{proc}_features"][:, [col["pt_J1"], col["pt_J2"]]].astype(np.float64)
+           for proc in ("qcd", "resonance")}
+
+    def white(xb):  # each jet's features whitened against its own pT, over all QCD events
+        return whiten_dijet_given_jet_pt(xb, pts["qcd"][:, 0], pts["qcd"][:, 1])
+
     sets: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
     sets["representation"] = (event_reps(model, cfg, ev, "qcd"),
                               event_reps(model, cfg, ev, "resonance"), "linear")
+    sets[HUNTED] = sets["representation"]  # whitened in each hunt, over its own mixture
     for s in range(args.init_seeds):
         init = initial_model(cfg.model, 100 + s)
         sets[f"untrained seed {100 + s}"] = (event_reps(init, cfg, ev, "qcd"),
                                              event_reps(init, cfg, ev, "resonance"), "linear")
+    sets[f"untrained seed 100{WHITE}"] = sets["untrained seed 100"]
     raw_b, raw_s = substructure(ev["qcd_features"], names), substructure(ev["resonance_features"], names)
     sets["raw m_J, tau21"] = (raw_b, raw_s, "gbdt")
     sets["supervised"] = (*supervised_scores(raw_b, raw_s, seed=0), "linear")
@@ -367,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         xx = decorrelate_mjj(m, x[in_b], np.ones(len(m), bool)) if decorrelated else x[in_b]
         return round(mjj_dependence(m, xx).corr, 4)
 
-    guard_sets = {**{name: xb for name, (xb, _, _) in sets.items()},
+    guard_sets = {**{name: white(xb) if name.endswith(WHITE) else xb
+                     for name, (xb, _, _) in sets.items()},
                   "untrained, absolute-pT inputs (pt)": pt_rep,
                   f"untrained seed 100, {other} inputs": other_rep}
     guard = {name: corr(x, True) for name, x in guard_sets.items()}
@@ -377,35 +351,32 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     tasks = [dict(set=name, fraction=f, mjj_b=mjj_b, x_b=xb, mjj_s=mjj_s, x_s=xs, seed=0,
                   classifier=clf, k=size["k"], n_bins=size["n_bins"], n_toys=size["n_toys"],
-                  n_full_toys=size["n_full_toys"] if (name == "representation" and f == 0) else 0)
+                  n_full_toys=size["n_full_toys"] if (name == HUNTED and f == 0) else 0,
+                  whiten=name.endswith(WHITE), pt_b=pts["qcd"], pt_s=pts["resonance"])
              for name, (xb, xs, clf) in sets.items() for f in FRACTIONS]
     # the trained representation's background-only hunt with the optional decorrelation
     tasks.append({**tasks[0], "set": "representation, decorrelated", "decorrelate": "sideband",
                   "n_full_toys": 0})
+    # 5. flatness: every trained encoder and the untrained one, as given and whitened, each
+    # against FLATNESS_PERMUTATIONS permutations of m_jj
     reps_b = [sets["representation"][0]] + [event_reps(mm, cfg, ev, "qcd") for mm, _ in trained[1:]]
-    flat_sets = []
+    flat_sets = {}
     for s, rb in enumerate(reps_b):
-        flat_sets += [(f"representation, training seed {s}", "trained", rb, "none", 0),
-                      (f"representation, training seed {s}, m_jj permuted (null)", "null", rb,
-                       "none", 1 + s)]
-    u100 = sets["untrained seed 100"][0]
-    flat_sets += [("representation, training seed 0, decorrelated", "decorrelated", reps_b[0],
-                   "sideband", 0),
-                  ("untrained seed 100", "untrained", u100, "none", 0),
-                  ("untrained seed 100, m_jj permuted (null)", "untrained null", u100, "none", 1),
-                  ("untrained seed 100, decorrelated", "untrained decorrelated", u100,
-                   "sideband", 0)]
-    flat_tasks = [dict(name=name, group=group, mjj_b=mjj_b, x_b=xb, decorrelate=dec, permute=perm,
-                       n_bins=size["n_bins"], k=size["k"])
-                  for name, group, xb, dec, perm in flat_sets]
+        flat_sets[f"representation, training seed {s}"] = rb
+        flat_sets[f"representation, training seed {s}{WHITE}"] = white(rb)
+    flat_sets["untrained seed 100"] = sets["untrained seed 100"][0]
+    flat_sets[f"untrained seed 100{WHITE}"] = white(sets["untrained seed 100"][0])
+    flat_tasks = [dict(name=name, mjj=mjj_b, x=x, perm=perm, mjj_range=MJJ_RANGE, sqrt_s=SQRT_S,
+                       hunt_seeds=FLATNESS_SEEDS, n_bins=size["n_bins"], k=size["k"])
+                  for name, x in flat_sets.items() for perm in range(FLATNESS_PERMUTATIONS + 1)]
     with ProcessPoolExecutor(args.workers) as ex:
         rows = list(ex.map(hunt_one, tasks))
-        flatness = list(ex.map(flatness_over_seeds, flat_tasks))
+        flatness = permutation_verdict(list(ex.map(flatness_run, flat_tasks)))
     timing["hunts_s"] = round(time.perf_counter() - t0, 1)
 
     by = {(r["features"], r["fraction"]): r for r in rows}
-    bkg = by["representation", 0.0]
-    init_names = [n for n in sets if n.startswith("untrained")]
+    bkg = by[HUNTED, 0.0]
+    init_names = [n for n in sets if n.startswith("untrained") and not n.endswith(WHITE)]
 
     def init_stat(f, key):
         v = [by[n, f][key] for n in init_names if by[n, f][key] is not None]
@@ -415,7 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     for f in FRACTIONS:
         e = {"name": f"f = {f:g}", "fraction": f, "n_sig": by["representation", f]["n_sig"],
              "n_sig_in_range": by["representation", f]["n_sig_in_range"]}
-        for key, label in (("representation", "rep"), ("raw m_J, tau21", "raw"), ("supervised", "sup")):
+        for key, label in (("representation", "rep"), (HUNTED, "white"),
+                           (f"untrained seed 100{WHITE}", "untrained_white"),
+                           ("raw m_J, tau21", "raw"), ("supervised", "sup")):
             e[f"{label}_local_z"] = by[key, f]["max_local_z"]
             e[f"{label}_global_z"] = by[key, f]["global_z"]
         e["untrained_local_z_mean"], e["untrained_local_z_sd"] = init_stat(f, "max_local_z")
@@ -431,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         "sqrt_s_gev": SQRT_S, "encoder": {"overrides": encoder, **train_info},
         "training_seeds": [info for _, info in trained],
         "background_only": {
-            "features": "representation", "max_local_z": bkg["max_local_z"],
+            "features": HUNTED, "max_local_z": bkg["max_local_z"],
             "global_z": bkg["global_z"], "global_p": bkg["global_p"],
             "global_from_fit": bool(bkg["global_from_fit"]), "n_eff": bkg["n_eff"],
             "toy_fit_ks_p": bkg["toy_fit_ks_p"], "global_z_full_toys": bkg.get("global_z_full_toys"),
@@ -440,9 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             "mjj_corr": bkg["mjj_corr"], "n_failed_fits": bkg["n_failed_fits"],
             "val_logloss": bkg["val_logloss"], "val_logloss_ref": bkg["val_logloss_ref"]},
         "background_only_rows": background_rows(rows),
-        "flatness_over_seeds": flatness,
-        "flatness_verdict": [*flatness_verdict(flatness, "trained"),
-                             *flatness_verdict(flatness, "untrained", null="untrained null")],
+        "flatness": flatness,
         "injected": injected,
         "reach_3sigma": reach,
         "mjj_guard": [{"name": k, "mjj_corr_raw": guard_raw[k],
@@ -453,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                    "cpu_s": round(cpu_seconds(), 1), "load_average": list(os.getloadavg())},
     }
     write_results(out / "results.json", results, argv)
-    print(json.dumps({k: results[k] for k in ("background_only", "flatness_verdict",
+    print(json.dumps({k: results[k] for k in ("background_only", "flatness",
                                               "injected", "reach_3sigma", "mjj_guard", "timing")},
                      indent=1))
     return 0

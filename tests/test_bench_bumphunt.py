@@ -22,21 +22,26 @@ def test_substructure_orders_jets_by_mass():
                                   [[500, 100, 0.6, 0.2], [300, 50, 0.7, 0.3]])
 
 
-def test_flatness_verdict_flags_a_group_whose_p_values_sit_below_its_null():
-    from bench.bumphunt import flatness_verdict
+def _runs(name, observed, null):
+    """flatness_run outputs: perm 0 observed, then one per permutation (same p for every cut)."""
+    return [{"name": name, "perm": i, **{c: list(v) for c in ("eps_0.1", "eps_0.01", "combined")}}
+            for i, v in enumerate([observed, *null])]
+
+
+def test_the_permutation_verdict_is_exact_and_flags_only_the_less_flat_selection():
+    from bench.bumphunt_flatness import permutation_verdict
 
     rng = np.random.default_rng(0)
-    null = [{"group": "null", "eps_0.1": list(rng.uniform(size=16)),
-             "eps_0.01": list(rng.uniform(size=16)), "combined": list(rng.uniform(size=16))}]
-    flat = [{"group": "trained", "eps_0.1": list(rng.uniform(size=16)),
-             "eps_0.01": list(rng.uniform(size=16)), "combined": list(rng.uniform(size=16))}]
-    sculpting = [{"group": "trained", "eps_0.1": list(rng.uniform(size=16)),
-                  "eps_0.01": list(rng.uniform(0, 0.01, size=16)),
-                  "combined": list(rng.uniform(0, 0.02, size=16))}]
-    ok = {r["name"]: r for r in flatness_verdict(flat + null, "trained")}
-    bad = {r["name"]: r for r in flatness_verdict(sculpting + null, "trained")}
-    assert set(ok) == {"eps 0.1", "eps 0.01", "combined"}
-    assert all(r["mannwhitney_p_smaller"] > 0.05 for r in ok.values())
-    assert bad["eps 0.01"]["mannwhitney_p_smaller"] < 1e-4
-    assert bad["eps 0.01"]["share_below_0.01"] == 1.0 and bad["eps 0.01"]["n_hunts"] == 16
-    assert bad["eps 0.1"]["mannwhitney_p_smaller"] > 0.05
+    null = [rng.uniform(0.1, 1, size=3) for _ in range(19)]
+    sculpting = _runs("sculpting", [0.001, 0.02, 0.004], null)  # below every permutation
+    typical = _runs("typical", [0.2, 0.9, np.median([np.median(v) for v in null])], null)
+    rows = {r["name"]: r for r in permutation_verdict(sculpting + typical)}
+    bad, ok = rows["sculpting"], rows["typical"]
+    assert bad["n_permutations"] == 19 and bad["hunt_seeds"] == 3
+    assert bad["combined_median"] == 0.004 and bad["combined_perm_p"] == 0.05
+    assert bad["min_perm_p"] == 0.05 and not bad["flat"]
+    # the median of the permutations' medians ranks 10th of 19: p = (1 + 10) / 20
+    assert ok["combined_perm_p"] == 0.55 and ok["flat"]
+    assert ok["combined_null_median"] == round(float(np.median([np.median(v) for v in null])), 4)
+    with pytest.raises(ValueError, match="at least one permutation"):
+        permutation_verdict(_runs("alone", [0.5, 0.5, 0.5], []))
