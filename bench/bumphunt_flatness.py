@@ -39,7 +39,7 @@ def flatness_run(task: dict) -> dict:
     for seed in range(task["hunt_seeds"]):
         res = blind_scan(mjj, x, mjj_range=task["mjj_range"], sqrt_s=task["sqrt_s"],
                          n_bins=task["n_bins"], classifier="linear", k=task["k"], n_toys=0,
-                         seed=seed, allow_mjj_correlated=True)
+                         seed=seed, allow_mjj_correlated=True, guard=False)
         out["combined"].append(round(res.flatness_p, 4))
         for eps, p in res.flatness_p_by_eps.items():
             out[f"eps_{eps:g}"].append(round(p, 4))

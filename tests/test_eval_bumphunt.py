@@ -318,3 +318,12 @@ def test_leak_the_hunt_sees_only_the_mixture():
         np.testing.assert_array_equal(res.toys_max_z, r0.toys_max_z)
         assert {k: v for k, v in met.items() if k in m0} == m0
     assert m1["bumphunt_signal_in_best_sr"] > 0.5 > m2["bumphunt_signal_in_best_sr"]
+
+
+def test_without_the_guard_the_scan_is_the_same_and_refuses_nothing():
+    mjj, x, _ = _tracking(4000, 3, 0.3)
+    with_guard = blind_scan(mjj, x, n_toys=0, allow_mjj_correlated=True, **FAST)
+    without = blind_scan(mjj, x, n_toys=0, guard=False, **FAST)  # would be refused with it
+    np.testing.assert_array_equal(without.flat_p, with_guard.flat_p)
+    np.testing.assert_array_equal(without.z, with_guard.z)
+    assert np.isnan(without.mjj_corr) and not without.mjj_corr_allowed

@@ -16,7 +16,12 @@ from clrdist.eval.bumphunt.fit import (
     log_bins,
     significance,
 )
-from clrdist.eval.bumphunt.guard import MAX_MJJ_CORR, _features_for, check_mjj_dependence
+from clrdist.eval.bumphunt.guard import (
+    MAX_MJJ_CORR,
+    MjjDependence,
+    _features_for,
+    check_mjj_dependence,
+)
 from clrdist.eval.bumphunt.selection import Window, _bins, efficiency_flatness, window_selections
 from clrdist.eval.metrics import EvalResult, eps_tag
 
@@ -167,10 +172,13 @@ def blind_scan(mjj: np.ndarray, features: np.ndarray, *, mjj_range: tuple[float,
                efficiencies: Sequence[float] = SCAN_EFFICIENCIES, classifier: str = "mlp",
                k: int = 5, n_toys: int = 100, n_full_toys: int = 0, seed: int = 0,
                max_mjj_corr: float = MAX_MJJ_CORR, allow_mjj_correlated: bool = False,
-               decorrelate: str = "none") -> ScanResult:
+               decorrelate: str = "none", guard: bool = True) -> ScanResult:
     """Slide the SR over the whole m_jj range; local Z per window and efficiency; global Z from
     background-only toys (module docstring). mjj: (n,) GeV; features: (n, D); sqrt_s: GeV.
-    ``n_toys``: smooth toys (refits only); ``n_full_toys``: whole hunts on permuted m_jj."""
+    ``n_toys``: smooth toys (refits only); ``n_full_toys``: whole hunts on permuted m_jj.
+    ``guard=False`` skips the m_jj regression (``mjj_corr`` nan, nothing refused): for studies
+    of the selection itself, such as the flatness permutation test of bench.bumphunt, which
+    repeat the scan on the same features many times."""
     mjj, x, _ = _prepare(mjj, features, mjj_range)
     edges = log_bins(*mjj_range, n_bins)
     b = _bins(mjj, edges)
@@ -180,8 +188,9 @@ def blind_scan(mjj: np.ndarray, features: np.ndarray, *, mjj_range: tuple[float,
                          f"side fits in {n_bins} bins")
     # the guard sees what the classifiers will see: the features decorrelated over all events
     # (each window refits the decorrelation without its SR)
-    dep = check_mjj_dependence(mjj, _features_for(decorrelate, mjj, x, np.ones(len(mjj), bool)),
-                               max_corr=max_mjj_corr, allow=allow_mjj_correlated, seed=seed)
+    dep = (check_mjj_dependence(mjj, _features_for(decorrelate, mjj, x, np.ones(len(mjj), bool)),
+                                max_corr=max_mjj_corr, allow=allow_mjj_correlated, seed=seed)
+           if guard else MjjDependence(corr=float("nan"), r2=float("nan"), n=0))
     effs = tuple(float(e) for e in efficiencies)
     z, flat, rows, counts, val_loss, val_ref = _scan(b, mjj, x, windows, effs, edges, sqrt_s,
                                                      k=k, classifier=classifier, seed=seed,
