@@ -48,6 +48,14 @@ def machine() -> str:
     return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
+def load_avg_1m() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def command_line(argv: list[str] | None = None) -> str:
     """The command as a user would type it: ``python -m pkg.mod ARGS`` for a module run."""
     args = sys.argv[1:] if argv is None else argv
@@ -104,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cmd:
         ap.error("no command after --")
     started = datetime.datetime.now().timestamp()
+    load_start = load_avg_1m()
     run = subprocess.run(cmd, stdout=None if args.json_file else subprocess.PIPE, text=True)
     if run.returncode != 0:
         print(f"bench.results: {shlex.join(cmd)} exited {run.returncode}; nothing written",
@@ -119,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"bench.results: {shlex.join(cmd)}: {err}; nothing written", file=sys.stderr)
         return 2
-    head = header()
-    write_results(args.out, {**numbers, **head, "command": shlex.join(cmd)})
+    head = {**header(), "command": shlex.join(cmd), "load_avg_1m_start": load_start,
+            "load_avg_1m_end": load_avg_1m()}
+    write_results(args.out, {**numbers, **head})
     print(args.out)
     return 0
 

@@ -109,6 +109,7 @@ def test_a_json_printing_command_becomes_a_results_file(tmp_path):
     data = json.loads(out.read_text())
     assert data["rows"] == [{"name": "a", "auc": 0.9}]
     assert data["command"].endswith("-c " + results.shlex.quote(code)) and data["machine"]
+    assert {"load_avg_1m_start", "load_avg_1m_end"} <= data.keys()  # how loaded the machine was
     assert results.main([str(tmp_path / "no.json"), "--", sys.executable, "-c", "print(1)"]) == 2
     assert results.main([str(tmp_path / "no.json"), "--", sys.executable, "-c", "exit(3)"]) == 3
     assert not (tmp_path / "no.json").exists()
