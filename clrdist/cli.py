@@ -21,14 +21,18 @@ from collections.abc import Sequence
 
 from clrdist import __version__, data_cli
 from clrdist.errors import ClrdistError
+from clrdist.eval.registry import EVALUATIONS
+from clrdist.train.signals import RunInterrupted, install_command_handlers
 
 
 def _train_config(args: argparse.Namespace):
     """The config file with --set; with --resume and no file, the run's stored config."""
+    # lazy: only `train` reads a config file (YAML and the config models, ~50 ms)
     from clrdist.config import apply_override, config_from_dict, drop_foreign, load_config
 
     if not (args.resume and args.config is None):
         return load_config(args.config, args.set)  # validated before anything starts
+    # lazy: mlflow (~2 s) only for --resume without a config file
     from clrdist import tracking
 
     uri = load_config(None, [o for o in args.set if o.startswith("tracking.uri=")]).tracking.uri
@@ -41,6 +45,7 @@ def _train_config(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    # lazy: the pipeline loads torch, MLflow and zarr (~4 s), only once the command runs
     from clrdist.pipeline import train_and_evaluate
 
     cfg = _train_config(args)
@@ -53,7 +58,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from clrdist.eval.registry import EVALUATIONS
+    # lazy: the pipeline and tracking load torch, MLflow and zarr (~4 s), only once the command runs
     from clrdist.pipeline import evaluate_run
     from clrdist.tracking import check_uri
 
@@ -68,6 +73,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    # lazy: the demo loads torch (~2 s), only once the command runs
     from clrdist.demo import run_demo
 
     run_demo(out_dir=args.out, n_per_class=args.jets_per_class, epochs=args.epochs,
@@ -111,8 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a trained run and log into it")
     e.add_argument("run_id")
-    from clrdist.eval.registry import EVALUATIONS
-
     for name, ev in EVALUATIONS.items():
         e.add_argument(f"--{name}", action="store_true",
                        help=ev.help + (" (the default when none is given)" if ev.default else ""))
@@ -137,14 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from clrdist.train.signals import RunInterrupted, install_command_handlers
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if argv is None:  # the command itself (not a test calling main): SIGTERM at any stage
         install_command_handlers()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    # lazy: zarr (~0.3 s) loads after the arguments parse: --help and usage errors stay fast
     from clrdist.data.store import UNVERIFIED_ENV
 
     before = os.environ.get(UNVERIFIED_ENV)

@@ -75,6 +75,7 @@ def ensure_ray(num_cpus: float = 0.0, *, log_to_driver: bool = True) -> bool:
     (the caller then must not shut it down). The local dashboard, bound to 127.0.0.1, serves the
     state API that Ray Train's controller polls.
     """
+    # lazy: ray (~0.6 s) only when a command starts or joins a cluster
     import ray
 
     if ray.is_initialized():

@@ -15,6 +15,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from clrdist.data.detector import DETECTORS
+from clrdist.data.generation import GenerationConfig, GenerationError, pythia_available
+from clrdist.data.generation.processes import PROCESSES, default_jet
+from clrdist.data.toy import write_toy_store
 from clrdist.errors import ClrdistError
 
 SPLIT_NAMES = {1: ["train"], 2: ["train", "test"], 3: ["train", "val", "test"],
@@ -37,8 +41,6 @@ def _with_flags(handler):
         try:
             return handler(args)
         except ClrdistError as e:
-            from clrdist.data.generation import GenerationError
-
             if isinstance(e, GenerationError) and e.problems:
                 raise GenerationError(problems=[(_GENERATE_FLAGS.get(f, f), text)
                                                 for f, text in e.problems]) from None
@@ -54,12 +56,14 @@ def _with_flags(handler):
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    # lazy: zarr (~0.3 s) only for the commands that read or write a store
     from clrdist.data.convert import convert
 
     out = convert(args.format, args.inputs, args.out, max_particles=args.max_particles,
                   overwrite=args.overwrite, block_rows=args.block_rows,
                   chunk_size=args.chunk_size, shard_chunks=args.shard_chunks,
                   label=args.label, progress=not args.no_progress, seed=args.seed)
+    # lazy: zarr (~0.3 s) only for the commands that read or write a store
     from clrdist.data.store import open_store
 
     s = open_store(out)
@@ -70,6 +74,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     """Exit status 0, or 1 when samples fail the sanity checks (problems are reported, not
     raised); a missing / truncated / altered shard is a StoreError (status 2)."""
+    # lazy: zarr (~0.3 s) only for the commands that read or write a store
     from clrdist.data.store import NO_CHECKSUMS, StoreError, describe, open_store, verify_store
 
     store = open_store(args.store)
@@ -83,6 +88,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info | ({"verified": verified} if verified else {}), indent=2))
         return status
+    # lazy: rich's table (~50 ms) only for `data info`
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -137,6 +143,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _parse_fractions(text: str) -> list[float]:
+    # lazy: zarr (~0.3 s) only for the commands that read or write a store
     from clrdist.data.store import StoreError
 
     try:
@@ -146,6 +153,7 @@ def _parse_fractions(text: str) -> list[float]:
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
+    # lazy: zarr (~0.3 s) only for the commands that read or write a store
     from clrdist.data.split import split_store
     from clrdist.data.store import StoreError
 
@@ -158,6 +166,7 @@ def _cmd_split(args: argparse.Namespace) -> int:
     stem = store.name.removesuffix(".zarr")
     outs = split_store(store, dict(zip(names, fractions, strict=True)), out_dir=args.out_dir,
                        prefix=f"{stem}_", seed=args.seed, overwrite=args.overwrite)
+    # lazy: zarr (~0.3 s) only for the commands that read or write a store
     from clrdist.data.store import open_store
 
     for name, p in outs.items():
@@ -166,8 +175,8 @@ def _cmd_split(args: argparse.Namespace) -> int:
 
 
 def _cmd_toy(args: argparse.Namespace) -> int:
+    # lazy: zarr (~0.3 s) only for the commands that read or write a store
     from clrdist.data.store import StoreError
-    from clrdist.data.toy import write_toy_store
 
     if args.n_per_class <= 0:
         raise StoreError(f"--n-per-class must be positive, got {args.n_per_class}")
@@ -178,8 +187,7 @@ def _cmd_toy(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from clrdist.data.generation import GenerationConfig, GenerationError, pythia_available
-    from clrdist.data.generation.processes import default_jet
+    # lazy: Ray (~0.6 s) only when generating
     from clrdist.generation_fanout import write_generated_store
 
     if not pythia_available():
@@ -259,9 +267,6 @@ def register(subparsers) -> None:
 
 
 def _register_generate(subparsers) -> None:
-    from clrdist.data.detector import DETECTORS
-    from clrdist.data.generation.processes import PROCESSES
-
     g = subparsers.add_parser(
         "generate",
         help="generate jets / dijet events / ADC2021-like events with Pythia 8 + FastJet (Ray "

@@ -19,7 +19,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from clrdist.cluster import ensure_ray
 from clrdist.config import load_config
+from clrdist.data.generation import pythia_available
+from clrdist.data.toy import write_toy_store
+from clrdist.errors import ClrdistError
+from clrdist.logs import quiet_console
 from clrdist.precision import resolve
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
@@ -45,15 +50,11 @@ DEFAULT_JETS = {"pythia": 10000, "toy": 15000}
 
 def choose_data(data: str) -> tuple[str, str]:
     """("pythia" | "toy", why) for data = "auto" | "pythia" | "toy"."""
-    from clrdist.data.generation import pythia_available
-
     if data == "toy":
         return "toy", "asked for the toy generator"
     if pythia_available():
         return "pythia", "Pythia 8 + FastJet top and QCD jets (pythia8mc is installed)"
     if data == "pythia":
-        from clrdist.errors import ClrdistError
-
         raise ClrdistError("demo --data pythia: pythia8mc is not installed "
                            "(pip install 'clrdist[generation]')")
     return "toy", "pythia8mc is not installed (pip install 'clrdist[generation]'), so toy jets"
@@ -63,13 +64,12 @@ def make_jets(source: str, path: Path, n_per_class: int, seed: int, workers: int
               slots: int) -> None:
     """Top and QCD jets with up to ``slots`` constituents each (room for collinear splits)."""
     if source == "pythia":
+        # lazy: Ray (~0.6 s) loads when the demo generates, not when its helpers are imported
         from clrdist.generation_fanout import generate_store
 
         generate_store(["top", "qcd"], n_per_class, path, seed=seed, workers=workers,
                        n_particles=slots, overwrite=True)
     else:
-        from clrdist.data.toy import write_toy_store
-
         write_toy_store(path, n_per_class=n_per_class, seed=seed, n_particles=slots,
                         overwrite=True)
 
@@ -169,7 +169,8 @@ def nplm_line(m: dict[str, float]) -> str | None:
                                           or "nplm_raw_z_chi2_median" in m)
     key, name = ("z_chi2_median", "chi2") if chi2 else ("z_emp_median", "empirical, as in the table")
     if chi2:
-        from clrdist.eval.nplm import z_empirical_max  # torch + scipy: only once NPLM has run
+        # lazy: eval.nplm loads scipy and scikit-learn (~2 s), only once NPLM has run
+        from clrdist.eval.nplm import z_empirical_max
 
         n_null = int(m.get("nplm_n_toys_null", 0) + m.get("nplm_n_toys_dof", 0))
         if n_null:
@@ -219,15 +220,13 @@ def run_demo(out_dir: str = "demo_out", n_per_class: int | None = None, epochs: 
              data: str = "auto", verbose: bool = False) -> dict:
     """The demo; its console shows clrdist's output, everything else goes to ``out_dir/demo.log``
     (``verbose``: everything on the console)."""
-    from clrdist.logs import quiet_console
-
     with quiet_console(Path(out_dir) / LOG_FILE, verbose=verbose) as log:
         return _run_demo(log, out_dir, n_per_class, epochs, workers, tracking_uri, seed, data)
 
 
 def _run_demo(log, out_dir: str, n_per_class: int | None, epochs: int | None, workers: int,
               tracking_uri: str, seed: int, data: str) -> dict:
-    from clrdist.cluster import ensure_ray
+    # lazy: zarr, torch and MLflow (~3 s) load when the demo runs, not when its helpers are imported
     from clrdist.data.split import split_store
     from clrdist.pipeline import train_and_evaluate
 

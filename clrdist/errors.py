@@ -5,6 +5,8 @@ store) rather than a bug: the CLI prints its message on one line, without a trac
 exits with status 2. Messages name the file or key and the problem.
 """
 
+import re
+
 
 class ClrdistError(Exception):
     """Base class for user-facing errors (bad input, bad config, bad store)."""
@@ -25,6 +27,4 @@ PLAIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$"
 
 def is_plain_name(value: object) -> bool:
     """``value`` is a plain file name: letters, digits, ``_ . + -``, no ``/``, no ``..``."""
-    import re
-
     return isinstance(value, str) and re.match(PLAIN_NAME, value) is not None and ".." not in value

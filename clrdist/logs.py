@@ -55,6 +55,7 @@ class ConsoleLog:
         if self._file is None or self._ray_printer is not None:
             return
         try:
+            # lazy: Ray's internals (~0.4 s) only once Ray runs in this process
             from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
         except ImportError:  # a Ray without the dispatcher: its output stays on the console
             return
@@ -92,6 +93,7 @@ class ConsoleLog:
     def _stop_following_ray(self) -> None:
         if self._ray_printer is None:
             return
+        # lazy: Ray's internals (~0.4 s) only once Ray runs in this process
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
         # ray.shutdown removes the printer by name: put Ray's back only if ours is still there

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from clrdist import tracking
-from clrdist.config import ConfigError, RunConfig
+from clrdist.config import ConfigError, RunConfig, config_from_dict
 from clrdist.train import trainer
+from clrdist.train.checkpoint import latest_checkpoint, load_model
 from clrdist.train.trainer import TrainResult
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,8 @@ def evaluate_checkpoint(checkpoint_path: str, which: set[str], *,
                         cfg: RunConfig | None = None) -> dict[str, Any]:
     """Run the evaluations in ``which`` on a checkpoint's model, on the evaluation stores of
     ``cfg`` (default: the checkpoint's own config)."""
+    # lazy: the evaluation (scikit-learn, scipy, ~1 s) loads only when a run is evaluated
     from clrdist.evaluation import evaluate_trained
-    from clrdist.train.checkpoint import load_model
 
     model, trained_cfg = load_model(checkpoint_path)
     return evaluate_trained(model, trained_cfg, which, cfg=cfg)
@@ -70,9 +71,6 @@ def evaluate_checkpoint(checkpoint_path: str, which: set[str], *,
 def evaluate_run(uri: str, run_id: str, which: set[str], *, latest: bool = False) -> dict[str, Any]:
     """Evaluate the checkpoint recorded in an MLflow run and log the results into that run;
     ``latest``: the newest checkpoint in the run's directory (an unfinished run's)."""
-    from clrdist.config import config_from_dict
-    from clrdist.train.checkpoint import latest_checkpoint
-
     run = tracking.get_run(uri, run_id)
     ckpt = run["tags"].get("clrdist.checkpoint")
     evaluated = None

@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -132,8 +133,6 @@ def cluster_processes(heads: list[tuple[int, int | None]], session_dir: str | No
 
 def _watch() -> None:
     """The watchdog process: read the driver's messages until end-of-file, then clean up."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     driver = os.getppid()
     driver_start = process_start_time(driver)
@@ -159,6 +158,7 @@ def _watch() -> None:
             except OSError:
                 pass
     if runs:
+        # lazy: mlflow (~2 s) only when the watchdog has runs to mark KILLED
         from clrdist import tracking
 
         for run_id, msg in runs.items():

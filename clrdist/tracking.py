@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import sqlite3
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -245,6 +246,7 @@ class Run:
 
 def log_eval(uri: str, run_id: str, results: Mapping[str, Any], step: int | None = None) -> None:
     """Log evaluation results (objects with ``metrics``, ``figures`` and optional ``tables``)."""
+    # lazy: pyplot (~0.4 s) only when figures are logged
     import matplotlib.pyplot as plt
 
     c = client(uri)
@@ -332,8 +334,6 @@ def download_config(uri: str, run_id: str) -> dict[str, Any]:
 
 
 def _load_json_artifact(uri: str, run_id: str, name: str) -> dict[str, Any]:
-    import tempfile
-
     c = client(uri)
     with tempfile.TemporaryDirectory() as tmp:
         local = c.download_artifacts(run_id, name, tmp)

@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +35,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from clrdist.cluster import ensure_ray
 from clrdist.config import SEED_MAX, ConfigError, load_config, load_yaml
 from clrdist.errors import PLAIN_NAME
 from clrdist.tune_checks import (  # noqa: F401 (part of the sweep API)
@@ -59,6 +63,7 @@ class Space(BaseModel):
         return self
 
     def to_tune(self):
+        # lazy: Ray Tune (~1 s) only once a sweep runs; load_sweep validates without it
         from ray import tune
 
         if self.grid is not None:
@@ -98,6 +103,7 @@ class SweepSpec(BaseModel):
     storage_path: str = "runs/tune"  # Tune results (shared file system on a cluster)
 
     def param_space(self) -> dict[str, Any]:
+        # lazy: Ray Tune (~1 s) only once a sweep runs; load_sweep validates without it
         from ray import tune
 
         space = {}
@@ -196,10 +202,11 @@ def run_sweep(spec: SweepSpec, *, resume: bool = True) -> SweepResult:
     same parent run is continued. SIGUSR1 (and SIGTERM, turned into SIGUSR1 here)
     makes Tune save its state and stop; the result then has ``interrupted=True``.
     """
+    # lazy: Ray Tune (~1 s) only once a sweep runs; load_sweep validates without it
     from ray import tune
 
+    # lazy: mlflow (~2 s) only once a sweep runs
     from clrdist import tracking
-    from clrdist.cluster import ensure_ray
 
     base = trial_config(spec, {})
     check_where_trials_run(spec, base)  # before Ray: stores, tracking and Tune storage
@@ -291,10 +298,6 @@ def run_sweep(spec: SweepSpec, *, resume: bool = True) -> SweepResult:
 def _sigterm_stops_tune() -> None:
     """SIGTERM (scancel, ``ray job stop``) asks Tune for the graceful stop its SIGUSR1 handler
     makes: state saved, exit 75. Installed after ray.init, whose handler would kill the process."""
-    import os
-    import signal
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
 
@@ -314,9 +317,11 @@ def _trial_fn(spec: SweepSpec, parent_run_id: str, uri: str):
     workdir = Path.cwd()  # the sweep's relative paths mean what they mean where it was started
 
     def trial(params: dict[str, Any]) -> None:
+        # lazy: Ray Tune (~1 s) only once a sweep runs; load_sweep validates without it
         from ray import tune
         from ray.tune.integration.ray_train import TuneReportCallback
 
+        # lazy: the pipeline (torch, zarr, ~3 s) loads in the trial's process, not in the sweep's driver
         from clrdist.pipeline import train_and_evaluate
         from clrdist.train.trainer import resolve_paths
 
@@ -338,12 +343,14 @@ def _short(v: Any) -> str:
 
 def _search_alg(spec: SweepSpec):
     if spec.search == "optuna":
+        # lazy: optuna is optional (the tune extra); Ray Tune (~1 s) only once a sweep runs
         from optuna.samplers import TPESampler
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
         return ConcurrencyLimiter(OptunaSearch(sampler=TPESampler(seed=spec.seed)),
                                   max_concurrent=spec.max_concurrent_trials)
+    # lazy: Ray Tune (~1 s) only once a sweep runs; load_sweep validates without it
     from ray.tune.search import BasicVariantGenerator
 
     # the limit must be given here: TuneConfig(max_concurrent_trials) does not reach a generator
@@ -352,6 +359,7 @@ def _search_alg(spec: SweepSpec):
 
 
 def _scheduler(spec: SweepSpec, epochs: int):
+    # lazy: Ray Tune (~1 s) only once a sweep runs; load_sweep validates without it
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if spec.scheduler == "asha":
@@ -363,6 +371,7 @@ def _scheduler(spec: SweepSpec, epochs: int):
 
 def _log_best(spec: SweepSpec, uri: str, parent: str, rows: list[dict[str, Any]]):
     """The best trial's metric, params and full config on the parent run."""
+    # lazy: mlflow (~2 s) only once a sweep has run
     from clrdist import tracking
 
     scored = [r for r in rows if isinstance(r.get(spec.metric), (int, float))

@@ -22,6 +22,7 @@ def check_where_trials_run(spec, base) -> None:
     inside a ``ray job submit`` copy does not: git-ignored files are not uploaded), and neither
     the Tune storage nor a sqlite tracking store would live in that temporary copy. One line
     naming the key, the path and the fix."""
+    # lazy: zarr (~0.3 s) only when the trials' stores are checked
     from clrdist.data.store import StoreError, open_store
 
     job = in_job_copy()
@@ -53,6 +54,7 @@ def check_where_trials_run(spec, base) -> None:
 def check_trials_fit(base) -> None:
     """One trial's workers must fit the cluster it joined (Ray Train otherwise waits for them
     forever, retrying its worker group every minute)."""
+    # lazy: ray (~0.3 s) only once the sweep has joined its cluster
     import ray
 
     have = float(ray.cluster_resources().get("CPU", 0.0))

@@ -19,7 +19,7 @@ def test_adc_nplm_runs_end_to_end_and_logs_a_plot_per_signal_to_mlflow(tmp_path)
     """The bench on small converted ADC2021-layout files (random events; no physics expected):
     the results file has every representation's rows with the chosen kernel penalty, and the
     MLflow run holds the rows as metrics, the results file and one median-Z plot per signal."""
-    from test_convert import adc_events, write_adc
+    from _convert import adc_events, write_adc
 
     from bench.adc_nplm import main
     from clrdist import tracking

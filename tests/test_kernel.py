@@ -1,5 +1,5 @@
 """The fused C kernel of the JetCLR augmentations (clrdist.physics.kernel): build, generator,
-agreement with the torch path, failure modes. The property tests of test_augment.py run on both
+agreement with the torch path, failure modes. The property tests of test_augment_*.py run on both
 backends; these cover what is particular to the kernel."""
 
 import platform

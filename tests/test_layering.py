@@ -178,3 +178,57 @@ def test_the_static_check_sees_in_function_and_from_imports(tmp_path):
     lines, side = drawing("## Layers\n```\ntop\n   a ─► b, c/   d" + " " * 40 + "what\n"
                           "   e\n```\n")
     assert lines == {"a": 0, "b": 0, "c": 0, "d": 0, "e": 1} and side == {("a", "b"), ("a", "c")}
+
+
+# --- in-function imports state why they are there ---------------------------------------------
+
+LAZY = "# lazy:"
+
+
+def unexplained_function_imports(path: Path) -> list[int]:
+    """Lines of the imports inside a function of ``path`` that give no reason: a ``# lazy:``
+    comment on the import's own lines or on the line just above it, or just above the run of
+    adjacent import lines it belongs to (one reason may cover a block)."""
+    text = path.read_text()
+    lines = text.splitlines()
+    tree = ast.parse(text, str(path))
+    imports = [n for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+               for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    spans = {n.lineno: n.end_lineno for n in imports}
+    starts = {end + 1: start for start, end in spans.items()}  # the import right above
+
+    def explained(first: int) -> bool:
+        if any(LAZY in lines[i - 1] for i in range(first, spans[first] + 1)):
+            return True
+        while True:
+            above = lines[first - 2].strip() if first > 1 else ""
+            if above.startswith(LAZY):
+                return True
+            if first not in starts:  # no adjacent import above to share its reason
+                return False
+            first = starts[first]
+
+    return sorted({n.lineno for n in imports if not explained(n.lineno)})
+
+
+def test_every_in_function_import_in_clrdist_says_why():
+    """An import belongs at the top of its module unless it must not run at import time (an
+    optional or heavy dependency, or a cycle): then a ``# lazy: <reason>`` comment says which
+    (docs/internals.md, "Layers")."""
+    bad = [f"{p.relative_to(ROOT)}:{line}" for p in sorted((ROOT / "clrdist").rglob("*.py"))
+           for line in unexplained_function_imports(p)]
+    assert not bad, "in-function imports without a '# lazy: <reason>' comment:\n" + "\n".join(bad)
+
+
+def test_the_lazy_check_catches_an_unexplained_import(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("import os\n\n\n"
+                   "def a():\n    # lazy: torch is heavy\n    import torch\n    import numpy\n\n"
+                   "    import scipy\n\n\n"
+                   "def b():\n    import json  # lazy: a stated reason on the line\n"
+                   "    x = 1\n    import re\n\n\n"
+                   "class C:\n    def m(self):\n        from ray import (\n            tune,\n"
+                   "        )  # lazy: Ray is heavy\n        from mlflow import log\n")
+    # numpy shares torch's reason (adjacent); scipy (after a blank line), re (after code) and
+    # mlflow (a reason on an import's own line covers that import only) have none
+    assert unexplained_function_imports(src) == [9, 15, 23]

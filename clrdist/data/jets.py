@@ -65,7 +65,8 @@ def cluster_antikt(p4: np.ndarray, R: float, pt_min: float = 0.0) -> list[tuple[
     p4: (n, 4) (px, py, pz, E) GeV. Returns [(jet p4 (4,), constituent indices into p4)] for jets
     with pT >= pt_min, hardest first.
     """
-    import awkward as ak  # noqa: PLC0415
+    # lazy: awkward (~0.3 s) only when clustering
+    import awkward as ak
 
     fastjet = import_fastjet()
     p4 = np.ascontiguousarray(p4, dtype=np.float64)

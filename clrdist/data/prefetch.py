@@ -26,6 +26,7 @@ class DevicePrefetcher:
     """
 
     def __init__(self, device) -> None:
+        # lazy: torch (~1.5 s); data.stream imports this module and reads stores without it
         import torch
 
         self.device = torch.device(device)
@@ -34,6 +35,7 @@ class DevicePrefetcher:
         self._stream: ShardedStream | None = None
 
     def _to_device(self, batch: dict[str, np.ndarray]) -> dict:
+        # lazy: torch (~1.5 s); data.stream imports this module and reads stores without it
         import torch
 
         return {k: torch.from_numpy(np.ascontiguousarray(v)).pin_memory()

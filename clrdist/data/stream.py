@@ -28,6 +28,7 @@ on the caller's thread too.
 
 from __future__ import annotations
 
+import heapq
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -205,8 +206,6 @@ class ShardedStream:
         Returns batches (nb, B) positions, and per piece: block, free_after (the batch after
         which the block is free, -1 if fresh), last_batch; and the number of blocks.
         """
-        import heapq
-
         b, total = self.batch_size, int(lengths.sum())
         order = np.arange(total, dtype=np.float64)
         if self.shuffle_buffer > 0:

@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clrdist.data.schema import MJJ_NAMES
+from clrdist.eval.bumphunt import SIGNAL_FRACTIONS, MjjCorrelationError, hunt_at_fractions
 from clrdist.eval.metrics import EvalResult, eps_tag
+from clrdist.eval.runner import mjj_column
 
 if TYPE_CHECKING:
     from clrdist.eval.runner import Inputs
@@ -32,6 +35,7 @@ def _names(inp: Inputs) -> dict[int, str]:
 
 
 def nplm(inp: Inputs, **options: Any) -> EvalResult:
+    # lazy: an evaluation's module (torch, ~2 s) loads only when that evaluation runs
     from clrdist.eval.nplm import nplm_evaluation, z_empirical
 
     res = nplm_evaluation(inp.rep_all, inp.y_all, seed=inp.seed,
@@ -45,6 +49,7 @@ def nplm(inp: Inputs, **options: Any) -> EvalResult:
 
 def anomaly(inp: Inputs, **options: Any) -> EvalResult:
     """Its ROC curves go into the comparison figures ``anomaly_<method>_roc.png``."""
+    # lazy: an evaluation's module (torch, ~2 s) loads only when that evaluation runs
     from clrdist.eval.anomaly import anomaly_scores
 
     curves: dict = {}
@@ -60,6 +65,7 @@ def anomaly(inp: Inputs, **options: Any) -> EvalResult:
 def nae(inp: Inputs, **options: Any) -> EvalResult | None:
     """On representations and (jet stores, the trained view only: images do not depend on the
     encoder) on jet images."""
+    # lazy: an evaluation's module (torch, ~2 s) loads only when that evaluation runs
     from clrdist.eval.nae import nae_evaluation
 
     on = options.pop("on", ("rep", "images") if inp.ctx.kind == "jet" else ("rep",))
@@ -77,6 +83,7 @@ def _jet_store(name: str, inp: Inputs) -> None:
 
 
 def images(inp: Inputs, **options: Any) -> EvalResult:
+    # lazy: an evaluation's module (torch, ~2 s) loads only when that evaluation runs
     from clrdist.eval.jetimages import image_ae_scores
 
     _jet_store("images", inp)
@@ -85,6 +92,7 @@ def images(inp: Inputs, **options: Any) -> EvalResult:
 
 
 def mimic(inp: Inputs, **options: Any) -> EvalResult:
+    # lazy: an evaluation's module (torch, ~2 s) loads only when that evaluation runs
     from clrdist.eval.mimic import mimic_evaluation
 
     _jet_store("mimic", inp)
@@ -95,10 +103,6 @@ def mimic(inp: Inputs, **options: Any) -> EvalResult:
 def bumphunt(inp: Inputs, **options: Any) -> EvalResult:
     """Blind sliding-window hunts over the whole m_jj spectrum at LHCO-like signal fractions;
     the labels only make the mixtures, never the signal region."""
-    from clrdist.data.schema import MJJ_NAMES
-    from clrdist.eval.bumphunt import MjjCorrelationError, hunt_at_fractions
-    from clrdist.eval.runner import mjj_column
-
     names = list(inp.ctx.feature_names)
     col = mjj_column(names)
     if col is None:
@@ -119,7 +123,7 @@ def bumphunt(inp: Inputs, **options: Any) -> EvalResult:
                           tables={"bumphunt_refusal": [{"reason": str(e)}]})
     fractions = options.get("fractions")
     if fractions is None:
-        from clrdist.eval.bumphunt import SIGNAL_FRACTIONS as fractions
+        fractions = SIGNAL_FRACTIONS
     z = [(f, res.metrics.get(f"bumphunt_f_{eps_tag(f)}_global_z")) for f in fractions]
     inp.curve("bumphunt", [(f, v) for f, v in z if v is not None])
     return res

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clrdist.data.schema import DIJET_OBSERVABLES, JET_OBSERVABLES
+from clrdist.eval.finetune import fit_classifier
 from clrdist.eval.metrics import DEFAULT_EPS_S, EvalResult, Roc, binary_labels, roc_metrics
 from clrdist.eval.plots import roc_figure, sic_figure
 from clrdist.physics.observables import delta_phi, efps, jet_mass, nsubjettiness, tau_ratios
@@ -109,12 +110,14 @@ def efp_features(particles: np.ndarray, mask: np.ndarray, *, dmax: int = 5) -> n
 # --- classifiers ------------------------------------------------------------------------------
 
 def _linear(xtr, ytr, xte, seed):
+    # lazy: scikit-learn (~80 ms) only for the linear baseline
     from clrdist.eval.lct import linear_scores
 
     return linear_scores(xtr, ytr, xte, seed=seed)
 
 
 def _trees(xtr, ytr, xte, seed):
+    # lazy: scikit-learn's boosted trees (~130 ms) only for the tree baseline
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     clf = HistGradientBoostingClassifier(max_iter=200, early_stopping=True, random_state=seed)
@@ -135,6 +138,7 @@ def supervised_scores(train_data: Mapping[str, np.ndarray], test_data: Mapping[s
     ``max_epochs``), and the weights of the best epoch score the test set.
     ``prepare(particles, mask) -> (x, mask)`` numpy arrays is the input transform (default:
     centred eta/phi and pT / 600 GeV, the JetCLR frame)."""
+    # lazy: torch (~1.5 s) only for the supervised baseline
     import torch
 
     prepare = prepare or _sorted_inputs
@@ -150,7 +154,6 @@ def supervised_scores(train_data: Mapping[str, np.ndarray], test_data: Mapping[s
     if len(fit) == 0:
         raise ValueError(f"supervised baseline: {len(ytr)} labelled samples leave none to train "
                          f"on after holding out val_fraction {val_fraction}")
-    from clrdist.eval.finetune import fit_classifier
 
     torch.manual_seed(seed)
     score, info = fit_classifier(model_factory(), (xtr[fit], mtr[fit], ytr[fit]),

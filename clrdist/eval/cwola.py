@@ -17,7 +17,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
+from clrdist.eval.lct import linear_scores
 from clrdist.eval.metrics import EvalResult, binary_labels, eps_tag, roc_metrics
 from clrdist.eval.plots import scan_figure
 
@@ -52,13 +56,7 @@ def mixed_sample(b_mix: np.ndarray, s_pool: np.ndarray, f: float, rng: np.random
 
 
 def _fit_score(kind: str, x_tr, y_tr, x_te, seed: int) -> np.ndarray:
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     if kind == "linear":
-        from clrdist.eval.lct import linear_scores
-
         return linear_scores(x_tr, y_tr, x_te, seed=seed)
     if kind == "mlp":
         # 64-32-1 network of the paper; early stopping on a 10% validation split ends training

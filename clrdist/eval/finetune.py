@@ -46,6 +46,7 @@ def fit_classifier(encoder, train: tuple, val: tuple, *, seed: int = 0, max_epoc
     from torch's global generator (seed it before building ``encoder``); ``seed`` orders the
     batches. Returns ``score(x, mask) -> (n,)`` logits and ``{"epochs", "best_epoch",
     "val_loss"}``."""
+    # lazy: torch (~1.5 s) only when a classifier is trained
     import torch
 
     t = lambda a, dt=torch.float32: torch.as_tensor(a, dtype=dt)  # noqa: E731
@@ -112,6 +113,7 @@ def supervised_ceiling(train_data: Batch, val_data: Batch, test_data: Batch, *,
     store: the jets the self-supervised encoder saw; at most ``max_train``), early stopping on
     ``val_data`` (at most ``max_val``), scored on ``test_data``. Metrics ``ceiling_supervised_*``
     (AUC, 1/eps_B, max SIC), ``_epochs``, ``_best_epoch``, ``_n_train``."""
+    # lazy: torch (~1.5 s) only when a classifier is trained
     import torch
 
     tr = _labelled(train_data, prepare, "ceiling: the training store", max_train)
@@ -151,8 +153,10 @@ def label_efficiency(train_data: Batch, val_data: Batch, test_data: Batch, *,
     encoder lr ``finetune_lr``, head lr ``lr``: LP-FT), ``scratch``
     (``model_factory()``, lr ``lr``), ``probe`` (logistic regression on the frozen pre-trained
     representation); ``n_seeds`` seeds from ``seed`` draw the labels and initialise."""
+    # lazy: torch (~1.5 s) only when a classifier is trained
     import torch
 
+    # lazy: scikit-learn and matplotlib (~0.6 s) only for the label-efficiency scan
     from clrdist.eval.lct import linear_scores
     from clrdist.eval.plots import scan_figure
 
@@ -176,6 +180,7 @@ def label_efficiency(train_data: Batch, val_data: Batch, test_data: Batch, *,
 
     def probe_head(idx: np.ndarray, s: int) -> tuple[np.ndarray, float]:
         """The linear probe as a head on raw representations (the scaler folded in)."""
+        # lazy: scikit-learn and matplotlib (~0.6 s) only when the probe is built
         from clrdist.eval.lct import fit_linear
 
         clf = fit_linear(rep_tr[idx], tr[2][idx].astype(int), seed=s)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from clrdist.data.split import check_disjoint
 from clrdist.data.store import SampleStore, StoreError, open_store
 
 
@@ -49,8 +50,6 @@ def check_held_out(train_store: str | SampleStore, *eval_stores: str | SampleSto
     ``qcd --seed 0`` and evaluation splits of ``qcd top --seed 7`` pass, while ``qcd --seed 0``
     against ``top qcd --seed 0`` (the same QCD shards) is refused.
     """
-    from clrdist.data.split import check_disjoint
-
     stores = [s if isinstance(s, SampleStore) else open_store(s)
               for s in (train_store, *eval_stores)]
     parents = [(s.attrs.get("provenance", {}).get("split") or {}).get("parent_content_sha256")

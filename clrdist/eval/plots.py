@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import matplotlib as mpl
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -24,8 +25,6 @@ def new_figure(figsize=(6.0, 5.0)) -> tuple[Figure, object]:
     """A Figure and its Axes, in mplhep's ROOT style when mplhep is installed (fonts scaled to
     the figure size; the style's defaults are made for 10 x 10 inch figures)."""
     if _hep is not None:
-        import matplotlib as mpl
-
         style = {**_hep.style.ROOT, "font.size": 13, "mathtext.fontset": "dejavusans",
                  "legend.fontsize": 10}
         with mpl.rc_context(style):

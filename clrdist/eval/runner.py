@@ -144,6 +144,7 @@ class Views:
 
     def _inputs(self, encode: Encoder | None, reference: str = "", **kw) -> Inputs:
         if encode is None:  # the raw inputs
+            # lazy: eval.baselines loads matplotlib (~0.6 s), only for the raw-input reference
             from clrdist.eval.baselines import raw_inputs
 
             reps = [raw_inputs(d, self.ctx.kind, self.ctx.n_particles)
@@ -210,6 +211,7 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
             if runs:
                 res = res.merge(reference_result(runs, name, ref))
         results[name] = res
+    # lazy: matplotlib (~0.6 s) only when a figure is drawn
     from clrdist.eval.plots import reference_figures
 
     for name, figs in reference_figures(views.curves, results).items():
@@ -251,6 +253,7 @@ def evaluate_during_training(rep_train: np.ndarray, y_train: np.ndarray, rep_val
     """Quick LCT for step metrics: ``lct_auc``, ``lct_max_sic``, ``lct_fpr_at_tpr_0.5``
     (plus ``lct_inv_eps_b_at_0.5``). No bootstrap, no figures; at most ``max_samples`` of each
     set (first ones) so it stays within a few seconds."""
+    # lazy: scikit-learn and matplotlib (~0.6 s) only when the training loop validates
     from clrdist.eval.lct import linear_scores
 
     keep_tr, ytr = binary_labels(np.asarray(y_train)[:max_samples])

@@ -123,6 +123,7 @@ class DDPEngine(LocalEngine):
     """PyTorch DDP through Ray Train's ``prepare_model`` (plain model when world size is 1)."""
 
     def _wrap(self, model: nn.Module, cfg: RunConfig, device) -> nn.Module:
+        # lazy: Ray (~1.5 s; absent on the GPU check's machine) only for the DDP engine
         from ray.train.torch import prepare_model
 
         return prepare_model(sync_batchnorm(model, cfg))  # DDP when world_size > 1, moved to the worker's device
@@ -138,6 +139,7 @@ class DeepSpeedEngine(Engine):
     def __init__(self, model: nn.Module, cfg: RunConfig, total_steps: int):
         if not cfg.scaling.use_gpu:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        # lazy: deepspeed is optional (the deepspeed extra)
         import deepspeed
 
         ds_config = {
@@ -188,6 +190,7 @@ class DeepSpeedEngine(Engine):
         master weights), plain tensors only so that it loads with ``weights_only=True``."""
         if self.model.zero_optimization_stage() == 0:
             return None
+        # lazy: deepspeed is optional (the deepspeed extra)
         from deepspeed.checkpoint.constants import (
             BASE_OPTIMIZER_STATE,
             SINGLE_PARTITION_OF_FP32_GROUPS,
@@ -202,6 +205,7 @@ class DeepSpeedEngine(Engine):
         shard covers 1 / world of the parameters)."""
         if self.model.zero_optimization_stage() == 0:
             return
+        # lazy: deepspeed is optional (the deepspeed extra)
         from deepspeed.checkpoint.constants import (
             BASE_OPTIMIZER_STATE,
             SINGLE_PARTITION_OF_FP32_GROUPS,

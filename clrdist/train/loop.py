@@ -62,7 +62,7 @@ def validate(engine, cfg, val, device, model=None) -> dict[str, float]:
     ``model``: the network evaluation uses when it is not the trained one (DINO's teacher).
     Every rank takes part (a collective): each encodes every world-th sample, rank 0 gathers
     and fits the quick LCT; the other ranks return {}."""
-    # imported here: training's modules must not load the evaluation runner (tests/test_pipeline.py)
+    # lazy: training's modules must not load the evaluation runner (tests/test_pipeline.py)
     from clrdist.eval.runner import evaluate_during_training
 
     net = engine.module if model is None else model
@@ -86,6 +86,7 @@ def validate(engine, cfg, val, device, model=None) -> dict[str, float]:
 def validation_references(engine, cfg, val, device) -> dict[str, float]:
     """The validation LCT of this architecture at initialisation (``val_lct_init_*``; call it
     before the first step) and of the raw inputs (``val_lct_raw_*``), on the same stores."""
+    # lazy: training's modules must not load the evaluation runner (tests/test_pipeline.py)
     from clrdist.eval.baselines import raw_inputs
     from clrdist.eval.runner import evaluate_during_training
 

@@ -48,6 +48,7 @@ def requested(path: str | None) -> bool:
 
 def agree(local: bool, device) -> bool:
     """True on every rank if any rank saw a request (a collective: call it at the same steps)."""
+    # lazy: clrdist.distributed loads torch (~1.5 s); the CLI imports this module (train.signals)
     from clrdist.distributed import any_rank
 
     return any_rank(local, device)

@@ -11,10 +11,11 @@ import inspect
 from clrdist import tracking
 from clrdist.cluster import ClusterError, check_ray_address
 from clrdist.config import ConfigError, RunConfig
-from clrdist.data.store import StoreError, open_store
+from clrdist.data.store import StoreError, check_sample_sanity, open_store, verify_store
 from clrdist.eval_checks import check_evaluation_stores
 from clrdist.factory import build_loss, build_model
-from clrdist.physics.augment import build_view
+from clrdist.physics import kernel
+from clrdist.physics.augment import build_view, get_augmentation
 
 
 def _open(path: str, key: str):
@@ -53,6 +54,7 @@ def preflight(cfg: RunConfig, *, final_evaluation: bool = False) -> None:
     check_components(cfg)
     if cfg.scaling.engine == "deepspeed":
         try:
+            # lazy: deepspeed is optional (the deepspeed extra)
             import deepspeed  # noqa: F401
         except ImportError as e:
             raise ConfigError(f"scaling.engine: deepspeed is not importable ({e}); "
@@ -73,8 +75,6 @@ PREFLIGHT_SAMPLES = 1024
 
 def check_train_sample(store) -> None:
     """A sample of the training store: shard checksums and physical sanity (clrdist.data.store)."""
-    from clrdist.data.store import check_sample_sanity, verify_store
-
     try:
         verify_store(store, sample=PREFLIGHT_SHARDS)
         check_sample_sanity(store, n=PREFLIGHT_SAMPLES)
@@ -90,8 +90,6 @@ def _check_view(view, where: str, cfg: RunConfig) -> None:
 
 
 def _check_kernel() -> None:
-    from clrdist.physics import kernel
-
     try:
         kernel.require()
     except kernel.KernelUnavailable as e:
@@ -142,8 +140,6 @@ _PARAM_TYPES = {"float": ((int, float), "a number"), "int": ((int,), "an integer
 def check_augment_params(cfg: RunConfig) -> None:
     """Every augmentation parameter has the type of the augmentation's signature (a string or a
     switch where a number belongs fails here, in one line naming the key, not in a worker)."""
-    from clrdist.physics.augment import get_augmentation
-
     a = cfg.augment
     lists = [(f"augment.views.{i}", v) for i, v in enumerate(a.views)]
     lists += [(f"augment.local_views.{i}", v) for i, v in enumerate(a.local_views)]

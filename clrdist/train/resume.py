@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 
 from clrdist import tracking
-from clrdist.config import ConfigError, RunConfig, drop_foreign
+from clrdist.config import ConfigError, RunConfig, drop_foreign, flatten
 from clrdist.procs import process_start_time
 
 
@@ -56,8 +56,6 @@ def _driver_alive(tags: dict[str, str]) -> bool | None:
 
 
 def _config_diff(a: dict, b: dict) -> list[str]:
-    from clrdist.config import flatten
-
     fa, fb = dict(flatten(a)), dict(flatten(b))
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
 
@@ -104,6 +102,7 @@ def find_resumable(cfg: RunConfig, resume: str | None = None) -> dict | None:
 
 def _saw_labels(cfg: RunConfig) -> bool:
     """Does the run's loss train the encoder on truth labels (SupCon, ORCA)?"""
+    # lazy: the losses load torch (~1.5 s); train.lifecycle imports this module without it
     from clrdist.losses import LOSSES
 
     return bool(getattr(LOSSES.get(cfg.loss.name), "needs_labels", False))

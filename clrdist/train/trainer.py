@@ -60,6 +60,7 @@ def train(cfg: RunConfig, *, callbacks: list | None = None, tags: dict[str, str]
 def torch_config(cfg: RunConfig):
     """The process group: NCCL on GPUs, gloo on CPUs, and a timeout on every collective
     (``scaling.collective_timeout_s``): a rank that never arrives fails the run, it does not hang."""
+    # lazy: Ray Train (~0.7 s) only when training starts; `clrdist eval` imports this module without it
     from ray.train.torch import TorchConfig
 
     return TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo",
@@ -68,9 +69,11 @@ def torch_config(cfg: RunConfig):
 
 def _torch_trainer_fit(cfg: RunConfig, run_id: str, callbacks: list | None,
                        stop_file: str | None = None):
+    # lazy: Ray Train (~0.7 s) only when training starts; `clrdist eval` imports this module without it
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    # lazy: the workers' loop imports Ray Train (~0.8 s), only when training starts
     from clrdist.train.loop import train_loop_per_worker
 
     trainer = TorchTrainer(

@@ -32,6 +32,7 @@ def _check_hdf5(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(8)
     if head != _HDF5_SIGNATURE:  # pandas / h5py put the superblock at 0; else a user block
+        # lazy: h5py (~50 ms) only when an input is read; generation imports this package without it
         import h5py
 
         if not h5py.is_hdf5(path):
@@ -95,6 +96,7 @@ class _PandasReader:
     """Blocks of a pandas HDFStore frame (``fixed`` or ``table`` format) via select(start, stop)."""
 
     def __init__(self, path: Path, key: str | None):
+        # lazy: pandas (~0.4 s) only for the layouts pandas wrote
         import pandas as pd
 
         self.path = path
@@ -150,6 +152,7 @@ class _H5Reader:
     """Blocks of one h5py dataset."""
 
     def __init__(self, path: Path, dataset: str):
+        # lazy: h5py (~50 ms) only when an input is read; generation imports this package without it
         import h5py
 
         self.path = path

@@ -64,6 +64,7 @@ FORMATS: dict[str, Format] = {
 
 # -- the driver -----------------------------------------------------------------------------------
 def _progress(enabled: bool):
+    # lazy: rich (~70 ms) only when a progress bar is shown
     from rich.console import Console
     from rich.progress import (
         BarColumn,

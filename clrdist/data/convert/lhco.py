@@ -36,6 +36,7 @@ from clrdist.physics.observables import (
 def _cluster_dijets(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, real: np.ndarray,
                     max_particles: int, radius: float = 0.8):
     """Two leading anti-kT jets of each event; (particles (n, 2P, 3), mask, features (n, 16))."""
+    # lazy: awkward (~0.3 s) only when LHCO events are clustered
     import awkward as ak
 
     fastjet = import_fastjet()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from clrdist.data.detector import DETECTORS
 from clrdist.data.generation.processes import (
+    ADC_BACKGROUND,
+    ADC_OBJECTS,
+    ADC_PROCESS_IDS,
     ADC_PROCESSES,
+    ADC_TRIGGER_PT,
     PROCESSES,
     adc_subprocesses,
     default_ecm,
@@ -281,13 +286,6 @@ def provenance(config: GenerationConfig, plan: Plan) -> dict:
     if "resonance" in plan.labels:
         prov["resonance_masses"] = list(config.resonance_masses)
     if plan.kind == "event":
-        from clrdist.data.generation.processes import (
-            ADC_BACKGROUND,
-            ADC_OBJECTS,
-            ADC_PROCESS_IDS,
-            ADC_TRIGGER_PT,
-        )
-
         prov["events"] = {"objects": ADC_OBJECTS, "trigger_lepton_pt": ADC_TRIGGER_PT,
                           "background_shares": ADC_BACKGROUND, "process_ids": ADC_PROCESS_IDS,
                           "n_per_subprocess": {s: sum(x.n for x in plan.shards
@@ -302,8 +300,6 @@ def provenance(config: GenerationConfig, plan: Plan) -> dict:
 
 def _pythia_version() -> str | None:
     """pythia8mc's installed version, read from its metadata (the package is not imported)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("pythia8mc")
     except PackageNotFoundError:  # pragma: no cover - not installed

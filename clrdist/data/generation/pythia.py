@@ -29,7 +29,8 @@ PARTICLE_ETA_MAX = 5.0
 
 def make_pythia(spec: ShardSpec):
     """An initialised ``pythia8mc.Pythia`` with the shard's settings and seed."""
-    import pythia8mc  # only this module imports it, and only when generating
+    # lazy: pythia8mc is optional (the generation extra)
+    import pythia8mc
 
     pythia = pythia8mc.Pythia("", False)  # no banner
     for line in (*spec.settings, "Random:setSeed = on", f"Random:seed = {spec.seed}"):
@@ -77,6 +78,7 @@ class FjcoreJets:
     invisible = None  # the invisible particles are read from the event only when needed
 
     def __init__(self, R: float, pt_floor: float) -> None:
+        # lazy: pythia8mc is optional (the generation extra)
         import pythia8mc
 
         # anti-kT (power -1), E-scheme masses (massSet 2), visible final particles (select 2)

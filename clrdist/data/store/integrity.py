@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,4 @@ UNVERIFIED_ENV = "CLRDIST_ALLOW_UNVERIFIED"  # "1": open stores without a record
 def unverified_allowed() -> bool:
     """The user accepted stores without an integrity record (``clrdist --allow-unverified``,
     which sets CLRDIST_ALLOW_UNVERIFIED=1 for this process and the Ray workers it starts)."""
-    import os
-
     return os.environ.get(UNVERIFIED_ENV, "") == "1"

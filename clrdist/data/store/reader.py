@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -144,8 +145,6 @@ class SampleStore:
 
     def content_hash(self) -> str:
         """sha256 over the store's metadata and shard files (identifies a parent of a split)."""
-        import hashlib
-
         h = hashlib.sha256()
         for f in sorted(p for p in self.path.rglob("*") if p.is_file()):
             h.update(str(f.relative_to(self.path)).encode())

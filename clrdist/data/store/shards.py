@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from numcodecs import blosc
 
 from clrdist.data.store.base import _DTYPES, StoreError
 from clrdist.data.store.integrity import _Integrity, _shard_key
@@ -110,8 +111,6 @@ class _ShardReader:
         return raw
 
     def decode(self, name: str, i: int, raw: bytes | None) -> np.ndarray:
-        from numcodecs import blosc
-
         m = self.meta[name]
         rows = min(m["chunk"][0], m["shape"][0] - i * m["chunk"][0])
         if raw is None:
@@ -127,8 +126,6 @@ class _ShardReader:
         """Decompress chunk ``i`` of every array straight into ``dest[name]`` (C-contiguous,
         the full chunk shape), reading the compressed bytes into a per-thread buffer: no
         allocation, no copy besides decompression itself."""
-        from numcodecs import blosc
-
         buf = getattr(self._local, "buf", None)
         for name, m in self.meta.items():
             per_shard = m["shard"][0] // m["chunk"][0]

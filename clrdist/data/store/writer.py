@@ -3,6 +3,7 @@ temporary stores left by killed writers."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as _dt
 import errno
@@ -57,9 +58,8 @@ def _settle_zarr(timeout: float = 10.0) -> None:
     """Wait for zarr's in-flight tasks. When one chunk write of a call fails (disk full), zarr
     raises at once while the call's other chunk writes still run and may create files, e.g.
     after the temporary store was removed. Best effort: zarr's loop is internal API."""
-    import asyncio
-
     try:
+        # lazy: zarr's internal API, which another zarr version may lack (caught below)
         from zarr.core.sync import _get_loop
 
         loop = _get_loop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 MAX_MJJ_CORR = 0.1  # refuse features whose out-of-fold ln m_jj regression correlates more
 # (Pythia dijets, docs/bumphunt.md: m_J and tau21 at 0.10 already sculpt visibly; an encoder
@@ -39,8 +40,8 @@ def mjj_dependence(mjj: np.ndarray, x: np.ndarray, *, k: int = 3, seed: int = 0,
     explained variance (of order f), but the correlation of the shrunk predictions grows faster:
     a toy signal of 3% at 2.5 sigma in one feature gives R^2 0.005 and correlation 0.11 (tested),
     above the default limit."""
+    # lazy: scikit-learn's boosted trees (~150 ms) only when the m_jj guard runs
     from sklearn.ensemble import HistGradientBoostingRegressor
-    from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng([seed, 0x3a1])
     idx = rng.permutation(len(mjj))[:max_samples]

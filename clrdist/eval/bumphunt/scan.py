@@ -333,6 +333,7 @@ def hunt_at_fractions(mjj: np.ndarray, features: np.ndarray, label: np.ndarray, 
 
 
 def _scan_figure(res: ScanResult):
+    # lazy: matplotlib (~0.6 s) only when a figure is drawn
     from clrdist.eval.plots import new_figure
 
     fig, ax = new_figure()
@@ -349,6 +350,7 @@ def _scan_figure(res: ScanResult):
 
 
 def _hunt_figure(edges, hists, sr, sqrt_s):
+    # lazy: matplotlib (~0.6 s) only when a figure is drawn
     from clrdist.eval.plots import new_figure
 
     fig, ax = new_figure()

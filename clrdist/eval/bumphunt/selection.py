@@ -9,14 +9,16 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 from sklearn.metrics import log_loss
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 
 def _make_classifier(kind: str, seed: int):
+    # lazy: the classifiers (scikit-learn, ~0.25 s) load only when a hunt fits one
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     if kind == "linear":
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
@@ -50,8 +52,6 @@ def fold_scores(x: np.ndarray, target: np.ndarray, train: np.ndarray, *, k: int 
     fold, inside and outside SR u SB alike (none of those models saw them). "Nothing learnt" is
     the log loss of the constant SR share p of the training events, -p ln p - (1-p) ln(1-p)
     on average (ln 2 only when SR and SB are equal in size)."""
-    from threadpoolctl import threadpool_limits
-
     rng = np.random.default_rng(seed)
     fold = rng.permutation(len(x)) % k
     score = np.zeros(len(x))
