@@ -249,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         xx = decorrelate_mjj(m, x[in_b], np.ones(len(m), bool)) if decorrelated else x[in_b]
         return round(mjj_dependence(m, xx).corr, 4)
 
-    guard_sets = {**{name: white(xb) if name.endswith(WHITE) else xb
-                     for name, (xb, _, _) in sets.items()},
+    whitened = {name: white(xb) for name, (xb, _, _) in sets.items() if name.endswith(WHITE)}
+    guard_sets = {**{name: whitened.get(name, xb) for name, (xb, _, _) in sets.items()},
                   "untrained, absolute-pT inputs (pt)": pt_rep,
                   f"untrained seed 100, {other} inputs": other_rep}
     guard = {name: corr(x, True) for name, x in guard_sets.items()}
@@ -272,9 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     flat_sets = {}
     for s, rb in enumerate(reps_b):
         flat_sets[f"representation, training seed {s}"] = rb
-        flat_sets[f"representation, training seed {s}{WHITE}"] = white(rb)
+        flat_sets[f"representation, training seed {s}{WHITE}"] = whitened[HUNTED] if s == 0 else white(rb)
     flat_sets["untrained seed 100"] = sets["untrained seed 100"][0]
-    flat_sets[f"untrained seed 100{WHITE}"] = white(sets["untrained seed 100"][0])
+    flat_sets[f"untrained seed 100{WHITE}"] = whitened[f"untrained seed 100{WHITE}"]
     flat_tasks = [dict(name=name, mjj=mjj_b, x=x, perm=perm, mjj_range=MJJ_RANGE, sqrt_s=SQRT_S,
                        hunt_seeds=FLATNESS_SEEDS, n_bins=size["n_bins"], k=size["k"])
                   for name, x in flat_sets.items() for perm in range(FLATNESS_PERMUTATIONS + 1)]

@@ -58,14 +58,12 @@ def _with_flags(handler):
 def _cmd_convert(args: argparse.Namespace) -> int:
     # lazy: zarr (~0.3 s) only for the commands that read or write a store
     from clrdist.data.convert import convert
+    from clrdist.data.store import open_store
 
     out = convert(args.format, args.inputs, args.out, max_particles=args.max_particles,
                   overwrite=args.overwrite, block_rows=args.block_rows,
                   chunk_size=args.chunk_size, shard_chunks=args.shard_chunks,
                   label=args.label, progress=not args.no_progress, seed=args.seed)
-    # lazy: zarr (~0.3 s) only for the commands that read or write a store
-    from clrdist.data.store import open_store
-
     s = open_store(out)
     print(f"wrote {s.n} samples to {out}")
     return 0
@@ -155,7 +153,7 @@ def _parse_fractions(text: str) -> list[float]:
 def _cmd_split(args: argparse.Namespace) -> int:
     # lazy: zarr (~0.3 s) only for the commands that read or write a store
     from clrdist.data.split import split_store
-    from clrdist.data.store import StoreError
+    from clrdist.data.store import StoreError, open_store
 
     fractions = _parse_fractions(args.fractions)
     names = args.names.split(",") if args.names else SPLIT_NAMES.get(
@@ -166,9 +164,6 @@ def _cmd_split(args: argparse.Namespace) -> int:
     stem = store.name.removesuffix(".zarr")
     outs = split_store(store, dict(zip(names, fractions, strict=True)), out_dir=args.out_dir,
                        prefix=f"{stem}_", seed=args.seed, overwrite=args.overwrite)
-    # lazy: zarr (~0.3 s) only for the commands that read or write a store
-    from clrdist.data.store import open_store
-
     for name, p in outs.items():
         print(f"{name:8s} {open_store(p).n:>10d} samples  {p}")
     return 0

@@ -141,7 +141,7 @@ class Worker:
     def master(self) -> bool:
         return self.rank == 0
 
-    def log_step(self, step: int) -> bool:
+    def is_log_step(self, step: int) -> bool:
         return step % self.cfg.tracking.log_every == 0
 
 
@@ -199,9 +199,9 @@ def log_step(w: Worker, st: TrainState, out) -> None:
     w.t_log, w.jets_since_log = now, 0
 
 
-def preempted(w: Worker, st: TrainState, out) -> bool:
+def preempted(w: Worker, st: TrainState, out, logging_step: bool) -> bool:
     """At logging steps the ranks agree on a stop request (preempt.py); on one: a checkpoint."""
-    if not (w.stop_file and w.log_step(st.step) and st.step < w.total_steps
+    if not (w.stop_file and logging_step and st.step < w.total_steps
             and preempt.agree(preempt.requested(w.stop_file), w.device)):
         return False
     st.report({"loss": float(out.terms["loss"].detach()), "step": st.step, "epoch": st.epoch,
@@ -222,7 +222,7 @@ def run_epoch(w: Worker, st: TrainState) -> tuple[torch.Tensor, int] | None:
         out = train_step(st.engine, st.loss_fn, w.views, batch, w.gen, cfg, w.precision,
                          step=st.step + 1, guard=st.guard, device=w.device)
         st.step += 1
-        logging_step = w.log_step(st.step)
+        logging_step = w.is_log_step(st.step)
         if logging_step:
             st.guard.check()  # every rank: stop at the first log point after a non-finite loss
         epoch_loss += out.terms["loss"].detach()  # stays on the device: no sync per step
@@ -234,7 +234,7 @@ def run_epoch(w: Worker, st: TrainState) -> tuple[torch.Tensor, int] | None:
         if st.step < w.total_steps and st.cadence.in_epoch(st.step, logging_step):
             st.report({"loss": float(out.terms["loss"].detach()), "step": st.step,
                        "epoch": st.epoch, **w.last_val}, mid=True)
-        if preempted(w, st, out):
+        if preempted(w, st, out, logging_step):
             return None
         if st.step >= w.total_steps:
             break

@@ -143,7 +143,8 @@ def whiten_given_jet_pt(x: np.ndarray, jet_pt: np.ndarray, *, n_bins: int = 10) 
         jets = which == k
         if not jets.any():  # ties in pT can leave a quantile bin empty
             continue
-        xs = x[jets] - x[jets].mean(0)
+        xs = x[jets]
+        xs = xs - xs.mean(0)
         cov = np.atleast_2d(np.cov(xs, rowvar=False))
         cov += 1e-9 * max(float(np.trace(cov)) / len(cov), 1e-12) * np.eye(len(cov))
         out[jets] = np.linalg.solve(np.linalg.cholesky(cov), xs.T).T
