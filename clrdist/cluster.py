@@ -67,6 +67,24 @@ def check_ray_address(timeout: float = 5.0, handshake: float = HANDSHAKE_SECONDS
         raise ClusterError(f"RAY_ADDRESS={addr}: Ray's handshake failed ({last[:200]}); {fix}")
 
 
+def start_local(num_cpus: int, *, log_to_driver: bool = True) -> None:
+    """``ray.init`` of a local cluster, the one way (:func:`ensure_ray`; the tests' cluster too).
+
+    The dashboard listens on 127.0.0.1 (it serves the state API Ray Train's controller polls).
+    Ray's metrics agent serves Prometheus on 0.0.0.0, unauthenticated, and ray.init turns a
+    127.0.0.1 node address back into the host's (services.resolve_ip_for_localhost), so it cannot
+    be bound to the loopback: a local cluster collects no metrics (nothing listens); a `ray start
+    --head` cluster the user starts keeps its own settings. No node-drain watcher unless the user
+    asks (:data:`RAY_DRAIN_WATCHER`).
+    """
+    # lazy: ray (~0.6 s) only when a command starts a cluster
+    import ray
+
+    os.environ.setdefault(RAY_DRAIN_WATCHER, "0")
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             log_to_driver=log_to_driver, _system_config={"enable_metrics_collection": False})
+
+
 def ensure_ray(num_cpus: float = 0.0, *, log_to_driver: bool = True) -> bool:
     """Join the cluster in RAY_ADDRESS, or start a local one with at least ``num_cpus`` logical
     CPUs (a laptop may have fewer cores than workers: oversubscribe rather than hang waiting).
@@ -84,17 +102,10 @@ def ensure_ray(num_cpus: float = 0.0, *, log_to_driver: bool = True) -> bool:
         check_ray_address()
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver)
         return True
-    os.environ.setdefault(RAY_DRAIN_WATCHER, "0")
     runtime.watch_cluster([], None)  # the watchdog starts before Ray: it must not be Ray's child
     before = runtime.child_pids()
     try:
-        # Ray's metrics agent serves Prometheus on 0.0.0.0, unauthenticated, and ray.init
-        # turns a 127.0.0.1 node address back into the host's (services.resolve_ip_for_localhost),
-        # so it cannot be bound to the loopback: a local cluster collects no metrics (nothing
-        # listens); a `ray start --head` cluster the user starts keeps its own settings
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(num_cpus + 0.999)), include_dashboard=True,
-                 dashboard_host="127.0.0.1", log_to_driver=log_to_driver,
-                 _system_config={"enable_metrics_collection": False})
+        start_local(max(os.cpu_count() or 1, int(num_cpus + 0.999)), log_to_driver=log_to_driver)
     finally:  # a half-started cluster is cleaned up too
         try:
             session_dir = ray._private.worker._global_node.get_session_dir_path()

@@ -19,6 +19,7 @@ import yaml
 from pydantic import (
     Field,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
@@ -178,13 +179,15 @@ class _EvalSettings(_Section):
 
     @field_validator("options")
     @classmethod
-    def _typed_options(cls, options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def _typed_options(cls, options: dict[str, dict[str, Any]],
+                       info: ValidationInfo) -> dict[str, dict[str, Any]]:
         try:
             check_names(options)
         except KeyError as e:
             raise ValueError(e.args[0]) from None
-        for name, kwargs in options.items():
-            validate_options(name, kwargs)
+        if (info.context or {}).get("eval_options", True):  # typing them imports each evaluation
+            for name, kwargs in options.items():
+                validate_options(name, kwargs)
         return options
 
     def requested(self) -> list[str]:
@@ -317,13 +320,16 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<config>", *,
-                     stored: bool = False) -> RunConfig:
+                     stored: bool = False, eval_options: bool = True) -> RunConfig:
     """Validate a nested dict into a RunConfig, raising ConfigError with dotted paths.
-    ``stored``: a run's stored config (``drop_foreign``: older runs stored every loss's fields)."""
+    ``stored``: a run's stored config (``drop_foreign``: older runs stored every loss's fields).
+    ``eval_options=False`` leaves ``eval.options`` untyped: typing them imports every evaluation
+    named there (~5 s of CPU per process), which a training worker, handed a config the driver
+    validated, never runs."""
     if stored:
         raw = drop_foreign(raw)
     try:
-        return RunConfig.model_validate(raw)
+        return RunConfig.model_validate(raw, context={"eval_options": eval_options})
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, source)) from None
 

@@ -7,13 +7,16 @@ import pytest
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A real local Ray cluster, dashboard on 127.0.0.1 (it serves Ray Train's state API).
+    """A real local Ray cluster started the way every clrdist command starts one
+    (``clrdist.cluster.start_local``), without the watchdog that ``ensure_ray`` adds.
 
     3 logical CPUs on this 2-core machine: 2 training workers plus a Tune trial's driver.
     """
     import ray
 
-    ray.init(num_cpus=3, include_dashboard=True, log_to_driver=bool(os.environ.get("CLRDIST_TEST_RAY_LOGS")))
+    from clrdist.cluster import start_local
+
+    start_local(3, log_to_driver=bool(os.environ.get("CLRDIST_TEST_RAY_LOGS")))
     yield
     ray.shutdown()
 

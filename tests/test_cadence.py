@@ -1,6 +1,8 @@
 """Checkpoint cadence (steps, minutes, epochs, the end), the collective timeout, and validation
 shards gathered back in order across real gloo processes."""
 
+import os
+
 import pytest
 import torch
 from _gloo import on_ranks
@@ -66,3 +68,21 @@ def test_shards_come_back_in_order_on_every_rank():
         assert torch.equal(out["got"], out["want"]), r
     whole = torch.ones(5, 3)
     assert gather_shards(whole, 5) is whole  # one process: itself
+
+
+def test_ray_trains_controller_polls_every_quarter_second_unless_the_user_says(monkeypatch):
+    """Ray Train's controller takes one report per poll (2 s by default): while a trainer runs,
+    clrdist asks for 0.25 s, a value the user exported wins, and nothing is left behind."""
+    from clrdist.train.trainer import CONTROLLER_POLL_ENV, controller_poll_interval
+
+    monkeypatch.delenv(CONTROLLER_POLL_ENV, raising=False)
+    with controller_poll_interval():
+        assert os.environ[CONTROLLER_POLL_ENV] == "0.25"
+    assert CONTROLLER_POLL_ENV not in os.environ
+    with pytest.raises(RuntimeError), controller_poll_interval():  # restored on errors too
+        raise RuntimeError
+    assert CONTROLLER_POLL_ENV not in os.environ
+    monkeypatch.setenv(CONTROLLER_POLL_ENV, "2")
+    with controller_poll_interval():
+        assert os.environ[CONTROLLER_POLL_ENV] == "2"
+    assert os.environ[CONTROLLER_POLL_ENV] == "2"

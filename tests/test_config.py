@@ -1,12 +1,16 @@
 """Typed configs: defaults, YAML, dotted overrides, and errors that name the key."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from clrdist.config import ConfigError, RunConfig, load_config, save_config
+from clrdist.config import ConfigError, RunConfig, config_from_dict, load_config, save_config
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
 def test_defaults_validate_and_flatten():
@@ -269,3 +273,25 @@ def test_an_override_switching_the_loss_drops_the_files_keys_of_the_old_one():
         load_config(demo, ["loss.name=dino", "loss.keep_positive=true"])  # set with it: refused
     dense = load_config(demo, ["model.encoder=dense"])
     assert dense.model.encoder == "dense" and not hasattr(dense.model, "model_dim")
+
+
+def test_a_training_worker_rebuilds_the_config_without_importing_the_evaluations():
+    """The driver types ``eval.options`` (importing each evaluation it names, ~4 s of CPU);
+    a worker rebuilding the validated config from its dict skips that and gets the same config,
+    while the default still refuses a bad option."""
+    code = """
+import json, sys
+from clrdist.config import config_from_dict
+raw = json.loads(sys.stdin.read())
+cfg = config_from_dict(raw, eval_options=False)
+loaded = sorted(m for m in sys.modules if m.startswith("clrdist.eval.") and m != "clrdist.eval.registry")
+print(json.dumps({"loaded": loaded, "same": cfg.to_dict() == raw}))
+"""
+    raw = load_config(ROOT / "configs" / "demo.yaml").to_dict()
+    assert raw["eval"]["options"]  # the demo names options for three evaluations
+    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(raw), capture_output=True,
+                         text=True, check=True, cwd=ROOT)
+    assert json.loads(out.stdout.splitlines()[-1]) == {"loaded": [], "same": True}
+    raw["eval"]["options"]["nplm"]["bogus"] = 1
+    with pytest.raises(ConfigError, match="eval.options.*nplm: bogus: unknown option"):
+        config_from_dict(raw)

@@ -148,7 +148,7 @@ class Worker:
 def setup(config: dict[str, Any]) -> tuple[Worker, TrainState]:
     """Data (this rank's equal share of every epoch), model, loss and views (identical initial
     weights on every rank), precision, prefetcher and loss guard."""
-    cfg = config_from_dict(config["run_config"], source="train_loop_config")
+    cfg = config_from_dict(config["run_config"], source="train_loop_config", eval_options=False)
     tune_malloc()  # steady per-step allocations (clrdist.runtime)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

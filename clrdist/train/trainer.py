@@ -6,6 +6,9 @@ evaluates the checkpoint in the same run.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from clrdist import tracking
@@ -67,6 +70,30 @@ def torch_config(cfg: RunConfig):
                        timeout_s=cfg.scaling.collective_timeout_s)
 
 
+# Ray Train's controller takes one worker report per poll (each worker's report queue holds one)
+# and polls every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default: a worker that reports (a
+# checkpoint, an epoch's metrics) more often than that waits for the controller, and the run ends
+# up to 2 s per queued report after its last step. Polling every 0.25 s keeps short epochs and
+# frequent checkpoints from idling the workers (`python -m bench.train_overhead`); a value the
+# user exports wins.
+CONTROLLER_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+CONTROLLER_POLL_S = 0.25
+
+
+@contextlib.contextmanager
+def controller_poll_interval(seconds: float = CONTROLLER_POLL_S) -> Iterator[None]:
+    """Set Ray Train's controller poll interval while a trainer starts (Ray Train hands the
+    driver's value to its controller), unless the user set one; restored afterwards."""
+    if CONTROLLER_POLL_ENV in os.environ:
+        yield
+        return
+    os.environ[CONTROLLER_POLL_ENV] = f"{seconds:g}"
+    try:
+        yield
+    finally:
+        os.environ.pop(CONTROLLER_POLL_ENV, None)
+
+
 def _torch_trainer_fit(cfg: RunConfig, run_id: str, callbacks: list | None,
                        stop_file: str | None = None):
     # lazy: Ray Train (~0.7 s) only when training starts; `clrdist eval` imports this module without it
@@ -92,4 +119,5 @@ def _torch_trainer_fit(cfg: RunConfig, run_id: str, callbacks: list | None,
             # Ray Train's per-report INFO lines drown the loop's one line per epoch
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),
     )
-    return trainer.fit()
+    with controller_poll_interval():
+        return trainer.fit()
