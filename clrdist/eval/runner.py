@@ -19,6 +19,8 @@ architecture untrained (``<name>_init_*``, mean over the init seeds with ``_seed
 from __future__ import annotations
 
 import importlib
+import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +30,8 @@ import numpy as np
 from clrdist.data.schema import MJJ_NAMES
 from clrdist.eval.metrics import EvalResult, binary_labels, roc_metrics
 from clrdist.eval.registry import EVALUATIONS, check_names, validate_options
+
+log = logging.getLogger("clrdist.eval")
 
 Batch = Mapping[str, np.ndarray]
 Encoder = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -204,13 +208,19 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
     for name in (n for n in EVALUATIONS if n in which):
         ev = EVALUATIONS[name]
         adapter = _adapter(ev.adapter)
+        started = time.perf_counter()
         res = adapter(views.trained, **kw[name])
+        seconds = {"trained": time.perf_counter() - started}
         for ref in ev.references:
+            t = time.perf_counter()
             runs = [(v, r) for v in views.of(ref, ev.init_seeds == "all")
                     if (r := adapter(v, **kw[name])) is not None]
+            seconds[ref] = time.perf_counter() - t
             if runs:
                 res = res.merge(reference_result(runs, name, ref))
         results[name] = res
+        log.info("evaluation %s: %.1f s (%s)", name, time.perf_counter() - started,
+                 ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     # lazy: matplotlib (~0.6 s) only when a figure is drawn
     from clrdist.eval.plots import reference_figures
 
