@@ -46,26 +46,47 @@ def tune_malloc() -> bool:
 # -- the driver's watchdog ----------------------------------------------------------------------
 # SIGKILL cannot be caught, so a killed driver can neither close its MLflow run nor stop the local
 # Ray cluster it started (Ray fate-shares its head processes with the driver, but the dashboard
-# and runtime-env agents survive, ~230 MB). A small child process, started before Ray, holds the
-# read end of a pipe from the driver; when the driver is gone (for any reason) the pipe reports
+# and runtime-env agents survive, ~230 MB). A small process, started before Ray, holds the read
+# end of a pipe from the driver; when the driver is gone (for any reason) the pipe reports
 # end-of-file and the watchdog kills what is left of that cluster and marks the still-open runs
-# KILLED with the reason. It lives in its own session, so a Ctrl-C in the terminal leaves it be.
+# KILLED with the reason. It lives in its own session, so a Ctrl-C in the terminal leaves it be,
+# and it is not the driver's child: a launcher forks it and exits at once, so the driver has no
+# child process still running when its interpreter exits (Python warns about one) and keeps only
+# the pipe's file descriptor, which the kernel closes however the driver ends.
 
-_watchdog: subprocess.Popen | None = None
+_LAUNCH = ("import os, sys\n"
+           "if os.fork() == 0:\n"
+           "    os.execv(sys.executable, [sys.executable, '-c',\n"
+           "             'import clrdist.runtime as r; r._watch(' + sys.argv[1] + ')'])\n")
+_watchdog_fd: int | None = None  # the write end of the pipe to the watchdog
+
+
+def _start_watchdog() -> int:
+    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCH, str(os.getpid())],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    fd = os.dup(launcher.stdin.fileno())  # non-inheritable, like the pipe: Ray's children lack it
+    launcher.stdin.close()
+    launcher.wait()  # the launcher exits once it has forked the watchdog
+    return fd
+
+
+def _write(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
 
 
 def _send(msg: dict) -> None:
-    global _watchdog
-    if _watchdog is None or _watchdog.poll() is not None:
-        _watchdog = subprocess.Popen(
-            [sys.executable, "-c", "import clrdist.runtime as r; r._watch()"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, text=True)
+    global _watchdog_fd
+    line = (json.dumps(msg) + "\n").encode()
+    if _watchdog_fd is None:
+        _watchdog_fd = _start_watchdog()
     try:
-        _watchdog.stdin.write(json.dumps(msg) + "\n")
-        _watchdog.stdin.flush()
-    except (BrokenPipeError, OSError):  # a dead watchdog is restarted on the next message
-        _watchdog = None
+        _write(_watchdog_fd, line)
+    except OSError:  # the watchdog died (EPIPE): a new one gets this message
+        os.close(_watchdog_fd)
+        _watchdog_fd = _start_watchdog()
+        _write(_watchdog_fd, line)
 
 
 def watch_run(uri: str, run_id: str) -> None:
@@ -76,7 +97,7 @@ def watch_run(uri: str, run_id: str) -> None:
 
 def release_run(run_id: str) -> None:
     """The run was closed by this process (FINISHED / FAILED / KILLED)."""
-    if _watchdog is not None:
+    if _watchdog_fd is not None:
         _send({"op": "end", "run_id": run_id})
 
 
@@ -131,10 +152,10 @@ def cluster_processes(heads: list[tuple[int, int | None]], session_dir: str | No
     return found
 
 
-def _watch() -> None:
-    """The watchdog process: read the driver's messages until end-of-file, then clean up."""
+def _watch(driver: int) -> None:
+    """The watchdog process of ``driver`` (a pid): read the driver's messages until end-of-file,
+    then clean up."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    driver = os.getppid()
     driver_start = process_start_time(driver)
     runs: dict[str, dict] = {}
     heads: list[tuple[int, int | None]] = []
