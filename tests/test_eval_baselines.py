@@ -133,3 +133,20 @@ def test_the_supervised_encoder_joins_the_lct_and_anomaly_comparison_figures():
         legend = res[evaluation].figures[figure].axes[0].get_legend().texts
         assert {t.get_text() for t in legend} == {"trained", "untrained (init seed 0)",
                                                    "raw inputs", SUPERVISED_LABEL, "random"}
+
+
+def test_baselines_carry_bootstrap_errors_like_the_lct():
+    """Every baseline row of a table gets the LCT's bootstrap error (test-set resamples,
+    clrdist.eval.metrics.bootstrap_metrics); the values themselves do not change."""
+    tr, te = mixed(200, seed=0), mixed(200, seed=10)
+    plain = run_baselines(tr, te, which=["raw", "jet_obs"], figures=False).metrics
+    assert not [k for k in plain if k.endswith("_std")]  # n_boot = 0: none
+    m = run_baselines(tr, te, which=["raw", "jet_obs"], figures=False, n_boot=20).metrics
+    for name in ("raw", "jet_obs"):
+        for metric in ("auc", "inv_eps_b_at_0.5", "max_sic"):
+            key = f"baseline_{name}_{metric}"
+            assert m[key] == plain[key] and f"{key}_std" in m, key
+        assert 0.0 < m[f"baseline_{name}_auc_std"] < 0.05
+    # seeded: the same run gives the same errors
+    again = run_baselines(tr, te, which=["raw"], figures=False, n_boot=20).metrics
+    assert again["baseline_raw_auc_std"] == m["baseline_raw_auc_std"]

@@ -28,7 +28,14 @@ import numpy as np
 
 from clrdist.data.schema import DIJET_OBSERVABLES, JET_OBSERVABLES
 from clrdist.eval.finetune import fit_classifier
-from clrdist.eval.metrics import DEFAULT_EPS_S, EvalResult, Roc, binary_labels, roc_metrics
+from clrdist.eval.metrics import (
+    DEFAULT_EPS_S,
+    EvalResult,
+    Roc,
+    binary_labels,
+    bootstrap_metrics,
+    roc_metrics,
+)
 from clrdist.eval.plots import roc_figure, sic_figure
 from clrdist.physics.observables import delta_phi, efps, jet_mass, nsubjettiness, tau_ratios
 
@@ -177,7 +184,7 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
                   which: Sequence[str] | None = None, kind: str = "jet",
                   efp_max_samples: int = 2000,
                   supervised_max_epochs: int = 100, supervised_prepare: Callable | None = None,
-                  eps_s: tuple[float, ...] = DEFAULT_EPS_S,
+                  eps_s: tuple[float, ...] = DEFAULT_EPS_S, n_boot: int = 0,
                   figures: bool = True, curves_out: dict | None = None) -> EvalResult:
     """Fit each baseline on ``train_data``, score ``test_data``; metrics ``baseline_<name>_*``.
 
@@ -188,7 +195,8 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
     records how many). If ``rep_train``/``rep_test`` are given, the
     representation's linear classifier is drawn on the same ROC/SIC figures
     (``baselines_roc.png``, ``baselines_sic.png``). ``curves_out`` (a dict) receives the
-    ROC curves by legend label.
+    ROC curves by legend label. ``n_boot > 0``: each metric's bootstrap error over test-set
+    resamples, ``baseline_<name>_<metric>_std`` (the LCT's; the classifiers are not refitted).
     """
     if which is None:  # jet substructure baselines only make sense for jets and dijets
         which = ["raw"] if kind == "event" else ["raw", "jet_obs", "efp"]
@@ -207,6 +215,9 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
     def record(name: str, score: np.ndarray, y: np.ndarray, label: str) -> None:
         m, r = roc_metrics(y, score, f"baseline_{name}", eps_s=eps_s)
         metrics.update(m)
+        if n_boot > 0:
+            metrics.update(bootstrap_metrics(y, score, f"baseline_{name}", n_boot=n_boot,
+                                             seed=seed, eps_s=eps_s))
         metrics[f"baseline_{name}_n_test"] = float(len(y))
         curves[label] = r
 
@@ -257,7 +268,7 @@ def evaluate(inp: Inputs, **options: Any) -> EvalResult:
                         feature_names=list(ctx.feature_names), kind=ctx.kind,
                         model_factory=ctx.model_factory, supervised_prepare=ctx.supervised_prepare,
                         rep_train=inp.rep_train, rep_test=inp.rep_test, curves_out=curves,
-                        **options)
+                        **{"n_boot": ctx.n_boot, **options})
     if "supervised encoder" in curves:
         for figure in ("lct", *ANOMALY_FIGURES):
             inp.curve(figure, curves["supervised encoder"], label=SUPERVISED_LABEL)
