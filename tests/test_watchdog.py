@@ -13,6 +13,8 @@ import pytest
 
 from clrdist import tracking
 
+pytestmark = pytest.mark.integration  # real driver processes and MLflow stores, ~15 s
+
 DRIVER = """
 import sys
 from clrdist import runtime, tracking
