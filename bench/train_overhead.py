@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from clrdist.cluster import start_local
     from clrdist.data.split import split_store
+    from clrdist.data.store import open_store
     from clrdist.data.toy import write_toy_store
 
     load_start = load_avg_1m()
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         write_toy_store(root / "toy.zarr", n_per_class=1200, seed=3)
         split_store(root / "toy.zarr", {"train": 0.5, "val": 0.1, "eval_train": 0.2,
                                         "eval_test": 0.2}, out_dir=root, seed=3)
+        steps = 2 * (open_store(root / "train.zarr").n // (32 * 2))  # 2 epochs, 2 workers x 32
         start_local(3, log_to_driver=False)
         try:
             # a first run warms the cluster's worker pool and the page cache; not counted
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
            "median": med,
            "clrdist_over_ray_default": round(med["clrdist_poll"]["wall_s"]
                                              / med["ray_default_poll"]["wall_s"], 3),
-           "steps_per_run": 36, "workers": 2,
+           "steps_per_run": steps, "workers": 2,
            "machine": machine(), "load_avg_1m_start": load_start, "load_avg_1m_end": load_avg_1m()}
     print(json.dumps(out, indent=2))
     return out

@@ -8,11 +8,11 @@ import os
 import re
 import signal
 import subprocess
-import time
 
 import pytest
 import torch
 from _continuity import RESUME_SETS, assert_same_run, driver_argv, json_summary
+from _waiting import wait_for
 
 from clrdist import tracking
 from clrdist.cli import main
@@ -67,15 +67,6 @@ def alive(procs: set[tuple[int, int]]) -> set[int]:
         except OSError:
             pass
     return out
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (value := predicate()):
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def checkpoint_registered(tmp):

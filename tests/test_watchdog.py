@@ -6,10 +6,10 @@ tests/test_runs_resume.py SIGKILLs a real training driver with its Ray cluster."
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from _waiting import wait_for
 
 from clrdist import tracking
 
@@ -37,14 +37,6 @@ def watchdogs_of(pid: int) -> list[int]:
         except OSError:
             continue
     return found
-
-
-def wait_for(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {seconds} s for {what}")
-        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("ending", ["exit", "release"])
