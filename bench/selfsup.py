@@ -1,26 +1,26 @@
 """Do ORCA and DINO learn? Each against its untrained encoder on Pythia jets, on its own metrics.
 
 Pythia 8 jets (pT 550-650 GeV, anti-kT R = 0.8) of QCD (label 0), top (1) and W (2) are
-generated in this process (``generate_shard``, no Ray) from ``--seed`` (a seed no tuning run
-uses), split in halves: training and test. DINO's linear classifier test (LCT, top vs QCD) is
-fitted on the training half's labels (DINO never saw them) and scored on the test half. Both losses train the demo's
-encoder (transformer 64 wide, 2 layers, log-pT inputs, soft smearing + collinear splitting) in
-one process:
+generated in this process (``generate_shard``, no Ray) from ``--seed`` (29: a seed no tuning run
+or choice read), split in halves: training and test. DINO's linear classifier test (LCT, top vs
+QCD) is fitted on the training half's labels (DINO never saw them) and scored on the test half.
+Both losses train the demo's encoder (transformer 64 wide, 2 layers, log-pT inputs, soft
+smearing + collinear splitting) in one process, at ``--train-seeds`` training seeds:
 
 - ORCA: QCD is the known class (half its rows labelled per step), top and W are unlabelled; 3
   cosine heads (1 known + 2 novel). Metrics on the test half: known accuracy (QCD on its head),
   novel clustering accuracy (top and W, Hungarian), and the novel-head probability's AUC
   (top + W vs QCD). A model that calls everything known has known accuracy 1 and novel
   clustering accuracy 0.5: only both together say ORCA learnt.
-- DINO: all three processes unlabelled; the evaluated network is the teacher. Metric: LCT AUC
-  (top vs QCD) on its representation.
+- DINO: all three processes unlabelled, two student-only local views. Metric: LCT AUC (top vs
+  QCD) on the representation of the teacher (the evaluated network) and of the student.
 
 References in the same run on the same jets: the same architecture untrained at ``--init-seeds``
 init seeds (their mean, std and max), and for DINO the raw inputs' LCT.
 
-    python -m bench.selfsup --jets 1500 --steps 300 --out docs/results/selfsup.json
+    python -m bench.selfsup --jets 1000 --steps 600 --out docs/results/selfsup.json
 
-tests/test_orca.py and tests/test_dino.py run the same functions at a smaller size.
+tests/test_orca.py runs the same functions at a smaller size.
 """
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ from bench.results import write_results  # noqa: E402
 from clrdist.config import load_config  # noqa: E402
 from clrdist.eval.openworld import openworld_evaluation  # noqa: E402
 from clrdist.eval.runner import evaluate_during_training  # noqa: E402
-from clrdist.factory import build_encoder, build_loss, initial_model, input_transform  # noqa: E402
+from clrdist.factory import build_encoder, build_loss, build_views, initial_model, input_transform  # noqa: E402
 from clrdist.models.encode import model_inputs  # noqa: E402
-from clrdist.physics.augment import build_view  # noqa: E402
 from clrdist.train.inputs import view_inputs  # noqa: E402
 
 DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
@@ -51,10 +50,17 @@ PROCESSES = ("qcd", "top", "w")  # labels 0, 1, 2
 COMMON = ["augment.slots=null", "optim.lr=0.001", "optim.warmup_steps=20", "model.dropout=0.0"]
 ORCA = COMMON + ["loss.name=orca", "loss.known_classes=[0]", "loss.gather=false",
                  "model.head=cosine", "model.head_dims=[64]", "model.output_dim=3"]
-# DINO's teacher momentum starts at 0.9, not 0.996: the teacher's EMA horizon (~1 / (1 - m)
-# steps) must be short next to a run of a few hundred steps, or the teacher stays the init.
-DINO = COMMON + ["loss.name=dino", "loss.gather=false", "loss.teacher_momentum=0.9",
-                 "model.head=dino", "model.head_dims=[64]", "model.output_dim=64"]
+# DINO: two student-only local views that drop half the constituents (DINO's multi-crop, for
+# jets), 256 prototypes, teacher momentum from 0.99 (the EMA horizon ~1 / (1 - m) steps must be
+# short next to a run of a few hundred steps, or the teacher stays near the init). Chosen with
+# training seeds 0 and 1 on the 1000-jet sample of Pythia seed 23 (the LCT on its test half;
+# 0.9 and 0.97 each learnt at one training seed of two, 0.9 unstably; 0.99 left the teacher
+# behind a student that learnt at both): the documented numbers use --seed 29, which no choice
+# read.
+LOCAL_VIEWS = "[[{name: drop, params: {p: 0.5}}], [{name: drop, params: {p: 0.5}}]]"
+DINO = COMMON + ["loss.name=dino", "loss.gather=false", "loss.teacher_momentum=0.99",
+                 f"augment.local_views={LOCAL_VIEWS}", "model.head=dino", "model.head_dims=[64]",
+                 "model.output_dim=256"]
 
 
 @functools.lru_cache(maxsize=2)
@@ -86,14 +92,17 @@ def config(which: str):
     return load_config(DEMO, {"orca": ORCA, "dino": DINO}[which])
 
 
-def train(cfg, jets: dict, steps: int, seed: int = 0) -> torch.nn.Module:
+def train(cfg, jets: dict, steps: int, seed: int = 0
+          ) -> tuple[torch.nn.Module, torch.nn.Module]:
     """``steps`` optimiser steps of ``cfg.loss`` on ``jets`` (batch ``data.batch_size``, the
-    demo's views); returns the evaluated network (DINO: the teacher), in eval mode."""
+    run's views: ``augment.views``, then DINO's student-only ``augment.local_views``); returns
+    (the evaluated network, the trained one), in eval mode: DINO's teacher and student, ORCA's
+    one network twice."""
     torch.manual_seed(seed)
     model = initial_model(cfg.model, seed)
     loss_fn = build_loss(cfg.loss)
     loss_fn.attach(model, steps)
-    views = [build_view(v, cfg.augment.strength, cfg.augment.backend) for v in cfg.augment.views]
+    views = build_views(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -112,7 +121,7 @@ def train(cfg, jets: dict, steps: int, seed: int = 0) -> torch.nn.Module:
         opt.step()
         loss_fn.after_step(model)
     net = loss_fn.eval_model(model)  # DINO: the teacher
-    return copy.deepcopy(net).eval()
+    return copy.deepcopy(net).eval(), copy.deepcopy(model).eval()
 
 
 @torch.no_grad()
@@ -144,44 +153,57 @@ def spread(values: list[float]) -> dict[str, float]:
             "max": float(v.max()), "min": float(v.min())}
 
 
-def measure(n_jets: int, steps: int, seed: int, init_seeds: int, train_seed: int = 0) -> dict:
-    """Both losses and their references on one sample; flat rows for the results file."""
+def result_row(name: str, trained: list[float], untrained: list[float],
+               raw: float | None = None) -> dict:
+    """One metric's row: the trained seeds' and the untrained seeds' spreads, the raw inputs."""
+    t, u = spread(trained), spread(untrained)
+    return {"name": name, "trained_mean": t["mean"], "trained_std": t["std"],
+            "trained_min": t["min"], "trained_seeds": list(trained),
+            "untrained_mean": u["mean"], "untrained_std": u["std"],
+            "untrained_max": u["max"], "raw": raw}
+
+
+def measure(n_jets: int, steps: int, seed: int, init_seeds: int, train_seeds: int = 2) -> dict:
+    """Both losses and their references on one sample; flat rows for the results file. Trained
+    rows: mean and std over ``train_seeds`` training seeds (init, batches and views), each seed's
+    value kept; untrained rows: over ``init_seeds`` init seeds."""
     train_set, test = halves(pythia_jets(n_jets, seed))
     rows = []
     orca_cfg = config("orca")
-    trained = orca_metrics(train(orca_cfg, train_set, steps, train_seed), orca_cfg, test)
+    trained = [orca_metrics(train(orca_cfg, train_set, steps, s)[0], orca_cfg, test)
+               for s in range(train_seeds)]
     untrained = [orca_metrics(initial_model(orca_cfg.model, s), orca_cfg, test)
                  for s in range(init_seeds)]
     for key in ("orca_known_acc", "orca_novel_cluster_acc", "orca_all_cluster_acc",
                 "orca_anomaly_auc"):
-        u = spread([m[key] for m in untrained])
-        rows.append({"name": f"ORCA {key.removeprefix('orca_')}", "trained": trained[key],
-                     "untrained_mean": u["mean"], "untrained_std": u["std"],
-                     "untrained_max": u["max"], "raw": None})
+        rows.append(result_row(f"ORCA {key.removeprefix('orca_')}", [m[key] for m in trained],
+                        [m[key] for m in untrained]))
     dino_cfg = config("dino")
     # the LCT is fitted on the training half (DINO never saw its labels), scored on the test half
-    u = spread([lct_auc(initial_model(dino_cfg.model, s), dino_cfg, train_set, test)
-                for s in range(init_seeds)])
-    dino = train(dino_cfg, train_set, steps, train_seed)
-    rows.append({"name": "DINO LCT AUC (top vs QCD)",
-                 "trained": lct_auc(dino, dino_cfg, train_set, test),
-                 "untrained_mean": u["mean"], "untrained_std": u["std"],
-                 "untrained_max": u["max"], "raw": lct_auc(None, dino_cfg, train_set, test)})
+    untrained = [lct_auc(initial_model(dino_cfg.model, s), dino_cfg, train_set, test)
+                 for s in range(init_seeds)]
+    nets = [train(dino_cfg, train_set, steps, s) for s in range(train_seeds)]
+    raw = lct_auc(None, dino_cfg, train_set, test)
+    for i, who in enumerate(("teacher", "student")):  # the teacher is what clrdist evaluates
+        trained = [lct_auc(n[i], dino_cfg, train_set, test) for n in nets]
+        rows.append(result_row(f"DINO LCT AUC (top vs QCD), {who}", trained, untrained, raw))
     return {"jets_per_process": n_jets, "steps": steps, "batch": orca_cfg.data.batch_size,
-            "data_seed": seed, "train_seed": train_seed, "init_seeds": init_seeds, "rows": rows}
+            "data_seed": seed, "train_seeds": train_seeds, "init_seeds": init_seeds, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--jets", type=int, default=1500, help="jets per process (QCD, top, W)")
-    ap.add_argument("--steps", type=int, default=300, help="optimiser steps per loss")
-    ap.add_argument("--seed", type=int, default=23, help="Pythia seed of the jets")
+    ap.add_argument("--jets", type=int, default=1000, help="jets per process (QCD, top, W)")
+    ap.add_argument("--steps", type=int, default=600, help="optimiser steps per loss")
+    ap.add_argument("--seed", type=int, default=29,
+                    help="Pythia seed of the jets (23 chose the DINO settings: not for results)")
     ap.add_argument("--init-seeds", type=int, default=5, help="untrained encoders (init seeds)")
+    ap.add_argument("--train-seeds", type=int, default=2, help="trained models (training seeds)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", default=None, help="results JSON (docs/results/selfsup.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    res = measure(args.jets, args.steps, args.seed, args.init_seeds)
+    res = measure(args.jets, args.steps, args.seed, args.init_seeds, args.train_seeds)
     if args.out:
         write_results(args.out, res, argv=sys.argv[1:] if argv is None else argv)
     print(json.dumps(res, indent=1))

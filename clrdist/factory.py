@@ -95,7 +95,6 @@ def build_views(cfg: RunConfig, *, fixed: bool | None = None) -> list[View]:
     return [build_view(v, a.strength, a.backend, fixed) for v in specs]
 
 
-
 def input_transform(cfg: RunConfig) -> InputTransform:
     """The run's input transform: the hardest ``data.n_particles``, ``model.frame``,
     ``model.input_features``, pT / ``data.pt_scale``."""

@@ -200,7 +200,7 @@ def test_orca_learns_on_pythia_jets():
 
     train_set, test = selfsup.halves(selfsup.pythia_jets(300, 23))
     cfg = selfsup.config("orca")
-    trained = selfsup.orca_metrics(selfsup.train(cfg, train_set, 60), cfg, test)
+    trained = selfsup.orca_metrics(selfsup.train(cfg, train_set, 60)[0], cfg, test)
     untrained = [selfsup.orca_metrics(initial_model(cfg.model, s), cfg, test) for s in range(5)]
     novel_bar = max(u["orca_novel_cluster_acc"] for u in untrained) + 0.1
     all_bar = max(u["orca_all_cluster_acc"] for u in untrained) + 0.1
