@@ -43,6 +43,10 @@ def test_momentum_schedule_and_ema_update():
     assert teacher_momentum(0, 100, 0.996) == pytest.approx(0.996)
     assert teacher_momentum(100, 100, 0.996) == pytest.approx(1.0)
     assert teacher_momentum(50, 100, 0.996) == pytest.approx(0.998)
+    # a schedule that ends below 1 (teacher_momentum_end): constant when both ends agree
+    assert teacher_momentum(50, 100, 0.99, end=0.995) == pytest.approx(0.9925)
+    assert teacher_momentum(100, 100, 0.99, end=0.995) == pytest.approx(0.995)
+    assert all(teacher_momentum(k, 100, 0.99, end=0.99) == pytest.approx(0.99) for k in (0, 37, 100))
     torch.manual_seed(0)
     student = build_model(ModelConfig(encoder="dense", dense_input_dim=6, dense_dims=[8, 4],
                                       head="dino", head_dims=[8], output_dim=10))
@@ -157,3 +161,19 @@ def test_configs_take_one_training_step_as_the_loop_does(name):
     assert torch.isfinite(terms["loss"]) and len(views) == (4 if "dino" in name else 2)
     loss.after_step(model)
     assert int(loss.step) == (1 if "dino" in name else 0) + (1 if "orca" in name else 0)
+
+
+def test_teacher_momentum_end_reaches_the_loss_and_may_not_fall(tmp_path):
+    from clrdist.config import ConfigError, load_config
+    from clrdist.factory import build_loss
+
+    cfg = load_config(None, ["loss.name=dino", "loss.teacher_momentum=0.99",
+                             "loss.teacher_momentum_end=0.995"])
+    loss = build_loss(cfg.loss)
+    assert (loss.base_momentum, loss.end_momentum) == (0.99, 0.995)
+    assert build_loss(load_config(None, ["loss.name=dino"]).loss).end_momentum == 1.0  # DINO's
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss: {name: dino, teacher_momentum: 0.99, teacher_momentum_end: 0.9}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: loss: .*teacher_momentum_end \(0.9\) is below"):
+        load_config(bad)
+

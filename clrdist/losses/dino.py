@@ -4,7 +4,10 @@ The student is the trained model g_s; the teacher g_t has the same architecture 
 student's parameters as an exponential moving average after every optimiser step
 (``after_step``), with DINO's cosine momentum schedule over the run's K steps:
 
-    theta_t <- m_k theta_t + (1 - m_k) theta_s,   m_k = 1 - (1 - m_0) (cos(pi k / K) + 1) / 2
+    theta_t <- m_k theta_t + (1 - m_k) theta_s,   m_k = m_K - (m_K - m_0) (cos(pi k / K) + 1) / 2
+
+(m_0 = ``teacher_momentum``, m_K = ``teacher_momentum_end``: 1 in DINO, made for hundreds of
+epochs; a short run may end below 1 so that the teacher keeps following its student)
 
 The teacher sees the global views only (``augment.views``, 2); the student sees them and the
 local views (``augment.local_views``: stronger masking, object or constituent dropping). With
@@ -60,9 +63,10 @@ def global_mean(t: torch.Tensor, gather: bool = True) -> torch.Tensor:
     return s / (t.shape[0] * (get_world_size() if gather else 1))
 
 
-def teacher_momentum(step: int, total_steps: int, base: float) -> float:
-    """DINO's cosine schedule from ``base`` at step 0 to 1 at ``total_steps``."""
-    return 1.0 - (1.0 - base) * (math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)) + 1) / 2
+def teacher_momentum(step: int, total_steps: int, base: float, end: float = 1.0) -> float:
+    """DINO's cosine schedule from ``base`` at step 0 to ``end`` (DINO: 1) at ``total_steps``."""
+    phase = (math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)) + 1) / 2
+    return end - (end - base) * phase
 
 
 class DINOLoss(Loss):
@@ -79,11 +83,11 @@ class DINOLoss(Loss):
 
     def __init__(self, temperature: float = 0.1, teacher_temperature: float = 0.04,
                  centre_momentum: float = 0.9, teacher_momentum: float = 0.996,
-                 gather: bool = True):
+                 teacher_momentum_end: float = 1.0, gather: bool = True):
         super().__init__()
         self.temperature, self.teacher_temperature = temperature, teacher_temperature
-        self.centre_momentum, self.base_momentum, self.gather = (centre_momentum,
-                                                                 teacher_momentum, gather)
+        self.centre_momentum, self.gather = centre_momentum, gather
+        self.base_momentum, self.end_momentum = teacher_momentum, teacher_momentum_end
         self.teacher: nn.Module | None = None
         self.total_steps = 1
         self.register_buffer("centre", torch.zeros(0))
@@ -136,7 +140,8 @@ class DINOLoss(Loss):
         """EMA of the student's parameters into the teacher (one fused update over all tensors,
         the momentum from the Python step count: nothing is read back from the device);
         buffers (BatchNorm statistics) copied."""
-        m = teacher_momentum(self.step_count, self.total_steps, self.base_momentum)
+        m = teacher_momentum(self.step_count, self.total_steps, self.base_momentum,
+                             self.end_momentum)
         teacher = list(self.teacher.parameters())
         student = [ps if ps.dtype == pt.dtype else ps.to(pt.dtype)  # (under no_grad: no detach)
                    for pt, ps in zip(teacher, model.parameters(), strict=True)]
