@@ -175,7 +175,7 @@ def measure(n_jets: int, steps: int, seed: int, init_seeds: int, train_seeds: in
     for key in ("orca_known_acc", "orca_novel_cluster_acc", "orca_all_cluster_acc",
                 "orca_anomaly_auc"):
         rows.append(result_row(f"ORCA {key.removeprefix('orca_')}", [m[key] for m in trained],
-                        [m[key] for m in untrained]))
+                               [m[key] for m in untrained]))
     dino_cfg = config("dino")
     # the LCT is fitted on the training half (DINO never saw its labels), scored on the test half
     untrained = [lct_auc(initial_model(dino_cfg.model, s), dino_cfg, train_set, test)
