@@ -26,7 +26,6 @@ tests/test_orca.py runs the same functions at a smaller size.
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import json
 import sys
@@ -118,8 +117,7 @@ def train(cfg, jets: dict, steps: int, seed: int = 0
         out["loss"].backward()
         opt.step()
         loss_fn.after_step(model)
-    net = loss_fn.eval_model(model)  # DINO: the teacher
-    return copy.deepcopy(net).eval(), copy.deepcopy(model).eval()
+    return loss_fn.eval_model(model).eval(), model.eval()  # DINO: the teacher first
 
 
 @torch.no_grad()

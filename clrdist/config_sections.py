@@ -83,9 +83,10 @@ class DINOLossConfig(LossConfig):
     name: Literal["dino"] = "dino"
     teacher_temperature: float = Field(0.04, gt=0)  # DINO teacher sharpening temperature
     centre_momentum: float = Field(0.9, ge=0, lt=1)  # DINO centre EMA over global batch means
-    teacher_momentum: float = Field(0.996, ge=0, le=1)  # DINO teacher EMA at step 0 (cosine to the next)
-    # teacher EMA at the last step: 1 in DINO (hundreds of epochs); below 1, a short run's teacher
-    # keeps following its student (docs/selfsup.md)
+    # DINO teacher EMA: teacher_momentum at step 0, rising (cosine) to teacher_momentum_end at the
+    # last step: 1 in DINO (hundreds of epochs); below 1, a short run's teacher keeps following
+    # its student (docs/selfsup.md)
+    teacher_momentum: float = Field(0.996, ge=0, le=1)
     teacher_momentum_end: float = Field(1.0, ge=0, le=1)
 
     @model_validator(mode="after")

@@ -176,4 +176,3 @@ def test_teacher_momentum_end_reaches_the_loss_and_may_not_fall(tmp_path):
     bad.write_text("loss: {name: dino, teacher_momentum: 0.99, teacher_momentum_end: 0.9}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: loss: .*teacher_momentum_end \(0.9\) is below"):
         load_config(bad)
-
