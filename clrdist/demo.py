@@ -85,7 +85,8 @@ ROWS = (
     ("raw constituents", "lct_raw", "_raw"),
     ("jet mass + N-subjettiness (BDT)", "baseline_jet_obs", None),
     ("EFPs, degree <= 5 (linear)", "baseline_efp", None),
-    ("supervised, same encoder, 4/5 of eval_train labels", "baseline_supervised", None),
+    # its searches read its representation (<search>_sup_*), of jets including those it trained on
+    ("supervised, same encoder, 4/5 of eval_train labels", "baseline_supervised", "_sup"),
     ("supervised ceiling, same encoder, training-store labels", "ceiling_supervised", None),
 )
 
@@ -259,7 +260,7 @@ def _run_demo(log, out_dir: str, n_per_class: int | None, epochs: int | None, wo
         "4/4 evaluation (after training, same samples): LCT of the trained encoder, of the "
         f"untrained one at {cfg.eval.init_seeds} init seeds and of the raw inputs, jet mass + "
         "N-subjettiness, EFPs, a supervised encoder, the CWoLa scan, NPLM (each search next to "
-        "the untrained encoder and the raw inputs)"))
+        "the untrained encoder, the raw inputs and the supervised encoder)"))
 
     m = result.metrics
     summary = {

@@ -1,6 +1,7 @@
 """Tiny synthetic samples for the eval tests (independent of clrdist.data.toy)."""
 
 import numpy as np
+import torch
 
 
 def prong_jets(n, n_prongs, *, seed, n_particles=20, spread=0.05, sep=0.4):
@@ -47,3 +48,15 @@ def dijet_toy(n_bkg, n_sig, *, seed, dim=3, mjj_range=(2500.0, 6000.0), sqrt_s=1
     x_s = rng.normal(size=(n_sig, dim))
     x_s[:, 0] = rng.normal(2.5, 0.5, n_sig)
     return np.r_[mjj_b, mjj_s], np.r_[x_b, x_s], np.r_[np.zeros(n_bkg, int), np.ones(n_sig, int)]
+
+
+class TinyDeepSet(torch.nn.Module):
+    """A deep set (x, mask) -> (B, 16): the encoder the supervised baseline trains in tests."""
+
+    def __init__(self):
+        super().__init__()
+        self.phi = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.ReLU(),
+                                       torch.nn.Linear(32, 16))
+
+    def forward(self, x, mask):
+        return (self.phi(x * 10) * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)

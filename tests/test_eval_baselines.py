@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-import torch
-from _eval_toys import mixed, prong_jets
+from _eval_toys import TinyDeepSet, mixed, prong_jets
 
 from clrdist.eval.baselines import (
     centred,
@@ -73,16 +72,6 @@ def test_baselines_on_prong_toys():
     assert 0.5 < m["baseline_raw_auc"] < m["baseline_efp_auc"]
     assert m["baseline_efp_n_test"] == 400
     assert set(res.figures) == {"baselines_roc.png", "baselines_sic.png"}
-
-
-class TinyDeepSet(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.phi = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.ReLU(),
-                                       torch.nn.Linear(32, 16))
-
-    def forward(self, x, mask):
-        return (self.phi(x * 10) * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
 
 def test_supervised_baseline_learns_and_stops_when_converged():

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from _eval_toys import mixed
+from _eval_toys import TinyDeepSet, mixed
 
-from clrdist.eval.baselines import jet_observables
+from clrdist.eval.baselines import jet_observables, run_baselines
 from clrdist.eval.metrics import EvalResult
 from clrdist.eval.runner import Context, evaluate_during_training, run_evaluations
 
@@ -179,3 +179,39 @@ def test_every_evaluation_runs_next_to_untrained_seeds_and_raw_inputs():
     assert {t.get_text() for t in an} == labels  # the label-free score next to its references
     assert "anomaly_ae_roc.png" not in res["anomaly"].figures  # a method not run draws nothing
     assert res["anomaly"].metrics["anomaly_init_n_seeds"] == 5
+
+
+def test_searches_run_next_to_the_supervised_encoder_which_is_trained_once():
+    """CWoLa and NPLM on the representation of the supervised baseline's encoder too
+    (``<name>_sup_*``, in their figures); one training serves the baseline and both searches,
+    and the baseline's number is the one it gets when it trains alone."""
+    tr, te = mixed(300, seed=21), mixed(300, seed=22)
+    built = []
+
+    def factory():
+        built.append(1)
+        return TinyDeepSet()
+
+    def noise(batch):  # a representation that knows nothing: the supervised one must beat it
+        return np.random.default_rng(len(batch["label"])).normal(size=(len(batch["label"]), 3))
+
+    opts = {"baselines": {"which": ["supervised"], "supervised_max_epochs": 30},
+            "cwola": {"fractions": (0.0, 0.5), "classifiers": ("linear",), "n_repeats": 1},
+            "nplm": {"n_ref": 300, "n_data": 100, "n_sig": 20, "n_toys_null": 10,
+                     "n_toys_sig": 3, "M": 20}}
+    res = run_evaluations(noise, train_data=tr, test_data=te,
+                          which={"baselines", "cwola", "nplm"},
+                          context=Context(n_boot=0, model_factory=factory, n_particles=10),
+                          options=opts)
+    assert len(built) == 1
+    c = res["cwola"].metrics
+    assert c["cwola_sup_linear_auc_f_0.5"] > 0.9 and c["cwola_linear_auc_f_0.5"] < 0.65
+    assert {"nplm_sup_z_emp_median", "nplm_sup_dof"} <= set(res["nplm"].metrics)
+    cw = res["cwola"].figures["cwola_auc_vs_f.png"].axes[0].get_legend().texts
+    assert "supervised (same encoder) (linear)" in {t.get_text() for t in cw}
+    nplm_views = [t.get_text() for t in res["nplm"].figures["nplm_z.png"].axes[0].get_xticklabels()]
+    assert "supervised (same encoder)" in nplm_views
+
+    alone = run_baselines(tr, te, which=["supervised"], model_factory=TinyDeepSet, figures=False,
+                          supervised_max_epochs=30).metrics
+    assert res["baselines"].metrics["baseline_supervised_auc"] == alone["baseline_supervised_auc"]

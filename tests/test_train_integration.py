@@ -229,7 +229,11 @@ def test_demo_learns_on_pythia_jets_and_keeps_the_console_quiet(tmp_path):
     assert m["lct_auc"] == pytest.approx(summary["lct_auc"])
     assert m["lct_init_n_seeds"] == 5 and m["lct_init_auc_min"] < m["lct_init_auc_max"]
     assert {"cwola_init_linear_auc_f_0.1", "cwola_raw_linear_auc_f_0.1",
-            "nplm_init_z_emp_median", "nplm_raw_z_emp_median"} <= set(m)
+            "cwola_sup_linear_auc_f_0.1", "nplm_init_z_emp_median", "nplm_raw_z_emp_median",
+            "nplm_sup_z_emp_median"} <= set(m)
+    # the supervised row's searches are filled (its representation's CWoLa and NPLM)
+    sup_row = next(r for r in summary["rows"] if r["name"].startswith("supervised, same"))
+    assert sup_row["CWoLa AUC (f=0.1)"] != "-" and sup_row["NPLM median Z (empirical)"] != "-"
     for key in ("lct_init_auc", "lct_raw_auc", "baseline_jet_obs_auc", "baseline_efp_auc",
                 "baseline_supervised_auc", "baseline_supervised_best_epoch",
                 "cwola_linear_auc_f_1", "nplm_dof", "nplm_raw_dof", "val_lct_auc",

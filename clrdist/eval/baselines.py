@@ -22,6 +22,7 @@ phi]``, ``mask (n, P) bool``, ``label (n,) int8``, ``features (n, K) float32``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -131,18 +132,43 @@ def _trees(xtr, ytr, xte, seed):
     return clf.fit(xtr, ytr).predict_proba(xte)[:, 1]
 
 
-def supervised_scores(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, np.ndarray],
-                      model_factory: Callable[[], object], *, seed: int = 0,
-                      max_epochs: int = 100, patience: int = 8, val_fraction: float = 0.2,
-                      batch_size: int = 128, lr: float = 1e-3,
-                      prepare: Callable | None = None) -> tuple[np.ndarray, dict[str, float]]:
-    """Train ``model_factory()`` (a torch module ``(x (B,P,F), mask (B,P)) -> (B, D)``) plus a
-    linear head on the labels with BCE until it has converged; return test scores (n_test,) for
-    labelled test samples and ``{"epochs", "best_epoch", "val_loss"}``.
+@dataclass
+class SupervisedFit:
+    """An encoder of the run's size trained with labels (:func:`train_supervised`): its test
+    scores and its representation, the supervised reference of the searches (``<name>_sup_*``)."""
 
-    Convergence: a seeded ``val_fraction`` of the training samples is held out; training (Adam,
+    model: Any  # the torch module (x, mask) -> (B, D), best epoch's weights, in eval mode
+    score: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x, mask) prepared -> logits (n,)
+    prepare: Callable[[np.ndarray, np.ndarray], tuple]  # (particles, mask) -> (x, mask)
+    info: dict[str, float]  # epochs, best_epoch, val_loss
+
+    def scores(self, data: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Logits (n,) of every sample of a store dict."""
+        return self.score(*self.prepare(np.asarray(data["particles"]), np.asarray(data["mask"])))
+
+    def encode(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Representations (n, D) float32 of a store dict (the runner's ``Encoder``)."""
+        # lazy: torch (~1.5 s) only once a supervised encoder exists
+        import torch
+
+        x, m = self.prepare(np.asarray(batch["particles"]), np.asarray(batch["mask"]))
+        self.model.eval()
+        with torch.no_grad():
+            rep = self.model(torch.as_tensor(np.asarray(x), dtype=torch.float32),
+                             torch.as_tensor(np.asarray(m), dtype=torch.bool))
+        return rep.numpy().astype(np.float32)
+
+
+def train_supervised(train_data: Mapping[str, np.ndarray], model_factory: Callable[[], object], *,
+                     seed: int = 0, max_epochs: int = 100, patience: int = 8,
+                     val_fraction: float = 0.2, batch_size: int = 128, lr: float = 1e-3,
+                     prepare: Callable | None = None) -> SupervisedFit:
+    """Train ``model_factory()`` (a torch module ``(x (B,P,F), mask (B,P)) -> (B, D)``) plus a
+    linear head on the labels of ``train_data`` with BCE until it has converged.
+
+    Convergence: a seeded ``val_fraction`` of the labelled samples is held out; training (Adam,
     ``lr``) stops when the held-out BCE has not improved for ``patience`` epochs (or after
-    ``max_epochs``), and the weights of the best epoch score the test set.
+    ``max_epochs``), and the weights of the best epoch are kept.
     ``prepare(particles, mask) -> (x, mask)`` numpy arrays is the input transform (default:
     centred eta/phi and pT / 600 GeV, the JetCLR frame)."""
     # lazy: torch (~1.5 s) only for the supervised baseline
@@ -150,9 +176,8 @@ def supervised_scores(train_data: Mapping[str, np.ndarray], test_data: Mapping[s
 
     prepare = prepare or _sorted_inputs
     keep_tr, ytr = binary_labels(train_data["label"])
-    keep_te, _ = binary_labels(test_data["label"])
-    xtr, mtr = prepare(train_data["particles"][keep_tr], train_data["mask"][keep_tr])
-    xte, mte = prepare(test_data["particles"][keep_te], test_data["mask"][keep_te])
+    xtr, mtr = prepare(np.asarray(train_data["particles"])[keep_tr],
+                       np.asarray(train_data["mask"])[keep_tr])
     if mtr.shape != xtr.shape[:2]:
         raise ValueError("prepare must return x (B, P, F) and mask (B, P)")
     order = np.random.default_rng(seed).permutation(len(ytr))
@@ -163,10 +188,11 @@ def supervised_scores(train_data: Mapping[str, np.ndarray], test_data: Mapping[s
                          f"on after holding out val_fraction {val_fraction}")
 
     torch.manual_seed(seed)
-    score, info = fit_classifier(model_factory(), (xtr[fit], mtr[fit], ytr[fit]),
+    model = model_factory()
+    score, info = fit_classifier(model, (xtr[fit], mtr[fit], ytr[fit]),
                                  (xtr[val], mtr[val], ytr[val]), seed=seed, max_epochs=max_epochs,
                                  patience=patience, batch_size=batch_size, lr=lr)
-    return score(xte, mte), info
+    return SupervisedFit(model.eval(), score, prepare, info)
 
 
 def _sorted_inputs(p, m):
@@ -184,13 +210,16 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
                   which: Sequence[str] | None = None, kind: str = "jet",
                   efp_max_samples: int = 2000,
                   supervised_max_epochs: int = 100, supervised_prepare: Callable | None = None,
+                  supervised: Callable[[], SupervisedFit] | None = None,
                   eps_s: tuple[float, ...] = DEFAULT_EPS_S, n_boot: int = 0,
                   figures: bool = True, curves_out: dict | None = None) -> EvalResult:
     """Fit each baseline on ``train_data``, score ``test_data``; metrics ``baseline_<name>_*``.
 
     ``which`` defaults to every baseline that can run for the store ``kind`` (``jet``,
     ``dijet``: all; ``event``: ``raw``; ``supervised`` only with a ``model_factory``; ``supervised_prepare(particles, mask) -> (x, mask)`` is its input
-    transform, default centred jets with pT / 600 GeV).
+    transform, default centred jets with pT / 600 GeV; ``supervised()``: that encoder
+    already trained on ``train_data``, :class:`SupervisedFit`, which the runner shares with the
+    searches' supervised reference).
     EFPs are slow (energyflow loops over jets in Python), so at most ``efp_max_samples`` of each set are used for them (``baseline_efp_n_test``
     records how many). If ``rep_train``/``rep_test`` are given, the
     representation's linear classifier is drawn on the same ROC/SIC figures
@@ -200,7 +229,7 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
     """
     if which is None:  # jet substructure baselines only make sense for jets and dijets
         which = ["raw"] if kind == "event" else ["raw", "jet_obs", "efp"]
-        which += ["supervised"] if model_factory is not None else []
+        which += ["supervised"] if model_factory is not None or supervised is not None else []
     which = list(which)
     unknown = set(which) - set(ALL_BASELINES)
     if unknown:
@@ -240,13 +269,15 @@ def run_baselines(train_data: Mapping[str, np.ndarray], test_data: Mapping[str, 
             s = _linear(f_tr, ytr[:ntr], f_te, seed)
             record("efp", s, yte[:nte], r"EFPs $d\leq5$ (linear)")
         elif name == "supervised":
-            if model_factory is None:
+            if supervised is not None:  # the runner's, trained once for every evaluation
+                fit = supervised()
+            elif model_factory is not None:
+                fit = train_supervised(tr, model_factory, seed=seed,
+                                       max_epochs=supervised_max_epochs, prepare=supervised_prepare)
+            else:
                 raise ValueError("baseline 'supervised' needs a model_factory")
-            s, info = supervised_scores(tr, te, model_factory, seed=seed,
-                                        max_epochs=supervised_max_epochs,
-                                        prepare=supervised_prepare)
-            record("supervised", s, yte, "supervised encoder")
-            metrics.update({f"baseline_supervised_{k}": v for k, v in info.items()})
+            record("supervised", fit.scores(te), yte, "supervised encoder")
+            metrics.update({f"baseline_supervised_{k}": v for k, v in fit.info.items()})
     figs = {}
     if figures and curves:
         figs = {"baselines_roc.png": roc_figure(curves, "baselines"),
@@ -267,7 +298,7 @@ def evaluate(inp: Inputs, **options: Any) -> EvalResult:
     res = run_baselines(inp.train_data, inp.test_data, seed=inp.seed,
                         feature_names=list(ctx.feature_names), kind=ctx.kind,
                         model_factory=ctx.model_factory, supervised_prepare=ctx.supervised_prepare,
-                        rep_train=inp.rep_train, rep_test=inp.rep_test, curves_out=curves,
+                        supervised=inp.supervised, rep_train=inp.rep_train, rep_test=inp.rep_test, curves_out=curves,
                         **{"n_boot": ctx.n_boot, **options})
     if "supervised encoder" in curves:
         for figure in ("lct", *ANOMALY_FIGURES):

@@ -38,7 +38,9 @@ class Evaluation:
     supplied: tuple[str, ...] = ("seed", "label_names")  # filled in by the runner, not options
     default: bool = False  # eval.<name> when the config does not set it
     adapter: str = ""  # "module:function" the runner calls: (Inputs, **options) -> EvalResult | None
-    references: tuple[str, ...] = ("init", "raw")  # the untrained encoder, the raw inputs
+    # the untrained encoder, the raw inputs; "sup": the same encoder trained with labels (the
+    # supervised baseline's, on the evaluation's training set)
+    references: tuple[str, ...] = ("init", "raw")
     init_seeds: str = "all"  # the untrained reference at "all" init seeds or "one" (costly ones)
 
 
@@ -50,7 +52,7 @@ EVALUATIONS: dict[str, Evaluation] = {e.name: e for e in (
     Evaluation("baselines", "raw constituents, jet mass + N-subjettiness, EFPs, supervised",
                "clrdist.eval.baselines:run_baselines",
                supplied=("seed", "feature_names", "kind", "model_factory", "rep_train",
-                         "rep_test", "supervised_prepare", "curves_out"),
+                         "rep_test", "supervised_prepare", "supervised", "curves_out"),
                adapter="clrdist.eval.baselines:evaluate", references=()),
     Evaluation("ceiling", "supervised encoder of the same size on the training store's labels",
                "clrdist.eval.finetune:supervised_ceiling", references=(),
@@ -62,15 +64,17 @@ EVALUATIONS: dict[str, Evaluation] = {e.name: e for e in (
                          "val_data", "test_data"), adapter="clrdist.eval.finetune:evaluate"),
     Evaluation("cwola", "idealised CWoLa scan (and the bump hunt when stores have m_jj)",
                "clrdist.eval.cwola:idealised_cwola_scan", adapter="clrdist.eval.cwola:evaluate",
-               init_seeds="one"),  # a scan of MLP fits per seed: the LCT carries the seed spread
+               references=("init", "raw", "sup"), init_seeds="one"),  # a scan of MLP fits per seed: the LCT carries the seed spread
     Evaluation("bumphunt", "CWoLa bump hunt in m_jj (dijet stores)",
                "clrdist.eval.bumphunt:hunt_at_fractions",
                forwards=("clrdist.eval.bumphunt:blind_scan",), adapter=_A + "bumphunt",
                init_seeds="one"),
-    Evaluation("nplm", "NPLM test, of the representation and of the raw inputs",
+    Evaluation("nplm", "NPLM test of the representation, next to the untrained encoder, the raw "
+               "inputs and the supervised encoder",
                "clrdist.eval.nplm:nplm_evaluation",
                forwards=("clrdist.eval.nplm:nplm_t_kernel", "clrdist.eval.nplm:nplm_t_network"),
-               supplied=("seed", "prefix", "n_expected"), adapter=_A + "nplm", init_seeds="one"),
+               supplied=("seed", "prefix", "n_expected"), adapter=_A + "nplm",
+               references=("init", "raw", "sup"), init_seeds="one"),
     Evaluation("anomaly", "label-free anomaly scores", "clrdist.eval.anomaly:anomaly_scores",
                supplied=("seed", "label_names", "prefix"), adapter=_A + "anomaly"),
     Evaluation("nae", "normalised autoencoder on representations (+ jet images for jet stores)",

@@ -11,8 +11,9 @@ that reads an :class:`Inputs` (one representation of both sets, and the :class:`
 returns an ``EvalResult`` (None: not applicable to this representation). The runner calls it on
 the representation and then, for the references the registry line names, on the same
 architecture untrained (``<name>_init_*``, mean over the init seeds with ``_seed_std``,
-``_min``, ``_max``; the per-seed values in the table ``<name>_init_seeds``) and on the raw inputs
-(``<name>_raw_*``); the figures that compare them are drawn once all have run
+``_min``, ``_max``; the per-seed values in the table ``<name>_init_seeds``), on the raw inputs
+(``<name>_raw_*``) and on the same architecture trained with the labels of the training set
+(``<name>_sup_*``: the encoder of the supervised baseline, trained once); the figures that compare them are drawn once all have run
 (:func:`clrdist.eval.plots.reference_figures`).
 """
 
@@ -73,7 +74,8 @@ class Context:
         return list(zip(seeds, encs, heads, strict=True))
 
 
-LABELS = {"": "trained", "init": "untrained", "raw": "raw inputs"}
+LABELS = {"": "trained", "init": "untrained", "raw": "raw inputs",
+          "sup": "supervised (same encoder)"}
 
 
 @dataclass
@@ -89,6 +91,9 @@ class Inputs:
     index: int = 0  # which init seed (0: the first; only it draws curves)
     init_seed: int | None = None
     head: Callable[[np.ndarray], np.ndarray] | None = None  # ORCA's head for this representation
+    # the encoder of the same size trained with train_data's labels (baselines.SupervisedFit),
+    # trained on first call and shared: the supervised baseline and the searches' reference
+    supervised: Callable[[], Any] | None = None
     curves: dict[str, dict[str, Any]] = field(default_factory=dict)  # shared: figure -> label -> data
 
     @property
@@ -141,10 +146,24 @@ def encode_all(encode: Encoder, data: Batch, *, batch_size: int = 1024) -> np.nd
 class Views:
     """The representation and its references on the same samples, each encoded once, lazily."""
 
-    def __init__(self, encode: Encoder, train_data: Batch, test_data: Batch, ctx: Context):
+    def __init__(self, encode: Encoder, train_data: Batch, test_data: Batch, ctx: Context,
+                 supervised_max_epochs: int = 100):
         self.train_data, self.test_data, self.ctx, self.curves = train_data, test_data, ctx, {}
-        self.trained = self._inputs(encode, head=ctx.head)
         self._refs: dict[str, list[Inputs]] = {}
+        self._fit, self._max_epochs = None, supervised_max_epochs
+        self.trained = self._inputs(encode, head=ctx.head)
+
+    def supervised(self):
+        """The encoder of the run's size trained with train_data's labels (early stopping on a
+        held-out fifth), trained once: :class:`clrdist.eval.baselines.SupervisedFit`."""
+        if self._fit is None:
+            # lazy: eval.baselines loads torch and matplotlib (~2 s), only when it is needed
+            from clrdist.eval.baselines import train_supervised
+
+            self._fit = train_supervised(self.train_data, self.ctx.model_factory,
+                                         seed=self.ctx.seed, max_epochs=self._max_epochs,
+                                         prepare=self.ctx.supervised_prepare)
+        return self._fit
 
     def _inputs(self, encode: Encoder | None, reference: str = "", **kw) -> Inputs:
         if encode is None:  # the raw inputs
@@ -156,11 +175,13 @@ class Views:
         else:
             reps = [encode_all(encode, d, batch_size=self.ctx.batch_size)
                     for d in (self.train_data, self.test_data)]
+        supervised = self.supervised if self.ctx.model_factory is not None else None
         return Inputs(self.train_data, self.test_data, *reps, ctx=self.ctx, reference=reference,
-                      curves=self.curves, **kw)
+                      curves=self.curves, supervised=supervised, **kw)
 
     def of(self, reference: str, all_seeds: bool = True) -> list[Inputs]:
-        """The untrained encoder at every init seed (``all_seeds``) or the first; the raw inputs."""
+        """The untrained encoder at every init seed (``all_seeds``) or the first; the raw
+        inputs; the supervised encoder (none without ``Context.model_factory``)."""
         if reference not in self._refs:
             if reference == "init":
                 self._refs["init"] = [
@@ -168,8 +189,11 @@ class Views:
                     for i, (s, enc, h) in enumerate(self.ctx.untrained())]
             elif reference == "raw":
                 self._refs["raw"] = [self._inputs(None, "raw")] if self.ctx.raw_reference else []
+            elif reference == "sup":
+                self._refs["sup"] = [] if self.ctx.model_factory is None else [
+                    self._inputs(lambda batch: self.supervised().encode(batch), "sup")]
             else:
-                raise KeyError(f"unknown reference {reference!r}; known: ['init', 'raw']")
+                raise KeyError(f"unknown reference {reference!r}; known: {list(LABELS)[1:]}")
         views = self._refs[reference]
         return views if all_seeds else views[:1]
 
@@ -203,7 +227,9 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
     which = set(which) | ({"bumphunt"} if "cwola" in which and mjj_column(ctx.feature_names)
                           is not None else set())
     kw = {name: validate_options(name, (options or {}).get(name)) for name in which}
-    views = Views(encode, train_data, test_data, ctx)
+    views = Views(encode, train_data, test_data, ctx,
+                  **{k: v for k, v in (kw.get("baselines") or {}).items()
+                     if k == "supervised_max_epochs"})
     results: dict[str, EvalResult] = {}
     for name in (n for n in EVALUATIONS if n in which):
         ev = EVALUATIONS[name]
