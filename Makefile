@@ -29,9 +29,13 @@ demo: $(STAMP)
 	$(VENV)/bin/clrdist demo
 
 # Test tiers (docs/development.md): unit, integration, slow, cluster.
-# `make test`: every tier but the cluster one (real Ray, MLflow, Zarr, DeepSpeed).
+# `make test`: every tier but the cluster one (real Ray, MLflow, Zarr, DeepSpeed), in
+# TEST_WORKERS pytest-xdist processes (2: the cores of the machine CI runs on; each Ray test
+# starts its own cluster, so more is not better on a small machine). The longest tests start
+# first (tests/conftest.py); the ones sharing the uninterrupted-run fixture share a worker.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not cluster" --durations=30 tests
+	$(PY) -m pytest -q -m "not cluster" -n $(TEST_WORKERS) --dist loadgroup --durations=30 tests
 
 # The cluster tier: the real two-node SLURM tests (as root they install slurm-wlm + munge with
 # apt, and skip, saying why, where that is impossible). CI runs it after `make test`.

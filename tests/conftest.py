@@ -67,8 +67,25 @@ def ray_starts(monkeypatch):
     return calls
 
 
+# the tests that share the session fixture `ddp_reference` (an uninterrupted run, ~50 s): under
+# pytest-xdist (`make test`, --dist loadgroup) they go to one worker, which computes it once
+SHARES_DDP_REFERENCE = "ddp_reference"
+
+
+def _longest_first(item) -> int:
+    """Sort key under pytest-xdist: slow integration tests, then integration, then slow, then
+    unit tests, so the minutes-long ones start first and the short ones fill in around them."""
+    integration, slow = (item.get_closest_marker(t) is not None for t in ("integration", "slow"))
+    return {(True, True): 0, (True, False): 1, (False, True): 2}.get((integration, slow), 3)
+
+
 def pytest_collection_modifyitems(config, items):
-    """A test with no tier marker is a unit test: `make test-fast` selects `-m unit`."""
+    """A test with no tier marker is a unit test: `make test-fast` selects `-m unit`. Under
+    pytest-xdist, the longest tests first (a stable sort: the same order in every worker)."""
     for item in items:
         if not any(item.get_closest_marker(t) for t in TIERS):
             item.add_marker(pytest.mark.unit)
+        if SHARES_DDP_REFERENCE in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(SHARES_DDP_REFERENCE))
+    if getattr(config.option, "numprocesses", None):
+        items.sort(key=_longest_first)

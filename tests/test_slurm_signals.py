@@ -26,7 +26,9 @@ ENGINES = {"ddp": ["scaling.engine=ddp"],
            "zero2": ["scaling.engine=deepspeed", "scaling.zero_stage=2"]}
 
 
-@pytest.mark.parametrize("engine", list(ENGINES))
+@pytest.mark.parametrize("engine", [  # DDP compares with the session's ddp_reference (conftest)
+    pytest.param(e, marks=pytest.mark.xdist_group("ddp_reference")) if e == "ddp" else e
+    for e in ENGINES])
 def test_sigusr1_checkpoints_and_the_rerun_finishes_the_same_run(ray_cluster, toy_splits, tmp_path,
                                                                  engine, request):
     sets = [*RESUME_SETS, *ENGINES[engine]]

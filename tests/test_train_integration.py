@@ -199,6 +199,7 @@ def test_killed_worker_is_replaced_and_the_run_resumes(ray_cluster, toy_splits, 
     assert redone and min(redone) > 12, steps
 
 
+@pytest.mark.slow  # ~5 minutes: generation, training and every evaluation of the demo
 def test_demo_learns_on_pythia_jets_and_keeps_the_console_quiet(tmp_path):
     """`clrdist demo` as a user runs it (its own process and Ray cluster, log_to_driver on) on
     Pythia 8 top and QCD jets (8000 per class, the demo's recipe): the trained representation
