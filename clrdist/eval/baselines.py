@@ -13,7 +13,9 @@ the disjoint test set; metrics use :func:`clrdist.eval.metrics.roc_metrics` with
   (pT, eta, phi)), log-scaled, linear classifier (linear in EFPs is the published use);
 - ``supervised``: an encoder of the same size built by ``model_factory`` trained with a linear
   head on the labels (BCE) until a held-out fifth of the training samples stops improving (early
-  stopping, best epoch kept), scored on the test set: the ceiling for the same architecture.
+  stopping, best epoch kept), scored on the test set: the ceiling for the same architecture
+  (:func:`train_supervised`; the runner trains it once and its representation is also the
+  searches' supervised reference, ``<search>_sup_*``).
 
 Samples are dicts of ``SampleStore.read_all()``: ``particles (n, P, 3) float32 [pT GeV, eta,
 phi]``, ``mask (n, P) bool``, ``label (n,) int8``, ``features (n, K) float32``.

@@ -13,8 +13,8 @@ the representation and then, for the references the registry line names, on the 
 architecture untrained (``<name>_init_*``, mean over the init seeds with ``_seed_std``,
 ``_min``, ``_max``; the per-seed values in the table ``<name>_init_seeds``), on the raw inputs
 (``<name>_raw_*``) and on the same architecture trained with the labels of the training set
-(``<name>_sup_*``: the encoder of the supervised baseline, trained once); the figures that compare them are drawn once all have run
-(:func:`clrdist.eval.plots.reference_figures`).
+(``<name>_sup_*``: the encoder of the supervised baseline, trained once); the figures that
+compare them are drawn once all have run (:func:`clrdist.eval.plots.reference_figures`).
 """
 
 from __future__ import annotations
@@ -227,9 +227,8 @@ def run_evaluations(encode: Encoder, *, train_data: Batch, test_data: Batch,
     which = set(which) | ({"bumphunt"} if "cwola" in which and mjj_column(ctx.feature_names)
                           is not None else set())
     kw = {name: validate_options(name, (options or {}).get(name)) for name in which}
-    views = Views(encode, train_data, test_data, ctx,
-                  **{k: v for k, v in (kw.get("baselines") or {}).items()
-                     if k == "supervised_max_epochs"})
+    views = Views(encode, train_data, test_data, ctx, supervised_max_epochs=(
+        kw.get("baselines") or {}).get("supervised_max_epochs", 100))
     results: dict[str, EvalResult] = {}
     for name in (n for n in EVALUATIONS if n in which):
         ev = EVALUATIONS[name]
