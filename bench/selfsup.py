@@ -16,7 +16,9 @@ smearing + collinear splitting) in one process, at ``--train-seeds`` training se
   QCD) on the representation of the teacher (the evaluated network) and of the student.
 
 References in the same run on the same jets: the same architecture untrained at ``--init-seeds``
-init seeds (their mean, std and max), and for DINO the raw inputs' LCT.
+init seeds (their mean, std and max), and for DINO the raw inputs' LCT and the same encoder
+trained with the training half's top / QCD labels (the supervised baseline's
+``train_supervised``: early stopping on a held-out fifth), its test AUC.
 
     python -m bench.selfsup --jets 1000 --steps 600 --out docs/results/selfsup.json
 
@@ -38,10 +40,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.results import write_results  # noqa: E402
 from clrdist.config import load_config  # noqa: E402
+from clrdist.eval.baselines import train_supervised  # noqa: E402
+from clrdist.eval.metrics import roc_metrics  # noqa: E402
 from clrdist.eval.openworld import openworld_evaluation  # noqa: E402
 from clrdist.eval.runner import evaluate_during_training  # noqa: E402
-from clrdist.factory import build_encoder, build_loss, build_views, initial_model, input_transform  # noqa: E402
-from clrdist.models.encode import model_inputs  # noqa: E402
+from clrdist.factory import (  # noqa: E402
+    build_encoder,
+    build_loss,
+    build_model,
+    build_views,
+    initial_model,
+    input_transform,
+)
+from clrdist.models.encode import Representation, model_inputs, numpy_inputs  # noqa: E402
 from clrdist.train.inputs import view_inputs  # noqa: E402
 
 DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
@@ -143,6 +154,16 @@ def lct_auc(model: torch.nn.Module | None, cfg, fit: dict, score: dict) -> float
                                           score["label"])["lct_auc"])
 
 
+def supervised_auc(cfg, fit: dict, score: dict, seed: int = 0) -> float:
+    """The ceiling: the same encoder trained with ``fit``'s top / QCD labels (early stopping on a
+    held-out fifth of them), its classifier's AUC on ``score``'s top and QCD jets."""
+    fit, score = ({k: v[s["label"] < 2] for k, v in s.items()} for s in (fit, score))
+    inputs = input_transform(cfg)
+    model = train_supervised(fit, lambda: Representation(build_model(cfg.model)), seed=seed,
+                             prepare=lambda p, m: numpy_inputs(p, m, inputs))
+    return float(roc_metrics(score["label"], model.scores(score), "sup")[0]["sup_auc"])
+
+
 def spread(values: list[float]) -> dict[str, float]:
     v = np.asarray(values, float)
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
@@ -150,13 +171,14 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def result_row(name: str, trained: list[float], untrained: list[float],
-               raw: float | None = None) -> dict:
-    """One metric's row: the trained seeds' and the untrained seeds' spreads, the raw inputs."""
+               raw: float | None = None, supervised: float | None = None) -> dict:
+    """One metric's row: the trained seeds' and the untrained seeds' spreads, the raw inputs, the
+    supervised encoder."""
     t, u = spread(trained), spread(untrained)
     return {"name": name, "trained_mean": t["mean"], "trained_std": t["std"],
             "trained_min": t["min"], "trained_seeds": list(trained),
             "untrained_mean": u["mean"], "untrained_std": u["std"],
-            "untrained_max": u["max"], "raw": raw}
+            "untrained_max": u["max"], "raw": raw, "supervised": supervised}
 
 
 def measure(n_jets: int, steps: int, seed: int, init_seeds: int, train_seeds: int = 2) -> dict:
@@ -180,9 +202,11 @@ def measure(n_jets: int, steps: int, seed: int, init_seeds: int, train_seeds: in
                  for s in range(init_seeds)]
     nets = [train(dino_cfg, train_set, steps, s) for s in range(train_seeds)]
     raw = lct_auc(None, dino_cfg, train_set, test)
+    sup = supervised_auc(dino_cfg, train_set, test)  # last: the rows above keep their draws
     for i, who in enumerate(("teacher", "student")):  # the teacher is what clrdist evaluates
         trained = [lct_auc(n[i], dino_cfg, train_set, test) for n in nets]
-        rows.append(result_row(f"DINO LCT AUC (top vs QCD), {who}", trained, untrained, raw))
+        rows.append(result_row(f"DINO LCT AUC (top vs QCD), {who}", trained, untrained, raw,
+                               sup))
     return {"jets_per_process": n_jets, "steps": steps, "batch": orca_cfg.data.batch_size,
             "data_seed": seed, "train_seeds": train_seeds, "init_seeds": init_seeds, "rows": rows}
 

@@ -139,7 +139,7 @@ class SupervisedFit:
     """An encoder of the run's size trained with labels (:func:`train_supervised`): its test
     scores and its representation, the supervised reference of the searches (``<name>_sup_*``)."""
 
-    model: Any  # the torch module (x, mask) -> (B, D), best epoch's weights, in eval mode
+    model: Any  # the torch module (x, mask) -> (B, D), with the best epoch's weights
     score: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x, mask) prepared -> logits (n,)
     prepare: Callable[[np.ndarray, np.ndarray], tuple]  # (particles, mask) -> (x, mask)
     info: dict[str, float]  # epochs, best_epoch, val_loss
