@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.results import write_results  # noqa: E402
 from clrdist.config import load_config  # noqa: E402
 from clrdist.eval.baselines import train_supervised  # noqa: E402
-from clrdist.eval.metrics import roc_metrics  # noqa: E402
+from clrdist.eval.metrics import auc  # noqa: E402
 from clrdist.eval.openworld import openworld_evaluation  # noqa: E402
 from clrdist.eval.runner import evaluate_during_training  # noqa: E402
 from clrdist.factory import (  # noqa: E402
@@ -161,7 +161,7 @@ def supervised_auc(cfg, fit: dict, score: dict, seed: int = 0) -> float:
     inputs = input_transform(cfg)
     model = train_supervised(fit, lambda: Representation(build_model(cfg.model)), seed=seed,
                              prepare=lambda p, m: numpy_inputs(p, m, inputs))
-    return float(roc_metrics(score["label"], model.scores(score), "sup")[0]["sup_auc"])
+    return auc(score["label"], model.scores(score))
 
 
 def spread(values: list[float]) -> dict[str, float]:

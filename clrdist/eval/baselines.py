@@ -156,9 +156,9 @@ class SupervisedFit:
         x, m = self.prepare(np.asarray(batch["particles"]), np.asarray(batch["mask"]))
         self.model.eval()
         with torch.no_grad():
-            rep = self.model(torch.as_tensor(np.asarray(x), dtype=torch.float32),
-                             torch.as_tensor(np.asarray(m), dtype=torch.bool))
-        return rep.numpy().astype(np.float32)
+            rep = self.model(torch.as_tensor(x, dtype=torch.float32),
+                             torch.as_tensor(m, dtype=torch.bool))
+        return rep.numpy()
 
 
 def train_supervised(train_data: Mapping[str, np.ndarray], model_factory: Callable[[], object], *,
@@ -300,7 +300,8 @@ def evaluate(inp: Inputs, **options: Any) -> EvalResult:
     res = run_baselines(inp.train_data, inp.test_data, seed=inp.seed,
                         feature_names=list(ctx.feature_names), kind=ctx.kind,
                         model_factory=ctx.model_factory, supervised_prepare=ctx.supervised_prepare,
-                        supervised=inp.supervised, rep_train=inp.rep_train, rep_test=inp.rep_test, curves_out=curves,
+                        supervised=inp.supervised, rep_train=inp.rep_train,
+                        rep_test=inp.rep_test, curves_out=curves,
                         **{"n_boot": ctx.n_boot, **options})
     if "supervised encoder" in curves:
         for figure in ("lct", *ANOMALY_FIGURES):

@@ -64,7 +64,8 @@ EVALUATIONS: dict[str, Evaluation] = {e.name: e for e in (
                          "val_data", "test_data"), adapter="clrdist.eval.finetune:evaluate"),
     Evaluation("cwola", "idealised CWoLa scan (and the bump hunt when stores have m_jj)",
                "clrdist.eval.cwola:idealised_cwola_scan", adapter="clrdist.eval.cwola:evaluate",
-               references=("init", "raw", "sup"), init_seeds="one"),  # a scan of MLP fits per seed: the LCT carries the seed spread
+               # a scan of MLP fits per seed: the LCT carries the seed spread
+               references=("init", "raw", "sup"), init_seeds="one"),
     Evaluation("bumphunt", "CWoLa bump hunt in m_jj (dijet stores)",
                "clrdist.eval.bumphunt:hunt_at_fractions",
                forwards=("clrdist.eval.bumphunt:blind_scan",), adapter=_A + "bumphunt",
