@@ -171,20 +171,29 @@ def test_killed_worker_is_replaced_and_the_run_resumes(ray_cluster, toy_splits, 
     thread.start()
     # Kill only once Ray Train has registered a checkpoint (what the replaced workers restore):
     # a checkpoint directory appears before that; the controller's snapshot is written once a
-    # checkpoint is registered. The bound only turns a hang into a failure.
+    # checkpoint is registered. The workers' pids are looked up before that, because the state
+    # API takes seconds on a busy machine, time in which the workers can finish training (the
+    # kill then lands on a finished run and nothing is redone). The bound only turns a hang into
+    # a failure.
     def registered():
         return list((tmp_path / "ray").glob("*/checkpoint_manager_snapshot.json"))
 
+    def training_workers():
+        alive = list_actors(address=ray.get_runtime_context().gcs_address,
+                            filters=[("state", "=", "ALIVE")])
+        return [a.pid for a in alive if a.class_name == "RayTrainWorker"]
+
     give_up = time.monotonic() + 900
-    while not registered() and thread.is_alive() and time.monotonic() < give_up:
+    workers: list[int] = []
+    while len(workers) < 2 and thread.is_alive() and time.monotonic() < give_up:
+        workers = training_workers()
         time.sleep(0.2)
+    assert workers, "no live training worker to kill"
+    while not registered() and thread.is_alive() and time.monotonic() < give_up:
+        time.sleep(0.05)
     assert registered() and thread.is_alive(), \
         f"no registered checkpoint while training ran (training ended: {not thread.is_alive()})"
-    alive = list_actors(address=ray.get_runtime_context().gcs_address,
-                        filters=[("state", "=", "ALIVE")])
-    workers = [a for a in alive if a.class_name == "RayTrainWorker"]
-    assert workers, "no live training worker to kill"
-    os.kill(workers[-1].pid, signal.SIGKILL)
+    os.kill(workers[-1], signal.SIGKILL)
     thread.join(timeout=300)
     result = out["result"]
     n_train = open_store(toy_splits / "train.zarr").n
