@@ -68,6 +68,9 @@ class ContrastiveLossConfig(LossConfig):
     """nt_xent, anomalyclr, anomalyclr_plus, supcon."""
 
     keep_positive: bool | None = None  # denominator keeps the positive; None = the loss's published form
+    # + norm_penalty x mean |z| of the first view's projection before it is normalised: the one
+    # term that acts on |z| (DarkCLR's public code: 1e-3, its anomaly score is |z|); 0: off
+    norm_penalty: float = Field(0.0, ge=0)
 
     @field_validator("name")
     @classmethod

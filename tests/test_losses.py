@@ -155,3 +155,30 @@ def test_each_loss_defaults_to_its_published_denominator(tmp_path):
     assert build_loss(LossConfig(name="nt_xent")).keep_positive is True
     assert build_loss(LossConfig(name="anomalyclr", keep_positive=True)).keep_positive is True
     assert build_loss(LossConfig(name="nt_xent", keep_positive=False)).keep_positive is False
+
+
+@pytest.mark.parametrize("name", CONTRASTIVE)
+def test_norm_penalty_adds_the_mean_norm_of_the_first_view_and_only_it_acts_on_the_norm(name):
+    """DarkCLR's |z| term: loss + w x mean_i |z1_i|. The cosine terms cannot see a view's scale,
+    so only the penalty's gradient shrinks z1, and z2 / z_anom get none from it."""
+    z1, z2, za = views()
+    labels = torch.tensor([0, 1, 0, 1, 0, 1])
+    plain = build_loss(LossConfig(name=name, temperature=0.2))
+    w = 1e-3
+    penalised = build_loss(LossConfig(name=name, temperature=0.2, norm_penalty=w))
+    base = plain(z1, z2, z_anom=za, labels=labels)
+    leaves = [v.clone().requires_grad_() for v in (z1, z2, za)]
+    out = penalised(leaves[0], leaves[1], z_anom=leaves[2], labels=labels)
+    mean_norm = sum(float(v.norm()) for v in z1) / len(z1)
+    assert out["norm"].item() == pytest.approx(mean_norm, rel=1e-9)
+    assert out["loss"].item() == pytest.approx(base["loss"].item() + w * mean_norm, rel=1e-9)
+    assert "norm" not in base
+    out["loss"].backward()
+    # the radial part of each gradient: the cosine terms contribute none, the penalty w / B
+    grads = [torch.zeros_like(x) if x.grad is None else x.grad for x in leaves]  # za: unused
+    radial = [(g * v).sum(1) / v.norm(dim=1) for g, v in zip(grads, (z1, z2, za))]
+    assert torch.allclose(radial[0], torch.full_like(radial[0], w / len(z1)), atol=1e-12)
+    assert torch.allclose(radial[1], torch.zeros_like(radial[1]), atol=1e-12)
+    assert torch.allclose(radial[2], torch.zeros_like(radial[2]), atol=1e-12)
+    with pytest.raises(ValueError, match="norm_penalty"):
+        LossConfig(name=name, norm_penalty=-1e-3)

@@ -139,11 +139,23 @@ class _Contrastive(Loss):
     published_keep_positive = True  # the denominator of the loss's paper (keep_positive=None)
 
     def __init__(self, temperature: float = 0.1, keep_positive: bool | None = None,
-                 gather: bool = True):
+                 gather: bool = True, norm_penalty: float = 0.0):
         super().__init__()
         if keep_positive is None:
             keep_positive = self.published_keep_positive
         self.temperature, self.keep_positive, self.gather = temperature, keep_positive, gather
+        self.norm_penalty = norm_penalty
+
+    def _with_norm(self, terms: dict[str, torch.Tensor], z1: torch.Tensor
+                   ) -> dict[str, torch.Tensor]:
+        """Add ``norm_penalty`` x mean |z1| (the first view's projection, not normalised; a local
+        mean, which DDP's gradient average makes the global one) as the term "norm"."""
+        if not self.norm_penalty:
+            return terms
+        with fp32_math(z1.device):
+            norm = torch.linalg.vector_norm(
+                z1, dim=1, dtype=torch.promote_types(z1.dtype, torch.float32)).mean()
+        return {**terms, "loss": terms["loss"] + self.norm_penalty * norm, "norm": norm}
 
     def _need_anom(self, z_anom):
         if z_anom is None:
@@ -157,8 +169,9 @@ class NTXentLoss(_Contrastive):
 
     def forward(self, z1, z2, z_anom=None, *, labels=None, inputs=None, reps=None
                 ) -> dict[str, torch.Tensor]:
-        return {"loss": nt_xent(z1, z2, temperature=self.temperature,
-                                keep_positive=self.keep_positive, gather=self.gather)}
+        return self._with_norm({"loss": nt_xent(z1, z2, temperature=self.temperature,
+                                                keep_positive=self.keep_positive,
+                                                gather=self.gather)}, z1)
 
     def collapse_value(self, n_global: int) -> float:
         """The loss of a fully collapsed projection (all similarities equal), global batch N."""
@@ -173,8 +186,9 @@ class AnomalyCLRLoss(_Contrastive):
 
     def forward(self, z1, z2, z_anom=None, *, labels=None, inputs=None, reps=None
                 ) -> dict[str, torch.Tensor]:
-        return anomalyclr(z1, z2, self._need_anom(z_anom), temperature=self.temperature,
-                          keep_positive=self.keep_positive, gather=self.gather)
+        return self._with_norm(anomalyclr(z1, z2, self._need_anom(z_anom),
+                                          temperature=self.temperature,
+                                          keep_positive=self.keep_positive, gather=self.gather), z1)
 
 
 class AnomalyCLRPlusLoss(_Contrastive):
@@ -183,7 +197,8 @@ class AnomalyCLRPlusLoss(_Contrastive):
 
     def forward(self, z1, z2, z_anom=None, *, labels=None, inputs=None, reps=None
                 ) -> dict[str, torch.Tensor]:
-        return anomalyclr_plus(z1, z2, self._need_anom(z_anom), temperature=self.temperature)
+        return self._with_norm(anomalyclr_plus(z1, z2, self._need_anom(z_anom),
+                                               temperature=self.temperature), z1)
 
 
 class SupConLoss(_Contrastive):
@@ -194,4 +209,5 @@ class SupConLoss(_Contrastive):
                 ) -> dict[str, torch.Tensor]:
         if labels is None:
             raise ValueError("SupConLoss needs labels (the batch's 'label')")
-        return {"loss": supcon(z1, z2, labels, temperature=self.temperature, gather=self.gather)}
+        return self._with_norm({"loss": supcon(z1, z2, labels, temperature=self.temperature,
+                                               gather=self.gather)}, z1)
