@@ -176,7 +176,7 @@ def test_norm_penalty_adds_the_mean_norm_of_the_first_view_and_only_it_acts_on_t
     out["loss"].backward()
     # the radial part of each gradient: the cosine terms contribute none, the penalty w / B
     grads = [torch.zeros_like(x) if x.grad is None else x.grad for x in leaves]  # za: unused
-    radial = [(g * v).sum(1) / v.norm(dim=1) for g, v in zip(grads, (z1, z2, za))]
+    radial = [(g * v).sum(1) / v.norm(dim=1) for g, v in zip(grads, (z1, z2, za), strict=True)]
     assert torch.allclose(radial[0], torch.full_like(radial[0], w / len(z1)), atol=1e-12)
     assert torch.allclose(radial[1], torch.zeros_like(radial[1]), atol=1e-12)
     assert torch.allclose(radial[2], torch.zeros_like(radial[2]), atol=1e-12)
