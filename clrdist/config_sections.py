@@ -145,7 +145,9 @@ class TransformerModelConfig(ModelConfig):
     heads: int = Field(4, gt=0)  # attention heads; must divide model_dim
     layers: int = Field(2, gt=0)  # transformer layers
     dropout: float = Field(0.1, ge=0, lt=1)  # dropout in the encoder
-    pooling: Literal["pt_sum", "mean"] = "pt_sum"  # pt_sum is needed, not enough, for IR/C safety (docs/core.md)
+    # pt_sum is needed, not enough, for IR/C safety (docs/core.md); sum: the plain sum over
+    # constituents (DarkCLR's public code), whose |rep| grows with multiplicity (not IR safe)
+    pooling: Literal["pt_sum", "mean", "sum"] = "pt_sum"
     log_pt_bias: bool = False  # JetCLR additive attention bias 0.5 log(pT_j)
     log_pt_bias_scale: float = Field(0.5, gt=0)  # bias = scale * log(pT_j); 1.0 weights keys by pT
     embed_pt: bool = True  # pT enters the constituent embedding; False + bias scale 1 -> IR/C safe

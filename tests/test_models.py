@@ -28,6 +28,7 @@ def model(**kw):
 CONFIGS = {
     "pt_sum": dict(),
     "mean": dict(pooling="mean"),
+    "sum": dict(pooling="sum", norm_first=False),  # DarkCLR's public code
     "jetclr_bias": dict(log_pt_bias=True),
     "post_norm": dict(norm_first=False, log_pt_bias=True),
     "irc_safe": dict(log_pt_bias=True, log_pt_bias_scale=1.0, embed_pt=False),
@@ -46,6 +47,13 @@ def test_shapes_and_permutation_invariance(name):
     rep2, z2 = m(x[:, perm], mask[:, perm])
     assert torch.allclose(rep, rep2, atol=1e-10) and torch.allclose(z, z2, atol=1e-10)
     assert torch.allclose(m.represent(x, mask), rep)
+
+
+def test_sum_pooling_is_the_mean_times_the_multiplicity():
+    x, mask = jets()
+    x = x.double()
+    mean, total = model(pooling="mean").represent(x, mask), model(pooling="sum").represent(x, mask)
+    assert torch.allclose(total, mean * mask.sum(1, keepdim=True), atol=1e-10)
 
 
 @pytest.mark.parametrize("name", CONFIGS)

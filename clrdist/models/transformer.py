@@ -141,7 +141,8 @@ class Block(nn.Module):
 class TransformerEncoder(nn.Module):
     """x: (B, P, F) float, x[..., 0] the (scaled) pT; mask: (B, P) bool -> (B, model_dim).
 
-    pooling: "pt_sum" (sum of constituent outputs weighted by pT_i / sum pT) or "mean" (masked).
+    pooling: "pt_sum" (sum of constituent outputs weighted by pT_i / sum pT), "mean" (masked) or
+    "sum" (masked, unweighted: DarkCLR's public code; |rep| then grows with the multiplicity).
     buckets > 1 encodes the batch in that many groups of similar multiplicity (less padding).
 
     ``trim`` (attribute): cut each batch (bucket) to its longest sample. That reads the
@@ -158,8 +159,8 @@ class TransformerEncoder(nn.Module):
         self.trim: bool | None = None  # trim padding per batch (None: on the CPU only)
         if model_dim % heads:
             raise ValueError(f"heads ({heads}) must divide model_dim ({model_dim})")
-        if pooling not in ("pt_sum", "mean"):
-            raise ValueError(f"unknown pooling {pooling!r}; known: pt_sum, mean")
+        if pooling not in ("pt_sum", "mean", "sum"):
+            raise ValueError(f"unknown pooling {pooling!r}; known: pt_sum, mean, sum")
         self.pooling = pooling
         self.log_pt_bias = log_pt_bias
         self.log_pt_bias_scale = log_pt_bias_scale
@@ -196,7 +197,9 @@ class TransformerEncoder(nn.Module):
         if self.pooling == "pt_sum":
             w = pt * mask
             w = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-        else:
+        elif self.pooling == "mean":
             w = mask.to(h.dtype)
             w = w / w.sum(1, keepdim=True).clamp_min(1.0)
+        else:
+            w = mask.to(h.dtype)
         return torch.einsum("bp,bpd->bd", w.to(h.dtype), h)
