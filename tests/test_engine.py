@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from clrdist.config import RunConfig
 from clrdist.factory import build_model
+from clrdist.precision import resolve
 from clrdist.train import checkpoint
 from clrdist.train.engine import DDPEngine, LossGuard, NonFiniteLoss, lr_lambda
 
@@ -40,8 +41,11 @@ def batch(cfg, seed):
 
 
 def loss_of(model, cfg, seed):
-    rep, z = model(*batch(cfg, seed))
-    return z.square().mean()
+    # the forward under the run's precision policy, as the training step runs it: on a CPU with
+    # native bf16, DeepSpeed's bf16 mode holds bf16 weights that only autocast feeds
+    with resolve(cfg.scaling.precision, "cpu").forward_context():
+        rep, z = model(*batch(cfg, seed))
+    return z.float().square().mean()
 
 
 def same_tensors(a: dict, b: dict) -> bool:
@@ -49,6 +53,9 @@ def same_tensors(a: dict, b: dict) -> bool:
 
 
 def optimiser_moments(state: dict) -> list[torch.Tensor]:
+    # DeepSpeed's bf16 mode without ZeRO wraps AdamW (FP16_UnfusedOptimizer: fp32 master
+    # weights in "fp32_groups", AdamW's own state in "optimizer_state_dict")
+    state = state.get("optimizer_state_dict", state)
     return [t for s in state["state"].values() for t in (s["exp_avg"], s["exp_avg_sq"])]
 
 
