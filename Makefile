@@ -44,9 +44,10 @@ test-cluster: $(STAMP)
 
 test-slurm: test-cluster
 
-# The unit tier in random order (a test that depends on another's side effects fails here).
+# The unit tier in random order (a test that depends on another's side effects fails here), in
+# TEST_WORKERS processes too.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m unit --random-order tests
+	$(PY) -m pytest -q -m unit --random-order -n $(TEST_WORKERS) tests
 
 bench: $(STAMP)
 	$(PY) -m bench.loader

@@ -173,8 +173,11 @@ class NTXentLoss(_Contrastive):
                                                 keep_positive=self.keep_positive,
                                                 gather=self.gather)}, z1)
 
-    def collapse_value(self, n_global: int) -> float:
-        """The loss of a fully collapsed projection (all similarities equal), global batch N."""
+    def collapse_value(self, n_global: int) -> float | None:
+        """The loss of a fully collapsed projection (all similarities equal), global batch N;
+        None with a norm penalty (the penalised loss has no fixed collapse value)."""
+        if self.norm_penalty:
+            return None
         return collapse_value(n_global, self.keep_positive)
 
 
