@@ -160,23 +160,36 @@ def test_killed_worker_is_replaced_and_the_run_resumes(ray_cluster, toy_splits, 
 
     from ray.util.state import list_actors
 
-    # 2 x 37 steps of 2 x 16 jets, a checkpoint every 12: the kill lands mid-training even though
-    # the workers do not wait for the controller between reports (clrdist.train.trainer
-    # .controller_poll_interval)
+    # 2 x 37 steps of 2 x 16 jets, a checkpoint every 12 steps (and at epoch ends), the loss
+    # logged every 2 steps
     cfg = tiny_config(toy_splits, tmp_path, "optim.epochs=2", "data.batch_size=16",
                       "checkpoint.every_steps=12", "scaling.max_failures=1", "eval.lct=false",
-                      "eval.every_epochs=null")
+                      "eval.every_epochs=null", "tracking.run_name=killed-worker")
+    uri = tracking.resolve_uri(cfg.tracking.uri)
     out: dict = {}
     thread = threading.Thread(target=lambda: out.update(result=train(cfg)), daemon=True)
     thread.start()
-    # Kill only once Ray Train has registered a checkpoint (what the replaced workers restore):
-    # a checkpoint directory appears before that; the controller's snapshot is written once a
-    # checkpoint is registered. The workers' pids are looked up before that, because the state
-    # API takes seconds on a busy machine, time in which the workers can finish training (the
-    # kill then lands on a finished run and nothing is redone). The bound only turns a hang into
-    # a failure.
+
+    # When to kill, so that the replaced workers must redo steps that were already logged:
+    # - after Ray Train has registered a checkpoint (its snapshot file exists), so the new
+    #   workers restore one instead of starting over;
+    # - right after the workers logged a step 2 to 6 steps past a checkpoint step (a multiple
+    #   of 12; the epoch-end one, 37, is odd and never logged): the restored checkpoint is at or
+    #   before the last one they wrote, so the logged steps after it come again, and the next
+    #   checkpoint is 6 or more steps away from the kill.
+    # Killing at the snapshot is too early (the workers wait for the controller at a checkpoint,
+    # so nothing past it is logged yet); killing after a state-API call of seconds is too late
+    # on a busy machine (the run is over). The bound only turns a hang into a failure.
     def registered():
         return list((tmp_path / "ray").glob("*/checkpoint_manager_snapshot.json"))
+
+    def last_logged() -> int:
+        try:
+            run = tracking.find_run(uri, cfg.tracking.experiment, "killed-worker")
+            steps = [s for s, _ in tracking.metric_history(uri, run["run_id"], "train_loss")]
+        except Exception:  # the database or the run is being created
+            return 0
+        return max(steps, default=0)
 
     def training_workers():
         alive = list_actors(address=ray.get_runtime_context().gcs_address,
@@ -186,14 +199,18 @@ def test_killed_worker_is_replaced_and_the_run_resumes(ray_cluster, toy_splits, 
     give_up = time.monotonic() + 900
     workers: list[int] = []
     while len(workers) < 2 and thread.is_alive() and time.monotonic() < give_up:
-        workers = training_workers()
+        workers = training_workers()  # the state API takes seconds: asked before training runs
         time.sleep(0.2)
     assert workers, "no live training worker to kill"
-    while not registered() and thread.is_alive() and time.monotonic() < give_up:
+    killed_after = None
+    while thread.is_alive() and time.monotonic() < give_up:
+        step = last_logged()
+        if step % 12 in (2, 4, 6) and registered():
+            os.kill(workers[-1], signal.SIGKILL)
+            killed_after = step
+            break
         time.sleep(0.05)
-    assert registered() and thread.is_alive(), \
-        f"no registered checkpoint while training ran (training ended: {not thread.is_alive()})"
-    os.kill(workers[-1], signal.SIGKILL)
+    assert killed_after, "training ended before a step past a registered checkpoint was logged"
     thread.join(timeout=300)
     result = out["result"]
     n_train = open_store(toy_splits / "train.zarr").n
@@ -205,7 +222,7 @@ def test_killed_worker_is_replaced_and_the_run_resumes(ray_cluster, toy_splits, 
     # (the steps logged before the first checkpoint, at step 12, are never redone)
     steps = [s for s, _ in tracking.metric_history(result.tracking_uri, result.run_id, "train_loss")]
     redone = {s for s in steps if steps.count(s) > 1}
-    assert redone and min(redone) > 12, steps
+    assert redone and min(redone) > 12 and killed_after in redone, (killed_after, steps)
 
 
 @pytest.mark.slow  # ~5 minutes: generation, training and every evaluation of the demo
