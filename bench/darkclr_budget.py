@@ -35,8 +35,14 @@ from clrdist.data.store import open_store
 from clrdist.eval.baselines import train_supervised
 from clrdist.eval.metrics import binary_labels, roc_metrics
 from clrdist.eval.mimic import jet_mass_pt
-from clrdist.factory import build_loss, build_model, build_views, initial_model, input_transform
-from clrdist.models.encode import Representation, model_inputs, numpy_inputs
+from clrdist.factory import (
+    build_loss,
+    build_views,
+    initial_model,
+    input_transform,
+    supervised_parts,
+)
+from clrdist.models.encode import model_inputs
 from clrdist.precision import resolve
 from clrdist.train.engine import LocalEngine, LossGuard
 from clrdist.train.step import prepare_model, seed_step, train_step
@@ -76,13 +82,12 @@ def scored(model, x, mask, labels) -> dict[str, float]:
 def supervised_crossfit(cfg, ev: dict, seed: int = 0) -> np.ndarray:
     """Logits of every evaluation jet from the same encoder trained with the labels of the other
     half (two folds split at random, ``train_supervised``: early stopping on a fifth of each)."""
-    inputs = input_transform(cfg)
+    factory, prepare = supervised_parts(cfg)
     fold = np.random.default_rng(seed).permutation(len(ev["label"])) % 2
     out = np.zeros(len(ev["label"]), np.float64)
     for k in (0, 1):
-        fit = train_supervised({key: v[fold != k] for key, v in ev.items()},
-                               lambda: Representation(build_model(cfg.model)), seed=seed + k,
-                               prepare=lambda p, m: numpy_inputs(p, m, inputs))
+        fit = train_supervised({key: v[fold != k] for key, v in ev.items()}, factory,
+                               seed=seed + k, prepare=prepare)
         out[fold == k] = fit.scores({key: v[fold == k] for key, v in ev.items()})
     return out
 

@@ -47,12 +47,12 @@ from clrdist.eval.runner import evaluate_during_training  # noqa: E402
 from clrdist.factory import (  # noqa: E402
     build_encoder,
     build_loss,
-    build_model,
     build_views,
     initial_model,
     input_transform,
+    supervised_parts,
 )
-from clrdist.models.encode import Representation, model_inputs, numpy_inputs  # noqa: E402
+from clrdist.models.encode import model_inputs  # noqa: E402
 from clrdist.train.inputs import view_inputs  # noqa: E402
 
 DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
@@ -158,9 +158,8 @@ def supervised_auc(cfg, fit: dict, score: dict, seed: int = 0) -> float:
     """The ceiling: the same encoder trained with ``fit``'s top / QCD labels (early stopping on a
     held-out fifth of them), its classifier's AUC on ``score``'s top and QCD jets."""
     fit, score = ({k: v[s["label"] < 2] for k, v in s.items()} for s in (fit, score))
-    inputs = input_transform(cfg)
-    model = train_supervised(fit, lambda: Representation(build_model(cfg.model)), seed=seed,
-                             prepare=lambda p, m: numpy_inputs(p, m, inputs))
+    factory, prepare = supervised_parts(cfg)
+    model = train_supervised(fit, factory, seed=seed, prepare=prepare)
     return auc(score["label"], model.scores(score))
 
 

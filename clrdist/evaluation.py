@@ -27,8 +27,8 @@ from clrdist.eval.metrics import EvalResult
 from clrdist.eval.registry import check_names
 from clrdist.eval.runner import Context, run_evaluations
 from clrdist.eval_checks import check_final_stores
-from clrdist.factory import build_encoder, build_model, initial_model, input_transform
-from clrdist.models.encode import Representation, numpy_inputs, resolve_device
+from clrdist.factory import build_encoder, build_model, initial_model, supervised_parts
+from clrdist.models.encode import Representation, resolve_device
 
 # evaluations that fit torch models and take a ``device`` option
 DEVICE_EVALUATIONS = ("nplm", "anomaly", "nae", "images", "mimic")
@@ -62,7 +62,7 @@ def evaluate_trained(model: torch.nn.Module, trained_cfg: RunConfig, which: set[
     with torch.random.fork_rng():
         untrained = [initial_model(trained_cfg.model, s) for s in seeds]
     device = resolve_device(cfg.eval.device)  # the GPU when there is one (eval.device: auto)
-    inputs = input_transform(trained_cfg)  # the run's input transform
+    model_factory, supervised_prepare = supervised_parts(trained_cfg)
     context = Context(
         batch_size=ENCODE_BATCH if device.type != "cpu" else Context.batch_size,
         seed=cfg.seed, feature_names=store.feature_names, kind=store.kind,
@@ -72,8 +72,7 @@ def evaluate_trained(model: torch.nn.Module, trained_cfg: RunConfig, which: set[
         init_encoders=[build_encoder(m, trained_cfg, device=device) for m in untrained],
         init_seeds=seeds,
         # the supervised baseline: a fresh encoder of the run's size on the run's inputs
-        model_factory=lambda: Representation(build_model(trained_cfg.model)),
-        supervised_prepare=lambda particles, mask: numpy_inputs(particles, mask, inputs),
+        model_factory=model_factory, supervised_prepare=supervised_prepare,
         known_classes=getattr(trained_cfg.loss, "known_classes", None))  # ORCA's
     if which & {"ceiling", "finetune"}:  # the labels of the jets the encoder was trained on
         _label_stores(context, model, trained_cfg, cfg)

@@ -17,18 +17,26 @@ The engine (DDP / DeepSpeed) is training's own and reads the config itself:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from clrdist.config import LossConfig, ModelConfig, RunConfig
 from clrdist.losses import LOSSES, Loss
 from clrdist.models import ContrastiveModel, DenseEncoder, ProjectionHead, TransformerEncoder
-from clrdist.models.encode import Encoder, InputTransform, make_encoder
+from clrdist.models.encode import (
+    Encoder,
+    InputTransform,
+    Representation,
+    make_encoder,
+    numpy_inputs,
+)
 from clrdist.models.prototypes import CosineClassifier, DINOHead
 from clrdist.physics.augment import View, build_view
 
 __all__ = ["ENCODERS", "HEADS", "loss_fields", "build_model", "initial_model", "build_loss",
-           "build_views", "input_transform", "build_encoder"]
+           "build_views", "input_transform", "build_encoder", "supervised_parts"]
 
 
 def _transformer(cfg: ModelConfig) -> TransformerEncoder:
@@ -110,3 +118,12 @@ def build_encoder(model: nn.Module, cfg: RunConfig, batch_size: int = 2048,
     or None (fp32)."""
     precision = cfg.scaling.precision if autocast == "run" else autocast
     return make_encoder(model, input_transform(cfg), batch_size, device, precision)
+
+
+def supervised_parts(cfg: RunConfig) -> tuple[Callable[[], nn.Module], Callable]:
+    """(model_factory, prepare) of the supervised reference (``eval.baselines.train_supervised``):
+    a fresh encoder of the run's size, ``(x, mask) -> representation``, and the run's inputs as
+    numpy arrays."""
+    inputs = input_transform(cfg)
+    return (lambda: Representation(build_model(cfg.model)),
+            lambda particles, mask: numpy_inputs(particles, mask, inputs))

@@ -146,16 +146,22 @@ class _Contrastive(Loss):
         self.temperature, self.keep_positive, self.gather = temperature, keep_positive, gather
         self.norm_penalty = norm_penalty
 
-    def _with_norm(self, terms: dict[str, torch.Tensor], z1: torch.Tensor
-                   ) -> dict[str, torch.Tensor]:
-        """Add ``norm_penalty`` x mean |z1| (the first view's projection, not normalised; a local
-        mean, which DDP's gradient average makes the global one) as the term "norm"."""
+    def forward(self, z1, z2, z_anom=None, *, labels=None, inputs=None, reps=None
+                ) -> dict[str, torch.Tensor]:
+        """The family's named terms (:meth:`terms`), plus ``norm_penalty`` x mean |z1| (the first
+        view's projection, not normalised; a local mean, which DDP's gradient average makes the
+        global one) in "loss" and as the term "norm"."""
+        out = self.terms(z1, z2, z_anom, labels)
         if not self.norm_penalty:
-            return terms
+            return out
         with fp32_math(z1.device):
             norm = torch.linalg.vector_norm(
                 z1, dim=1, dtype=torch.promote_types(z1.dtype, torch.float32)).mean()
-        return {**terms, "loss": terms["loss"] + self.norm_penalty * norm, "norm": norm}
+        return {**out, "loss": out["loss"] + self.norm_penalty * norm, "norm": norm}
+
+    def terms(self, z1, z2, z_anom, labels) -> dict[str, torch.Tensor]:
+        """The loss's named terms without the norm penalty (each family's equation)."""
+        raise NotImplementedError
 
     def _need_anom(self, z_anom):
         if z_anom is None:
@@ -167,11 +173,9 @@ class NTXentLoss(_Contrastive):
     """forward(z1, z2) -> {"loss"}; by default the SimCLR / public JetCLR denominator that keeps
     the positive."""
 
-    def forward(self, z1, z2, z_anom=None, *, labels=None, inputs=None, reps=None
-                ) -> dict[str, torch.Tensor]:
-        return self._with_norm({"loss": nt_xent(z1, z2, temperature=self.temperature,
-                                                keep_positive=self.keep_positive,
-                                                gather=self.gather)}, z1)
+    def terms(self, z1, z2, z_anom, labels) -> dict[str, torch.Tensor]:
+        return {"loss": nt_xent(z1, z2, temperature=self.temperature,
+                                keep_positive=self.keep_positive, gather=self.gather)}
 
     def collapse_value(self, n_global: int) -> float | None:
         """The loss of a fully collapsed projection (all similarities equal), global batch N;
@@ -187,30 +191,24 @@ class AnomalyCLRLoss(_Contrastive):
     needs_anomaly_view = True
     published_keep_positive = False  # AnomalyCLR (arXiv:2301.04660) eq. 3: positive dropped
 
-    def forward(self, z1, z2, z_anom=None, *, labels=None, inputs=None, reps=None
-                ) -> dict[str, torch.Tensor]:
-        return self._with_norm(anomalyclr(z1, z2, self._need_anom(z_anom),
-                                          temperature=self.temperature,
-                                          keep_positive=self.keep_positive, gather=self.gather), z1)
+    def terms(self, z1, z2, z_anom, labels) -> dict[str, torch.Tensor]:
+        return anomalyclr(z1, z2, self._need_anom(z_anom), temperature=self.temperature,
+                          keep_positive=self.keep_positive, gather=self.gather)
 
 
 class AnomalyCLRPlusLoss(_Contrastive):
     """forward(z1, z2, z_anom) -> {"loss", "align", "anomaly"} (no negatives)."""
     needs_anomaly_view = True
 
-    def forward(self, z1, z2, z_anom=None, *, labels=None, inputs=None, reps=None
-                ) -> dict[str, torch.Tensor]:
-        return self._with_norm(anomalyclr_plus(z1, z2, self._need_anom(z_anom),
-                                               temperature=self.temperature), z1)
+    def terms(self, z1, z2, z_anom, labels) -> dict[str, torch.Tensor]:
+        return anomalyclr_plus(z1, z2, self._need_anom(z_anom), temperature=self.temperature)
 
 
 class SupConLoss(_Contrastive):
     """forward(z1, z2, labels=labels) -> {"loss"}."""
     needs_labels = True
 
-    def forward(self, z1, z2, z_anom=None, *, labels=None, inputs=None, reps=None
-                ) -> dict[str, torch.Tensor]:
+    def terms(self, z1, z2, z_anom, labels) -> dict[str, torch.Tensor]:
         if labels is None:
             raise ValueError("SupConLoss needs labels (the batch's 'label')")
-        return self._with_norm({"loss": supcon(z1, z2, labels, temperature=self.temperature,
-                                               gather=self.gather)}, z1)
+        return {"loss": supcon(z1, z2, labels, temperature=self.temperature, gather=self.gather)}

@@ -197,9 +197,8 @@ class TransformerEncoder(nn.Module):
         if self.pooling == "pt_sum":
             w = pt * mask
             w = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-        elif self.pooling == "mean":
+        else:  # mean or sum over the real slots
             w = mask.to(h.dtype)
-            w = w / w.sum(1, keepdim=True).clamp_min(1.0)
-        else:
-            w = mask.to(h.dtype)
+            if self.pooling == "mean":
+                w = w / w.sum(1, keepdim=True).clamp_min(1.0)
         return torch.einsum("bp,bpd->bd", w.to(h.dtype), h)
