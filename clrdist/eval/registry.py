@@ -69,7 +69,7 @@ EVALUATIONS: dict[str, Evaluation] = {e.name: e for e in (
     Evaluation("bumphunt", "CWoLa bump hunt in m_jj (dijet stores)",
                "clrdist.eval.bumphunt:hunt_at_fractions",
                forwards=("clrdist.eval.bumphunt:blind_scan",), adapter=_A + "bumphunt",
-               init_seeds="one"),
+               references=("init", "raw", "sup"), init_seeds="one"),
     Evaluation("nplm", "NPLM test of the representation, next to the untrained encoder, the raw "
                "inputs and the supervised encoder",
                "clrdist.eval.nplm:nplm_evaluation",
