@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--config", default=str(CONFIG))
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--init-seeds", type=int, default=5)
+    p.add_argument("--train-seeds", type=int, default=2,
+                   help="train the encoder at this many seeds (--seed, --seed + 1, ...): rows "
+                        "trained, trained_1, ...")
     p.add_argument("--ae-epochs", type=int, default=60)
     p.add_argument("--ae-scale", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
@@ -65,14 +68,17 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"encoder {n // 2} SM events, AE fit {len(ae_fit['label'])}, test "
           f"{int((test['label'] == 0).sum())} SM + {int((test['label'] > 0).sum())} signal", flush=True)
     t0 = time.perf_counter()
-    model = train_encoder(cfg, train, epochs=a.epochs, seed=a.seed, labels=None)
+    models = [train_encoder(cfg, train, epochs=a.epochs, seed=a.seed + i, labels=None)
+              for i in range(a.train_seeds)]
     t_train = time.perf_counter() - t0
+    trained = ["trained"] + [f"trained_{i}" for i in range(1, a.train_seeds)]
 
     def raw(d: dict) -> np.ndarray:
         x, _ = model_inputs(d["particles"], d["mask"], input_transform(cfg))
         return x.reshape(len(x), -1).numpy()
 
-    encoders = {"trained": build_encoder(model, cfg), "raw": raw}
+    encoders = {name: build_encoder(m, cfg) for name, m in zip(trained, models, strict=True)}
+    encoders["raw"] = raw
     for s in range(a.init_seeds):
         encoders[f"untrained_{s}"] = build_encoder(initial_model(cfg.model, 1000 + s), cfg)
     rows, inv = [], {}
@@ -95,14 +101,16 @@ def main(argv: list[str] | None = None) -> dict:
             print(row, flush=True)
     for sig_name in sorted({s for _, s in inv}):
         base = [inv[(f"untrained_{s}", sig_name)] for s in range(a.init_seeds)]
-        rows.append({"name": f"gain trained / raw / {sig_name}", "signal": sig_name,
-                     "gain": round(inv[("trained", sig_name)] / inv[("raw", sig_name)], 2)})
-        if base:
-            g = inv[("trained", sig_name)] / np.array(base)
-            rows.append({"name": f"gain trained / untrained / {sig_name}", "signal": sig_name,
-                         "gain": round(float(np.mean(g)), 2),
-                         "gain_spread": round(float(np.std(g)), 2)})
+        for name in trained:
+            rows.append({"name": f"gain {name} / raw / {sig_name}", "signal": sig_name,
+                         "gain": round(inv[(name, sig_name)] / inv[("raw", sig_name)], 2)})
+            if base:
+                g = inv[(name, sig_name)] / np.array(base)
+                rows.append({"name": f"gain {name} / untrained / {sig_name}", "signal": sig_name,
+                             "gain": round(float(np.mean(g)), 2),
+                             "gain_spread": round(float(np.std(g)), 2)})
     out = {"config": a.config, "epochs": a.epochs, "ae_epochs": a.ae_epochs,
+           "train_seeds": a.train_seeds,
            "ae_scale": a.ae_scale, "train_s": round(t_train, 1),
            "total_s": round(time.perf_counter() - t_start, 1),
            "load_avg_1m": round(os.getloadavg()[0], 2),

@@ -220,6 +220,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lam", type=float, default=None,
                    help="kernel penalty (default: chosen on the null toys, as clrdist eval does)")
     p.add_argument("--init-seeds", type=int, default=5)
+    p.add_argument("--train-seeds", type=int, default=2,
+                   help="train the encoder at this many seeds (--seed, --seed + 1, ...): rows "
+                        "embedding, embedding_1, ...")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bootstrap", type=int, default=200)
     p.add_argument("--out-dir", default="bench_out/adc_nplm")
@@ -246,9 +249,10 @@ def main(argv: list[str] | None = None) -> dict:
         labels = train["features"][:, bkg_store.feature_names.index("process_id")].astype(int)
     epochs = a.epochs if a.epochs is not None else cfg.optim.epochs
     t0 = time.perf_counter()
-    model = train_encoder(cfg, train, epochs=epochs, seed=a.seed, labels=labels,
-                          mask_value=a.mask_value)
+    models = [train_encoder(cfg, train, epochs=epochs, seed=a.seed + i, labels=labels,
+                            mask_value=a.mask_value) for i in range(a.train_seeds)]
     t_train = time.perf_counter() - t0
+    trained = ["embedding"] + [f"embedding_{i}" for i in range(1, a.train_seeds)]
 
     def rep_of(encode) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         return encode(pool), {s: encode({k: v[sig["label"] == s] for k, v in sig.items()})
@@ -258,7 +262,8 @@ def main(argv: list[str] | None = None) -> dict:
         x, _ = model_inputs(d["particles"], d["mask"], input_transform(cfg))
         return x.reshape(len(x), -1).numpy().astype(np.float64)
 
-    reps = {"embedding": rep_of(build_encoder(model, cfg)), "raw": rep_of(raw)}
+    reps = {name: rep_of(build_encoder(m, cfg)) for name, m in zip(trained, models, strict=True)}
+    reps["raw"] = rep_of(raw)
     for s in range(a.init_seeds):
         reps[f"untrained_{s}"] = rep_of(build_encoder(initial_model(cfg.model, 1000 + s), cfg))
     n_grid = np.array([int(x) for x in a.n_sig.split(",")])
@@ -298,10 +303,10 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  {names[s]}: median Z {np.round(z_med, 2).tolist()} -> n(Z=3) "
                   f"{n3 if n3 is None else round(n3, 1)} +- {err}", flush=True)
     t_nplm = time.perf_counter() - t0
-    for s in sig_labels:  # the headline: raw / embedding, and raw / untrained (mean over inits)
-        for ref in ("embedding", "untrained"):
-            if ref == "embedding":
-                b_ref = boots_by[("embedding", s)]
+    for s in sig_labels:  # the headline: raw / embedding (each training seed), and raw /
+        for ref in (*trained, "untrained"):  # untrained (mean over inits)
+            if ref != "untrained":
+                b_ref = boots_by[(ref, s)]
             else:
                 b_ref = finite_mean([boots_by[(f"untrained_{i}", s)] for i in range(a.init_seeds)]
                                     ) if a.init_seeds else np.full(a.bootstrap, np.nan)
@@ -316,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
               "train_events": half, "pool_events": int(len(pool["label"])),
               "n_ref": a.n_ref, "n_data": a.n_data, "M": a.M, "toys_null_per_set": a.toys_null,
               "toys_sig": a.toys_sig, "init_seeds": a.init_seeds,
-              "train_s": round(t_train, 1), "nplm_s": round(t_nplm, 1),
+              "train_seeds": a.train_seeds, "train_s": round(t_train, 1), "nplm_s": round(t_nplm, 1),
               "total_s": round(time.perf_counter() - t_start, 1),
               "load_avg_1m": round(os.getloadavg()[0], 2),
               "published": "Metzger et al. arXiv:2502.15926: the embedding needs > 10x less signal "

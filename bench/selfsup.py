@@ -141,10 +141,12 @@ def orca_metrics(model: torch.nn.Module, cfg, test: dict) -> dict[str, float]:
                                 "orca_anomaly_auc")}
 
 
-def lct_auc(model: torch.nn.Module | None, cfg, fit: dict, score: dict) -> float:
-    """LCT (top vs QCD): fitted on ``fit``'s top and QCD jets, scored on ``score``'s; ``model``
-    None: the raw inputs (flattened model inputs)."""
-    fit, score = ({k: v[s["label"] < 2] for k, v in s.items()} for s in (fit, score))
+def lct_auc(model: torch.nn.Module | None, cfg, fit: dict, score: dict,
+            signal: int = 1) -> float:
+    """LCT of ``signal`` (1 top, 2 W) against QCD: fitted on ``fit``'s jets of the two classes,
+    scored on ``score``'s; ``model`` None: the raw inputs (flattened model inputs)."""
+    fit, score = ({k: v[np.isin(s["label"], (0, signal))] for k, v in s.items()}
+                  for s in (fit, score))
     if model is None:
         inputs = input_transform(cfg)
         rep = lambda s: model_inputs(s["particles"], s["mask"], inputs)[0].flatten(1).numpy()  # noqa: E731
@@ -154,13 +156,14 @@ def lct_auc(model: torch.nn.Module | None, cfg, fit: dict, score: dict) -> float
                                           score["label"])["lct_auc"])
 
 
-def supervised_auc(cfg, fit: dict, score: dict, seed: int = 0) -> float:
-    """The ceiling: the same encoder trained with ``fit``'s top / QCD labels (early stopping on a
-    held-out fifth of them), its classifier's AUC on ``score``'s top and QCD jets."""
-    fit, score = ({k: v[s["label"] < 2] for k, v in s.items()} for s in (fit, score))
+def supervised_auc(cfg, fit: dict, score: dict, seed: int = 0, signal: int = 1) -> float:
+    """The ceiling: the same encoder trained with ``fit``'s ``signal`` / QCD labels (early
+    stopping on a held-out fifth of them), its classifier's AUC on ``score``'s jets of the two."""
+    fit, score = ({k: v[np.isin(s["label"], (0, signal))] for k, v in s.items()}
+                  for s in (fit, score))
     factory, prepare = supervised_parts(cfg)
     model = train_supervised(fit, factory, seed=seed, prepare=prepare)
-    return auc(score["label"], model.scores(score))
+    return auc((score["label"] > 0).astype(int), model.scores(score))
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -197,15 +200,16 @@ def measure(n_jets: int, steps: int, seed: int, init_seeds: int, train_seeds: in
                                [m[key] for m in untrained]))
     dino_cfg = config("dino")
     # the LCT is fitted on the training half (DINO never saw its labels), scored on the test half
-    untrained = [lct_auc(initial_model(dino_cfg.model, s), dino_cfg, train_set, test)
-                 for s in range(init_seeds)]
     nets = [train(dino_cfg, train_set, steps, s) for s in range(train_seeds)]
-    raw = lct_auc(None, dino_cfg, train_set, test)
-    sup = supervised_auc(dino_cfg, train_set, test)  # last: the rows above keep their draws
-    for i, who in enumerate(("teacher", "student")):  # the teacher is what clrdist evaluates
-        trained = [lct_auc(n[i], dino_cfg, train_set, test) for n in nets]
-        rows.append(result_row(f"DINO LCT AUC (top vs QCD), {who}", trained, untrained, raw,
-                               sup))
+    for signal, name in ((1, "top"), (2, "W")):
+        untrained = [lct_auc(initial_model(dino_cfg.model, s), dino_cfg, train_set, test, signal)
+                     for s in range(init_seeds)]
+        raw = lct_auc(None, dino_cfg, train_set, test, signal)
+        sup = supervised_auc(dino_cfg, train_set, test, signal=signal)
+        for i, who in enumerate(("teacher", "student")):  # the teacher is what clrdist evaluates
+            trained = [lct_auc(n[i], dino_cfg, train_set, test, signal) for n in nets]
+            rows.append(result_row(f"DINO LCT AUC ({name} vs QCD), {who}", trained, untrained,
+                                   raw, sup))
     return {"jets_per_process": n_jets, "steps": steps, "batch": orca_cfg.data.batch_size,
             "data_seed": seed, "train_seeds": train_seeds, "init_seeds": init_seeds, "rows": rows}
 

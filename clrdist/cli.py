@@ -78,7 +78,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(out_dir=args.out, n_per_class=args.jets_per_class, epochs=args.epochs,
              workers=args.workers, tracking_uri=args.tracking_uri, data=args.data,
-             verbose=args.verbose)
+             verbose=args.verbose, train_seeds=args.train_seeds)
     return 0
 
 
@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: 10000 (Pythia) or 15000 (toy)")
     d.add_argument("--epochs", type=int, default=None, help="default: configs/demo.yaml's")
     d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--train-seeds", type=int, default=1, metavar="N",
+                   help="train at N seeds (the config's and the next ones; the extra runs "
+                        "evaluate the LCT only): the verdict then needs each to beat every "
+                        "untrained seed (default 1)")
     d.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     d.set_defaults(func=_cmd_demo)
     return p

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -30,14 +32,17 @@ from clrdist.precision import resolve
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
-def demo_config(out: Path, *, epochs: int | None, workers: int, tracking_uri: str):
-    """configs/demo.yaml when present (a source checkout), else the built-in defaults."""
+def demo_config(out: Path, *, epochs: int | None, workers: int, tracking_uri: str,
+                extra: Sequence[str] = ()):
+    """configs/demo.yaml when present (a source checkout), else the built-in defaults; ``extra``:
+    more ``key=value`` overrides."""
     overrides = [
         f"data.{name}_store={out / f'{name}.zarr'}" for name in SPLITS
     ] + [*([f"optim.epochs={epochs}"] if epochs else []),
         f"scaling.num_workers={workers}",
         f"checkpoint.storage_path={out / 'ray'}",
         f"tracking.uri={tracking_uri}",
+        *extra,
     ]
     return load_config(DEMO_CONFIG if DEMO_CONFIG.is_file() else None, overrides)
 
@@ -81,6 +86,7 @@ SPLITS = {"train": 0.5, "val": 0.1, "eval_train": 0.2, "eval_test": 0.2}
 # representation, then its references on the same eval_train / eval_test samples
 ROWS = (
     ("contrastive, trained", "lct", ""),
+    ("contrastive, trained", "lct_trained", None),  # over the training seeds (--train-seeds)
     ("same encoder, untrained", "lct_init", "_init"),
     ("raw constituents", "lct_raw", "_raw"),
     ("jet mass + N-subjettiness (BDT)", "baseline_jet_obs", None),
@@ -127,7 +133,9 @@ def summary_rows(m: dict[str, float]) -> list[dict[str, str]]:
         if f"{prefix}_auc" not in m:
             continue
         n = int(m.get("lct_init_n_seeds", 1))
-        row = {"name": label + (f" ({n} init seeds)" if tag == "_init" and n > 1 else "")}
+        row = {"name": label + (f" ({n} init seeds)" if tag == "_init" and n > 1 else "")
+               + (f" ({int(m['lct_trained_n_seeds'])} training seeds)"
+                  if prefix == "lct_trained" else "")}
         for header, key, fmt in COLUMNS:
             if "{tag}" in key:
                 row[header] = "-" if tag is None else _cell(m, key.format(tag=tag), fmt)
@@ -185,14 +193,29 @@ def nplm_line(m: dict[str, float]) -> str | None:
     return f"NPLM median Z ({name}): representation {z('nplm')}, raw inputs {z('nplm_raw')}"
 
 
+def add_training_seeds(m: dict[str, float], runs: Sequence[Mapping[str, float]]) -> None:
+    """Put the LCT of the runs at several training seeds (the demo's run first) into ``m``:
+    ``lct_trained_auc`` / ``lct_trained_inv_eps_b_at_0.5`` (mean, ``_seed_std`` ddof 1, ``_min``,
+    ``_max``), ``lct_trained_n_seeds`` and ``lct_trained_auc_worst_lower``, the lowest AUC less
+    its bootstrap error, which :func:`learned` reads."""
+    m["lct_trained_n_seeds"] = float(len(runs))
+    for key in ("auc", "inv_eps_b_at_0.5"):
+        v = np.array([r[f"lct_{key}"] for r in runs], dtype=np.float64)
+        m[f"lct_trained_{key}"] = float(v.mean())
+        m[f"lct_trained_{key}_seed_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        m[f"lct_trained_{key}_min"], m[f"lct_trained_{key}_max"] = float(v.min()), float(v.max())
+    m["lct_trained_auc_worst_lower"] = min(r["lct_auc"] - r.get("lct_auc_std", 0.0) for r in runs)
+
+
 def learned(m: dict[str, float]) -> bool:
     """The trained LCT beats every untrained init seed: its AUC less its bootstrap error is above
     the best untrained seed's AUC (no untrained seed passes this: its own AUC less its error is
-    below it). With one seed, above that seed's AUC plus its bootstrap error."""
+    below it), at every training seed when there are several (:func:`add_training_seeds`). With
+    one init seed, above that seed's AUC plus its bootstrap error."""
+    lower = m.get("lct_trained_auc_worst_lower", m["lct_auc"] - m.get("lct_auc_std", 0.0))
     if "lct_init_auc_max" in m and m.get("lct_init_n_seeds", 1) > 1:
-        return m["lct_auc"] - m.get("lct_auc_std", 0.0) > m["lct_init_auc_max"]
-    return (m["lct_auc"] - m.get("lct_auc_std", 0.0)
-            > m["lct_init_auc"] + m.get("lct_init_auc_std", 0.0))
+        return lower > m["lct_init_auc_max"]
+    return lower > m["lct_init_auc"] + m.get("lct_init_auc_std", 0.0)
 
 
 def verdict(m: dict[str, float], *, markup: bool = True) -> str:
@@ -202,31 +225,47 @@ def verdict(m: dict[str, float], *, markup: bool = True) -> str:
     spread = (f"untrained {m['lct_init_auc']:.4f} +- {m.get('lct_init_auc_seed_std', 0):.4f} "
               f"(mean +- std of {n} init seeds, max {m.get('lct_init_auc_max', m['lct_init_auc']):.4f}, "
               f"bootstrap +- {m.get('lct_init_auc_std', 0):.4f})")
-    head, colour = (("the trained representation beats every untrained initialisation", "green")
-                    if learned(m) else ("the trained representation does NOT beat every "
-                                        "untrained initialisation", "red"))
+    n_train = int(m.get("lct_trained_n_seeds", 1))
+    each = f" at each of {n_train} training seeds" if n_train > 1 else ""
+    head, colour = ((f"the trained representation beats every untrained initialisation{each}",
+                     "green") if learned(m) else
+                    (f"the trained representation does NOT beat every untrained "
+                     f"initialisation{each}", "red"))
     if markup:
         head = f"[{colour}]{head}[/{colour}]"
     sd = m.get("lct_init_auc_seed_std") or 0.0
     gap = (m["lct_auc"] - m["lct_init_auc"]) / sd if sd > 0 else float("nan")
-    return (f"{head}: LCT AUC {m['lct_auc']:.4f} +- {m.get('lct_auc_std', 0):.4f} vs {spread}; "
-            f"{gap:.1f} seed standard deviations above the untrained mean")
+    trained = f"LCT AUC {m['lct_auc']:.4f} +- {m.get('lct_auc_std', 0):.4f}"
+    if n_train > 1:
+        trained += (f" (the run above; {n_train} training seeds: "
+                    f"{m['lct_trained_auc']:.4f} +- {m['lct_trained_auc_seed_std']:.4f}, min "
+                    f"{m['lct_trained_auc_min']:.4f})")
+        gap = (m["lct_trained_auc"] - m["lct_init_auc"]) / sd if sd > 0 else float("nan")
+    return (f"{head}: {trained} vs {spread}; {gap:.1f} seed standard deviations above the "
+            "untrained mean")
 
+
+# what each training seed's run reports (the first run reports everything)
+SEED_METRICS = ("lct_auc", "lct_auc_std", "lct_inv_eps_b_at_0.5", "lct_inv_eps_b_at_0.5_std")
 
 LOG_FILE = "demo.log"  # in out_dir: Ray's, MLflow's and FastJet's output
 
 
 def run_demo(out_dir: str = "demo_out", n_per_class: int | None = None, epochs: int | None = None,
              workers: int = 2, tracking_uri: str = "sqlite:///mlflow.db", seed: int = 0,
-             data: str = "auto", verbose: bool = False) -> dict:
+             data: str = "auto", verbose: bool = False, train_seeds: int = 1) -> dict:
     """The demo; its console shows clrdist's output, everything else goes to ``out_dir/demo.log``
-    (``verbose``: everything on the console)."""
+    (``verbose``: everything on the console). ``train_seeds`` > 1: the same training at the
+    next seeds too, each evaluated with the LCT only; the verdict needs every one of them."""
+    if train_seeds < 1:
+        raise ClrdistError(f"demo --train-seeds: {train_seeds}; at least 1")
     with quiet_console(Path(out_dir) / LOG_FILE, verbose=verbose) as log:
-        return _run_demo(log, out_dir, n_per_class, epochs, workers, tracking_uri, seed, data)
+        return _run_demo(log, out_dir, n_per_class, epochs, workers, tracking_uri, seed, data,
+                         train_seeds)
 
 
 def _run_demo(log, out_dir: str, n_per_class: int | None, epochs: int | None, workers: int,
-              tracking_uri: str, seed: int, data: str) -> dict:
+              tracking_uri: str, seed: int, data: str, train_seeds: int) -> dict:
     # lazy: zarr, torch and MLflow (~3 s) load when the demo runs, not when its helpers are imported
     from clrdist.data.split import split_store
     from clrdist.pipeline import train_and_evaluate
@@ -263,8 +302,22 @@ def _run_demo(log, out_dir: str, n_per_class: int | None, epochs: int | None, wo
         "the untrained encoder, the raw inputs and the supervised encoder)"))
 
     m = result.metrics
+    seed_runs = [{"seed": cfg.seed, "run_id": result.run_id,
+                  **{k: m[k] for k in SEED_METRICS if k in m}}]
+    for extra_seed in range(cfg.seed + 1, cfg.seed + train_seeds):
+        console.print(f"   training seed {extra_seed} ({extra_seed - cfg.seed + 1} of "
+                      f"{train_seeds}): the same training, evaluated with the LCT only")
+        again = train_and_evaluate(demo_config(
+            out, epochs=epochs, workers=workers, tracking_uri=tracking_uri,
+            extra=[f"seed={extra_seed}", "eval.baselines=false", "eval.cwola=false",
+                   "eval.nplm=false"]))
+        seed_runs.append({"seed": extra_seed, "run_id": again.run_id,
+                          **{k: again.metrics[k] for k in SEED_METRICS if k in again.metrics}})
+    if train_seeds > 1:
+        add_training_seeds(m, seed_runs)
     summary = {
         "run_id": result.run_id,
+        "training_seeds": seed_runs,
         "data": source,
         "n_per_class": n_per_class,
         "learned": learned(m),

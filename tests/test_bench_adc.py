@@ -38,8 +38,11 @@ def test_adc_nplm_runs_end_to_end_and_logs_a_plot_per_signal_to_mlflow(tmp_path)
                 "--out-dir", str(tmp_path / "out"), "--json", str(tmp_path / "r.json"),
                 "--tracking-uri", uri])
     names = {r["name"] for r in out["rows"]}
-    for rep in ("embedding", "raw", "untrained_0"):
+    for rep in ("embedding", "embedding_1", "raw", "untrained_0"):  # 2 training seeds
         assert {f"{rep} / Ato4l", f"{rep} / leptoquark"} <= names
+    assert {"ratio raw / embedding / Ato4l", "ratio raw / embedding_1 / Ato4l"} <= names
+    z = {r["name"]: r["z_median_at_20"] for r in out["rows"] if "z_median_at_20" in r}
+    assert z["embedding / Ato4l"] != z["embedding_1 / Ato4l"]  # two trainings, not one twice
     assert all(r["lam"] in (1e-6, 1e-5, 1e-4, 1e-3) for r in out["rows"] if "lam" in r)
     c = tracking.client(uri)
     (exp,) = [e for e in c.search_experiments() if e.name == "adc_nplm"]

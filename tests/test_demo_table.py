@@ -45,3 +45,27 @@ def test_the_cwola_line_shows_each_fraction_with_its_repeat_error():
     assert cwola_line(m) == ("CWoLa (idealised, linear): AUC 0.505 +- 0.020 at f = 0.01, "
                              "0.808 +- 0.036 at f = 0.1, 0.959 at f = 1")
     assert cwola_line({"lct_auc": 0.9}) is None
+
+
+def test_several_training_seeds_each_must_beat_every_untrained_seed():
+    """--train-seeds: a row over the training seeds (mean +- std [min, max]) and a verdict that
+    holds only when the worst seed, less its bootstrap error, clears the best untrained one."""
+    from clrdist.demo import add_training_seeds, learned
+
+    good = {**M}
+    add_training_seeds(good, [M, {"lct_auc": 0.9580, "lct_auc_std": 0.0030,
+                                  "lct_inv_eps_b_at_0.5": 40.0}])
+    rows = {r["name"]: r for r in summary_rows(good)}
+    assert rows["contrastive, trained (2 training seeds)"]["LCT AUC"] == \
+        "0.9598 +- 0.0025 [0.9580, 0.9616]"
+    assert rows["contrastive, trained (2 training seeds)"]["CWoLa AUC (f=0.1)"] == "-"
+    assert learned(good)
+    line = verdict(good, markup=False)
+    assert line.startswith("the trained representation beats every untrained initialisation "
+                           "at each of 2 training seeds:")
+    assert "2 training seeds: 0.9598 +- 0.0025, min 0.9580" in line
+    bad = {**M}  # the run above passes alone; its second seed sits inside the untrained spread
+    add_training_seeds(bad, [M, {"lct_auc": 0.9540, "lct_auc_std": 0.0030,
+                                 "lct_inv_eps_b_at_0.5": 30.0}])
+    assert learned(M) and not learned(bad)
+    assert "does NOT beat" in verdict(bad, markup=False)

@@ -176,3 +176,27 @@ def test_teacher_momentum_end_reaches_the_loss_and_may_not_fall(tmp_path):
     bad.write_text("loss: {name: dino, teacher_momentum: 0.99, teacher_momentum_end: 0.9}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: loss: .*teacher_momentum_end \(0.9\) is below"):
         load_config(bad)
+
+
+@pytest.mark.slow  # ~1.5 minutes: 1800 Pythia jets and 200 DINO steps in one process
+def test_dino_learns_on_pythia_jets():
+    """Pythia QCD, top and W, 600 jets each (half to train, half to test), the demo's encoder
+    with bench.selfsup's DINO (no labels), 200 steps: the teacher, what clrdist evaluates,
+    separates W from QCD in the linear classifier test better than the same encoder untrained at
+    any of 5 init seeds, by a margin none of them meets (measured, Pythia seed 23: teacher 0.924
+    and 0.921 at training seeds 0 and 1 against untrained 0.893-0.904; docs/selfsup.md has
+    the table on another sample). Top vs QCD is not separated at this size: the untrained
+    encoder is already at 0.94-0.95 there."""
+    pytest.importorskip("pythia8mc")
+    from bench import selfsup
+    from clrdist.factory import initial_model
+
+    train_set, test = selfsup.halves(selfsup.pythia_jets(600, 23))
+    cfg = selfsup.config("dino")
+    teacher, _ = selfsup.train(cfg, train_set, 200)
+    untrained = [selfsup.lct_auc(initial_model(cfg.model, s), cfg, train_set, test, signal=2)
+                 for s in range(5)]
+    trained = selfsup.lct_auc(teacher, cfg, train_set, test, signal=2)
+    # 0.01 above the best untrained seed: about one statistical error of an AUC on these 600
+    # test jets, 2.5 standard deviations of the untrained seeds
+    assert trained > max(untrained) + 0.01, (trained, untrained)

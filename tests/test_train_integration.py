@@ -291,6 +291,37 @@ def test_demo_learns_on_pythia_jets_and_keeps_the_console_quiet(tmp_path):
         assert chatter in log, chatter
 
 
+@pytest.mark.slow  # ~1 minute: two trainings of 1 epoch and the demo's evaluations on toy jets
+def test_demo_trains_at_several_seeds_and_judges_each(tmp_path):
+    """`clrdist demo --train-seeds 2` (its own process and Ray cluster, toy jets: mechanics, not
+    learning): a second MLflow run at the next seed, evaluated with the LCT only on the same
+    stores, a table row over both seeds, and a verdict that reads the worse of them."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "clrdist.cli", "demo", "--data", "toy", "--jets-per-class", "600",
+         "--epochs", "1", "--train-seeds", "2", "--out", str(out),
+         "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    seeds = summary["training_seeds"]
+    assert [s["seed"] for s in seeds] == [0, 1] and seeds[0]["run_id"] == summary["run_id"]
+    runs = [tracking.get_run(summary["tracking_uri"], s["run_id"]) for s in seeds]
+    assert [r["params"]["seed"] for r in runs] == ["0", "1"]
+    assert [r["status"] for r in runs] == ["FINISHED", "FINISHED"]
+    for s, r in zip(seeds, runs, strict=True):
+        assert s["lct_auc"] == pytest.approx(r["metrics"]["lct_auc"])
+    assert "cwola_linear_auc_f_0.1" in runs[0]["metrics"]
+    assert "cwola_linear_auc_f_0.1" not in runs[1]["metrics"]  # the extra seeds: the LCT only
+    row = next(r for r in summary["rows"] if r["name"].endswith("(2 training seeds)"))
+    aucs = [s["lct_auc"] for s in seeds]
+    assert row["LCT AUC"].startswith(f"{np.mean(aucs):.4f} +- {np.std(aucs, ddof=1):.4f} ")
+    worst = min(s["lct_auc"] - s["lct_auc_std"] for s in seeds)
+    assert summary["learned"] == (worst > summary["lct_init_auc_max"])  # 5 init seeds
+    assert "at each of 2 training seeds" in summary["lines"][0]["text"]
+
+
 def test_demo_verdict_needs_errors_apart():
     from clrdist.demo import learned
 
