@@ -183,10 +183,10 @@ def test_dino_learns_on_pythia_jets():
     """Pythia QCD, top and W, 600 jets each (half to train, half to test), the demo's encoder
     with bench.selfsup's DINO (no labels), 200 steps: the teacher, what clrdist evaluates,
     separates W from QCD in the linear classifier test better than the same encoder untrained at
-    any of 5 init seeds, by a margin none of them meets (measured, Pythia seed 23: teacher 0.924
-    and 0.921 at training seeds 0 and 1 against untrained 0.893-0.904; docs/selfsup.md has
-    the table on another sample). Top vs QCD is not separated at this size: the untrained
-    encoder is already at 0.94-0.95 there."""
+    any of 5 init seeds, by a margin none of them meets (bench.selfsup at this size and sample,
+    docs/results/selfsup_test_size.json: teacher 0.924 and 0.921 at training seeds 0 and 1,
+    untrained 0.899 +- 0.004, best 0.904; docs/selfsup.md has it on another sample too). Top vs
+    QCD is not separated at this size: the untrained encoder is already at 0.94-0.95 there."""
     pytest.importorskip("pythia8mc")
     from bench import selfsup
     from clrdist.factory import initial_model
