@@ -19,7 +19,8 @@ traceback and the next one runs; a stage that would overrun the budget is skippe
   warnings counted, and the dispatch counter ``clrdist.syncs.count_syncs``
   (``syncs_per_step``, top level).
 - ``quality``: a short training (3 minutes on a GPU) on generated toy jets: validation LCT AUC
-  against jets seen, next to the untrained encoder and the raw inputs.
+  against jets seen, next to the untrained encoder, the raw inputs and the supervised reference
+  of ``clrdist eval`` trained on the device (``supervised_auc``, ``supervised_device``).
 - ``nplm``: one NPLM kernel toy at reference 1e5, M = 1000 (timed), and a batch of toys.
 
 No Ray, no MLflow: imports are lazy and limited to torch, numpy, scikit-learn and the package;

@@ -224,10 +224,10 @@ def stage_quality(a, dev, budget):
     import numpy as np
 
     from clrdist.config import LossConfig
-    from clrdist.eval.baselines import raw_inputs
+    from clrdist.eval.baselines import raw_inputs, train_supervised
     from clrdist.eval.lct import linear_scores
     from clrdist.eval.metrics import roc_metrics
-    from clrdist.factory import build_encoder, initial_model
+    from clrdist.factory import build_encoder, initial_model, supervised_parts
 
     cfg = run_config("darkclr", sizes(a.quick)["darkclr"], 32 if a.quick else 256, "bf16")
     cfg = cfg.model_copy(update={"loss": LossConfig(**{**cfg.loss.model_dump(), "name": "nt_xent"}),
@@ -242,6 +242,15 @@ def stage_quality(a, dev, budget):
 
     raw = roc_metrics(va["label"], linear_scores(raw_inputs(tr, "jet"), tr["label"],
                                                  raw_inputs(va, "jet"), seed=0), "raw")[0]["raw_auc"]
+    # the supervised reference of clrdist eval, trained on the device (eval.device)
+    t_sup = time.perf_counter()
+    factory, prepare = supervised_parts(cfg)
+    sup = train_supervised(tr, factory, device=str(dev), prepare=prepare,
+                           max_epochs=3 if a.quick else 30)
+    supervised = {"supervised_auc": roc_metrics(va["label"], sup.scores(va), "s")[0]["s_auc"],
+                  "supervised_epochs": sup.info["epochs"],
+                  "supervised_device": str(next(sup.model.parameters()).device),
+                  "supervised_s": time.perf_counter() - t_sup}
     untrained = [lct(build_encoder(initial_model(cfg.model, s), cfg, device=dev))
                  for s in range(3 if a.quick else 5)]
     step = Stepper(cfg, dev, "bf16")
@@ -275,7 +284,7 @@ def stage_quality(a, dev, budget):
             curve.append(point())
     curve.append(point())  # the end of training
     return {"rows": curve, "untrained_auc_mean": float(np.mean(untrained)),
-            "untrained_auc_seeds": untrained, "raw_auc": raw, "jets_seen": seen,
+            "untrained_auc_seeds": untrained, "raw_auc": raw, **supervised, "jets_seen": seen,
             "final_val_lct_auc": curve[-1]["val_lct_auc"] if curve else None}
 
 

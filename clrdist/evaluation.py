@@ -73,6 +73,7 @@ def evaluate_trained(model: torch.nn.Module, trained_cfg: RunConfig, which: set[
         init_seeds=seeds,
         # the supervised baseline: a fresh encoder of the run's size on the run's inputs
         model_factory=model_factory, supervised_prepare=supervised_prepare,
+        device=str(device),  # the supervised encoder, the ceiling and the fine-tuning train there
         known_classes=getattr(trained_cfg.loss, "known_classes", None))  # ORCA's
     if which & {"ceiling", "finetune"}:  # the labels of the jets the encoder was trained on
         _label_stores(context, model, trained_cfg, cfg)
@@ -110,7 +111,7 @@ def _label_stores(context: Context, model: torch.nn.Module, trained_cfg: RunConf
         # a fresh encoder is built first only for its draws from torch's generator, which the
         # fine-tuning's head and dropout then continue from (the recorded numbers depend on it)
         rep = Representation(build_model(trained_cfg.model))
-        rep.model = copy.deepcopy(model).cpu().train()  # fine-tuning runs on the CPU
+        rep.model = copy.deepcopy(model).cpu().train()  # label_efficiency moves it to its device
         return rep
     context.pretrained = pretrained
 

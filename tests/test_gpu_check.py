@@ -42,6 +42,7 @@ def test_quick_cpu_check_runs_every_stage(tmp_path):
     assert res["stages"]["nplm"]["converged"]
     q = res["stages"]["quality"]
     assert q["rows"] and 0.5 < q["raw_auc"] <= 1 and len(q["untrained_auc_seeds"]) >= 3
+    assert 0 < q["supervised_auc"] <= 1 and q["supervised_device"] == "cpu"  # eval's device
 
 
 def test_a_failing_stage_is_recorded_and_the_next_one_runs(tmp_path, monkeypatch):

@@ -154,17 +154,18 @@ class SupervisedFit:
         import torch
 
         x, m = self.prepare(np.asarray(batch["particles"]), np.asarray(batch["mask"]))
+        dev = next(self.model.parameters()).device  # where it was trained
         self.model.eval()
         with torch.no_grad():
-            rep = self.model(torch.as_tensor(x, dtype=torch.float32),
-                             torch.as_tensor(m, dtype=torch.bool))
-        return rep.numpy()
+            rep = self.model(torch.as_tensor(x, dtype=torch.float32).to(dev),
+                             torch.as_tensor(m, dtype=torch.bool).to(dev))
+        return rep.float().cpu().numpy()
 
 
 def train_supervised(train_data: Mapping[str, np.ndarray], model_factory: Callable[[], object], *,
                      seed: int = 0, max_epochs: int = 100, patience: int = 8,
                      val_fraction: float = 0.2, batch_size: int = 128, lr: float = 1e-3,
-                     prepare: Callable | None = None) -> SupervisedFit:
+                     prepare: Callable | None = None, device: str = "cpu") -> SupervisedFit:
     """Train ``model_factory()`` (a torch module ``(x (B,P,F), mask (B,P)) -> (B, D)``) plus a
     linear head on the labels of ``train_data`` with BCE until it has converged.
 
@@ -172,7 +173,8 @@ def train_supervised(train_data: Mapping[str, np.ndarray], model_factory: Callab
     ``lr``) stops when the held-out BCE has not improved for ``patience`` epochs (or after
     ``max_epochs``), and the weights of the best epoch are kept.
     ``prepare(particles, mask) -> (x, mask)`` numpy arrays is the input transform (default:
-    centred eta/phi and pT / 600 GeV, the JetCLR frame)."""
+    centred eta/phi and pT / 600 GeV, the JetCLR frame). ``device``: where it trains (and then
+    encodes, :meth:`SupervisedFit.encode`)."""
     # lazy: torch (~1.5 s) only for the supervised baseline
     import torch
 
@@ -193,7 +195,7 @@ def train_supervised(train_data: Mapping[str, np.ndarray], model_factory: Callab
     model = model_factory()
     score, info = fit_classifier(model, (xtr[fit], mtr[fit], ytr[fit]),
                                  (xtr[val], mtr[val], ytr[val]), seed=seed, max_epochs=max_epochs,
-                                 patience=patience, batch_size=batch_size, lr=lr)
+                                 patience=patience, batch_size=batch_size, lr=lr, device=device)
     return SupervisedFit(model.eval(), score, prepare, info)
 
 

@@ -36,7 +36,8 @@ METHODS = ("finetuned", "scratch", "probe")
 
 def fit_classifier(encoder, train: tuple, val: tuple, *, seed: int = 0, max_epochs: int = 100,
                    patience: int = 8, batch_size: int = 128, lr: float = 1e-3,
-                   encoder_lr: float | None = None, head_init: tuple | None = None
+                   encoder_lr: float | None = None, head_init: tuple | None = None,
+                   device: str = "cpu",
                    ) -> tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], dict[str, float]]:
     """Train ``encoder`` plus a linear head with BCE on ``train = (x (n, P, F), mask (n, P),
     y (n,) in {0, 1})`` (Adam, ``lr``) until the BCE on ``val`` (same layout) has not improved for
@@ -44,21 +45,25 @@ def fit_classifier(encoder, train: tuple, val: tuple, *, seed: int = 0, max_epoc
     encoder's own learning rate (fine-tuning); ``head_init = (weight (D,), bias)``: the head
     starts from a linear probe (LP-FT, Kumar et al. 2022) instead of at random. The head draws
     from torch's global generator (seed it before building ``encoder``); ``seed`` orders the
-    batches. Returns ``score(x, mask) -> (n,)`` logits and ``{"epochs", "best_epoch",
-    "val_loss"}``."""
+    batches. ``device``: where the encoder, the head and both sets live while training (one
+    host sync per epoch, the validation loss). Returns ``score(x, mask) -> (n,)`` logits (numpy,
+    on the host) and ``{"epochs", "best_epoch", "val_loss"}``; ``encoder`` stays on ``device``."""
     # lazy: torch (~1.5 s) only when a classifier is trained
     import torch
 
-    t = lambda a, dt=torch.float32: torch.as_tensor(a, dtype=dt)  # noqa: E731
+    dev = torch.device(device)
+    t = lambda a, dt=torch.float32: torch.as_tensor(a, dtype=dt).to(dev)  # noqa: E731
     x_t, m_t, y_t = t(train[0]), t(train[1], torch.bool), t(train[2])
     xv, mv, yv = t(val[0]), t(val[1], torch.bool), t(val[2])
+    encoder.to(dev)
     with torch.no_grad():
         d = encoder(x_t[:2], m_t[:2]).shape[-1]
-    head = torch.nn.Linear(d, 1)
+    head = torch.nn.Linear(d, 1)  # drawn on the host: the same head on every device
     if head_init is not None:
         with torch.no_grad():
             head.weight.copy_(torch.as_tensor(np.asarray(head_init[0]).reshape(1, d)))
             head.bias.fill_(float(head_init[1]))
+    head.to(dev)
     opt = torch.optim.Adam([{"params": list(encoder.parameters()), "lr": encoder_lr or lr},
                             {"params": list(head.parameters())}], lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -75,7 +80,7 @@ def fit_classifier(encoder, train: tuple, val: tuple, *, seed: int = 0, max_epoc
     best, best_epoch, best_state, epoch = float("inf"), 0, None, 0
     encoder.train()
     for epoch in range(1, max_epochs + 1):
-        perm = torch.randperm(len(y_t), generator=gen)
+        perm = torch.randperm(len(y_t), generator=gen).to(dev)
         for s in range(0, len(perm), batch_size):
             idx = perm[s:s + batch_size]
             loss = bce(head(encoder(x_t[idx], m_t[idx])).squeeze(-1), y_t[idx])
@@ -91,7 +96,7 @@ def fit_classifier(encoder, train: tuple, val: tuple, *, seed: int = 0, max_epoc
     encoder.load_state_dict(best_state[0])
     head.load_state_dict(best_state[1])
     info = {"epochs": float(epoch), "best_epoch": float(best_epoch), "val_loss": best}
-    return (lambda x, m: score(t(x), t(m, torch.bool)).numpy()), info
+    return (lambda x, m: score(t(x), t(m, torch.bool)).cpu().numpy()), info
 
 
 def _labelled(data: Batch, prepare: Callable, what: str, limit: int | None = None):
@@ -108,11 +113,12 @@ def supervised_ceiling(train_data: Batch, val_data: Batch, test_data: Batch, *,
                        model_factory: Callable[[], Any], prepare: Callable, seed: int = 0,
                        max_epochs: int = 100, patience: int = 8, batch_size: int = 128,
                        lr: float = 1e-3, max_train: int | None = None,
-                       max_val: int | None = 5000) -> EvalResult:
+                       max_val: int | None = 5000, device: str = "cpu") -> EvalResult:
     """The ceiling: ``model_factory()`` trained on the labels of ``train_data`` (the training
     store: the jets the self-supervised encoder saw; at most ``max_train``), early stopping on
     ``val_data`` (at most ``max_val``), scored on ``test_data``. Metrics ``ceiling_supervised_*``
-    (AUC, 1/eps_B, max SIC), ``_epochs``, ``_best_epoch``, ``_n_train``."""
+    (AUC, 1/eps_B, max SIC), ``_epochs``, ``_best_epoch``, ``_n_train``. ``device``: where it
+    trains."""
     # lazy: torch (~1.5 s) only when a classifier is trained
     import torch
 
@@ -121,7 +127,7 @@ def supervised_ceiling(train_data: Batch, val_data: Batch, test_data: Batch, *,
     te = _labelled(test_data, prepare, "ceiling: the test store")
     torch.manual_seed(seed)
     score, info = fit_classifier(model_factory(), tr, va, seed=seed, max_epochs=max_epochs,
-                                 patience=patience, batch_size=batch_size, lr=lr)
+                                 patience=patience, batch_size=batch_size, lr=lr, device=device)
     metrics, _ = roc_metrics(te[2].astype(int), score(te[0], te[1]), "ceiling_supervised")
     metrics.update({f"ceiling_supervised_{k}": v for k, v in info.items()})
     metrics["ceiling_supervised_n_train"] = float(len(tr[2]))
@@ -147,12 +153,13 @@ def label_efficiency(train_data: Batch, val_data: Batch, test_data: Batch, *,
                      methods: Sequence[str] = METHODS, max_epochs: int = 50, patience: int = 5,
                      batch_size: int = 128, lr: float = 1e-3, finetune_lr: float = 1e-4,
                      max_train: int | None = None, max_val: int | None = 5000,
-                     figures: bool = True) -> EvalResult:
+                     figures: bool = True, device: str = "cpu") -> EvalResult:
     """Test AUC and 1/eps_B at eps_S = 0.5 with each fraction of the training labels for the
     ``methods``: ``finetuned`` (``pretrained()`` with the linear probe as its initial head,
     encoder lr ``finetune_lr``, head lr ``lr``: LP-FT), ``scratch``
     (``model_factory()``, lr ``lr``), ``probe`` (logistic regression on the frozen pre-trained
-    representation); ``n_seeds`` seeds from ``seed`` draw the labels and initialise."""
+    representation); ``n_seeds`` seeds from ``seed`` draw the labels and initialise.
+    ``device``: where the encoders train and encode."""
     # lazy: torch (~1.5 s) only when a classifier is trained
     import torch
 
@@ -168,14 +175,16 @@ def label_efficiency(train_data: Batch, val_data: Batch, test_data: Batch, *,
     te = _labelled(test_data, prepare, "finetune: the test store")
     y_te = te[2].astype(int)
 
+    dev = torch.device(device)
+
     def represent(encoder, x, m) -> np.ndarray:
         encoder.eval()
         with torch.no_grad():
-            return torch.cat([encoder(torch.as_tensor(x[s:s + 1024]),
-                                      torch.as_tensor(m[s:s + 1024]))
-                              for s in range(0, len(x), 1024)]).numpy()
+            return torch.cat([encoder(torch.as_tensor(x[s:s + 1024]).to(dev),
+                                      torch.as_tensor(m[s:s + 1024]).to(dev))
+                              for s in range(0, len(x), 1024)]).cpu().numpy()
 
-    frozen = pretrained()
+    frozen = pretrained().to(dev)
     rep_tr, rep_te = represent(frozen, tr[0], tr[1]), represent(frozen, te[0], te[1])
 
     def probe_head(idx: np.ndarray, s: int) -> tuple[np.ndarray, float]:
@@ -205,7 +214,7 @@ def label_efficiency(train_data: Batch, val_data: Batch, test_data: Batch, *,
                         enc, sub, va, seed=s, max_epochs=max_epochs, patience=patience,
                         batch_size=min(batch_size, len(idx)), lr=lr,
                         encoder_lr=finetune_lr if tuned else None,
-                        head_init=probe_head(idx, s) if tuned else None)
+                        head_init=probe_head(idx, s) if tuned else None, device=device)
                     score = fit(te[0], te[1])
                 m, _ = roc_metrics(y_te, score, "x", eps_s=(0.5,))
                 rows.append({"method": method, "fraction": float(f), "n_labels": int(len(idx)),
@@ -254,7 +263,7 @@ def evaluate_ceiling(inp: Inputs, **options: Any) -> EvalResult:
     ctx = inp.ctx
     return supervised_ceiling(ctx.label_train_data, ctx.val_data, inp.test_data,
                               model_factory=ctx.model_factory, prepare=ctx.supervised_prepare,
-                              seed=inp.seed, **options)
+                              seed=inp.seed, **{"device": ctx.device, **options})
 
 
 def evaluate(inp: Inputs, **options: Any) -> EvalResult:
@@ -264,4 +273,5 @@ def evaluate(inp: Inputs, **options: Any) -> EvalResult:
     ctx = inp.ctx
     return label_efficiency(ctx.label_train_data, ctx.val_data, inp.test_data,
                             pretrained=ctx.pretrained, model_factory=ctx.model_factory,
-                            prepare=ctx.supervised_prepare, seed=inp.seed, **options)
+                            prepare=ctx.supervised_prepare, seed=inp.seed,
+                            **{"device": ctx.device, **options})

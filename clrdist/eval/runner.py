@@ -58,6 +58,7 @@ class Context:
     init_heads: Sequence[Callable[[np.ndarray], np.ndarray]] = ()  # ORCA: their heads
     model_factory: Callable[[], Any] | None = None  # a fresh encoder: the supervised baseline
     supervised_prepare: Callable[[np.ndarray, np.ndarray], tuple] | None = None  # its inputs
+    device: str = "cpu"  # where the supervised encoder, the ceiling and the fine-tuning train
     head: Callable[[np.ndarray], np.ndarray] | None = None  # ORCA: representations -> (n, K) probs
     known_classes: Sequence[int] | None = None  # ORCA's known classes (orca's ``known``)
     # the ceiling and fine-tuning: the labelled jets the encoder was trained on, the validation
@@ -162,7 +163,8 @@ class Views:
 
             self._fit = train_supervised(self.train_data, self.ctx.model_factory,
                                          seed=self.ctx.seed, max_epochs=self._max_epochs,
-                                         prepare=self.ctx.supervised_prepare)
+                                         prepare=self.ctx.supervised_prepare,
+                                         device=self.ctx.device)
         return self._fit
 
     def _inputs(self, encode: Encoder | None, reference: str = "", **kw) -> Inputs:
