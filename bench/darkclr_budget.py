@@ -106,6 +106,47 @@ def run_config(overrides: Sequence[str] = ()):
     return load_config(CONFIG, list(overrides))
 
 
+def train_recipe(cfg, train: dict, budgets: Sequence[int]):
+    """Train ``cfg``'s recipe on ``train`` (a store dict) in this process, without Ray, through
+    the loop's own pieces (``initial_model``, ``LocalEngine``, ``build_loss``, ``build_views``,
+    ``train_step``), the schedule sized for the largest budget. At each budget (steps reached)
+    yields ``(step, the evaluated model, {"cpu_s": training CPU-seconds so far, "loss": mean of
+    the last 20 steps})``; the model keeps training after the caller has scored it."""
+    budgets = sorted(budgets)
+    device = torch.device("cpu")
+    precision = resolve(cfg.scaling.precision, device)
+    precision.apply_global()
+    model = prepare_model(initial_model(cfg.model, cfg.seed), sync_free=False)
+    engine = LocalEngine(model, cfg, total_steps=budgets[-1], device=device)
+    engine.train()
+    loss_fn = build_loss(cfg.loss)
+    loss_fn.attach(engine.module, budgets[-1])
+    views = build_views(cfg, fixed=False)
+    gen = torch.Generator(device=device)
+    guard = LossGuard(device)
+    n_train, bs = len(train["mask"]), cfg.data.batch_size
+    rng = np.random.default_rng(cfg.seed)
+    step, cpu, losses = 0, 0.0, []
+    while step < budgets[-1]:
+        order = rng.permutation(n_train)
+        for s in range(0, n_train - bs + 1, bs):
+            idx = np.sort(order[s:s + bs])
+            batch = {k: train[k][idx] for k in ("particles", "mask", "label")}
+            t0 = time.process_time()
+            seed_step(gen, cfg.seed, 0, step)  # as the loop does before every step
+            out = train_step(engine, loss_fn, views, batch, gen, cfg, precision, step=step + 1,
+                             guard=guard, device=device)
+            cpu += time.process_time() - t0
+            losses.append(float(out.terms["loss"].detach()))
+            step += 1
+            if step in budgets:
+                guard.check()
+                yield step, loss_fn.eval_model(engine.module), {
+                    "cpu_s": cpu, "loss": float(np.mean(losses[-20:]))}
+            if step >= budgets[-1]:
+                break
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--train", required=True, help="QCD training store (background only)")
@@ -159,46 +200,14 @@ def main(argv=None) -> dict:
                  "rep_inv_eps_b_at_0.2": PUBLISHED["inv_eps_b_at_0.2"]}
 
     # -- training: the loop's pieces on the CPU, one process ------------------------------------
-    device = torch.device("cpu")
-    precision = resolve(cfg.scaling.precision, device)
-    precision.apply_global()
-    model = prepare_model(initial_model(cfg.model, cfg.seed), sync_free=False)
-    engine = LocalEngine(model, cfg, total_steps=budgets[-1], device=device)
-    engine.train()
-    loss_fn = build_loss(cfg.loss)
-    loss_fn.attach(engine.module, budgets[-1])
-    views = build_views(cfg, fixed=False)
-    gen = torch.Generator(device=device)
-    guard = LossGuard(device)
-    n_train, bs = len(train["mask"]), cfg.data.batch_size
-    rng = np.random.default_rng(cfg.seed)
-    step, epoch, cpu, losses = 0, 0, 0.0, []
-    while step < budgets[-1]:
-        order = rng.permutation(n_train)
-        for s in range(0, n_train - bs + 1, bs):
-            idx = np.sort(order[s:s + bs])
-            batch = {k: train[k][idx] for k in ("particles", "mask", "label")}
-            t0 = time.process_time()
-            seed_step(gen, cfg.seed, 0, step)  # as the loop does before every step
-            out = train_step(engine, loss_fn, views, batch, gen, cfg, precision, step=step + 1,
-                             guard=guard, device=device)
-            cpu += time.process_time() - t0
-            losses.append(float(out.terms["loss"].detach()))
-            step += 1
-            if step in budgets:
-                guard.check()
-                row = {"name": f"trained {step} steps", "steps": step, "jets_seen": step * bs,
-                       "epochs": step * bs / n_train, "cpu_s": cpu,
-                       "loss": float(np.mean(losses[-20:])),
-                       **scored(loss_fn.eval_model(engine.module), x_ev, m_ev, labels)}
-                rows.append(row)
-                print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
-                      flush=True)
-                if a.out:  # every budget reached is on disk, whatever stops the run later
-                    write_results(a.out, {**numbers, "rows": rows + [published]}, argv)
-            if step >= budgets[-1]:
-                break
-        epoch += 1
+    for step, trained, info in train_recipe(cfg, train, budgets):
+        row = {"name": f"trained {step} steps", "steps": step, "jets_seen": step * cfg.data.batch_size,
+               "epochs": step * cfg.data.batch_size / len(train["mask"]), **info,
+               **scored(trained, x_ev, m_ev, labels)}
+        rows.append(row)
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+        if a.out:  # every budget reached is on disk, whatever stops the run later
+            write_results(a.out, {**numbers, "rows": rows + [published]}, argv)
     rows.append(published)
     return {**numbers, "rows": rows}
 
