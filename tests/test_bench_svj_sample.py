@@ -16,7 +16,6 @@ def test_halves_are_disjoint_seeded_and_cover_the_store():
     assert not np.array_equal(halves(d, 4)[0]["label"], a["label"])
 
 
-
 def test_every_sample_gets_every_score_from_one_training(tmp_path):
     train = write_toy_store(tmp_path / "train.zarr", n_per_class=150, seed=1, n_particles=50)
     a = write_toy_store(tmp_path / "a.zarr", n_per_class=100, seed=2, n_particles=50)
