@@ -55,9 +55,10 @@ def halves(d: dict, seed: int) -> tuple[dict, dict]:
 
 def settings(store) -> dict:
     """The generator settings of a store that decide its semi-visible jets (provenance: r_inv,
-    the Z' mass, the Hidden Valley lines of the svj shards' Pythia settings)."""
+    the Z' mass, the detector, the jet definition, the Hidden Valley lines of the svj shards'
+    Pythia settings)."""
     prov = store.attrs.get("provenance", {})
-    out = {k: prov[k] for k in ("r_inv", "svj_zprime_mass") if k in prov}
+    out = {k: prov[k] for k in ("r_inv", "svj_zprime_mass", "detector", "jet") if k in prov}
     svj = next((v for k, v in prov.get("settings", {}).items() if k == "svj"), [])
     out["hidden_valley"] = [line for line in svj
                             if line.startswith(("HiddenValley:", "49001", "49002"))]
