@@ -33,12 +33,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.adc_nplm import train_encoder  # noqa: E402
-from bench.darkclr_budget import supervised_crossfit  # noqa: E402
+from bench.darkclr_budget import score_metrics, supervised_crossfit  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from clrdist.config import load_config  # noqa: E402
 from clrdist.data.store import open_store  # noqa: E402
 from clrdist.eval.anomaly import anomaly_scores  # noqa: E402
-from clrdist.eval.metrics import roc_metrics  # noqa: E402
 from clrdist.factory import build_encoder, initial_model, input_transform  # noqa: E402
 from clrdist.models.encode import model_inputs  # noqa: E402
 
@@ -111,12 +110,11 @@ def main(argv: list[str] | None = None) -> dict:
         for lab in sorted(int(x) for x in np.unique(sig["label"]) if x >= 1):
             pick = (test["label"] == 0) | (test["label"] == lab)
             ev = {k: np.asarray(test[k])[pick] for k in ("particles", "mask", "label")}
-            score = supervised_crossfit(cfg, ev, a.seed)
-            m, _ = roc_metrics((ev["label"] > 0).astype(int), score, "s", eps_s=(0.2, 0.3))
+            m = score_metrics(ev["label"], supervised_crossfit(cfg, ev, a.seed), eps_s=(0.2, 0.3))
             row = {"name": f"supervised (same encoder, labels, 2-fold) / {names[lab]}",
                    "representation": "supervised", "signal": names[lab],
-                   "auc": round(m["s_auc"], 4), "inv_eps_b_at_0.3": round(m["s_inv_eps_b_at_0.3"], 2),
-                   "inv_eps_b_at_0.2": round(m["s_inv_eps_b_at_0.2"], 2)}
+                   "auc": round(m["auc"], 4), "inv_eps_b_at_0.3": round(m["inv_eps_b_at_0.3"], 2),
+                   "inv_eps_b_at_0.2": round(m["inv_eps_b_at_0.2"], 2)}
             rows.append(row)
             print(row, flush=True)
     for sig_name in sorted({s for _, s in inv}):

@@ -33,7 +33,7 @@ from bench.results import write_results
 from clrdist.config import load_config
 from clrdist.data.store import open_store
 from clrdist.eval.baselines import train_supervised
-from clrdist.eval.metrics import binary_labels, roc_metrics
+from clrdist.eval.metrics import binary_labels, eps_tag, roc_metrics
 from clrdist.eval.mimic import jet_mass_pt
 from clrdist.factory import (
     build_loss,
@@ -51,12 +51,22 @@ CONFIG = "configs/darkclr_svj_cpu.yaml"
 PUBLISHED = {"auc": 0.76, "inv_eps_b_at_0.2": 73.0}  # DarkCLR, 100k jets, 150 epochs
 
 
-def score_metrics(labels: np.ndarray, score: np.ndarray) -> dict[str, float]:
-    """AUC and 1/eps_B at eps_S = 0.2 of ``score`` (higher = more anomalous) against store labels
-    (0 background, >= 1 signal, -1 dropped)."""
+def score_metrics(labels: np.ndarray, score: np.ndarray, eps_s: Sequence[float] = (0.2,)
+                  ) -> dict[str, float]:
+    """AUC and 1/eps_B at each ``eps_s`` of ``score`` (higher = more anomalous) against store
+    labels (0 background, >= 1 signal, -1 dropped): {"auc", "inv_eps_b_at_0.2", ...}."""
     keep, y = binary_labels(labels)
-    m, _ = roc_metrics(y, np.asarray(score, np.float64)[keep], "s", eps_s=(0.2,))
-    return {"auc": m["s_auc"], "inv_eps_b_at_0.2": m["s_inv_eps_b_at_0.2"]}
+    m, _ = roc_metrics(y, np.asarray(score, np.float64)[keep], "s", eps_s=tuple(eps_s))
+    return {"auc": m["s_auc"], **{f"inv_eps_b_at_{eps_tag(e)}": m[f"s_inv_eps_b_at_{eps_tag(e)}"]
+                                   for e in eps_s}}
+
+
+def eval_inputs(cfg, ev: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model inputs (x, mask) of a store dict: its first ``data.n_particles`` constituents
+    through the run's input transform."""
+    n = cfg.data.n_particles
+    return model_inputs(torch.as_tensor(ev["particles"][:, :n], dtype=torch.float32),
+                        torch.as_tensor(ev["mask"][:, :n]), input_transform(cfg))
 
 
 def norms(model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor, batch: int = 512
@@ -166,10 +176,7 @@ def main(argv=None) -> dict:
     train = open_store(a.train).read_all()
     ev = open_store(a.eval).read_all()
     labels = np.asarray(ev["label"]).reshape(-1)
-    x_ev, m_ev = model_inputs(torch.as_tensor(ev["particles"][:, :cfg.data.n_particles],
-                                              dtype=torch.float32),
-                              torch.as_tensor(ev["mask"][:, :cfg.data.n_particles]),
-                              input_transform(cfg))
+    x_ev, m_ev = eval_inputs(cfg, ev)
 
     rows: list[dict] = []
     for name, s in (("raw: jet mass", jet_mass_pt(ev["particles"], ev["mask"])[:, 0]),

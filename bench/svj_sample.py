@@ -31,6 +31,7 @@ import torch
 from bench.darkclr_budget import (
     CONFIG,
     PUBLISHED,
+    eval_inputs,
     run_config,
     score_metrics,
     scored,
@@ -42,8 +43,7 @@ from bench.results import write_results
 from clrdist.data.store import open_store
 from clrdist.eval.jetimages import image_ae_scores
 from clrdist.eval.mimic import jet_mass_pt
-from clrdist.factory import initial_model, input_transform
-from clrdist.models.encode import model_inputs
+from clrdist.factory import initial_model
 
 
 def halves(d: dict, seed: int) -> tuple[dict, dict]:
@@ -59,8 +59,7 @@ def settings(store) -> dict:
     Pythia settings)."""
     prov = store.attrs.get("provenance", {})
     out = {k: prov[k] for k in ("r_inv", "svj_zprime_mass", "detector", "jet") if k in prov}
-    svj = next((v for k, v in prov.get("settings", {}).items() if k == "svj"), [])
-    out["hidden_valley"] = [line for line in svj
+    out["hidden_valley"] = [line for line in prov.get("settings", {}).get("svj", [])
                             if line.startswith(("HiddenValley:", "49001", "49002"))]
     return out
 
@@ -94,10 +93,7 @@ def main(argv=None) -> dict:
         d = store.read_all()
         fit, test = halves(d, a.seed)
         labels = np.asarray(test["label"]).reshape(-1)
-        x, m = model_inputs(torch.as_tensor(test["particles"][:, :cfg.data.n_particles],
-                                            dtype=torch.float32),
-                            torch.as_tensor(test["mask"][:, :cfg.data.n_particles]),
-                            input_transform(cfg))
+        x, m = eval_inputs(cfg, test)
         evals[name] = (x, m, labels)
         row = {"name": name, "store": path, "settings": settings(store),
                "n_test_sig": int((labels >= 1).sum()), "n_test_bkg": int((labels == 0).sum())}

@@ -309,8 +309,8 @@ def _run_demo(log, out_dir: str, n_per_class: int | None, epochs: int | None, wo
                       f"{train_seeds}): the same training, evaluated with the LCT only")
         again = train_and_evaluate(demo_config(
             out, epochs=epochs, workers=workers, tracking_uri=tracking_uri,
-            extra=[f"seed={extra_seed}", "eval.baselines=false", "eval.cwola=false",
-                   "eval.nplm=false"]))
+            extra=[f"seed={extra_seed}",
+                   *(f"eval.{name}=false" for name in cfg.eval.requested() if name != "lct")]))
         seed_runs.append({"seed": extra_seed, "run_id": again.run_id,
                           **{k: again.metrics[k] for k in SEED_METRICS if k in again.metrics}})
     if train_seeds > 1:
