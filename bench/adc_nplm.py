@@ -5,19 +5,25 @@ per signal (median Z against the injected signal count) in ``--out-dir``.
     python -m bench.adc_nplm --background data/adc_background.zarr --signals data/adc_signals.zarr
         [--config configs/adc2021_dense_masking_cpu.yaml] [--epochs 30] [--supcon]
         [--n-ref 2000] [--n-data 400] [--n-sig 10,30,100,300] [--toys-null 40] [--toys-sig 10]
-        [--init-seeds 5] [--out-dir bench_out/adc_nplm] [--json docs/results/adc_nplm.json]
+        [--init-seeds 5] [--no-supervised] [--out-dir bench_out/adc_nplm]
+        [--json docs/results/adc_nplm.json]
 
 Steps, all on the same events in one run:
 
 1. The background store (SM mix, label 0) is cut in two halves (it is stored in random order):
    the first trains the encoder, the second is the NPLM background pool. Signal events (labels
-   >= 1) are never seen in training.
+   >= 1) are never seen by the self-supervised training. With ``--supervised`` (the default)
+   each signal is cut in two at random: one part (``--sup-fraction``) trains that signal's
+   supervised reference, the rest is the injection pool of *every* representation.
 2. The encoder of ``--config`` (dense 57-96-64-48-4, naive masking, NT-Xent at tau 0.9; with
    ``--supcon`` the SupCon loss with the background's sub-process as the label) trains in this
    process for ``--epochs`` epochs (Adam, linear warm-up).
 3. Representations of the pool and the signals: the trained encoder's 4-d output, the raw 57
-   model inputs (pT / pt_scale, eta, phi per slot), and the untrained encoder for
-   ``--init-seeds`` initialisations.
+   model inputs (pT / pt_scale, eta, phi per slot), the untrained encoder for
+   ``--init-seeds`` initialisations, and per signal the supervised reference: the same encoder
+   (its 4-d output) trained with a linear head on the training-half SM events against that
+   signal's fitting part (``clrdist.eval.baselines.train_supervised``, early stopping): what a
+   4-d representation of this size does for NPLM when it knows the signal.
 4. NPLM (``clrdist.eval.nplm.run_toys``, Gaussian-kernel model, M centres, one kernel width per
    representation; the penalty lam, unless ``--lam``, the smallest that keeps the fitting toys
    chi2-like, ``clrdist.eval.nplm.choose_lambda``, as ``clrdist eval`` does): the chi2's degrees
@@ -49,8 +55,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.results import write_results  # noqa: E402
 from clrdist.config import load_config  # noqa: E402
 from clrdist.data.store import open_store  # noqa: E402
+from clrdist.eval.baselines import train_supervised  # noqa: E402
 from clrdist.eval.nplm import calibrate_null, fit_dof, kernel_width, run_toys, z_chi2  # noqa: E402
-from clrdist.factory import build_encoder, build_loss, initial_model, input_transform  # noqa: E402
+from clrdist.factory import (  # noqa: E402
+    build_encoder,
+    build_loss,
+    initial_model,
+    input_transform,
+    supervised_parts,
+)
 from clrdist.models.encode import model_inputs  # noqa: E402
 from clrdist.physics.augment import build_view  # noqa: E402
 from clrdist.train.inputs import view_inputs  # noqa: E402
@@ -223,6 +236,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-seeds", type=int, default=2,
                    help="train the encoder at this many seeds (--seed, --seed + 1, ...): rows "
                         "embedding, embedding_1, ...")
+    p.add_argument("--supervised", action=argparse.BooleanOptionalAction, default=True,
+                   help="per signal, the same encoder trained with that signal's labels (on "
+                        "--sup-fraction of its events; the rest is every row's injection pool)")
+    p.add_argument("--sup-fraction", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bootstrap", type=int, default=200)
     p.add_argument("--out-dir", default="bench_out/adc_nplm")
@@ -231,6 +248,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="also log the rows, the results file and one median-Z plot per signal "
                         "to this MLflow store (e.g. sqlite:///mlflow.db; experiment adc_nplm)")
     a = p.parse_args(argv)
+    if not 0.0 < a.sup_fraction < 1.0:
+        p.error(f"--sup-fraction must lie in (0, 1), got {a.sup_fraction}")
     t_start = time.perf_counter()
     torch.set_num_threads(1)
     overrides = ["loss.name=supcon"] if a.supcon else []
@@ -242,7 +261,12 @@ def main(argv: list[str] | None = None) -> dict:
     pool = {k: v[half:] for k, v in bkg.items()}
     names = sig_store.label_names
     sig_labels = sorted(int(x) for x in np.unique(sig["label"]) if x >= 1)
-    print(f"train {half} SM events, NPLM pool {len(pool['label'])}, signals "
+    sig_fit = None
+    if a.supervised:  # a seeded random part of every signal for the supervised reference only
+        u = np.random.default_rng(a.seed + 77).random(len(sig["label"]))
+        sig_fit = {k: v[u < a.sup_fraction] for k, v in sig.items()}
+        sig = {k: v[u >= a.sup_fraction] for k, v in sig.items()}
+    print(f"train {half} SM events, NPLM pool {len(pool['label'])}, signals (injection pool) "
           + ", ".join(f"{names[s]} {int((sig['label'] == s).sum())}" for s in sig_labels), flush=True)
     labels = None
     if a.supcon:
@@ -262,17 +286,33 @@ def main(argv: list[str] | None = None) -> dict:
         x, _ = model_inputs(d["particles"], d["mask"], input_transform(cfg))
         return x.reshape(len(x), -1).numpy().astype(np.float64)
 
-    reps = {name: rep_of(build_encoder(m, cfg)) for name, m in zip(trained, models, strict=True)}
-    reps["raw"] = rep_of(raw)
+    # (row name, background pool rep, {signal: its rep}); supervised: one encoder per signal
+    reps = [(name, *rep_of(build_encoder(m, cfg))) for name, m in zip(trained, models, strict=True)]
+    reps.append(("raw", *rep_of(raw)))
     for s in range(a.init_seeds):
-        reps[f"untrained_{s}"] = rep_of(build_encoder(initial_model(cfg.model, 1000 + s), cfg))
+        reps.append((f"untrained_{s}",
+                     *rep_of(build_encoder(initial_model(cfg.model, 1000 + s), cfg))))
+    t0 = time.perf_counter()
+    sup_info = {}
+    if sig_fit is not None:
+        factory, prepare = supervised_parts(cfg)
+        for s in sig_labels:
+            fit_set = {k: np.concatenate([train[k], sig_fit[k][sig_fit["label"] == s]])
+                       for k in ("particles", "mask", "label")}
+            fit = train_supervised(fit_set, factory, seed=a.seed, prepare=prepare)
+            sup_info[names[s]] = {k: float(v) for k, v in fit.info.items()}
+            rb, rs = rep_of(fit.encode)
+            reps.append(("supervised", rb, {s: rs[s]}))
+            print(f"supervised / {names[s]}: {int((sig_fit['label'] == s).sum())} signal events, "
+                  f"best epoch {fit.info.get('best_epoch')}", flush=True)
+    t_sup = time.perf_counter() - t0
     n_grid = np.array([int(x) for x in a.n_sig.split(",")])
     rng = np.random.default_rng(a.seed)
     out_dir = Path(a.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, z_curves, boots_by = [], {s: {} for s in sig_labels}, {}
     t0 = time.perf_counter()
-    for rep_name, (rb, rs) in reps.items():
+    for rep_name, rb, rs in reps:
         c = nplm_curves(rb, rs, n_ref=a.n_ref, n_data=a.n_data, n_sig=list(n_grid),
                         toys_null=a.toys_null, toys_sig=a.toys_sig, M=a.M, seed=a.seed,
                         lam=a.lam)
@@ -281,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{rep_name}: lam {c['lam']:g} ({tried}), dof {c['dof']:.1f}, KS p (independent "
               f"null toys) {c['ks_pvalue']:.3f}", flush=True)
         t_null_max = max(c["t_null_fit"].max(), c["t_null_check"].max())
-        for s in sig_labels:
+        for s in rs:
             n3, z_med, boots = z3_with_bootstrap(c, s, n_grid, a.bootstrap, rng)
             z_curves[s][rep_name] = z_med
             boots_by[(rep_name, s)] = boots
@@ -303,13 +343,16 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  {names[s]}: median Z {np.round(z_med, 2).tolist()} -> n(Z=3) "
                   f"{n3 if n3 is None else round(n3, 1)} +- {err}", flush=True)
     t_nplm = time.perf_counter() - t0
-    for s in sig_labels:  # the headline: raw / embedding (each training seed), and raw /
-        for ref in (*trained, "untrained"):  # untrained (mean over inits)
+    # the headline, raw / embedding (each training seed), next to raw / untrained (the mean over
+    # the inits) and raw / supervised (the label-trained reference)
+    for s in sig_labels:
+        refs = [*trained, *(["untrained"] if a.init_seeds else []),
+                *(["supervised"] if sig_fit is not None else [])]
+        for ref in refs:
             if ref != "untrained":
                 b_ref = boots_by[(ref, s)]
             else:
-                b_ref = finite_mean([boots_by[(f"untrained_{i}", s)] for i in range(a.init_seeds)]
-                                    ) if a.init_seeds else np.full(a.bootstrap, np.nan)
+                b_ref = finite_mean([boots_by[(f"untrained_{i}", s)] for i in range(a.init_seeds)])
             ratio = boots_by[("raw", s)] / b_ref
             mid, err = _summary(ratio)
             rows.append({"name": f"ratio raw / {ref} / {names[s]}", "representation":
@@ -322,6 +365,9 @@ def main(argv: list[str] | None = None) -> dict:
               "n_ref": a.n_ref, "n_data": a.n_data, "M": a.M, "toys_null_per_set": a.toys_null,
               "toys_sig": a.toys_sig, "init_seeds": a.init_seeds,
               "train_seeds": a.train_seeds, "train_s": round(t_train, 1), "nplm_s": round(t_nplm, 1),
+              "supervised": a.supervised, "sup_fraction": a.sup_fraction if a.supervised else None,
+              "supervised_fits": sup_info, "supervised_s": round(t_sup, 1),
+              "signal_pool_events": {names[s]: int((sig["label"] == s).sum()) for s in sig_labels},
               "total_s": round(time.perf_counter() - t_start, 1),
               "load_avg_1m": round(os.getloadavg()[0], 2),
               "published": "Metzger et al. arXiv:2502.15926: the embedding needs > 10x less signal "

@@ -16,6 +16,15 @@ def test_crossing_interpolates_in_log_signal_count():
     assert crossing(grid, np.array([1.0, 3.0, 2.0])) == pytest.approx(100.0)
 
 
+def test_adc_nplm_rejects_a_signal_split_before_reading_any_store(tmp_path, capsys):
+    from bench.adc_nplm import main
+
+    with pytest.raises(SystemExit):
+        main(["--background", str(tmp_path / "none.zarr"), "--signals", str(tmp_path / "no.zarr"),
+              "--sup-fraction", "1.0"])
+    assert "--sup-fraction must lie in (0, 1), got 1.0" in capsys.readouterr().err
+
+
 def test_adc_nplm_runs_end_to_end_and_logs_a_plot_per_signal_to_mlflow(tmp_path):
     """The bench on small converted ADC2021-layout files (random events; no physics expected):
     the results file has every representation's rows with the chosen kernel penalty, and the
@@ -39,9 +48,18 @@ def test_adc_nplm_runs_end_to_end_and_logs_a_plot_per_signal_to_mlflow(tmp_path)
                 "--out-dir", str(tmp_path / "out"), "--json", str(tmp_path / "r.json"),
                 "--tracking-uri", uri])
     names = {r["name"] for r in out["rows"]}
-    for rep in ("embedding", "embedding_1", "raw", "untrained_0"):  # 2 training seeds
+    for rep in ("embedding", "embedding_1", "raw", "untrained_0", "supervised"):  # 2 train seeds
         assert {f"{rep} / Ato4l", f"{rep} / leptoquark"} <= names
-    assert {"ratio raw / embedding / Ato4l", "ratio raw / embedding_1 / Ato4l"} <= names
+    assert {"ratio raw / embedding / Ato4l", "ratio raw / embedding_1 / Ato4l",
+            "ratio raw / supervised / leptoquark"} <= names
+    # each signal's supervised reference trained on its own part of that signal; every row
+    # injects from the rest: the two parts split the 60 events of each signal
+    assert set(out["supervised_fits"]) == {"Ato4l", "leptoquark"}
+    pool = out["signal_pool_events"]
+    assert 10 < pool["Ato4l"] < 50 and 10 < pool["leptoquark"] < 50
+    # a supervised encoder per signal: its own kernel calibration (dof) for each
+    sup = {r["signal"]: r for r in out["rows"] if r.get("representation") == "supervised"}
+    assert sup["Ato4l"]["dof"] != sup["leptoquark"]["dof"]
     z = {r["name"]: r["z_median_at_20"] for r in out["rows"] if "z_median_at_20" in r}
     assert z["embedding / Ato4l"] != z["embedding_1 / Ato4l"]  # two trainings, not one twice
     assert all(r["lam"] in (1e-6, 1e-5, 1e-4, 1e-3) for r in out["rows"] if "lam" in r)
@@ -50,7 +68,7 @@ def test_adc_nplm_runs_end_to_end_and_logs_a_plot_per_signal_to_mlflow(tmp_path)
     (run,) = c.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["n_ref"] == "200"
     assert "lam.raw.Ato4l" in run.data.metrics and "ks_pvalue_independent.embedding.Ato4l" in \
-        run.data.metrics
+        run.data.metrics and "lam.supervised.leptoquark" in run.data.metrics
     figures = {a.path for a in c.list_artifacts(run.info.run_id, "figures")}
     assert figures == {"figures/nplm_z_Ato4l.png", "figures/nplm_z_leptoquark.png"}
     assert {a.path for a in c.list_artifacts(run.info.run_id)} >= {"r.json", "figures"}
