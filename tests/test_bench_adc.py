@@ -58,6 +58,10 @@ def test_adc_nplm_runs_end_to_end_and_logs_a_plot_per_signal_to_mlflow(tmp_path)
     pool = out["signal_pool_events"]
     assert 10 < pool["Ato4l"] < 50 and 10 < pool["leptoquark"] < 50
     # a supervised encoder per signal: its own kernel calibration (dof) for each
+    # the published "> 10" sits on the raw / embedding ratios, not on their references
+    published = {r["name"] for r in out["rows"] if r.get("published") == "> 10"}
+    assert published == {f"ratio raw / {e} / {s}" for e in ("embedding", "embedding_1")
+                         for s in ("Ato4l", "leptoquark")}
     sup = {r["signal"]: r for r in out["rows"] if r.get("representation") == "supervised"}
     assert sup["Ato4l"]["dof"] != sup["leptoquark"]["dof"]
     z = {r["name"]: r["z_median_at_20"] for r in out["rows"] if "z_median_at_20" in r}
@@ -100,3 +104,6 @@ def test_adc_anomaly_runs_end_to_end_with_its_references_and_the_supervised_ceil
                 "supervised (same encoder, labels, 2-fold)"):
         assert 0 <= rows[f"{rep} / Ato4l"]["auc"] <= 1, rep
     assert {"gain trained / raw / Ato4l", "gain trained_1 / untrained / Ato4l"} <= set(rows)
+    # the published O(5) sits on the row it is about, the trained AE's gain over raw on A -> 4 l
+    assert [n for n, r in rows.items() if "published" in r] == [
+        "gain trained / raw / Ato4l", "gain trained_1 / raw / Ato4l"]

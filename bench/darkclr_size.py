@@ -1,0 +1,137 @@
+"""Does the model's size close DarkCLR's gap to 0.76? (issue 20, item 4)
+
+    python -m bench.darkclr_size --train data/darkclr_budget/qcd_train20k.zarr \
+        --eval data/darkclr_budget/svj_eval.zarr --sizes 32x1,64x2,128x4 --train-seeds 2 \
+        --steps 1400 --threads 2 --out docs/results/darkclr_size.json
+
+The CPU recipe (``configs/darkclr_svj_cpu.yaml``: AnomalyCLR loss, its views, lr 1e-3, the
+schedule sized for ``--steps``) at several transformer sizes, each trained for the same number of
+steps on the same QCD jets (``bench.darkclr_budget.train_recipe``) at ``--train-seeds`` seeds and
+scored by |z| on the same test half of the evaluation store (``bench.svj_sample.halves``). Next
+to each size, on the same jets: the same encoder untrained (``--init-seeds``: mean, std, max)
+and trained with the labels (cross-fitted on the whole store, the ceiling of that size;
+``--no-supervised`` leaves it out: minutes at 128x4); once, the raw observables (jet mass,
+multiplicity) and the jet-image autoencoder; and the published value.
+
+Sizes (``SIZES``): ``64x2`` is the CPU recipe as configured (64 wide, 2 layers, feed-forward 128,
+head [64] -> 64); ``32x1`` the same shape halved; ``128x4`` DarkCLR's own size (128 wide,
+4 layers, feed-forward 512, head [512] -> 512).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from bench.darkclr_budget import (
+    PUBLISHED,
+    eval_inputs,
+    run_config,
+    score_metrics,
+    scored,
+    seed_summary,
+    supervised_crossfit,
+    train_recipe,
+)
+from bench.results import write_results
+from bench.svj_sample import encoder_free_scores, halves
+from clrdist.data.store import open_store
+from clrdist.factory import initial_model
+
+SIZES = {
+    "32x1": ["model.model_dim=32", "model.ff_dim=64", "model.layers=1", "model.head_dims=[32]",
+             "model.output_dim=32"],
+    "64x2": [],
+    "128x4": ["model.model_dim=128", "model.ff_dim=512", "model.layers=4",
+              "model.head_dims=[512]", "model.output_dim=512"],
+}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--train", required=True, help="QCD training store (background only)")
+    p.add_argument("--eval", required=True, help="semi-visible + QCD evaluation store")
+    p.add_argument("--sizes", default="32x1,64x2,128x4", help=f"of {list(SIZES)}")
+    p.add_argument("--steps", type=int, default=1400, help="training steps of every encoder")
+    p.add_argument("--train-seeds", type=int, default=2)
+    p.add_argument("--init-seeds", type=int, default=5)
+    p.add_argument("--supervised", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--ae-epochs", type=int, default=30)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="the halves' order and the image AE")
+    p.add_argument("--set", action="append", default=[], help="config override for every size")
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    sizes = [s.strip() for s in a.sizes.split(",") if s.strip()]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown or not sizes:
+        p.error(f"--sizes: unknown {unknown}; known: {list(SIZES)}")
+    if a.train_seeds < 1:
+        p.error("--train-seeds must be at least 1")
+    configs = {s: run_config([*SIZES[s], *a.set]) for s in sizes}  # bad overrides fail here
+    torch.set_num_threads(a.threads)
+
+    ev = open_store(a.eval).read_all()
+    fit, test = halves(ev, a.seed)
+    labels = np.asarray(test["label"]).reshape(-1)
+    names = {"mass": "raw: jet mass", "multiplicity": "raw: multiplicity",
+             "image_ae": "jet-image AE"}
+    rows: list[dict] = [{"name": names[k], **m} for k, m in
+                        encoder_free_scores(fit, test, a.seed, a.ae_epochs).items()]
+    print(rows, flush=True)
+
+    train = open_store(a.train).read_all()
+    both = {k: np.r_[fit[k], test[k]] for k in ("particles", "mask", "label")}
+    for size in sizes:
+        cfg = configs[size]
+        x, m = eval_inputs(cfg, test)
+        row = {"name": size, "model_dim": cfg.model.model_dim, "layers": cfg.model.layers,
+               "params": sum(t.numel() for t in initial_model(cfg.model, 0).parameters())}
+        inits = [scored(initial_model(cfg.model, s), x, m, labels) for s in range(a.init_seeds)]
+        if inits:
+            init = seed_summary(inits)
+            row.update(untrained_auc=init["rep_auc"], untrained_auc_std=init["rep_auc_std"],
+                       untrained_auc_max=max(r["rep_auc"] for r in inits),
+                       **{"untrained_inv_eps_b_at_0.2": init["rep_inv_eps_b_at_0.2"]})
+        seeds = []
+        for seed in range(a.train_seeds):
+            cfg_s = run_config([*SIZES[size], *a.set, f"seed={cfg.seed + seed}"])
+            t0 = time.perf_counter()
+            for step, model, info in train_recipe(cfg_s, train, [a.steps]):
+                got = scored(model, x, m, labels)
+                seeds.append({"seed": cfg_s.seed, "steps": step, "cpu_s": info["cpu_s"],
+                              "wall_s": time.perf_counter() - t0, "loss": info["loss"], **got})
+                print(size, seeds[-1], flush=True)
+        auc = np.array([s["rep_auc"] for s in seeds])
+        row.update(trained_auc=float(auc.mean()), trained_auc_min=float(auc.min()),
+                   trained_auc_max=float(auc.max()),
+                   trained_auc_seed_std=float(auc.std(ddof=1)) if len(auc) > 1 else 0.0,
+                   **{"trained_inv_eps_b_at_0.2": float(np.mean(
+                       [s["rep_inv_eps_b_at_0.2"] for s in seeds]))},
+                   trained_head_auc=float(np.mean([s["head_auc"] for s in seeds])),
+                   train_cpu_s=float(np.mean([s["cpu_s"] for s in seeds])), seeds=seeds)
+        if a.supervised:
+            t0 = time.perf_counter()
+            sup = supervised_crossfit(cfg, both, cfg.seed)[len(fit["label"]):]
+            ms = score_metrics(labels, sup)
+            row.update(supervised_auc=ms["auc"], supervised_s=time.perf_counter() - t0,
+                       **{"supervised_inv_eps_b_at_0.2": ms["inv_eps_b_at_0.2"]})
+        rows.append(row)
+        print({k: v for k, v in row.items() if k != "seeds"}, flush=True)
+    rows.append({"name": "published (DarkCLR: 128x4, 100k jets, 150 epochs)",
+                 "trained_auc": PUBLISHED["auc"],
+                 "trained_inv_eps_b_at_0.2": PUBLISHED["inv_eps_b_at_0.2"]})
+    result = {"config": "configs/darkclr_svj_cpu.yaml", "overrides": a.set, "sizes": sizes,
+              "train_jets": len(train["mask"]), "steps": a.steps, "train_seeds": a.train_seeds,
+              "n_test_sig": int((labels >= 1).sum()), "n_test_bkg": int((labels == 0).sum()),
+              "published": PUBLISHED, "rows": rows}
+    if a.out:
+        write_results(a.out, result, argv)
+    return result
+
+
+if __name__ == "__main__":
+    main()

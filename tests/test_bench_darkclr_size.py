@@ -1,0 +1,41 @@
+"""bench.darkclr_size end to end on small toy stores: every size trained at every seed and scored
+on the same test half next to its own untrained and supervised references."""
+
+import pytest
+import torch
+
+from bench.darkclr_size import main
+from clrdist.data.toy import write_toy_store
+
+
+def test_every_size_is_trained_at_every_seed_next_to_its_references(tmp_path):
+    train = write_toy_store(tmp_path / "train.zarr", n_per_class=150, seed=1, n_particles=50)
+    ev = write_toy_store(tmp_path / "ev.zarr", n_per_class=100, seed=2, n_particles=50)
+    threads = torch.get_num_threads()
+    try:
+        out = main(["--train", str(train), "--eval", str(ev), "--sizes", "32x1,64x2",
+                    "--steps", "3", "--train-seeds", "2", "--init-seeds", "2", "--ae-epochs", "1",
+                    "--set", "data.batch_size=32", "--out", str(tmp_path / "r.json")])
+    finally:
+        torch.set_num_threads(threads)  # the bench sets this process's torch threads
+    rows = {r["name"]: r for r in out["rows"]}
+    assert list(rows) == ["raw: jet mass", "raw: multiplicity", "jet-image AE", "32x1", "64x2",
+                          "published (DarkCLR: 128x4, 100k jets, 150 epochs)"]
+    small, base = rows["32x1"], rows["64x2"]
+    assert small["params"] < base["params"] and (small["model_dim"], base["layers"]) == (32, 2)
+    for r in (small, base):
+        assert [s["seed"] for s in r["seeds"]] == [0, 1] and r["seeds"][0]["steps"] == 3
+        # two seeds, two trainings: not one model scored twice
+        assert r["seeds"][0]["rep_auc"] != r["seeds"][1]["rep_auc"]
+        assert r["trained_auc_min"] <= r["trained_auc"] <= r["trained_auc_max"]
+        for key in ("untrained_auc", "untrained_auc_max", "supervised_auc"):
+            assert 0 <= r[key] <= 1, key
+    assert rows["published (DarkCLR: 128x4, 100k jets, 150 epochs)"]["trained_auc"] == 0.76
+    assert (tmp_path / "r.json").is_file()
+
+
+def test_an_unknown_size_is_refused_before_any_store_is_read(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--train", str(tmp_path / "no.zarr"), "--eval", str(tmp_path / "no.zarr"),
+              "--sizes", "64x2,256x8"])
+    assert "--sizes: unknown ['256x8']" in capsys.readouterr().err
