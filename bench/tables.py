@@ -32,10 +32,6 @@ first list is the header, each further list one row of templates over that objec
       - [LCT AUC, "{lct_auc:.3f}", "{lct_init_auc:.3f}"]
     -->
 
-``also: [results/b.json, ...]`` appends the rows of further results files (the same ``rows`` path;
-``names`` then picks from all of them), each file's command under the table: one table of runs
-that a single command does not make (e.g. one model size per run).
-
 A template's fields are row keys (a key with dots is tried whole first, then as a path);
 ``{key:.3f}`` formats numbers, a missing or null value prints "-"; a part in square brackets,
 ``"{auc:.3f}[ +- {err:.3f}]"``, is left out where one of its fields has no value. Under the table a line
@@ -139,15 +135,12 @@ def section(data: dict, spec: dict, where: str):
     return data if path == "." else lookup(data, path, where)
 
 
-def rows_of(files: list[dict], spec: dict, where: str) -> list[dict]:
-    rows = []
-    for data in files:
-        part = section(data, spec, where)
-        if isinstance(part, dict):  # a dict of dicts: the keys become the rows' names
-            part = [{"name": k, **v} for k, v in part.items() if isinstance(v, dict)]
-        if not isinstance(part, list) or not all(isinstance(r, dict) for r in part):
-            raise TableError(f"{where}: {spec.get('rows', 'rows')!r} is not a list of row objects")
-        rows += part
+def rows_of(data: dict, spec: dict, where: str) -> list[dict]:
+    rows = section(data, spec, where)
+    if isinstance(rows, dict):  # a dict of dicts: the keys become the rows' names
+        rows = [{"name": k, **v} for k, v in rows.items() if isinstance(v, dict)]
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise TableError(f"{where}: {spec.get('rows', 'rows')!r} is not a list of row objects")
     if "names" in spec:
         by_name = {str(r.get("name")): r for r in rows}
         missing = [n for n in spec["names"] if str(n) not in by_name]
@@ -203,47 +196,32 @@ def render(spec_text: str, md_path: Path) -> str:
         raise TableError(f"{where}: the marker's spec is not YAML ({err})") from None
     if not isinstance(spec, dict):
         raise TableError(f"{where}: the marker's spec must be a mapping")
-    also = spec.get("also", [])
-    if not isinstance(also, list) or not all(isinstance(a, str) for a in also):
-        raise TableError(f"{where}: also must be a list of results files")
-    if also and "grid" in spec:
-        raise TableError(f"{where}: a grid table reads one file; also is for row tables")
-    files = [(r, load_results(md_path.parent / r, where)) for r in (rel, *also)]
-    data = files[0][1]
-    if "grid" in spec:
-        lines = grid_lines(data, spec, where)
-    else:
-        rows = rows_of([d for _, d in files], spec, where)
-        cols = columns_of(spec, rows, where)
-        lines = ["| " + " | ".join(h for h, _ in cols) + " |",
-                 "| " + " | ".join("---" for _ in cols) + " |"]
-        lines += ["| " + " | ".join(render_cell(t, r, where) for _, t in cols) + " |"
-                  for r in rows]
-    if spec.get("footer", True):
-        lines.append("")
-        for r, d in files:
-            machine = d["machine"]
-            if isinstance(machine, dict):
-                machine = ", ".join(f"{v}" for v in machine.values())
-            lines.append(f"<sub>`{d['command']}` ({machine}; {d['date']}; "
-                         f"[{Path(r).name}]({r}))</sub>" + ("<br>" if r != files[-1][0] else ""))
-    return "\n".join(lines)
-
-
-def load_results(path: Path, where: str) -> dict:
-    """A results file, which must name its command, machine and date."""
+    path = md_path.parent / rel
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise TableError(f"{where}: {path} does not exist") from None
     except json.JSONDecodeError as err:
         raise TableError(f"{where}: {path} is not JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise TableError(f"{where}: {path.name} is not a JSON object")
     for key in ("command", "machine", "date"):
         if key not in data:
             raise TableError(f"{where}: {path.name} has no top-level {key!r}")
-    return data
+    if "grid" in spec:
+        lines = grid_lines(data, spec, where)
+    else:
+        rows = rows_of(data, spec, where)
+        cols = columns_of(spec, rows, where)
+        lines = ["| " + " | ".join(h for h, _ in cols) + " |",
+                 "| " + " | ".join("---" for _ in cols) + " |"]
+        lines += ["| " + " | ".join(render_cell(t, r, where) for _, t in cols) + " |"
+                  for r in rows]
+    if spec.get("footer", True):
+        machine = data["machine"]
+        if isinstance(machine, dict):
+            machine = ", ".join(f"{v}" for v in machine.values())
+        lines += ["", f"<sub>`{data['command']}` ({machine}; {data['date']}; "
+                      f"[{path.name}]({rel}))</sub>"]
+    return "\n".join(lines)
 
 
 def update_text(text: str, md_path: Path) -> str:

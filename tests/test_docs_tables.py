@@ -179,29 +179,3 @@ def test_nested_keys_with_dots_and_list_items(tmp_path):
                   "-->\n<!-- end table -->\n")
     assert tables.main([str(md)]) == 0
     assert "| 19.0 | a, b | none |" in md.read_text()
-
-
-def test_also_appends_the_rows_of_further_runs_each_with_its_command(tmp_path, capsys):
-    """One table over runs that no single command makes (one model size per run): the rows of
-    every file in order, ``names`` picking from all of them, and each file's command below."""
-    md, _ = docs(tmp_path, "")
-    (tmp_path / "results" / "big.json").write_text(json.dumps(
-        {"command": "python -m bench.x --big", "machine": "m2", "date": "d2",
-         "rows": [{"name": "big", "lct_auc": 0.97}]}))
-    md.write_text("<!-- table: results/x.json\nalso: [results/big.json]\n"
-                  "names: [big, trained]\ncolumns:\n  - name\n  - auc: '{lct_auc:.2f}'\n-->\n"
-                  "<!-- end table -->\n")
-    assert tables.main([str(md)]) == 0
-    text = md.read_text()
-    assert "| name | auc |\n| --- | --- |\n| big | 0.97 |\n| trained | 0.96 |\n" in text
-    assert "`python -m bench.x --out docs/results/x.json`" in text
-    assert "`python -m bench.x --big` (m2; d2; [big.json](results/big.json))" in text
-    # a further file without its command, or also on a grid, is refused with the file named
-    (tmp_path / "results" / "bad.json").write_text(json.dumps({"rows": []}))
-    md.write_text("<!-- table: results/x.json\nalso: [results/bad.json]\n-->\n<!-- end table -->\n")
-    assert tables.main([str(md), "--check"]) == 1
-    assert "bad.json has no top-level 'command'" in capsys.readouterr().err
-    md.write_text("<!-- table: results/x.json\nalso: [results/big.json]\nrows: nested\n"
-                  "grid: [[a], ['{ours.auc}']]\n-->\n<!-- end table -->\n")
-    assert tables.main([str(md), "--check"]) == 1
-    assert "a grid table reads one file" in capsys.readouterr().err
