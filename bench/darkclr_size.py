@@ -30,14 +30,12 @@ from bench.darkclr_budget import (
     PUBLISHED,
     eval_inputs,
     run_config,
-    score_metrics,
     scored,
     seed_summary,
-    supervised_crossfit,
     train_recipe,
 )
 from bench.results import write_results
-from bench.svj_sample import encoder_free_scores, halves
+from bench.svj_sample import ceiling, encoder_free_scores, halves
 from clrdist.data.store import open_store
 from clrdist.factory import initial_model
 
@@ -84,7 +82,6 @@ def main(argv=None) -> dict:
     print(rows, flush=True)
 
     train = open_store(a.train).read_all()
-    both = {k: np.r_[fit[k], test[k]] for k in ("particles", "mask", "label")}
     for size in sizes:
         cfg = configs[size]
         x, m = eval_inputs(cfg, test)
@@ -115,8 +112,7 @@ def main(argv=None) -> dict:
                    train_cpu_s=float(np.mean([s["cpu_s"] for s in seeds])), seeds=seeds)
         if a.supervised:
             t0 = time.perf_counter()
-            sup = supervised_crossfit(cfg, both, cfg.seed)[len(fit["label"]):]
-            ms = score_metrics(labels, sup)
+            ms = ceiling(cfg, fit, test)
             row.update(supervised_auc=ms["auc"], supervised_s=time.perf_counter() - t0,
                        **{"supervised_inv_eps_b_at_0.2": ms["inv_eps_b_at_0.2"]})
         rows.append(row)
