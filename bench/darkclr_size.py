@@ -13,6 +13,12 @@ and trained with the labels (cross-fitted on the whole store, the ceiling of tha
 ``--no-supervised`` leaves it out: minutes at 128x4); once, the raw observables (jet mass,
 multiplicity) and the jet-image autoencoder; and the published value.
 
+``--score-at 1400,2800`` also scores every training run at those earlier steps of the same
+schedule (sized for ``--steps``): the curve of one long run, listed per seed and averaged in
+``trained_auc_by_steps``; the row's ``trained_*`` numbers are always those at ``--steps``. With
+``--out`` the results file is rewritten after every score (``"complete": false`` until the end), so
+a long run stopped midway keeps what it measured.
+
 Sizes (``SIZES``): ``64x2`` is the CPU recipe as configured (64 wide, 2 layers, feed-forward 128,
 head [64] -> 64); ``32x1`` the same shape halved; ``128x4`` DarkCLR's own size (128 wide,
 4 layers, feed-forward 512, head [512] -> 512).
@@ -54,6 +60,7 @@ def main(argv=None) -> dict:
     p.add_argument("--eval", required=True, help="semi-visible + QCD evaluation store")
     p.add_argument("--sizes", default="32x1,64x2,128x4", help=f"of {list(SIZES)}")
     p.add_argument("--steps", type=int, default=1400, help="training steps of every encoder")
+    p.add_argument("--score-at", default="", help="earlier steps to score too (comma-separated)")
     p.add_argument("--train-seeds", type=int, default=2)
     p.add_argument("--init-seeds", type=int, default=5)
     p.add_argument("--supervised", action=argparse.BooleanOptionalAction, default=True)
@@ -69,6 +76,12 @@ def main(argv=None) -> dict:
         p.error(f"--sizes: unknown {unknown}; known: {list(SIZES)}")
     if a.train_seeds < 1:
         p.error("--train-seeds must be at least 1")
+    try:
+        score_at = sorted({int(v) for v in a.score_at.split(",") if v.strip()})
+    except ValueError:
+        p.error(f"--score-at: {a.score_at!r} is not a comma-separated list of steps")
+    if any(not 0 < v < a.steps for v in score_at):
+        p.error(f"--score-at: every step must lie between 0 and --steps ({a.steps}): {score_at}")
     configs = {s: run_config([*SIZES[s], *a.set]) for s in sizes}  # bad overrides fail here
     torch.set_num_threads(a.threads)
 
@@ -82,6 +95,18 @@ def main(argv=None) -> dict:
     print(rows, flush=True)
 
     train = open_store(a.train).read_all()
+
+    def result(done: list[dict], complete: bool) -> dict:
+        return {"config": "configs/darkclr_svj_cpu.yaml", "overrides": a.set, "sizes": sizes,
+                "train_jets": len(train["mask"]), "steps": a.steps, "score_at": score_at,
+                "train_seeds": a.train_seeds, "n_test_sig": int((labels >= 1).sum()),
+                "n_test_bkg": int((labels == 0).sum()), "published": PUBLISHED,
+                "complete": complete, "rows": done}
+
+    def save(done: list[dict], complete: bool = False) -> None:
+        if a.out:
+            write_results(a.out, result(done, complete), argv)
+
     for size in sizes:
         cfg = configs[size]
         x, m = eval_inputs(cfg, test)
@@ -97,11 +122,16 @@ def main(argv=None) -> dict:
         for seed in range(a.train_seeds):
             cfg_s = run_config([*SIZES[size], *a.set, f"seed={cfg.seed + seed}"])
             t0 = time.perf_counter()
-            for step, model, info in train_recipe(cfg_s, train, [a.steps]):
+            for step, model, info in train_recipe(cfg_s, train, [*score_at, a.steps]):
                 got = scored(model, x, m, labels)
                 seeds.append({"seed": cfg_s.seed, "steps": step, "cpu_s": info["cpu_s"],
                               "wall_s": time.perf_counter() - t0, "loss": info["loss"], **got})
                 print(size, seeds[-1], flush=True)
+                save([*rows, {**row, "seeds": seeds}])
+        by_steps = {str(n): float(np.mean([s["rep_auc"] for s in seeds if s["steps"] == n]))
+                    for n in [*score_at, a.steps]}
+        seeds, earlier = ([s for s in seeds if s["steps"] == a.steps],
+                          [s for s in seeds if s["steps"] != a.steps])
         auc = np.array([s["rep_auc"] for s in seeds])
         row.update(trained_auc=float(auc.mean()), trained_auc_min=float(auc.min()),
                    trained_auc_max=float(auc.max()),
@@ -110,23 +140,21 @@ def main(argv=None) -> dict:
                        [s["rep_inv_eps_b_at_0.2"] for s in seeds]))},
                    trained_head_auc=float(np.mean([s["head_auc"] for s in seeds])),
                    train_cpu_s=float(np.mean([s["cpu_s"] for s in seeds])), seeds=seeds)
+        if score_at:
+            row.update(trained_auc_by_steps=by_steps, earlier=earlier)
         if a.supervised:
             t0 = time.perf_counter()
             ms = ceiling(cfg, fit, test)
             row.update(supervised_auc=ms["auc"], supervised_s=time.perf_counter() - t0,
                        **{"supervised_inv_eps_b_at_0.2": ms["inv_eps_b_at_0.2"]})
         rows.append(row)
-        print({k: v for k, v in row.items() if k != "seeds"}, flush=True)
+        save(rows)
+        print({k: v for k, v in row.items() if k not in ("seeds", "earlier")}, flush=True)
     rows.append({"name": "published (DarkCLR: 128x4, 100k jets, 150 epochs)",
                  "trained_auc": PUBLISHED["auc"],
                  "trained_inv_eps_b_at_0.2": PUBLISHED["inv_eps_b_at_0.2"]})
-    result = {"config": "configs/darkclr_svj_cpu.yaml", "overrides": a.set, "sizes": sizes,
-              "train_jets": len(train["mask"]), "steps": a.steps, "train_seeds": a.train_seeds,
-              "n_test_sig": int((labels >= 1).sum()), "n_test_bkg": int((labels == 0).sum()),
-              "published": PUBLISHED, "rows": rows}
-    if a.out:
-        write_results(a.out, result, argv)
-    return result
+    save(rows, complete=True)
+    return result(rows, complete=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """bench.darkclr_size end to end on small toy stores: every size trained at every seed and scored
 on the same test half next to its own untrained and supervised references."""
 
+import json
+
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ def test_every_size_is_trained_at_every_seed_next_to_its_references(tmp_path):
     threads = torch.get_num_threads()
     try:
         out = main(["--train", str(train), "--eval", str(ev), "--sizes", "32x1,64x2",
-                    "--steps", "3", "--train-seeds", "2", "--init-seeds", "2", "--ae-epochs", "1",
+                    "--steps", "3", "--score-at", "2", "--train-seeds", "2", "--init-seeds", "2", "--ae-epochs", "1",
                     "--set", "data.batch_size=32", "--out", str(tmp_path / "r.json")])
     finally:
         torch.set_num_threads(threads)  # the bench sets this process's torch threads
@@ -28,10 +30,16 @@ def test_every_size_is_trained_at_every_seed_next_to_its_references(tmp_path):
         # two seeds, two trainings: not one model scored twice
         assert r["seeds"][0]["rep_auc"] != r["seeds"][1]["rep_auc"]
         assert r["trained_auc_min"] <= r["trained_auc"] <= r["trained_auc_max"]
+        # the curve: each run also scored at step 2 of the same schedule, kept apart
+        assert [(s["seed"], s["steps"]) for s in r["earlier"]] == [(0, 2), (1, 2)]
+        assert list(r["trained_auc_by_steps"]) == ["2", "3"]
+        assert r["trained_auc_by_steps"]["3"] == pytest.approx(r["trained_auc"])
         for key in ("untrained_auc", "untrained_auc_max", "supervised_auc"):
             assert 0 <= r[key] <= 1, key
     assert rows["published (DarkCLR: 128x4, 100k jets, 150 epochs)"]["trained_auc"] == 0.76
-    assert (tmp_path / "r.json").is_file()
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["complete"] is True and saved["score_at"] == [2]
+    assert [r["name"] for r in saved["rows"]] == list(rows)
 
 
 def test_an_unknown_size_is_refused_before_any_store_is_read(tmp_path, capsys):
@@ -39,3 +47,12 @@ def test_an_unknown_size_is_refused_before_any_store_is_read(tmp_path, capsys):
         main(["--train", str(tmp_path / "no.zarr"), "--eval", str(tmp_path / "no.zarr"),
               "--sizes", "64x2,256x8"])
     assert "--sizes: unknown ['256x8']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("score_at", ["3", "0", "two"])
+def test_a_score_step_outside_the_run_is_refused_before_any_store_is_read(tmp_path, capsys,
+                                                                          score_at):
+    with pytest.raises(SystemExit):
+        main(["--train", str(tmp_path / "no.zarr"), "--eval", str(tmp_path / "no.zarr"),
+              "--steps", "3", "--score-at", score_at])
+    assert "--score-at" in capsys.readouterr().err
