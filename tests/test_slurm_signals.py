@@ -21,8 +21,10 @@ from clrdist.train.trainer import Preempted, train
 pytestmark = pytest.mark.integration
 
 
+# ZeRO 1 takes the same checkpoint path as ZeRO 2 (one optimiser shard file per rank); its shard
+# round trip is tested in-process (test_engine.py::test_deepspeed_zero_engine_resumes_...[1]), so
+# the ~90 s Ray run that repeated ZeRO 2's here is not in the suite.
 ENGINES = {"ddp": ["scaling.engine=ddp"],
-           "zero1": ["scaling.engine=deepspeed", "scaling.zero_stage=1"],
            "zero2": ["scaling.engine=deepspeed", "scaling.zero_stage=2"]}
 
 
