@@ -1,5 +1,7 @@
 """run_evaluations / evaluate_during_training through a stand-in encoder."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from _eval_toys import TinyDeepSet, mixed
@@ -86,6 +88,52 @@ def test_cwola_runs_bump_hunt_on_dijet_stores():
     with pytest.raises(KeyError, match="m_jj"):
         run_evaluations(lambda b: b["features"][:, 1:], train_data=tr, test_data=te,
                         which={"bumphunt"}, context=Context(feature_names=["x"]))
+
+
+def _dijet_store_tracking_pt(n_bkg, n_sig, seed):
+    """The whitening tests' toy dijets laid out as a dijet store: one constituent slot per jet
+    (leading jet first) holding that jet's three features, pt_J1 / pt_J2 among the event's."""
+    from test_eval_bumphunt_whiten import _dijets_tracking_pt
+
+    mjj, x, pt1, pt2, y = _dijets_tracking_pt(n_bkg, n_sig, seed)
+    perm = np.random.default_rng(seed).permutation(len(y))
+    data = {"particles": np.stack([x[:, :3], x[:, 3:]], 1).astype(np.float32)[perm],
+            "mask": np.ones((len(y), 2), bool), "label": y[perm].astype(np.int8),
+            "features": np.c_[mjj, pt1, pt2].astype(np.float32)[perm]}
+    half = len(y) // 2
+    return ({k: v[s] for k, v in data.items()} for s in (slice(None, half), slice(half, None)))
+
+
+def test_bump_hunt_encodes_each_jet_alone_and_whitens_it_against_its_pt():
+    """On a dijet store the hunt encodes each jet alone (its half of the constituent slots) and
+    whitens each jet's representation against the jet's own pT: features that track the jets'
+    pT, which the guard refuses as the event's representation (they would sculpt a bump), pass
+    it, and a resonance 3 sd apart in one feature of the leading jet is found."""
+    seen = []
+
+    def encode(batch):  # the event's slots flattened: (n, 6) for an event, (n, 3) for one jet
+        seen.append(batch["particles"].shape[1])
+        return batch["particles"].reshape(len(batch["label"]), -1)
+
+    ctx = Context(feature_names=["m_jj", "pt_J1", "pt_J2"], ecm=13000.0, kind="dijet",
+                  raw_reference=False, init_encoders=())
+    hunt = {"classifier": "linear", "k": 3, "n_bins": 12, "n_toys": 10, "figures": False,
+            "mjj_range": (2500.0, 6000.0)}
+    tr, te = _dijet_store_tracking_pt(8000, 330, seed=12)
+    as_event = run_evaluations(encode, train_data=tr, test_data=te, which={"bumphunt"},
+                               context=ctx, options={"bumphunt": {**hunt, "per_jet": False}})
+    m = as_event["bumphunt"].metrics
+    assert m["bumphunt_refused"] == 1 and m["bumphunt_mjj_corr"] > 0.3
+    assert m["bumphunt_per_jet"] == 0
+    seen.clear()
+    res = run_evaluations(encode, train_data=tr, test_data=te, which={"bumphunt"}, context=ctx,
+                          options={"bumphunt": hunt})
+    m = res["bumphunt"].metrics
+    assert set(seen) == {2, 1}  # the event once (the runner's representation), then each jet
+    assert m["bumphunt_per_jet"] == 1 and "bumphunt_refused" not in m
+    assert m["bumphunt_f_0.01_best_sr_lo"] < 3500 < m["bumphunt_f_0.01_best_sr_hi"]
+    assert m["bumphunt_f_0.01_max_local_z"] > 3
+    assert abs(m["bumphunt_f_0_max_local_z"]) < 3  # the background alone: no bump made
 
 
 def test_bump_hunt_runs_next_to_the_supervised_encoder():
@@ -248,3 +296,41 @@ def test_searches_run_next_to_the_supervised_encoder_which_is_trained_once():
     alone = run_baselines(tr, te, which=["supervised"], model_factory=TinyDeepSet, figures=False,
                           supervised_max_epochs=30).metrics
     assert res["baselines"].metrics["baseline_supervised_auc"] == alone["baseline_supervised_auc"]
+
+
+def test_per_jet_features_of_a_converted_lhco_store_through_a_real_encoder(tmp_path):
+    """The real layout: an LHCO file converted to a dijet store (each event's two leading anti-kT
+    jets, the leading jet's 50 constituent slots first) and the demo config's encoder untrained.
+    Each half of the bump hunt's features is that jet encoded alone, the pT the store's pt_J1 /
+    pt_J2; the raw inputs (no encoder) and per_jet: false keep the event's representation."""
+    from _convert import toy_dijet_rows, write_lhco
+
+    from clrdist.config import load_config
+    from clrdist.data.convert import convert
+    from clrdist.data.store import open_store
+    from clrdist.eval.adapters import per_jet_features
+    from clrdist.eval.runner import Inputs, encode_all
+    from clrdist.factory import build_encoder, initial_model
+
+    _, _, rows = toy_dijet_rows(60, seed=4)
+    store = open_store(convert("lhco", [write_lhco(tmp_path / "rnd.h5", rows)],
+                               tmp_path / "lh.zarr", progress=False))
+    d = store.read_all()
+    tr, te = ({k: v[s] for k, v in d.items()} for s in (slice(None, 40), slice(40, None)))
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml", [])
+    enc = build_encoder(initial_model(cfg.model, 0), cfg)
+    names = store.feature_names
+    ctx = Context(feature_names=names, kind=store.attrs["kind"])
+    inp = Inputs(tr, te, encode_all(enc, tr), encode_all(enc, te), ctx=ctx, encode=enc)
+    x, pt = per_jet_features(inp)
+    assert d["particles"].shape[1] == 100 and x.shape == (60, 2 * inp.rep_train.shape[1])
+    both = {k: np.concatenate([tr[k], te[k]]) for k in tr}
+    for j, s in enumerate((slice(None, 50), slice(50, None))):
+        alone = enc({**both, "particles": both["particles"][:, s], "mask": both["mask"][:, s]})
+        np.testing.assert_allclose(x[:, j * alone.shape[1]:(j + 1) * alone.shape[1]], alone,
+                                   rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(pt, both["features"][:, [names.index("pt_J1"),
+                                                           names.index("pt_J2")]])
+    for other in (per_jet_features(inp, per_jet=False),
+                  per_jet_features(Inputs(tr, te, inp.rep_train, inp.rep_test, ctx=ctx))):
+        assert other[1] is None and np.array_equal(other[0], inp.rep_all)

@@ -11,17 +11,14 @@ what it records with ``inputs.curve`` goes into the comparison figures of
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from clrdist.data.schema import MJJ_NAMES
 from clrdist.eval.bumphunt import SIGNAL_FRACTIONS, MjjCorrelationError, hunt_at_fractions
 from clrdist.eval.metrics import EvalResult, eps_tag
-from clrdist.eval.runner import mjj_column
-
-if TYPE_CHECKING:
-    from clrdist.eval.runner import Inputs
+from clrdist.eval.runner import Inputs, encode_all, mjj_column
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +97,37 @@ def mimic(inp: Inputs, **options: Any) -> EvalResult:
                             **options)
 
 
+def per_jet_features(inp: Inputs, *, per_jet: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """The bump hunt's features of every event (train then test) and, per jet, the jets' pT.
+
+    With ``per_jet`` on a dijet store (the leading jet's constituent slots, then the
+    subleading's; ``pt_J1``, ``pt_J2`` among its features) and an encoder (not the raw inputs):
+    each jet encoded alone, the two representations side by side, and the jets' pT (n, 2), with
+    which the hunt whitens each jet's representation against its own pT
+    (``hunt_at_fractions(jet_pt=...)``): the event's m_jj grows with its jets' pT, so features
+    that change with a jet's pT would sculpt a bump (docs/bumphunt.md). Otherwise the event's
+    representation as it is, and None."""
+    names = list(inp.ctx.feature_names)
+    slots = inp.train_data["particles"].shape[1]
+    if not (per_jet and inp.encode is not None and inp.ctx.kind == "dijet"
+            and {"pt_J1", "pt_J2"} <= set(names) and slots % 2 == 0):
+        return inp.rep_all, None
+    half = slots // 2
+    reps, pts = [], []
+    for data in (inp.train_data, inp.test_data):
+        jets = [encode_all(inp.encode, {**data, "particles": data["particles"][:, s],
+                                        "mask": data["mask"][:, s]},
+                           batch_size=inp.ctx.batch_size)
+                for s in (slice(None, half), slice(half, None))]
+        reps.append(np.concatenate(jets, 1))
+        pts.append(data["features"][:, [names.index("pt_J1"), names.index("pt_J2")]])
+    return np.concatenate(reps), np.concatenate(pts).astype(np.float64)
+
+
 def bumphunt(inp: Inputs, **options: Any) -> EvalResult:
     """Blind sliding-window hunts over the whole m_jj spectrum at LHCO-like signal fractions;
-    the labels only make the mixtures, never the signal region."""
+    the labels only make the mixtures, never the signal region. On dijet stores each jet is
+    encoded alone and whitened against its pT (:func:`per_jet_features`)."""
     names = list(inp.ctx.feature_names)
     col = mjj_column(names)
     if col is None:
@@ -114,13 +139,17 @@ def bumphunt(inp: Inputs, **options: Any) -> EvalResult:
                        "set eval.options.bumphunt.sqrt_s (GeV)")
     mjj = np.concatenate([inp.train_data["features"][:, col],
                           inp.test_data["features"][:, col]]).astype(np.float64)
+    x, jet_pt = per_jet_features(inp, per_jet=options.pop("per_jet", True))
+    per_jet = {"bumphunt_per_jet": float(jet_pt is not None)}
     try:
-        res = hunt_at_fractions(mjj, inp.rep_all, inp.y_all, sqrt_s=float(sqrt_s), seed=inp.seed,
-                                **{**options, "figures": _figures(inp, options)})
+        res = hunt_at_fractions(mjj, x, inp.y_all, sqrt_s=float(sqrt_s), seed=inp.seed,
+                                jet_pt=jet_pt, **{**options, "figures": _figures(inp, options)})
     except MjjCorrelationError as e:  # a refusal is a result: the other evaluations go on
         log.warning("%s", e)
-        return EvalResult(metrics={"bumphunt_refused": 1.0, "bumphunt_mjj_corr": float(e.corr)},
+        return EvalResult(metrics={"bumphunt_refused": 1.0, "bumphunt_mjj_corr": float(e.corr),
+                                   **per_jet},
                           tables={"bumphunt_refusal": [{"reason": str(e)}]})
+    res.metrics.update(per_jet)
     fractions = options.get("fractions")
     if fractions is None:
         fractions = SIGNAL_FRACTIONS

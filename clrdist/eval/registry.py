@@ -67,8 +67,9 @@ EVALUATIONS: dict[str, Evaluation] = {e.name: e for e in (
                # a scan of MLP fits per seed: the LCT carries the seed spread
                references=("init", "raw", "sup"), init_seeds="one"),
     Evaluation("bumphunt", "CWoLa bump hunt in m_jj (dijet stores)",
-               "clrdist.eval.bumphunt:hunt_at_fractions",
-               forwards=("clrdist.eval.bumphunt:blind_scan",), adapter=_A + "bumphunt",
+               "clrdist.eval.bumphunt:hunt_at_fractions", supplied=("seed", "jet_pt"),
+               forwards=("clrdist.eval.bumphunt:blind_scan", _A + "per_jet_features"),
+               adapter=_A + "bumphunt",
                references=("init", "raw", "sup"), init_seeds="one"),
     Evaluation("nplm", "NPLM test of the representation, next to the untrained encoder, the raw "
                "inputs and the supervised encoder",

@@ -96,6 +96,7 @@ class Inputs:
     # trained on first call and shared: the supervised baseline and the searches' reference
     supervised: Callable[[], Any] | None = None
     curves: dict[str, dict[str, Any]] = field(default_factory=dict)  # shared: figure -> label -> data
+    encode: Encoder | None = None  # what made rep_train / rep_test (None: the raw inputs)
 
     @property
     def seed(self) -> int:
@@ -179,7 +180,7 @@ class Views:
                     for d in (self.train_data, self.test_data)]
         supervised = self.supervised if self.ctx.model_factory is not None else None
         return Inputs(self.train_data, self.test_data, *reps, ctx=self.ctx, reference=reference,
-                      curves=self.curves, supervised=supervised, **kw)
+                      curves=self.curves, supervised=supervised, encode=encode, **kw)
 
     def of(self, reference: str, all_seeds: bool = True) -> list[Inputs]:
         """The untrained encoder at every init seed (``all_seeds``) or the first; the raw

@@ -21,6 +21,7 @@ from clrdist.eval.bumphunt.guard import (
     MjjDependence,
     _features_for,
     check_mjj_dependence,
+    whiten_dijet_given_jet_pt,
 )
 from clrdist.eval.bumphunt.selection import Window, _bins, efficiency_flatness, window_selections
 from clrdist.eval.metrics import EvalResult, eps_tag
@@ -306,14 +307,24 @@ def hunt_mixture(mjj: np.ndarray, x: np.ndarray, truth: np.ndarray | None = None
 def hunt_at_fractions(mjj: np.ndarray, features: np.ndarray, label: np.ndarray, *,
                       sqrt_s: float, fractions: Sequence[float] = SIGNAL_FRACTIONS,
                       mjj_range: tuple[float, float] | None = None, prefix: str = "bumphunt",
-                      seed: int = 0, figures: bool = True, **scan_kw) -> EvalResult:
+                      seed: int = 0, figures: bool = True, jet_pt: np.ndarray | None = None,
+                      **scan_kw) -> EvalResult:
     """Blind scans at LHCO-like signal fractions: background (label 0) with signal (label >= 1)
     mixed in at each fraction of all events (f = 0: the background-only control). Without both
     classes the data are scanned as they are (prefix only). ``scan_kw`` go to
-    :func:`blind_scan`; each scan is :func:`hunt_mixture` (labels never reach it)."""
+    :func:`blind_scan`; each scan is :func:`hunt_mixture` (labels never reach it).
+
+    ``jet_pt`` (n, 2) GeV: ``features`` are the two jets' features side by side (leading jet
+    first), and each mixture's features are whitened per jet against that jet's pT
+    (:func:`whiten_dijet_given_jet_pt`, fitted on that mixture alone) before it is hunted."""
     mjj = np.asarray(mjj, dtype=np.float64)
     x = np.asarray(features, dtype=np.float64)
     lab = np.asarray(label).reshape(-1)
+    if jet_pt is not None:  # each event's jet pTs ride along through the mixing
+        jet_pt = np.asarray(jet_pt, dtype=np.float64)
+        if jet_pt.shape != (len(x), 2):
+            raise ValueError(f"jet_pt must be (n, 2) for {len(x)} events; got {jet_pt.shape}")
+        x = np.concatenate([x, jet_pt], 1)
     bkg, sig = lab == 0, lab > 0
     runs = [(f, *mix_signal(mjj[bkg], x[bkg], mjj[sig], x[sig], f, seed=seed))
             for f in fractions] if sig.any() and bkg.any() else [(None, mjj, x, None)]
@@ -321,6 +332,8 @@ def hunt_at_fractions(mjj: np.ndarray, features: np.ndarray, label: np.ndarray, 
     rows, figs = [], {}
     for f, m, xx, truth in runs:
         p = prefix if f is None else f"{prefix}_f_{eps_tag(f)}"
+        if jet_pt is not None:
+            xx = whiten_dijet_given_jet_pt(xx[:, :-2], xx[:, -2], xx[:, -1])
         met, res = hunt_mixture(m, xx, truth, sqrt_s=sqrt_s, mjj_range=mjj_range, prefix=p,
                                 seed=seed, **scan_kw)
         metrics.update(met)
