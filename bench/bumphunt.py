@@ -92,15 +92,13 @@ def cpu_seconds() -> float:
 
 def hunt_one(task: dict) -> dict:
     """One blind hunt of one feature set at one injected fraction (a worker process)."""
-    from clrdist.eval.bumphunt import hunt_mixture, mix_signal, whiten_dijet_given_jet_pt
+    from clrdist.eval.bumphunt import hunt_mixture, mix_signal
 
-    xb, xs, white = task["x_b"], task["x_s"], task.get("whiten", False)
-    if white:  # each jet's pT rides along through the mixing, then whitens the mixture
-        xb, xs = np.c_[xb, task["pt_b"]], np.c_[xs, task["pt_s"]]
-    m, x, truth = mix_signal(task["mjj_b"], xb, task["mjj_s"], xs, task["fraction"],
-                             seed=task["seed"])
-    if white:
-        x = whiten_dijet_given_jet_pt(x[:, :-2], x[:, -2], x[:, -1])
+    white = task.get("whiten", False)  # each jet whitened against its pT, over the mixture
+    m, x, truth = mix_signal(task["mjj_b"], task["x_b"], task["mjj_s"], task["x_s"],
+                             task["fraction"], seed=task["seed"],
+                             jet_pt_bkg=task["pt_b"] if white else None,
+                             jet_pt_sig=task["pt_s"] if white else None)
     t0 = time.perf_counter()
     met, res = hunt_mixture(m, x, truth, sqrt_s=SQRT_S, mjj_range=MJJ_RANGE, prefix="h",
                             seed=task["seed"], classifier=task["classifier"], k=task["k"],

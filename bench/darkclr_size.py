@@ -16,8 +16,9 @@ multiplicity) and the jet-image autoencoder; and the published value.
 ``--score-at 1400,2800`` also scores every training run at those earlier steps of the same
 schedule (sized for ``--steps``): the curve of one long run, listed per seed and averaged in
 ``trained_auc_by_steps``; the row's ``trained_*`` numbers are always those at ``--steps``. With
-``--out`` the results file is rewritten after every score (``"complete": false`` until the end), so
-a long run stopped midway keeps what it measured.
+``--out`` the results file is rewritten after every score (``"complete": false`` until the end; the
+row in progress keeps its scores at ``--steps`` under ``seeds`` and the others under ``earlier``,
+as the final file does), so a long run stopped midway keeps what it measured.
 
 Sizes (``SIZES``): ``64x2`` is the CPU recipe as configured (64 wide, 2 layers, feed-forward 128,
 head [64] -> 64); ``32x1`` the same shape halved; ``128x4`` DarkCLR's own size (128 wide,
@@ -107,6 +108,10 @@ def main(argv=None) -> dict:
         if a.out:
             write_results(a.out, result(done, complete), argv)
 
+    def apart(scores: list[dict]) -> dict[str, list[dict]]:  # the last step's, the earlier ones
+        return {"seeds": [s for s in scores if s["steps"] == a.steps],
+                "earlier": [s for s in scores if s["steps"] != a.steps]}
+
     for size in sizes:
         cfg = configs[size]
         x, m = eval_inputs(cfg, test)
@@ -127,11 +132,10 @@ def main(argv=None) -> dict:
                 seeds.append({"seed": cfg_s.seed, "steps": step, "cpu_s": info["cpu_s"],
                               "wall_s": time.perf_counter() - t0, "loss": info["loss"], **got})
                 print(size, seeds[-1], flush=True)
-                save([*rows, {**row, "seeds": seeds}])
+                save([*rows, {**row, **apart(seeds)}])
         by_steps = {str(n): float(np.mean([s["rep_auc"] for s in seeds if s["steps"] == n]))
                     for n in [*score_at, a.steps]}
-        seeds, earlier = ([s for s in seeds if s["steps"] == a.steps],
-                          [s for s in seeds if s["steps"] != a.steps])
+        seeds, earlier = apart(seeds).values()
         auc = np.array([s["rep_auc"] for s in seeds])
         row.update(trained_auc=float(auc.mean()), trained_auc_min=float(auc.min()),
                    trained_auc_max=float(auc.max()),

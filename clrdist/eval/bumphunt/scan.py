@@ -249,10 +249,19 @@ def lee_toys(counts: dict[tuple[int, float], np.ndarray], windows: Sequence[Wind
 
 
 def mix_signal(mjj_bkg: np.ndarray, x_bkg: np.ndarray, mjj_sig: np.ndarray, x_sig: np.ndarray,
-               fraction: float, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               fraction: float, *, seed: int = 0, jet_pt_bkg: np.ndarray | None = None,
+               jet_pt_sig: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All background events plus round(f / (1 - f) n_bkg) signal events drawn without
     replacement, so signal is a fraction f of all events: (mjj, x, is_signal), shuffled.
-    f = 0 is the background-only control; an f > 0 that rounds to no event is refused."""
+    f = 0 is the background-only control; an f > 0 that rounds to no event is refused.
+
+    With ``jet_pt_bkg`` / ``jet_pt_sig`` ((n, 2) GeV: ``x`` is two jets' features side by side),
+    each event's jet pTs ride along through the mixing and the mixture's features come back
+    whitened per jet against them (:func:`whiten_dijet_given_jet_pt`, fitted on this mixture)."""
+    if jet_pt_bkg is not None:
+        m, x, truth = mix_signal(mjj_bkg, np.c_[x_bkg, jet_pt_bkg], mjj_sig,
+                                 np.c_[x_sig, jet_pt_sig], fraction, seed=seed)
+        return m, whiten_dijet_given_jet_pt(x[:, :-2], x[:, -2], x[:, -1]), truth
     n_sig = int(round(fraction / (1 - fraction) * len(mjj_bkg)))
     if fraction > 0 and n_sig == 0:
         raise ValueError(f"signal fraction {fraction} of {len(mjj_bkg)} background events is "
@@ -320,20 +329,23 @@ def hunt_at_fractions(mjj: np.ndarray, features: np.ndarray, label: np.ndarray, 
     mjj = np.asarray(mjj, dtype=np.float64)
     x = np.asarray(features, dtype=np.float64)
     lab = np.asarray(label).reshape(-1)
-    if jet_pt is not None:  # each event's jet pTs ride along through the mixing
+    if jet_pt is not None:
         jet_pt = np.asarray(jet_pt, dtype=np.float64)
         if jet_pt.shape != (len(x), 2):
             raise ValueError(f"jet_pt must be (n, 2) for {len(x)} events; got {jet_pt.shape}")
-        x = np.concatenate([x, jet_pt], 1)
     bkg, sig = lab == 0, lab > 0
-    runs = [(f, *mix_signal(mjj[bkg], x[bkg], mjj[sig], x[sig], f, seed=seed))
-            for f in fractions] if sig.any() and bkg.any() else [(None, mjj, x, None)]
+    if sig.any() and bkg.any():
+        pts = (None, None) if jet_pt is None else (jet_pt[bkg], jet_pt[sig])
+        runs = [(f, *mix_signal(mjj[bkg], x[bkg], mjj[sig], x[sig], f, seed=seed,
+                                jet_pt_bkg=pts[0], jet_pt_sig=pts[1])) for f in fractions]
+    else:  # scanned as they are
+        if jet_pt is not None:
+            x = whiten_dijet_given_jet_pt(x, jet_pt[:, 0], jet_pt[:, 1])
+        runs = [(None, mjj, x, None)]
     metrics: dict[str, float] = {}
     rows, figs = [], {}
     for f, m, xx, truth in runs:
         p = prefix if f is None else f"{prefix}_f_{eps_tag(f)}"
-        if jet_pt is not None:
-            xx = whiten_dijet_given_jet_pt(xx[:, :-2], xx[:, -2], xx[:, -1])
         met, res = hunt_mixture(m, xx, truth, sqrt_s=sqrt_s, mjj_range=mjj_range, prefix=p,
                                 seed=seed, **scan_kw)
         metrics.update(met)
