@@ -13,6 +13,15 @@ and trained with the labels (cross-fitted on the whole store, the ceiling of tha
 ``--no-supervised`` leaves it out: minutes at 128x4); once, the raw observables (jet mass,
 multiplicity) and the jet-image autoencoder; and the published value.
 
+Label-free diagnostics (``--diagnose``, on by default), for every model scored, on the test
+half's background (QCD) jets only: ``drop_auc``, |z| of each jet through the run's anomaly view
+against the same jet through no view (the task the loss trains: how well |z| spots the
+augmentation), and ``mult_corr`` / ``mass_corr``, the rank correlation of |z| with the jet's
+multiplicity and mass (what |z| tracks). A curve whose ``drop_auc`` keeps rising while the
+semi-visible AUC falls has learned the augmentation, not anomaly in general. Once per size
+(``count_cue``): the constituents the model sees in the jet, in a physical view and in the anomaly
+view, and how well that count alone tells the anomaly view from the physical one.
+
 ``--score-at 1400,2800`` also scores every training run at those earlier steps of the same
 schedule (sized for ``--steps``): the curve of one long run, listed per seed and averaged in
 ``trained_auc_by_steps``; the row's ``trained_*`` numbers are always those at ``--steps``. With
@@ -32,11 +41,14 @@ import time
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 from bench.darkclr_budget import (
     PUBLISHED,
     eval_inputs,
+    norms,
     run_config,
+    score_metrics,
     scored,
     seed_summary,
     train_recipe,
@@ -44,7 +56,10 @@ from bench.darkclr_budget import (
 from bench.results import write_results
 from bench.svj_sample import ceiling, encoder_free_scores, halves
 from clrdist.data.store import open_store
-from clrdist.factory import initial_model
+from clrdist.eval.mimic import jet_mass_pt
+from clrdist.factory import build_views, initial_model
+from clrdist.physics.augment import View
+from clrdist.train.inputs import view_inputs
 
 SIZES = {
     "32x1": ["model.model_dim=32", "model.ff_dim=64", "model.layers=1", "model.head_dims=[32]",
@@ -53,6 +68,39 @@ SIZES = {
     "128x4": ["model.model_dim=128", "model.ff_dim=512", "model.layers=4",
               "model.head_dims=[512]", "model.output_dim=512"],
 }
+
+
+def diagnostics(model: torch.nn.Module, cfg, qcd: dict, seed: int = 0) -> dict[str, float]:
+    """Label-free: on the background jets ``qcd`` (a store dict), the AUC of |z| for each jet
+    through the run's anomaly view against the same jet through no view ("drop_auc"), and the
+    Spearman correlation of |z| with multiplicity ("mult_corr") and jet mass ("mass_corr")."""
+    if cfg.augment.anomaly_view is None:
+        raise ValueError(f"{cfg.name}: --diagnose needs augment.anomaly_view")
+    anomaly = build_views(cfg, fixed=False)[-1]
+    plain, viewed = (norms(model, *view_inputs(qcd["particles"], qcd["mask"], cfg, [view],
+                                               torch.Generator().manual_seed(seed)))["rep"]
+                     for view in (View([]), anomaly))
+    both = np.concatenate([plain, viewed])
+    auc = score_metrics(np.r_[np.zeros(len(plain)), np.ones(len(viewed))], both)["auc"]
+    mass = jet_mass_pt(qcd["particles"], qcd["mask"])[:, 0]
+    return {"drop_auc": auc,
+            "mult_corr": float(spearmanr(plain, np.asarray(qcd["mask"]).sum(1)).statistic),
+            "mass_corr": float(spearmanr(plain, mass).statistic)}
+
+
+def count_cue(cfg, qcd: dict, seed: int = 0) -> dict[str, float]:
+    """What the anomaly view gives away by its count alone, on the background jets ``qcd``: the
+    mean number of constituents the model sees in the jet itself ("plain_mult"), in the first
+    physical view ("view_mult") and in the anomaly view ("anomaly_mult"), and the AUC of that
+    count separating the anomaly view from the physical one ("anomaly_count_auc"; 0 or 1: the
+    loss's task is solved by counting)."""
+    views = build_views(cfg, fixed=False)
+    counts = {name: view_inputs(qcd["particles"], qcd["mask"], cfg, [view],
+                                torch.Generator().manual_seed(seed))[1].sum(1).numpy()
+              for name, view in (("plain", View([])), ("view", views[0]), ("anomaly", views[-1]))}
+    y = np.r_[np.zeros(len(counts["view"])), np.ones(len(counts["anomaly"]))]
+    auc = score_metrics(y, np.concatenate([counts["view"], counts["anomaly"]]))["auc"]
+    return {**{f"{k}_mult": float(v.mean()) for k, v in counts.items()}, "anomaly_count_auc": auc}
 
 
 def main(argv=None) -> dict:
@@ -68,6 +116,8 @@ def main(argv=None) -> dict:
     p.add_argument("--ae-epochs", type=int, default=30)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="the halves' order and the image AE")
+    p.add_argument("--diagnose", action=argparse.BooleanOptionalAction, default=True,
+                   help="label-free diagnostics of every model scored (drop_auc, correlations)")
     p.add_argument("--set", action="append", default=[], help="config override for every size")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
@@ -89,6 +139,7 @@ def main(argv=None) -> dict:
     ev = open_store(a.eval).read_all()
     fit, test = halves(ev, a.seed)
     labels = np.asarray(test["label"]).reshape(-1)
+    qcd = {k: np.asarray(test[k])[labels == 0] for k in ("particles", "mask")}
     names = {"mass": "raw: jet mass", "multiplicity": "raw: multiplicity",
              "image_ae": "jet-image AE"}
     rows: list[dict] = [{"name": names[k], **m} for k, m in
@@ -112,23 +163,31 @@ def main(argv=None) -> dict:
         return {"seeds": [s for s in scores if s["steps"] == a.steps],
                 "earlier": [s for s in scores if s["steps"] != a.steps]}
 
+    def score(model, c, x, m) -> dict[str, float]:  # the semi-visible scores, the diagnostics
+        return {**scored(model, x, m, labels),
+                **(diagnostics(model, c, qcd, a.seed) if a.diagnose else {})}
+
     for size in sizes:
         cfg = configs[size]
         x, m = eval_inputs(cfg, test)
         row = {"name": size, "model_dim": cfg.model.model_dim, "layers": cfg.model.layers,
-               "params": sum(t.numel() for t in initial_model(cfg.model, 0).parameters())}
-        inits = [scored(initial_model(cfg.model, s), x, m, labels) for s in range(a.init_seeds)]
+               "params": sum(t.numel() for t in initial_model(cfg.model, 0).parameters()),
+               **(count_cue(cfg, qcd, a.seed) if a.diagnose else {})}
+
+        inits = [score(initial_model(cfg.model, s), cfg, x, m) for s in range(a.init_seeds)]
         if inits:
             init = seed_summary(inits)
             row.update(untrained_auc=init["rep_auc"], untrained_auc_std=init["rep_auc_std"],
                        untrained_auc_max=max(r["rep_auc"] for r in inits),
-                       **{"untrained_inv_eps_b_at_0.2": init["rep_inv_eps_b_at_0.2"]})
+                       **{"untrained_inv_eps_b_at_0.2": init["rep_inv_eps_b_at_0.2"]},
+                       **{f"untrained_{k}": init[k] for k in ("drop_auc", "mult_corr", "mass_corr")
+                          if k in init})
         seeds = []
         for seed in range(a.train_seeds):
             cfg_s = run_config([*SIZES[size], *a.set, f"seed={cfg.seed + seed}"])
             t0 = time.perf_counter()
             for step, model, info in train_recipe(cfg_s, train, [*score_at, a.steps]):
-                got = scored(model, x, m, labels)
+                got = score(model, cfg_s, x, m)
                 seeds.append({"seed": cfg_s.seed, "steps": step, "cpu_s": info["cpu_s"],
                               "wall_s": time.perf_counter() - t0, "loss": info["loss"], **got})
                 print(size, seeds[-1], flush=True)
