@@ -15,10 +15,9 @@ multiplicity) and the jet-image autoencoder; and the published value.
 
 Label-free diagnostics (``--diagnose``, on by default), for every model scored, on the test
 half's background (QCD) jets only: ``drop_auc``, |z| of each jet through the run's anomaly view
-against the same jet through no view (the task the loss trains: how well |z| spots the
-augmentation), and ``mult_corr`` / ``mass_corr``, the rank correlation of |z| with the jet's
-multiplicity and mass (what |z| tracks). A curve whose ``drop_auc`` keeps rising while the
-semi-visible AUC falls has learned the augmentation, not anomaly in general. Once per size
+against the same jet through no view (does |z| flag what the loss pushes away? above 0.5: yes),
+and ``mult_corr`` / ``mass_corr``, the rank correlation of |z| with the jet's multiplicity and
+mass (what |z| tracks). Once per size
 (``count_cue``): the constituents the model sees in the jet, in a physical view and in the anomaly
 view, and how well that count alone tells the anomaly view from the physical one.
 
@@ -173,7 +172,6 @@ def main(argv=None) -> dict:
         row = {"name": size, "model_dim": cfg.model.model_dim, "layers": cfg.model.layers,
                "params": sum(t.numel() for t in initial_model(cfg.model, 0).parameters()),
                **(count_cue(cfg, qcd, a.seed) if a.diagnose else {})}
-
         inits = [score(initial_model(cfg.model, s), cfg, x, m) for s in range(a.init_seeds)]
         if inits:
             init = seed_summary(inits)
