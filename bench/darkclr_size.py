@@ -17,9 +17,9 @@ Label-free diagnostics (``--diagnose``, on by default), for every model scored, 
 half's background (QCD) jets only: ``drop_auc``, |z| of each jet through the run's anomaly view
 against the same jet through no view (does |z| flag what the loss pushes away? above 0.5: yes),
 and ``mult_corr`` / ``mass_corr``, the rank correlation of |z| with the jet's multiplicity and
-mass (what |z| tracks). Once per size
-(``count_cue``): the constituents the model sees in the jet, in a physical view and in the anomaly
-view, and how well that count alone tells the anomaly view from the physical one.
+mass (what |z| tracks). Once per size (``count_cue``): the constituents the model sees in the
+jet, in a physical view and in the anomaly view, and how well that count alone tells the anomaly
+view from the physical one. The jets go through the views once per size (``probe_inputs``).
 
 ``--score-at 1400,2800`` also scores every training run at those earlier steps of the same
 schedule (sized for ``--steps``): the curve of one long run, listed per seed and averaged in
@@ -69,37 +69,45 @@ SIZES = {
 }
 
 
-def diagnostics(model: torch.nn.Module, cfg, qcd: dict, seed: int = 0) -> dict[str, float]:
-    """Label-free: on the background jets ``qcd`` (a store dict), the AUC of |z| for each jet
-    through the run's anomaly view against the same jet through no view ("drop_auc"), and the
-    Spearman correlation of |z| with multiplicity ("mult_corr") and jet mass ("mass_corr")."""
+def probe_inputs(cfg, qcd: dict, seed: int = 0) -> dict:
+    """The background jets ``qcd`` (a store dict) as the model sees them, made once per config:
+    through no view ("plain"), the first physical view ("view") and the anomaly view ("anomaly"),
+    each (x, mask); with the jets' multiplicity ("mult") and mass ("mass")."""
     if cfg.augment.anomaly_view is None:
         raise ValueError(f"{cfg.name}: --diagnose needs augment.anomaly_view")
-    anomaly = build_views(cfg, fixed=False)[-1]
-    plain, viewed = (norms(model, *view_inputs(qcd["particles"], qcd["mask"], cfg, [view],
-                                               torch.Generator().manual_seed(seed)))["rep"]
-                     for view in (View([]), anomaly))
-    both = np.concatenate([plain, viewed])
-    auc = score_metrics(np.r_[np.zeros(len(plain)), np.ones(len(viewed))], both)["auc"]
-    mass = jet_mass_pt(qcd["particles"], qcd["mask"])[:, 0]
-    return {"drop_auc": auc,
-            "mult_corr": float(spearmanr(plain, np.asarray(qcd["mask"]).sum(1)).statistic),
-            "mass_corr": float(spearmanr(plain, mass).statistic)}
-
-
-def count_cue(cfg, qcd: dict, seed: int = 0) -> dict[str, float]:
-    """What the anomaly view gives away by its count alone, on the background jets ``qcd``: the
-    mean number of constituents the model sees in the jet itself ("plain_mult"), in the first
-    physical view ("view_mult") and in the anomaly view ("anomaly_mult"), and the AUC of that
-    count separating the anomaly view from the physical one ("anomaly_count_auc"; 0 or 1: the
-    loss's task is solved by counting)."""
     views = build_views(cfg, fixed=False)
-    counts = {name: view_inputs(qcd["particles"], qcd["mask"], cfg, [view],
-                                torch.Generator().manual_seed(seed))[1].sum(1).numpy()
-              for name, view in (("plain", View([])), ("view", views[0]), ("anomaly", views[-1]))}
-    y = np.r_[np.zeros(len(counts["view"])), np.ones(len(counts["anomaly"]))]
-    auc = score_metrics(y, np.concatenate([counts["view"], counts["anomaly"]]))["auc"]
-    return {**{f"{k}_mult": float(v.mean()) for k, v in counts.items()}, "anomaly_count_auc": auc}
+    out = {name: view_inputs(qcd["particles"], qcd["mask"], cfg, [view],
+                             torch.Generator().manual_seed(seed))
+           for name, view in (("plain", View([])), ("view", views[0]), ("anomaly", views[-1]))}
+    return {**out, "mult": np.asarray(qcd["mask"]).sum(1),
+            "mass": jet_mass_pt(qcd["particles"], qcd["mask"])[:, 0]}
+
+
+def _auc_apart(lower: np.ndarray, higher: np.ndarray) -> float:
+    """AUC of a score for ``higher`` (positives) against ``lower``."""
+    y = np.r_[np.zeros(len(lower)), np.ones(len(higher))]
+    return score_metrics(y, np.concatenate([lower, higher]))["auc"]
+
+
+def diagnostics(model: torch.nn.Module, probe: dict) -> dict[str, float]:
+    """Label-free, on ``probe_inputs``: the AUC of |z| for each jet through the anomaly view
+    against the same jet through no view ("drop_auc"), and the Spearman correlation of |z| with
+    multiplicity ("mult_corr") and jet mass ("mass_corr")."""
+    plain, viewed = (norms(model, *probe[k])["rep"] for k in ("plain", "anomaly"))
+    return {"drop_auc": _auc_apart(plain, viewed),
+            "mult_corr": float(spearmanr(plain, probe["mult"]).statistic),
+            "mass_corr": float(spearmanr(plain, probe["mass"]).statistic)}
+
+
+def count_cue(probe: dict) -> dict[str, float]:
+    """What the anomaly view gives away by its count alone, on ``probe_inputs``: the mean number
+    of constituents the model sees in the jet itself ("plain_mult"), in the first physical view
+    ("view_mult") and in the anomaly view ("anomaly_mult"), and the AUC of that count separating
+    the anomaly view from the physical one ("anomaly_count_auc"; 0 or 1: the loss's task is solved
+    by counting)."""
+    counts = {k: probe[k][1].sum(1).numpy() for k in ("plain", "view", "anomaly")}
+    return {**{f"{k}_mult": float(v.mean()) for k, v in counts.items()},
+            "anomaly_count_auc": _auc_apart(counts["view"], counts["anomaly"])}
 
 
 def main(argv=None) -> dict:
@@ -162,17 +170,17 @@ def main(argv=None) -> dict:
         return {"seeds": [s for s in scores if s["steps"] == a.steps],
                 "earlier": [s for s in scores if s["steps"] != a.steps]}
 
-    def score(model, c, x, m) -> dict[str, float]:  # the semi-visible scores, the diagnostics
-        return {**scored(model, x, m, labels),
-                **(diagnostics(model, c, qcd, a.seed) if a.diagnose else {})}
+    def score(model, x, m, probe) -> dict[str, float]:  # the semi-visible scores, the diagnostics
+        return {**scored(model, x, m, labels), **(diagnostics(model, probe) if probe else {})}
 
     for size in sizes:
         cfg = configs[size]
         x, m = eval_inputs(cfg, test)
+        probe = probe_inputs(cfg, qcd, a.seed) if a.diagnose else None  # the same for every seed
         row = {"name": size, "model_dim": cfg.model.model_dim, "layers": cfg.model.layers,
                "params": sum(t.numel() for t in initial_model(cfg.model, 0).parameters()),
-               **(count_cue(cfg, qcd, a.seed) if a.diagnose else {})}
-        inits = [score(initial_model(cfg.model, s), cfg, x, m) for s in range(a.init_seeds)]
+               **(count_cue(probe) if probe else {})}
+        inits = [score(initial_model(cfg.model, s), x, m, probe) for s in range(a.init_seeds)]
         if inits:
             init = seed_summary(inits)
             row.update(untrained_auc=init["rep_auc"], untrained_auc_std=init["rep_auc_std"],
@@ -185,7 +193,7 @@ def main(argv=None) -> dict:
             cfg_s = run_config([*SIZES[size], *a.set, f"seed={cfg.seed + seed}"])
             t0 = time.perf_counter()
             for step, model, info in train_recipe(cfg_s, train, [*score_at, a.steps]):
-                got = score(model, cfg_s, x, m)
+                got = score(model, x, m, probe)
                 seeds.append({"seed": cfg_s.seed, "steps": step, "cpu_s": info["cpu_s"],
                               "wall_s": time.perf_counter() - t0, "loss": info["loss"], **got})
                 print(size, seeds[-1], flush=True)

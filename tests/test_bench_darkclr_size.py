@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.darkclr_budget import run_config
-from bench.darkclr_size import count_cue, diagnostics, main
+from bench.darkclr_size import count_cue, diagnostics, main, probe_inputs
 from clrdist.data.store import open_store
 from clrdist.data.toy import write_toy_store
 
@@ -51,6 +51,14 @@ DROP_FIRST = ("augment.anomaly_view=[{name: drop, params: {p: 0.3}}, {name: rota
               "{name: smear_soft}, {name: collinear_split, params: {fill: 1.0}}]")
 
 
+@pytest.fixture
+def qcd(tmp_path):
+    """The background jets of a toy store (up to 40 constituents)."""
+    ev = open_store(write_toy_store(tmp_path / "ev.zarr", n_per_class=150, seed=3,
+                                    n_particles=40)).read_all()
+    return {k: ev[k][ev["label"].reshape(-1) == 0] for k in ("particles", "mask")}
+
+
 class _CountsConstituents(torch.nn.Module):
     """|z| = the number of constituents the model sees."""
 
@@ -59,30 +67,24 @@ class _CountsConstituents(torch.nn.Module):
         return rep, rep
 
 
-def test_diagnostics_see_what_the_score_tracks(tmp_path):
-    ev = open_store(write_toy_store(tmp_path / "ev.zarr", n_per_class=150, seed=3,
-                                    n_particles=40)).read_all()
-    qcd = {k: ev[k][ev["label"].reshape(-1) == 0] for k in ("particles", "mask")}
-    got = diagnostics(_CountsConstituents(), run_config(), qcd)
+def test_diagnostics_see_what_the_score_tracks(qcd):
+    got = diagnostics(_CountsConstituents(), probe_inputs(run_config(), qcd))
     # |z| is the multiplicity: rank correlation 1; dropping 30% of the constituents lowers it, so
     # the augmented jets score lower than the unaugmented ones (the score is the wrong way round)
     assert got["mult_corr"] == pytest.approx(1.0, abs=1e-6)
     assert got["drop_auc"] < 0.3
     with pytest.raises(ValueError, match="anomaly_view"):
-        diagnostics(_CountsConstituents(), run_config(["augment.anomaly_view=null"]), qcd)
+        probe_inputs(run_config(["augment.anomaly_view=null"]), qcd)
 
 
-def test_the_count_cue_of_the_cpu_recipe_and_of_dropping_before_the_physical_views(tmp_path):
-    ev = open_store(write_toy_store(tmp_path / "ev.zarr", n_per_class=150, seed=3,
-                                    n_particles=40)).read_all()
-    qcd = {k: ev[k][ev["label"].reshape(-1) == 0] for k in ("particles", "mask")}
+def test_the_count_cue_of_the_cpu_recipe_and_of_dropping_before_the_physical_views(qcd):
     # the recipe: physical views split into every free slot, the anomaly view only drops
-    cue = count_cue(run_config(), qcd)
+    cue = count_cue(probe_inputs(run_config(), qcd))
     assert cue["anomaly_mult"] < 0.75 * cue["plain_mult"] < 0.75 * cue["view_mult"]
     assert cue["anomaly_count_auc"] < 0.05  # the count alone tells the anomaly view apart
     # drop first, then the same physical views: the splits refill the dropped slots, so the
     # count gives the anomaly view away far less (splits are limited to the jet's own count)
-    first = count_cue(run_config([DROP_FIRST]), qcd)
+    first = count_cue(probe_inputs(run_config([DROP_FIRST]), qcd))
     assert first["plain_mult"] == cue["plain_mult"] and first["view_mult"] == cue["view_mult"]
     assert first["anomaly_mult"] > 0.9 * first["view_mult"]
     assert first["anomaly_count_auc"] > 0.3
