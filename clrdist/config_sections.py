@@ -71,6 +71,10 @@ class ContrastiveLossConfig(LossConfig):
     # + norm_penalty x mean |z| of the first view's projection before it is normalised: the one
     # term that acts on |z| (DarkCLR's public code: 1e-3, its anomaly score is |z|); 0: off
     norm_penalty: float = Field(0.0, ge=0)
+    # + anomaly_norm x mean softplus(log|r| - log|r*|) over the physical views' representations r
+    # and the anomaly view's r*: trains the score DarkCLR reads (|z| of the representation) to
+    # flag the anomaly view (clrdist's, not the paper's: docs/learning.md); anomaly losses only
+    anomaly_norm: float = Field(0.0, ge=0)
 
     @field_validator("name")
     @classmethod
@@ -78,6 +82,13 @@ class ContrastiveLossConfig(LossConfig):
         if name not in CONTRASTIVE:
             raise ValueError(f"{name!r} is not a contrastive loss ({', '.join(CONTRASTIVE)})")
         return name
+
+    @model_validator(mode="after")
+    def _anomaly_norm_needs_an_anomaly_view(self) -> ContrastiveLossConfig:
+        if self.anomaly_norm and self.name not in ("anomalyclr", "anomalyclr_plus"):
+            raise ValueError(f"anomaly_norm needs a loss with an anomaly view (anomalyclr, "
+                             f"anomalyclr_plus), not {self.name!r}")
+        return self
 
 
 class DINOLossConfig(LossConfig):

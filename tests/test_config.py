@@ -166,7 +166,8 @@ def test_a_key_of_another_loss_fails_naming_it(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(p)
     assert str(err.value) == (f"{p}: loss.teacher_momentum: not a field of loss 'nt_xent' "
-                              "(its fields: name, temperature, gather, keep_positive, norm_penalty)")
+                              "(its fields: name, temperature, gather, keep_positive, norm_penalty, "
+                              "anomaly_norm)")
     with pytest.raises(ConfigError, match=r"^<defaults>: loss.keep_positive: not a field of "
                                           r"loss 'dino' \(its fields: name, temperature"):
         load_config(None, ["loss.name=dino", "loss.keep_positive=true"])

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from clrdist.config import LossConfig
+from clrdist.config import ConfigError, LossConfig, load_config
 from clrdist.factory import build_loss
 from clrdist.losses import LOSSES, anomalyclr, anomalyclr_plus, nt_xent, supcon
+from clrdist.losses.contrastive import anomaly_norm_push
 
 # the (z1, z2[, z_anom, labels]) losses; dino and orca need the model's inputs and have their
 # own tests (tests/test_dino.py, tests/test_orca.py)
@@ -186,3 +187,39 @@ def test_norm_penalty_adds_the_mean_norm_of_the_first_view_and_only_it_acts_on_t
     # penalty the collapse value does not hold
     if name == "nt_xent":
         assert plain.collapse_value(8) is not None and penalised.collapse_value(8) is None
+
+
+@pytest.mark.parametrize("name", ["anomalyclr", "anomalyclr_plus"])
+def test_anomaly_norm_pushes_the_anomaly_views_representation_longer_than_its_jets(name):
+    """loss.anomaly_norm: + w x mean_v,i softplus(log|r_v,i| - log|r*_i|) on the representations
+    (what |z| scores), not the projections: log 2 at equal lengths, blind to a common scale,
+    and its gradient lengthens r* and shortens the physical views' r."""
+    z1, z2, za = views()
+    r1, r2, ra = views(D=7, seed=1)
+    w = 0.5
+    plain = build_loss(LossConfig(name=name, temperature=0.2))
+    pushed = build_loss(LossConfig(name=name, temperature=0.2, anomaly_norm=w))
+    assert pushed.needs_inputs and not plain.needs_inputs  # the step passes reps only then
+    leaves = [v.clone().requires_grad_() for v in (r1, r2, ra)]
+    out = pushed(z1, z2, za, reps=tuple(leaves))
+    by_hand = sum(math.log1p(math.exp(math.log(float(r[i].norm())) - math.log(float(ra[i].norm()))))
+                  for r in (r1, r2) for i in range(len(ra))) / (2 * len(ra))
+    assert out["anomaly_norm"].item() == pytest.approx(by_hand, rel=1e-9)
+    assert out["loss"].item() == pytest.approx(plain(z1, z2, za)["loss"].item() + w * by_hand, rel=1e-9)
+    assert anomaly_norm_push([r1 * 7, r2 * 7], ra * 7).item() == pytest.approx(by_hand, rel=1e-6)
+    assert anomaly_norm_push([ra], ra).item() == pytest.approx(math.log(2), rel=1e-6)
+    out["loss"].backward()
+    radial = [(v.grad * v).sum(1) for v in leaves]  # d loss / d log|r|, per sample
+    assert (radial[0] > 0).all() and (radial[1] > 0).all() and (radial[2] < 0).all()
+    with pytest.raises(ValueError, match="representations"):
+        pushed(z1, z2, za)
+
+
+@pytest.mark.parametrize("name", ["nt_xent", "supcon"])
+def test_anomaly_norm_is_refused_without_an_anomaly_view(name):
+    with pytest.raises(ValueError, match="anomaly_norm needs a loss with an anomaly view"):
+        LossConfig(name=name, anomaly_norm=1.0)
+    with pytest.raises(ConfigError, match=f"^<defaults>: loss: .*anomaly_norm needs .* not '{name}'"):
+        load_config(None, [f"loss.name={name}", "loss.anomaly_norm=1"])
+    with pytest.raises(ValueError, match="anomaly_norm"):
+        LossConfig(name="anomalyclr", anomaly_norm=-1.0)

@@ -46,6 +46,8 @@ def event_batch(B=16, seed=0):
 CASES = {
     "jetclr": ("demo.yaml", ["data.n_particles=16", "augment.slots=20"], jet_batch),
     "darkclr": ("darkclr_svj.yaml", ["data.n_particles=20"], jet_batch),
+    "darkclr_anomaly_norm": ("darkclr_svj.yaml", ["data.n_particles=20", "loss.anomaly_norm=1.0"],
+                             jet_batch),
     "event_transformer": ("anomalyclr_adc2021.yaml", [], event_batch),
     "event_dense": ("adc2021_dense_masking.yaml", ["model.dense_dims=[16,8]"], event_batch),
 }

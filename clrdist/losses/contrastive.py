@@ -24,7 +24,7 @@ from clrdist.diagnostics import collapse_value
 from clrdist.distributed import gather_rows, unit_fp32
 from clrdist.losses.base import Loss, fp32_math
 
-__all__ = ["nt_xent", "anomalyclr", "anomalyclr_plus", "supcon", "NTXentLoss", "AnomalyCLRLoss",
+__all__ = ["nt_xent", "anomalyclr", "anomalyclr_plus", "supcon", "anomaly_norm_push", "NTXentLoss", "AnomalyCLRLoss",
            "AnomalyCLRPlusLoss", "SupConLoss"]
 
 
@@ -112,6 +112,20 @@ def anomalyclr_plus(z1: torch.Tensor, z2: torch.Tensor, z_anom: torch.Tensor, *,
         return {"loss": align + repel, "align": align, "anomaly": repel}
 
 
+def anomaly_norm_push(reps: tuple[torch.Tensor, ...] | list[torch.Tensor],
+                      rep_anom: torch.Tensor) -> torch.Tensor:
+    """mean over the physical views v and samples i of softplus(log|r_v,i| - log|r*_i|): small
+    when the anomaly view's representation is longer than its jet's physical views'. It trains
+    the score DarkCLR reads (|z| of the representation), on which the cosine terms do not act.
+    reps: the physical views' representations (B, D) each; rep_anom: the anomaly view's."""
+    def log_norm(r: torch.Tensor) -> torch.Tensor:
+        n = torch.linalg.vector_norm(r, dim=1, dtype=torch.promote_types(r.dtype, torch.float32))
+        return torch.log(n.clamp_min(torch.finfo(n.dtype).tiny))
+    anom = log_norm(rep_anom)
+    return torch.stack([torch.nn.functional.softplus(log_norm(r) - anom).mean()
+                        for r in reps]).mean()
+
+
 def supcon(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, *, temperature: float,
            gather: bool = True) -> torch.Tensor:
     """Supervised contrastive loss (Khosla et al., L_out):
@@ -139,12 +153,17 @@ class _Contrastive(Loss):
     published_keep_positive = True  # the denominator of the loss's paper (keep_positive=None)
 
     def __init__(self, temperature: float = 0.1, keep_positive: bool | None = None,
-                 gather: bool = True, norm_penalty: float = 0.0):
+                 gather: bool = True, norm_penalty: float = 0.0, anomaly_norm: float = 0.0):
         super().__init__()
         if keep_positive is None:
             keep_positive = self.published_keep_positive
         self.temperature, self.keep_positive, self.gather = temperature, keep_positive, gather
-        self.norm_penalty = norm_penalty
+        self.norm_penalty, self.anomaly_norm = norm_penalty, anomaly_norm
+        if anomaly_norm:
+            if not self.needs_anomaly_view:
+                raise ValueError(f"loss.anomaly_norm needs a loss with an anomaly view "
+                                 f"(anomalyclr, anomalyclr_plus), not {type(self).__name__}")
+            self.needs_inputs = True  # the step then passes the representations (reps=)
 
     def forward(self, z1, z2, z_anom=None, *, labels=None, inputs=None, reps=None
                 ) -> dict[str, torch.Tensor]:
@@ -152,12 +171,18 @@ class _Contrastive(Loss):
         view's projection, not normalised; a local mean, which DDP's gradient average makes the
         global one) in "loss" and as the term "norm"."""
         out = self.terms(z1, z2, z_anom, labels)
-        if not self.norm_penalty:
-            return out
-        with fp32_math(z1.device):
-            norm = torch.linalg.vector_norm(
-                z1, dim=1, dtype=torch.promote_types(z1.dtype, torch.float32)).mean()
-        return {**out, "loss": out["loss"] + self.norm_penalty * norm, "norm": norm}
+        if self.norm_penalty:
+            with fp32_math(z1.device):
+                norm = torch.linalg.vector_norm(
+                    z1, dim=1, dtype=torch.promote_types(z1.dtype, torch.float32)).mean()
+            out = {**out, "loss": out["loss"] + self.norm_penalty * norm, "norm": norm}
+        if self.anomaly_norm:
+            if reps is None:
+                raise ValueError("loss.anomaly_norm needs the representations (reps=)")
+            with fp32_math(z1.device):
+                push = anomaly_norm_push(reps[:-1], reps[-1])
+            out = {**out, "loss": out["loss"] + self.anomaly_norm * push, "anomaly_norm": push}
+        return out
 
     def terms(self, z1, z2, z_anom, labels) -> dict[str, torch.Tensor]:
         """The loss's named terms without the norm penalty (each family's equation)."""
