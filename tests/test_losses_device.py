@@ -57,6 +57,7 @@ CONFIGS = {
     "nt_xent_decoupled": LossConfig(name="nt_xent", keep_positive=False),
     "anomalyclr": LossConfig(name="anomalyclr"),
     "anomalyclr_plus": LossConfig(name="anomalyclr_plus"),
+    "anomalyclr_anomaly_norm": LossConfig(name="anomalyclr", anomaly_norm=1.0),  # reads reps
     "supcon": LossConfig(name="supcon"),
     "dino": LossConfig(name="dino"),
     "orca": LossConfig(name="orca", known_classes=[0, 1]),
