@@ -24,8 +24,8 @@ from clrdist.diagnostics import collapse_value
 from clrdist.distributed import gather_rows, unit_fp32
 from clrdist.losses.base import Loss, fp32_math
 
-__all__ = ["nt_xent", "anomalyclr", "anomalyclr_plus", "supcon", "anomaly_norm_push", "NTXentLoss", "AnomalyCLRLoss",
-           "AnomalyCLRPlusLoss", "SupConLoss"]
+__all__ = ["nt_xent", "anomalyclr", "anomalyclr_plus", "supcon", "anomaly_norm_push", "NTXentLoss",
+           "AnomalyCLRLoss", "AnomalyCLRPlusLoss", "SupConLoss"]
 
 
 # ---- gather, logits and targets ---------------------------------------------------------------
@@ -169,7 +169,9 @@ class _Contrastive(Loss):
                 ) -> dict[str, torch.Tensor]:
         """The family's named terms (:meth:`terms`), plus ``norm_penalty`` x mean |z1| (the first
         view's projection, not normalised; a local mean, which DDP's gradient average makes the
-        global one) in "loss" and as the term "norm"."""
+        global one) in "loss" and as the term "norm", and ``anomaly_norm`` x
+        :func:`anomaly_norm_push` of the representations ``reps`` (the physical views', then the
+        anomaly view's) as the term "anomaly_norm"."""
         out = self.terms(z1, z2, z_anom, labels)
         if self.norm_penalty:
             with fp32_math(z1.device):
