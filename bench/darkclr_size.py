@@ -16,6 +16,7 @@ multiplicity) and the jet-image autoencoder; and the published value.
 Label-free diagnostics (``--diagnose``, on by default), for every model scored, on the test
 half's background (QCD) jets only: ``drop_auc``, |z| of each jet through the run's anomaly view
 against the same jet through no view (does |z| flag what the loss pushes away? above 0.5: yes),
+``view_drop_auc``, the same against the jet through a physical view (the pair the loss sees),
 and ``mult_corr`` / ``mass_corr``, the rank correlation of |z| with the jet's multiplicity and
 mass (what |z| tracks). Once per size (``count_cue``): the constituents the model sees in the
 jet, in a physical view and in the anomaly view, and how well that count alone tells the anomaly
@@ -69,6 +70,9 @@ SIZES = {
 }
 
 
+DIAGNOSTICS = ("drop_auc", "view_drop_auc", "mult_corr", "mass_corr")  # what diagnostics() returns
+
+
 def probe_inputs(cfg, qcd: dict, seed: int = 0) -> dict:
     """The background jets ``qcd`` (a store dict) as the model sees them, made once per config:
     through no view ("plain"), the first physical view ("view") and the anomaly view ("anomaly"),
@@ -91,10 +95,12 @@ def _auc_apart(lower: np.ndarray, higher: np.ndarray) -> float:
 
 def diagnostics(model: torch.nn.Module, probe: dict) -> dict[str, float]:
     """Label-free, on ``probe_inputs``: the AUC of |z| for each jet through the anomaly view
-    against the same jet through no view ("drop_auc"), and the Spearman correlation of |z| with
-    multiplicity ("mult_corr") and jet mass ("mass_corr")."""
-    plain, viewed = (norms(model, *probe[k])["rep"] for k in ("plain", "anomaly"))
-    return {"drop_auc": _auc_apart(plain, viewed),
+    against the same jet through no view ("drop_auc") and through the first physical view, the
+    pair the loss contrasts ("view_drop_auc": free of what the views do to every jet, such as a
+    translation the test jets never get), and the Spearman correlation of |z| with multiplicity
+    ("mult_corr") and jet mass ("mass_corr")."""
+    plain, physical, viewed = (norms(model, *probe[k])["rep"] for k in ("plain", "view", "anomaly"))
+    return {"drop_auc": _auc_apart(plain, viewed), "view_drop_auc": _auc_apart(physical, viewed),
             "mult_corr": float(spearmanr(plain, probe["mult"]).statistic),
             "mass_corr": float(spearmanr(plain, probe["mass"]).statistic)}
 
@@ -186,8 +192,7 @@ def main(argv=None) -> dict:
             row.update(untrained_auc=init["rep_auc"], untrained_auc_std=init["rep_auc_std"],
                        untrained_auc_max=max(r["rep_auc"] for r in inits),
                        **{"untrained_inv_eps_b_at_0.2": init["rep_inv_eps_b_at_0.2"]},
-                       **{f"untrained_{k}": init[k] for k in ("drop_auc", "mult_corr", "mass_corr")
-                          if k in init})
+                       **{f"untrained_{k}": init[k] for k in DIAGNOSTICS if k in init})
         seeds = []
         for seed in range(a.train_seeds):
             cfg_s = run_config([*SIZES[size], *a.set, f"seed={cfg.seed + seed}"])

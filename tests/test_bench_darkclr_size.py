@@ -36,11 +36,13 @@ def test_every_size_is_trained_at_every_seed_next_to_its_references(tmp_path):
         assert [(s["seed"], s["steps"]) for s in r["earlier"]] == [(0, 2), (1, 2)]
         assert list(r["trained_auc_by_steps"]) == ["2", "3"]
         assert r["trained_auc_by_steps"]["3"] == pytest.approx(r["trained_auc"])
-        for key in ("untrained_auc", "untrained_auc_max", "supervised_auc", "untrained_drop_auc"):
+        for key in ("untrained_auc", "untrained_auc_max", "supervised_auc", "untrained_drop_auc",
+                    "untrained_view_drop_auc"):
             assert 0 <= r[key] <= 1, key
         assert 0 <= r["anomaly_count_auc"] <= 1 and r["anomaly_mult"] < r["view_mult"]
         for s in r["seeds"] + r["earlier"]:  # the label-free diagnostics of every model scored
-            assert 0 <= s["drop_auc"] <= 1 and -1 <= s["mult_corr"] <= 1, s
+            assert 0 <= s["drop_auc"] <= 1 and 0 <= s["view_drop_auc"] <= 1, s
+            assert -1 <= s["mult_corr"] <= 1, s
     assert rows["published (DarkCLR: 128x4, 100k jets, 150 epochs)"]["trained_auc"] == 0.76
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["complete"] is True and saved["score_at"] == [2]
@@ -73,6 +75,8 @@ def test_diagnostics_see_what_the_score_tracks(qcd):
     # the augmented jets score lower than the unaugmented ones (the score is the wrong way round)
     assert got["mult_corr"] == pytest.approx(1.0, abs=1e-6)
     assert got["drop_auc"] < 0.3
+    # against the physical view, which splits into free slots, the anomaly view counts fewer still
+    assert got["view_drop_auc"] <= got["drop_auc"]
     with pytest.raises(ValueError, match="anomaly_view"):
         probe_inputs(run_config(["augment.anomaly_view=null"]), qcd)
 
