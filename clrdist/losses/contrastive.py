@@ -112,18 +112,20 @@ def anomalyclr_plus(z1: torch.Tensor, z2: torch.Tensor, z_anom: torch.Tensor, *,
         return {"loss": align + repel, "align": align, "anomaly": repel}
 
 
+def _length(x: torch.Tensor) -> torch.Tensor:
+    """|x| over the last axis, in float32 at least (bf16 inputs under autocast)."""
+    return torch.linalg.vector_norm(x, dim=-1, dtype=torch.promote_types(x.dtype, torch.float32))
+
+
 def anomaly_norm_push(reps: tuple[torch.Tensor, ...] | list[torch.Tensor],
                       rep_anom: torch.Tensor) -> torch.Tensor:
     """mean over the physical views v and samples i of softplus(log|r_v,i| - log|r*_i|): small
     when the anomaly view's representation is longer than its jet's physical views'. It trains
     the score DarkCLR reads (|z| of the representation), on which the cosine terms do not act.
     reps: the physical views' representations (B, D) each; rep_anom: the anomaly view's."""
-    def log_norm(r: torch.Tensor) -> torch.Tensor:
-        n = torch.linalg.vector_norm(r, dim=1, dtype=torch.promote_types(r.dtype, torch.float32))
-        return torch.log(n.clamp_min(torch.finfo(n.dtype).tiny))
-    anom = log_norm(rep_anom)
-    return torch.stack([torch.nn.functional.softplus(log_norm(r) - anom).mean()
-                        for r in reps]).mean()
+    lengths = _length(torch.stack([*reps, rep_anom]))  # (V + 1, B)
+    log_len = torch.log(lengths.clamp_min(torch.finfo(lengths.dtype).tiny))
+    return torch.nn.functional.softplus(log_len[:-1] - log_len[-1]).mean()
 
 
 def supcon(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, *, temperature: float,
@@ -175,8 +177,7 @@ class _Contrastive(Loss):
         out = self.terms(z1, z2, z_anom, labels)
         if self.norm_penalty:
             with fp32_math(z1.device):
-                norm = torch.linalg.vector_norm(
-                    z1, dim=1, dtype=torch.promote_types(z1.dtype, torch.float32)).mean()
+                norm = _length(z1).mean()
             out = {**out, "loss": out["loss"] + self.norm_penalty * norm, "norm": norm}
         if self.anomaly_norm:
             if reps is None:
